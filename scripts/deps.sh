@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what Lookout's tests need beside the Rust toolchain: Debian's real
+# etcd 3.4 and etcdctl (the reference every interop test compares against)
+# and cargo-nextest. Idempotent: does nothing when both are present.
+set -euo pipefail
+
+sudo_if_needed() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
+    echo "installing etcd-server and etcd-client from Debian" >&2
+    sudo_if_needed apt-get update -qq
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
+    # Debian's package enables a system etcd on 127.0.0.1:2379, the port
+    # `lookout dev` uses. Stop that unit (by name of the unit, never by pkill).
+    if command -v systemctl >/dev/null 2>&1; then
+        sudo_if_needed systemctl disable --now etcd >/dev/null 2>&1 || true
+    fi
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "installing cargo-nextest" >&2
+    cargo install cargo-nextest --locked
+fi
