@@ -41,6 +41,7 @@ mod error;
 mod etcd;
 mod event;
 mod frame;
+mod gosort;
 mod history;
 mod index;
 mod keys;

@@ -7,8 +7,8 @@
 //! - a non-`KEY` sort target with `sort_order = NONE` sorts ascending;
 //! - `keys_only` clears values, `count_only` returns no kvs.
 //!
-//! Ties under a non-key sort target keep key order (a stable sort); etcd's
-//! Go sort keeps that order for up to 12 results and may permute ties above.
+//! Sorting uses Go's own `sort.Sort` algorithm ([`crate::gosort`]), so ties
+//! under a non-key sort target come out in etcd's order, not just a sorted one.
 
 use std::ops::Bound;
 
@@ -157,10 +157,13 @@ fn sort_kvs(kvs: &mut [&KeyValue], target: SortTarget, descend: bool) {
             SortTarget::Value => a.value.cmp(&b.value),
         }
     };
+    // etcd sorts with Go's unstable sort.Sort (descending through
+    // sort.Reverse, i.e. Less(i, j) = Less(j, i)); equal elements land
+    // where that algorithm puts them, so use the same algorithm.
     if descend {
-        kvs.sort_by(|a, b| cmp(b, a));
+        crate::gosort::sort(kvs, |a, b| cmp(b, a) == Ordering::Less);
     } else {
-        kvs.sort_by(cmp);
+        crate::gosort::sort(kvs, |a, b| cmp(a, b) == Ordering::Less);
     }
 }
 

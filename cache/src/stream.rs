@@ -473,8 +473,11 @@ impl StreamShared {
         let mut direct = Vec::new();
         let mut bytes = 0;
         let mut switch_at = None;
+        // Events below `floor` were delivered before a reconnect; a revision
+        // may hold several events, so `next` moves only past whole ones.
+        let floor = next;
         for (rev, ev) in events {
-            if rev < next {
+            if rev < floor {
                 continue;
             }
             if rev >= ring_start {

@@ -45,7 +45,8 @@ pub trait Upstream: Send + Sync + std::fmt::Debug + 'static {
     fn lease_leases(&self, req: LeaseLeasesRequest) -> UpstreamFuture<'_, LeaseLeasesResponse>;
 
     /// Opens a `LeaseKeepAlive` stream fed by `requests`; responses come back
-    /// as the upstream sends them.
+    /// as the upstream sends them. etcd sends its response headers with its
+    /// first answer, so queue the first request before awaiting this.
     fn lease_keep_alive(
         &self,
         requests: mpsc::Receiver<LeaseKeepAliveRequest>,
