@@ -119,6 +119,37 @@ pub(crate) struct CacheInner {
 }
 
 impl CacheInner {
+    fn new(upstream: Arc<dyn Upstream>, mut config: CacheConfig) -> Arc<Self> {
+        if config.ranges.is_empty() {
+            config.ranges = vec![KeyRange::all()];
+        }
+        if !config.progress_notify_interval.is_zero() {
+            config.progress_notify_interval = config.progress_notify_interval.max(MIN_PROGRESS_INTERVAL);
+        }
+        let hull = KeyRange::hull(&config.ranges);
+        let all_keys = config.ranges.iter().any(|r| r.covers(&KeyRange::all()));
+        Arc::new(CacheInner {
+            history: RwLock::new(History::new(config.history_events, config.history_bytes)),
+            ids: HeaderIds {
+                member_id: AtomicU64::new(config.member_id.unwrap_or(0)),
+                ..Default::default()
+            },
+            config,
+            upstream,
+            hull,
+            all_keys,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            registry: RwLock::new(Registry::default()),
+            fanout_rev: AtomicI64::new(0),
+            applied: watch::channel(0).0,
+            ready: AtomicBool::new(false),
+            metrics: Arc::new(CacheMetrics::default()),
+            progress_kick: Notify::new(),
+            next_stream: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
     pub(crate) fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.ids.cluster_id.load(Relaxed),
@@ -165,36 +196,8 @@ pub struct Cache {
 
 impl Cache {
     /// Starts the list-then-watch loop on the current tokio runtime.
-    pub fn start(upstream: Arc<dyn Upstream>, mut config: CacheConfig) -> Self {
-        if config.ranges.is_empty() {
-            config.ranges = vec![KeyRange::all()];
-        }
-        if !config.progress_notify_interval.is_zero() {
-            config.progress_notify_interval = config.progress_notify_interval.max(MIN_PROGRESS_INTERVAL);
-        }
-        let hull = KeyRange::hull(&config.ranges);
-        let all_keys = config.ranges.iter().any(|r| r.covers(&KeyRange::all()));
-        let metrics = Arc::new(CacheMetrics::default());
-        let inner = Arc::new(CacheInner {
-            history: RwLock::new(History::new(config.history_events, config.history_bytes)),
-            ids: HeaderIds {
-                member_id: AtomicU64::new(config.member_id.unwrap_or(0)),
-                ..Default::default()
-            },
-            config,
-            upstream,
-            hull,
-            all_keys,
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            registry: RwLock::new(Registry::default()),
-            fanout_rev: AtomicI64::new(0),
-            applied: watch::channel(0).0,
-            ready: AtomicBool::new(false),
-            metrics,
-            progress_kick: Notify::new(),
-            next_stream: AtomicU64::new(1),
-            shutdown: watch::channel(false).0,
-        });
+    pub fn start(upstream: Arc<dyn Upstream>, config: CacheConfig) -> Self {
+        let inner = CacheInner::new(upstream, config);
         let task = tokio::spawn(Applier::new(inner.clone()).run());
         Self { inner, task }
     }
@@ -351,6 +354,7 @@ impl Drop for Cache {
 
 // === the applier ===
 
+#[derive(Debug)]
 struct Applier {
     inner: Arc<CacheInner>,
     scratch: FanoutScratch,
@@ -434,7 +438,7 @@ impl Applier {
             inner.learn_header(&res.header);
             revision = res.revision;
             for kv in res.kvs {
-                map.insert(kv.key.clone(), kv);
+                map.insert(kv.key.clone(), Arc::new(kv));
             }
         }
         let us = began.elapsed().as_micros() as u64;
@@ -442,8 +446,15 @@ impl Applier {
         inner.metrics.list_latency_us_last.store(us, Relaxed);
         inner.metrics.list_latency_us_total.fetch_add(us, Relaxed);
 
-        // The registry write lock keeps watcher creation out while the ring,
-        // snapshot and fan-out revision jump together.
+        self.install(revision, map, compact);
+        Ok(())
+    }
+
+    /// Installs a listed state at `revision`. The registry write lock keeps
+    /// watcher creation out while the ring, snapshot and fan-out revision
+    /// jump together.
+    fn install(&mut self, revision: i64, map: OrdMap<bytes::Bytes, Arc<lookout_proto::mvccpb::KeyValue>>, compact: i64) {
+        let inner = &self.inner;
         let reg = inner.registry.write();
         {
             let mut h = inner.history.write();
@@ -465,7 +476,6 @@ impl Applier {
         inner.applied.send_replace(revision);
         self.publish_gauges();
         tracing::info!(revision, compact, "cache listed");
-        Ok(())
     }
 
     async fn watch(&mut self, shutdown: &mut watch::Receiver<bool>) -> WatchEnd {
@@ -561,11 +571,18 @@ impl Applier {
             } else {
                 EventKind::Put
             };
-            let prev = match kind {
-                EventKind::Put => map.insert(kv.key.clone(), kv.clone()),
-                EventKind::Delete => map.remove(&kv.key),
+            let ev = match kind {
+                EventKind::Put => {
+                    let ev = CachedEvent::new(kind, &kv, map.get(&kv.key).map(|p| &**p));
+                    map.insert(kv.key.clone(), Arc::new(kv));
+                    ev
+                }
+                EventKind::Delete => {
+                    let prev = map.remove(&kv.key);
+                    CachedEvent::new(kind, &kv, prev.as_deref())
+                }
             };
-            batch.push(Arc::new(CachedEvent::new(kind, &kv, prev.as_ref())));
+            batch.push(Arc::new(ev));
         }
         if through == applied && batch.is_empty() {
             return;
@@ -605,5 +622,44 @@ impl Applier {
         m.ring_events.store(h.len() as i64, Relaxed);
         m.ring_bytes.store(h.bytes() as i64, Relaxed);
         m.ring_start.store(h.start(), Relaxed);
+    }
+}
+
+/// Drives the real applier and fan-out without an upstream connection, for
+/// the fan-out benchmark: events are handed in as an upstream watch would.
+/// Not part of the API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct BenchHarness {
+    inner: Arc<CacheInner>,
+    applier: Applier,
+}
+
+#[doc(hidden)]
+impl BenchHarness {
+    /// A cache at revision 1 with no data; its upstream is never contacted.
+    pub fn new(config: CacheConfig) -> Self {
+        let never_used = crate::etcd::EtcdUpstream::new(crate::etcd::EtcdUpstreamConfig::new(["127.0.0.1:9"]));
+        let inner = CacheInner::new(Arc::new(never_used), config);
+        let mut applier = Applier::new(inner.clone());
+        applier.install(1, OrdMap::new(), 0);
+        Self { inner, applier }
+    }
+
+    pub fn open_stream(&self) -> (WatchHandle, WatchFrames) {
+        stream::open(&self.inner)
+    }
+
+    /// One upstream watch response's events.
+    pub fn apply(&mut self, events: Vec<lookout_proto::mvccpb::Event>) {
+        self.applier.apply(events);
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.inner.fanout_rev.load(Acquire)
+    }
+
+    pub fn metrics(&self) -> &CacheMetrics {
+        &self.inner.metrics
     }
 }

@@ -55,6 +55,8 @@ mod upstream;
 
 pub use backoff::Backoff;
 pub use cache::{Cache, CacheConfig};
+#[doc(hidden)]
+pub use cache::BenchHarness;
 pub use error::CacheError;
 pub use etcd::{EtcdUpstream, EtcdUpstreamConfig};
 pub use event::{CachedEvent, EventKind};

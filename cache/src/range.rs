@@ -73,7 +73,7 @@ pub fn evaluate_range(snap: &Snapshot, req: &RangeRequest) -> Result<RangeRespon
             None => Bound::Unbounded,
         },
     );
-    let iter = || snap.data().range::<_, [u8]>(bounds).map(|(_, v)| v);
+    let iter = || snap.data().range::<_, [u8]>(bounds).map(|(_, v)| &**v);
 
     if req.count_only {
         return Ok(RangeResponse {
@@ -190,7 +190,7 @@ mod tests {
                 value: Bytes::copy_from_slice(v.as_bytes()),
                 lease: 0,
             };
-            m.insert(kv.key.clone(), kv);
+            m.insert(kv.key.clone(), std::sync::Arc::new(kv));
         }
         Snapshot::new(9, m)
     }

@@ -72,7 +72,6 @@ pub(crate) struct Registry {
 #[derive(Debug, Default)]
 pub(crate) struct FanoutScratch {
     per_group: HashMap<GroupId, Vec<Arc<CachedEvent>>>,
-    per_stream: HashMap<u64, (Arc<StreamShared>, Vec<Pending>, usize)>,
 }
 
 impl Registry {
@@ -150,7 +149,12 @@ impl Registry {
     }
 
     /// Hands `batch` (complete revisions, ascending) to every stream with a
-    /// matching watcher: one lock per stream per batch.
+    /// matching watcher: one queue push per (stream, group), the events shared.
+    ///
+    /// Each push carries a whole batch for one group, so a stream that
+    /// overflows part-way through a batch still has every watcher at a
+    /// revision boundary: those whose group got in are past the batch, the
+    /// others read it from the ring.
     pub(crate) fn fan_out(
         &self,
         batch: &[Arc<CachedEvent>],
@@ -171,20 +175,17 @@ impl Registry {
             let bytes: usize = events.iter().map(|e| e.encoded_len(g.spec.prev_kv)).sum();
             let shared: Arc<[Arc<CachedEvent>]> = events.into();
             for m in &g.members {
-                let entry = scratch
-                    .per_stream
-                    .entry(m.stream.id)
-                    .or_insert_with(|| (m.stream.clone(), Vec::new(), 0));
-                entry.1.push(Pending::Events {
-                    group: gid,
-                    events: shared.clone(),
+                m.stream.push_live(
+                    Pending::Events {
+                        group: gid,
+                        events: shared.clone(),
+                        bytes,
+                    },
                     bytes,
-                });
-                entry.2 += bytes;
+                    queue_limit,
+                    metrics,
+                );
             }
-        }
-        for (_, (stream, items, bytes)) in scratch.per_stream.drain() {
-            stream.push_live(items, bytes, queue_limit, metrics);
         }
     }
 }

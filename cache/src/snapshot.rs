@@ -5,19 +5,22 @@
 //! O(log n)) and swaps it in atomically; readers hold an `Arc<Snapshot>` and
 //! never block the applier. A list is therefore always one consistent revision.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use imbl::OrdMap;
 use lookout_proto::mvccpb::KeyValue;
 
-/// The keyspace the cache holds, as of `revision`.
+/// The keyspace the cache holds, as of `revision`. Values are `Arc`s so a
+/// path copy in the map moves pointers, not key-values.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     revision: i64,
-    data: OrdMap<Bytes, KeyValue>,
+    data: OrdMap<Bytes, Arc<KeyValue>>,
 }
 
 impl Snapshot {
-    pub(crate) fn new(revision: i64, data: OrdMap<Bytes, KeyValue>) -> Self {
+    pub(crate) fn new(revision: i64, data: OrdMap<Bytes, Arc<KeyValue>>) -> Self {
         Self { revision, data }
     }
 
@@ -28,7 +31,7 @@ impl Snapshot {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&KeyValue> {
-        self.data.get(key)
+        self.data.get(key).map(|kv| &**kv)
     }
 
     pub fn len(&self) -> usize {
@@ -40,7 +43,7 @@ impl Snapshot {
     }
 
     /// The map itself (cheap to clone; iterate with `range`).
-    pub fn data(&self) -> &OrdMap<Bytes, KeyValue> {
+    pub fn data(&self) -> &OrdMap<Bytes, Arc<KeyValue>> {
         &self.data
     }
 }

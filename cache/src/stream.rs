@@ -117,9 +117,10 @@ struct StreamState {
 }
 
 impl StreamShared {
-    /// The applier's push of one batch. Never waits: if the queue is over its
-    /// budget the batch is not queued and the stream is marked overflowed.
-    pub(crate) fn push_live(&self, items: Vec<Pending>, bytes: usize, limit: usize, metrics: &CacheMetrics) {
+    /// The applier's push of one batch for one group. Never waits: if the
+    /// queue is over its budget the batch is not queued and the stream is
+    /// marked overflowed.
+    pub(crate) fn push_live(&self, item: Pending, bytes: usize, limit: usize, metrics: &CacheMetrics) {
         let mut st = self.state.lock();
         if st.closed || st.overflowed {
             return;
@@ -129,7 +130,7 @@ impl StreamShared {
             metrics.slow_switches.fetch_add(1, Relaxed);
         } else {
             st.queued_bytes += bytes;
-            st.queue.extend(items);
+            st.queue.push_back(item);
         }
         drop(st);
         self.wake.notify_one();
@@ -561,6 +562,28 @@ impl WatchFrames {
                 None => notified.await,
             }
         }
+    }
+
+    /// Takes whatever frames are ready now, without waiting. Returns whether
+    /// anything was added (a gateway can batch writes with it).
+    ///
+    /// # Errors
+    /// [`CacheError::Closed`] once the stream is closed.
+    pub fn try_next(&mut self, out: &mut Vec<WatchFrame>) -> Result<bool, CacheError> {
+        let start_len = out.len();
+        let (_, closed) = self.produce(out);
+        if !self.leaves.is_empty() {
+            let mut reg = self.cache.registry.write();
+            for g in self.leaves.drain(..) {
+                reg.leave(g, self.shared.id, &self.cache.metrics);
+            }
+        }
+        let n = out.len() - start_len;
+        self.cache.metrics.deliveries.fetch_add(n as u64, Relaxed);
+        if closed && n == 0 {
+            return Err(CacheError::Closed);
+        }
+        Ok(n > 0)
     }
 
     /// The stream's id (stable for its lifetime; for logs).
