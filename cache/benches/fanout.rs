@@ -232,7 +232,10 @@ fn report() {
         ));
     }
     let (b, e) = (rows[0], rows[1]);
-    println!("\n=== fan-out: {} watchers, {GROUPS} groups, {STREAMS} streams, {VALUE} B values ===", GROUPS * PER_GROUP);
+    println!(
+        "\n=== fan-out: {} watchers, {GROUPS} groups, {STREAMS} streams, {VALUE} B values ===",
+        GROUPS * PER_GROUP
+    );
     for (mode, eps, dps, bytes, allocs, apply) in &rows {
         println!(
             "{mode:?}: {eps:.0} events/s applied+delivered, {dps:.0} deliveries/s; delivery allocates {bytes:.1} B in {allocs:.2} allocations; apply allocates {apply:.0} B per event"
@@ -254,7 +257,10 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout_10k_watchers");
     g.throughput(Throughput::Elements(EVENTS_PER_ITER as u64));
     g.sample_size(20);
-    for (name, mode) in [("reencode_per_watcher", Mode::Reencode), ("encode_once", Mode::EncodeOnce)] {
+    for (name, mode) in [
+        ("reencode_per_watcher", Mode::Reencode),
+        ("encode_once", Mode::EncodeOnce),
+    ] {
         let mut w = world(GROUPS, PER_GROUP, false);
         g.bench_function(name, |b| b.iter(|| step(&mut w, mode)));
     }

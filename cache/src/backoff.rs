@@ -38,7 +38,11 @@ impl Backoff {
         let ceiling = self.base.saturating_mul(1u32 << exp).min(self.max);
         let half = ceiling / 2;
         let span = (ceiling - half).as_nanos() as u64;
-        half + Duration::from_nanos(if span == 0 { 0 } else { self.next_rand() % (span + 1) })
+        half + Duration::from_nanos(if span == 0 {
+            0
+        } else {
+            self.next_rand() % (span + 1)
+        })
     }
 
     /// Consecutive failures since the last success.
@@ -70,7 +74,8 @@ mod tests {
         let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
         let d: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
         for (i, d) in d.iter().enumerate() {
-            let ceiling = Duration::from_millis(10 * (1 << i.min(5))).min(Duration::from_millis(200));
+            let ceiling =
+                Duration::from_millis(10 * (1 << i.min(5))).min(Duration::from_millis(200));
             assert!(*d >= ceiling / 2 && *d <= ceiling, "attempt {i}: {d:?}");
         }
         assert_eq!(b.failures(), 10);

@@ -124,7 +124,8 @@ impl CacheInner {
             config.ranges = vec![KeyRange::all()];
         }
         if !config.progress_notify_interval.is_zero() {
-            config.progress_notify_interval = config.progress_notify_interval.max(MIN_PROGRESS_INTERVAL);
+            config.progress_notify_interval =
+                config.progress_notify_interval.max(MIN_PROGRESS_INTERVAL);
         }
         let hull = KeyRange::hull(&config.ranges);
         let all_keys = config.ranges.iter().any(|r| r.covers(&KeyRange::all()));
@@ -243,7 +244,11 @@ impl Cache {
     ///
     /// # Errors
     /// [`CacheError::Timeout`], or [`CacheError::NotReady`] before the first list.
-    pub async fn wait_for_revision(&self, revision: i64, timeout: Duration) -> Result<Arc<Snapshot>, CacheError> {
+    pub async fn wait_for_revision(
+        &self,
+        revision: i64,
+        timeout: Duration,
+    ) -> Result<Arc<Snapshot>, CacheError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.inner.applied.subscribe();
@@ -279,7 +284,10 @@ impl Cache {
     ///
     /// # Errors
     /// The upstream's status, [`CacheError::Timeout`] or [`CacheError::NotReady`].
-    pub async fn linearizable_snapshot(&self, timeout: Duration) -> Result<Arc<Snapshot>, CacheError> {
+    pub async fn linearizable_snapshot(
+        &self,
+        timeout: Duration,
+    ) -> Result<Arc<Snapshot>, CacheError> {
         let rev = self.inner.upstream.current_revision().await?;
         self.inner.metrics.note_upstream(rev);
         self.wait_for_revision(rev, timeout).await
@@ -298,7 +306,11 @@ impl Cache {
     ///
     /// # Errors
     /// See [`evaluate_range`].
-    pub fn range_at(&self, snap: &Snapshot, req: &RangeRequest) -> Result<RangeResponse, CacheError> {
+    pub fn range_at(
+        &self,
+        snap: &Snapshot,
+        req: &RangeRequest,
+    ) -> Result<RangeResponse, CacheError> {
         if !self.inner.is_ready() {
             return Err(CacheError::NotReady);
         }
@@ -404,7 +416,10 @@ impl Applier {
             match self.watch(&mut shutdown).await {
                 WatchEnd::Shutdown => return,
                 WatchEnd::Compacted(c) => {
-                    tracing::warn!(compact_revision = c, "resume revision compacted upstream; relisting");
+                    tracing::warn!(
+                        compact_revision = c,
+                        "resume revision compacted upstream; relisting"
+                    );
                     relist = Some(c);
                 }
                 WatchEnd::Broken => {
@@ -434,7 +449,10 @@ impl Applier {
         let mut revision = 0;
         let mut map = OrdMap::new();
         for range in &inner.config.ranges {
-            let res = inner.upstream.list(range, revision, inner.config.list_page_size).await?;
+            let res = inner
+                .upstream
+                .list(range, revision, inner.config.list_page_size)
+                .await?;
             inner.learn_header(&res.header);
             revision = res.revision;
             for kv in res.kvs {
@@ -453,7 +471,12 @@ impl Applier {
     /// Installs a listed state at `revision`. The registry write lock keeps
     /// watcher creation out while the ring, snapshot and fan-out revision
     /// jump together.
-    fn install(&mut self, revision: i64, map: OrdMap<bytes::Bytes, Arc<lookout_proto::mvccpb::KeyValue>>, compact: i64) {
+    fn install(
+        &mut self,
+        revision: i64,
+        map: OrdMap<bytes::Bytes, Arc<lookout_proto::mvccpb::KeyValue>>,
+        compact: i64,
+    ) {
         let inner = &self.inner;
         let reg = inner.registry.write();
         {
@@ -524,7 +547,9 @@ impl Applier {
                     inner.learn_header(&header);
                     self.backoff.reset();
                 }
-                Ok(Some(WatchMsg::Compacted { compact_revision, .. })) => {
+                Ok(Some(WatchMsg::Compacted {
+                    compact_revision, ..
+                })) => {
                     return WatchEnd::Compacted(compact_revision);
                 }
                 Ok(Some(WatchMsg::Canceled { reason, .. })) => {
@@ -544,7 +569,10 @@ impl Applier {
     /// once, ring, snapshot swap, fan-out, publish.
     fn apply(&mut self, events: Vec<lookout_proto::mvccpb::Event>) {
         let inner = &*self.inner;
-        inner.metrics.events_in.fetch_add(events.len() as u64, Relaxed);
+        inner
+            .metrics
+            .events_in
+            .fetch_add(events.len() as u64, Relaxed);
         let snap = inner.snapshot.load_full();
         let applied = snap.revision();
         let last_event = inner.history.read().last_event();
@@ -560,7 +588,11 @@ impl Applier {
             }
             if rev <= applied {
                 inner.metrics.progress_regressions.fetch_add(1, Relaxed);
-                tracing::error!(rev, applied, "upstream sent an event below its own progress report");
+                tracing::error!(
+                    rev,
+                    applied,
+                    "upstream sent an event below its own progress report"
+                );
             }
             through = through.max(rev);
             if !inner.in_scope(&kv.key) {
@@ -591,7 +623,12 @@ impl Applier {
         inner.snapshot.store(Arc::new(Snapshot::new(through, map)));
         if !batch.is_empty() {
             let reg = inner.registry.read();
-            reg.fan_out(&batch, &mut self.scratch, inner.config.stream_queue_bytes, &inner.metrics);
+            reg.fan_out(
+                &batch,
+                &mut self.scratch,
+                inner.config.stream_queue_bytes,
+                &inner.metrics,
+            );
         }
         inner.fanout_rev.store(through, Release);
         inner.applied.send_replace(through);
@@ -607,7 +644,9 @@ impl Applier {
             return;
         }
         inner.history.write().advance(rev);
-        inner.snapshot.store(Arc::new(Snapshot::new(rev, snap.data().clone())));
+        inner
+            .snapshot
+            .store(Arc::new(Snapshot::new(rev, snap.data().clone())));
         inner.fanout_rev.store(rev, Release);
         inner.applied.send_replace(rev);
         self.publish_gauges();
@@ -639,7 +678,8 @@ pub struct BenchHarness {
 impl BenchHarness {
     /// A cache at revision 1 with no data; its upstream is never contacted.
     pub fn new(config: CacheConfig) -> Self {
-        let never_used = crate::etcd::EtcdUpstream::new(crate::etcd::EtcdUpstreamConfig::new(["127.0.0.1:9"]));
+        let never_used =
+            crate::etcd::EtcdUpstream::new(crate::etcd::EtcdUpstreamConfig::new(["127.0.0.1:9"]));
         let inner = CacheInner::new(Arc::new(never_used), config);
         let mut applier = Applier::new(inner.clone());
         applier.install(1, OrdMap::new(), 0);

@@ -18,7 +18,9 @@ pub enum CacheError {
     #[error("revision {requested} is not the cached revision {cached}")]
     RevisionNotCached { requested: i64, cached: i64 },
     /// A linearizable read waited in vain for the cache to catch up.
-    #[error("lookout: cache is at revision {reached}, did not reach {wanted} within {waited:?}; upstream unreachable or slow")]
+    #[error(
+        "lookout: cache is at revision {reached}, did not reach {wanted} within {waited:?}; upstream unreachable or slow"
+    )]
     Timeout {
         wanted: i64,
         reached: i64,
@@ -58,10 +60,14 @@ impl From<CacheError> for tonic::Status {
             CacheError::Upstream(s) => return s.clone(),
             CacheError::Compacted { .. } => Code::OutOfRange,
             CacheError::RevisionNotCached { requested, cached } if requested > cached => {
-                return tonic::Status::out_of_range("etcdserver: mvcc: required revision is a future revision");
+                return tonic::Status::out_of_range(
+                    "etcdserver: mvcc: required revision is a future revision",
+                );
             }
             CacheError::RevisionNotCached { .. } => Code::Unavailable,
-            CacheError::Timeout { .. } | CacheError::NotReady | CacheError::Closed => Code::Unavailable,
+            CacheError::Timeout { .. } | CacheError::NotReady | CacheError::Closed => {
+                Code::Unavailable
+            }
             CacheError::EmptyKey | CacheError::InvalidSortOption => Code::InvalidArgument,
             CacheError::EmptyWatchRange | CacheError::DuplicateWatchId | CacheError::OutOfScope => {
                 Code::InvalidArgument
@@ -85,5 +91,6 @@ impl CacheError {
 /// etcd answers a read or watch below its compaction with OutOfRange and
 /// this message; clients match on the text.
 pub(crate) fn is_compacted_status(s: &tonic::Status) -> bool {
-    s.code() == tonic::Code::OutOfRange && s.message().contains("required revision has been compacted")
+    s.code() == tonic::Code::OutOfRange
+        && s.message().contains("required revision has been compacted")
 }

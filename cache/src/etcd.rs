@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lookout_proto::pb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
-    LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest,
-    kv_client::KvClient, lease_client::LeaseClient, watch_client::WatchClient, watch_request,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest, kv_client::KvClient,
+    lease_client::LeaseClient, watch_client::WatchClient, watch_request,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -107,7 +108,12 @@ impl EtcdUpstream {
     /// The endpoint in use (or to be tried next).
     pub fn current_endpoint(&self) -> String {
         let cur = self.conn.current.lock();
-        self.conn.cfg.endpoints.get(cur.idx).cloned().unwrap_or_default()
+        self.conn
+            .cfg
+            .endpoints
+            .get(cur.idx)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn unary<'a, T, F, Fut>(&'a self, f: F) -> UpstreamFuture<'a, T>
@@ -149,7 +155,9 @@ impl Conn {
         }
         let n = self.cfg.endpoints.len();
         if n == 0 {
-            return Err(Status::unavailable("lookout: no upstream endpoints configured"));
+            return Err(Status::unavailable(
+                "lookout: no upstream endpoints configured",
+            ));
         }
         let mut last_err = String::new();
         for _ in 0..n {
@@ -221,7 +229,10 @@ impl Conn {
 /// failures as Unavailable or Unknown); a server that answered with a
 /// semantic error (OutOfRange, InvalidArgument, ...) stays in use.
 fn is_endpoint_failure(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled)
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    )
 }
 
 impl Upstream for EtcdUpstream {
@@ -237,10 +248,14 @@ impl Upstream for EtcdUpstream {
                 request_union: Some(watch_request::RequestUnion::CreateRequest(req)),
             })
             .expect("fresh channel has room");
-            let mut client = WatchClient::new(ch).max_decoding_message_size(self.conn.cfg.max_message_bytes);
-            let opened = tokio::time::timeout(self.conn.cfg.request_timeout, client.watch(ReceiverStream::new(rx)))
-                .await
-                .unwrap_or_else(|_| Err(Status::deadline_exceeded("context deadline exceeded")));
+            let mut client =
+                WatchClient::new(ch).max_decoding_message_size(self.conn.cfg.max_message_bytes);
+            let opened = tokio::time::timeout(
+                self.conn.cfg.request_timeout,
+                client.watch(ReceiverStream::new(rx)),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("context deadline exceeded")));
             match opened {
                 Ok(resp) => {
                     let conn = self.conn.clone();
@@ -279,7 +294,10 @@ impl Upstream for EtcdUpstream {
         self.unary(move |ch| async move { self.lease(ch).lease_revoke(req).await })
     }
 
-    fn lease_time_to_live(&self, req: LeaseTimeToLiveRequest) -> UpstreamFuture<'_, LeaseTimeToLiveResponse> {
+    fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> UpstreamFuture<'_, LeaseTimeToLiveResponse> {
         self.unary(move |ch| async move { self.lease(ch).lease_time_to_live(req).await })
     }
 
@@ -293,7 +311,11 @@ impl Upstream for EtcdUpstream {
     ) -> UpstreamFuture<'_, Streaming<LeaseKeepAliveResponse>> {
         Box::pin(async move {
             let (generation, ch) = self.conn.channel().await?;
-            match self.lease(ch).lease_keep_alive(ReceiverStream::new(requests)).await {
+            match self
+                .lease(ch)
+                .lease_keep_alive(ReceiverStream::new(requests))
+                .await
+            {
                 Ok(r) => Ok(r.into_inner()),
                 Err(s) => {
                     self.conn.failed(generation, &s);

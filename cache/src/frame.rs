@@ -163,7 +163,11 @@ impl WatchFrame {
 /// Builds a complete encoded `WatchResponse` from the per-watcher `head` and
 /// shared events: the pure form of [`WatchFrame`], kept for callers that
 /// want contiguous bytes.
-pub fn encode_watch_response(head: &FrameHead, events: &[Arc<CachedEvent>], prev_kv: bool) -> Bytes {
+pub fn encode_watch_response(
+    head: &FrameHead,
+    events: &[Arc<CachedEvent>],
+    prev_kv: bool,
+) -> Bytes {
     WatchFrame::new(head, events.to_vec(), prev_kv).to_bytes()
 }
 
@@ -188,7 +192,11 @@ mod tests {
     fn encoded_frame_decodes_to_the_normal_encoding() {
         let prev = kv("a", 3, "before");
         let events = vec![
-            Arc::new(CachedEvent::new(EventKind::Put, &kv("a", 4, "x"), Some(&prev))),
+            Arc::new(CachedEvent::new(
+                EventKind::Put,
+                &kv("a", 4, "x"),
+                Some(&prev),
+            )),
             Arc::new(CachedEvent::new(
                 EventKind::Delete,
                 &KeyValue {

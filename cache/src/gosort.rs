@@ -85,7 +85,12 @@ fn heap_sort<T, F: Fn(&T, &T) -> bool>(d: &mut Data<'_, T, F>, a: usize, b: usiz
     }
 }
 
-fn pdqsort<T, F: Fn(&T, &T) -> bool>(d: &mut Data<'_, T, F>, mut a: usize, mut b: usize, mut limit: usize) {
+fn pdqsort<T, F: Fn(&T, &T) -> bool>(
+    d: &mut Data<'_, T, F>,
+    mut a: usize,
+    mut b: usize,
+    mut limit: usize,
+) {
     const MAX_INSERTION: usize = 12;
     let mut was_balanced = true;
     let mut was_partitioned = true;
@@ -109,7 +114,11 @@ fn pdqsort<T, F: Fn(&T, &T) -> bool>(d: &mut Data<'_, T, F>, mut a: usize, mut b
             pivot = (b - 1) - (pivot - a);
             hint = Hint::Increasing;
         }
-        if was_balanced && was_partitioned && hint == Hint::Increasing && partial_insertion_sort(d, a, b) {
+        if was_balanced
+            && was_partitioned
+            && hint == Hint::Increasing
+            && partial_insertion_sort(d, a, b)
+        {
             return;
         }
         if a > 0 && !d.less(a - 1, pivot) {
@@ -132,7 +141,12 @@ fn pdqsort<T, F: Fn(&T, &T) -> bool>(d: &mut Data<'_, T, F>, mut a: usize, mut b
     }
 }
 
-fn partition<T, F: Fn(&T, &T) -> bool>(d: &mut Data<'_, T, F>, a: usize, b: usize, pivot: usize) -> (usize, bool) {
+fn partition<T, F: Fn(&T, &T) -> bool>(
+    d: &mut Data<'_, T, F>,
+    a: usize,
+    b: usize,
+    pivot: usize,
+) -> (usize, bool) {
     d.swap(a, pivot);
     // i and j are inclusive bounds; j may step below a+1, so use isize.
     let (mut i, mut j) = (a as isize + 1, b as isize - 1);
@@ -168,7 +182,12 @@ fn partition<T, F: Fn(&T, &T) -> bool>(d: &mut Data<'_, T, F>, a: usize, b: usiz
     (j as usize, false)
 }
 
-fn partition_equal<T, F: Fn(&T, &T) -> bool>(d: &mut Data<'_, T, F>, a: usize, b: usize, pivot: usize) -> usize {
+fn partition_equal<T, F: Fn(&T, &T) -> bool>(
+    d: &mut Data<'_, T, F>,
+    a: usize,
+    b: usize,
+    pivot: usize,
+) -> usize {
     d.swap(a, pivot);
     let (mut i, mut j) = (a as isize + 1, b as isize - 1);
     loop {
@@ -188,7 +207,11 @@ fn partition_equal<T, F: Fn(&T, &T) -> bool>(d: &mut Data<'_, T, F>, a: usize, b
     i as usize
 }
 
-fn partial_insertion_sort<T, F: Fn(&T, &T) -> bool>(d: &mut Data<'_, T, F>, a: usize, b: usize) -> bool {
+fn partial_insertion_sort<T, F: Fn(&T, &T) -> bool>(
+    d: &mut Data<'_, T, F>,
+    a: usize,
+    b: usize,
+) -> bool {
     const MAX_STEPS: usize = 5;
     const SHORTEST_SHIFTING: usize = 50;
     let mut i = a + 1;
@@ -247,7 +270,11 @@ fn break_patterns<T, F: Fn(&T, &T) -> bool>(d: &mut Data<'_, T, F>, a: usize, b:
     }
 }
 
-fn choose_pivot<T, F: Fn(&T, &T) -> bool>(d: &mut Data<'_, T, F>, a: usize, b: usize) -> (usize, Hint) {
+fn choose_pivot<T, F: Fn(&T, &T) -> bool>(
+    d: &mut Data<'_, T, F>,
+    a: usize,
+    b: usize,
+) -> (usize, Hint) {
     const SHORTEST_NINTHER: usize = 50;
     const MAX_SWAPS: usize = 4 * 3;
     let l = b - a;
@@ -270,7 +297,12 @@ fn choose_pivot<T, F: Fn(&T, &T) -> bool>(d: &mut Data<'_, T, F>, a: usize, b: u
     }
 }
 
-fn order2<T, F: Fn(&T, &T) -> bool>(d: &Data<'_, T, F>, a: usize, b: usize, swaps: &mut usize) -> (usize, usize) {
+fn order2<T, F: Fn(&T, &T) -> bool>(
+    d: &Data<'_, T, F>,
+    a: usize,
+    b: usize,
+    swaps: &mut usize,
+) -> (usize, usize) {
     if d.less(b, a) {
         *swaps += 1;
         (b, a)
@@ -279,7 +311,13 @@ fn order2<T, F: Fn(&T, &T) -> bool>(d: &Data<'_, T, F>, a: usize, b: usize, swap
     }
 }
 
-fn median<T, F: Fn(&T, &T) -> bool>(d: &Data<'_, T, F>, a: usize, b: usize, c: usize, swaps: &mut usize) -> usize {
+fn median<T, F: Fn(&T, &T) -> bool>(
+    d: &Data<'_, T, F>,
+    a: usize,
+    b: usize,
+    c: usize,
+    swaps: &mut usize,
+) -> usize {
     let (a, b) = order2(d, a, b, swaps);
     let (b, c) = order2(d, b, c, swaps);
     let _ = c;
@@ -329,7 +367,10 @@ mod tests {
     /// Up to 12 elements Go uses insertion sort, which is stable.
     #[test]
     fn small_inputs_are_stable() {
-        let mut v: Vec<(u8, usize)> = [3u8, 1, 3, 2, 1, 3, 2, 1, 1, 2, 3, 3].into_iter().zip(0..).collect();
+        let mut v: Vec<(u8, usize)> = [3u8, 1, 3, 2, 1, 3, 2, 1, 1, 2, 3, 3]
+            .into_iter()
+            .zip(0..)
+            .collect();
         sort(&mut v, |a, b| a.0 < b.0);
         let mut want = v.clone();
         want.sort_by_key(|p| p.0);

@@ -68,7 +68,10 @@ impl History {
     pub(crate) fn append(&mut self, batch: &[Arc<CachedEvent>], through: i64) {
         debug_assert!(batch.first().is_none_or(|e| e.revision() > self.last_event));
         for ev in batch {
-            debug_assert!(ev.revision() >= self.last_event, "history must stay ordered");
+            debug_assert!(
+                ev.revision() >= self.last_event,
+                "history must stay ordered"
+            );
             self.last_event = ev.revision();
             self.bytes += ev.weight();
             self.events.push_back(ev.clone());

@@ -152,7 +152,10 @@ mod tests {
         let range = KeyRange::new(b("/pods/b"), Some(b("/pods/d")));
         let from = KeyRange::from_request(&b("/pods/c"), &Bytes::from_static(&[0]));
         let all = KeyRange::all();
-        for (i, r) in [&prefix, &exact, &range, &from, &all].into_iter().enumerate() {
+        for (i, r) in [&prefix, &exact, &range, &from, &all]
+            .into_iter()
+            .enumerate()
+        {
             ix.insert(r, i as GroupId);
         }
         assert_eq!(hits(&ix, "/pods/a"), [0, 1, 4]);
@@ -173,7 +176,11 @@ mod tests {
         assert_eq!(hits(&ix, "/pods/c"), [4]);
         ix.remove(&all, 4);
         assert_eq!(hits(&ix, "/pods/c"), Vec::<GroupId>::new());
-        assert_eq!(ix.segment_count(), 0, "boundaries are released with their groups");
+        assert_eq!(
+            ix.segment_count(),
+            0,
+            "boundaries are released with their groups"
+        );
     }
 
     #[test]
@@ -225,8 +232,11 @@ mod tests {
             live.push((id, r));
             for probe in 0..42 {
                 let k = key(probe);
-                let mut want: Vec<GroupId> =
-                    live.iter().filter(|(_, r)| r.contains(&k)).map(|(g, _)| *g).collect();
+                let mut want: Vec<GroupId> = live
+                    .iter()
+                    .filter(|(_, r)| r.contains(&k))
+                    .map(|(g, _)| *g)
+                    .collect();
                 want.sort();
                 let mut got: Vec<GroupId> = ix.stab(&k).collect();
                 got.sort();

@@ -183,7 +183,9 @@ mod tests {
         let empty = KeyRange::from_request(&b("b"), &b("a"));
         assert!(empty.is_empty() && !empty.contains(b"b"));
         let p = KeyRange::prefix(b("a/"));
-        assert!(p.contains(b"a/") && p.contains(b"a/zz") && !p.contains(b"a0") && !p.contains(b"a"));
+        assert!(
+            p.contains(b"a/") && p.contains(b"a/zz") && !p.contains(b"a0") && !p.contains(b"a")
+        );
         assert_eq!(prefix_end(b"a\xff"), Some(b("b")));
         assert_eq!(prefix_end(b"\xff\xff"), None);
     }
@@ -195,7 +197,10 @@ mod tests {
         assert!(h.covers(&KeyRange::prefix(b("a/x"))));
         assert!(!h.covers(&KeyRange::prefix(b("c"))));
         assert!(KeyRange::all().covers(&h));
-        assert_eq!(KeyRange::all().to_request(), (Bytes::from_static(&[0]), Bytes::from_static(&[0])));
+        assert_eq!(
+            KeyRange::all().to_request(),
+            (Bytes::from_static(&[0]), Bytes::from_static(&[0]))
+        );
         let s = KeyRange::from_request(&b("k"), &Bytes::new());
         assert_eq!(s.to_request(), (b("k"), Bytes::new()));
     }

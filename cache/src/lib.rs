@@ -54,9 +54,9 @@ mod stream;
 mod upstream;
 
 pub use backoff::Backoff;
-pub use cache::{Cache, CacheConfig};
 #[doc(hidden)]
 pub use cache::BenchHarness;
+pub use cache::{Cache, CacheConfig};
 pub use error::CacheError;
 pub use etcd::{EtcdUpstream, EtcdUpstreamConfig};
 pub use event::{CachedEvent, EventKind};

@@ -33,7 +33,9 @@ pub fn validate_range(req: &RangeRequest) -> Result<(), CacheError> {
     if req.key.is_empty() {
         return Err(CacheError::EmptyKey);
     }
-    if SortOrder::try_from(req.sort_order).is_err() || SortTarget::try_from(req.sort_target).is_err() {
+    if SortOrder::try_from(req.sort_order).is_err()
+        || SortTarget::try_from(req.sort_target).is_err()
+    {
         return Err(CacheError::InvalidSortOption);
     }
     Ok(())
@@ -204,7 +206,10 @@ mod tests {
     }
 
     fn keys(r: &RangeResponse) -> Vec<String> {
-        r.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect()
+        r.kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect()
     }
 
     #[test]
@@ -229,7 +234,10 @@ mod tests {
         let mut q = req("a", b"\0");
         q.limit = 2;
         let r = evaluate_range(&s, &q).unwrap();
-        assert_eq!((keys(&r), r.count, r.more), (vec!["a".into(), "b".into()], 5, true));
+        assert_eq!(
+            (keys(&r), r.count, r.more),
+            (vec!["a".into(), "b".into()], 5, true)
+        );
         q.limit = 5;
         let r = evaluate_range(&s, &q).unwrap();
         assert!(!r.more);
@@ -243,25 +251,46 @@ mod tests {
         let s = snap();
         let mut q = req("a", b"\0");
         q.sort_target = SortTarget::Mod as i32; // NONE + non-key target => ascend
-        assert_eq!(keys(&evaluate_range(&s, &q).unwrap()), ["b", "c/1", "d", "c", "a"]);
+        assert_eq!(
+            keys(&evaluate_range(&s, &q).unwrap()),
+            ["b", "c/1", "d", "c", "a"]
+        );
         q.sort_order = SortOrder::Descend as i32;
         q.limit = 2;
         let r = evaluate_range(&s, &q).unwrap();
-        assert_eq!((keys(&r), r.more, r.count), (vec!["a".into(), "c".into()], true, 5));
+        assert_eq!(
+            (keys(&r), r.more, r.count),
+            (vec!["a".into(), "c".into()], true, 5)
+        );
         q.limit = 0;
         q.sort_target = SortTarget::Value as i32;
         // "mm" ties keep key order in both directions.
-        assert_eq!(keys(&evaluate_range(&s, &q).unwrap()), ["a", "c", "c/1", "d", "b"]);
+        assert_eq!(
+            keys(&evaluate_range(&s, &q).unwrap()),
+            ["a", "c", "c/1", "d", "b"]
+        );
         q.sort_target = SortTarget::Key as i32;
-        assert_eq!(keys(&evaluate_range(&s, &q).unwrap()), ["d", "c/1", "c", "b", "a"]);
+        assert_eq!(
+            keys(&evaluate_range(&s, &q).unwrap()),
+            ["d", "c/1", "c", "b", "a"]
+        );
         q.sort_order = SortOrder::None as i32;
-        assert_eq!(keys(&evaluate_range(&s, &q).unwrap()), ["a", "b", "c", "c/1", "d"]);
+        assert_eq!(
+            keys(&evaluate_range(&s, &q).unwrap()),
+            ["a", "b", "c", "c/1", "d"]
+        );
         q.sort_target = SortTarget::Version as i32;
         q.sort_order = SortOrder::Ascend as i32;
-        assert_eq!(keys(&evaluate_range(&s, &q).unwrap()), ["b", "c/1", "d", "c", "a"]);
+        assert_eq!(
+            keys(&evaluate_range(&s, &q).unwrap()),
+            ["b", "c/1", "d", "c", "a"]
+        );
         q.sort_target = SortTarget::Create as i32;
         q.sort_order = SortOrder::Descend as i32;
-        assert_eq!(keys(&evaluate_range(&s, &q).unwrap()), ["d", "c/1", "c", "b", "a"]);
+        assert_eq!(
+            keys(&evaluate_range(&s, &q).unwrap()),
+            ["d", "c/1", "c", "b", "a"]
+        );
     }
 
     #[test]
@@ -271,7 +300,10 @@ mod tests {
         q.min_mod_revision = 5;
         q.max_mod_revision = 8;
         let r = evaluate_range(&s, &q).unwrap();
-        assert_eq!((keys(&r), r.count), (vec!["c".into(), "c/1".into(), "d".into()], 5));
+        assert_eq!(
+            (keys(&r), r.count),
+            (vec!["c".into(), "c/1".into(), "d".into()], 5)
+        );
         let mut q = req("a", b"\0");
         q.min_create_revision = 3;
         q.max_create_revision = 5;
@@ -287,16 +319,25 @@ mod tests {
         q.keys_only = true;
         let r = evaluate_range(&s, &q).unwrap();
         assert!(r.kvs[0].value.is_empty() && r.kvs[0].mod_revision == 9);
-        assert!(matches!(evaluate_range(&s, &req("", b"")), Err(CacheError::EmptyKey)));
+        assert!(matches!(
+            evaluate_range(&s, &req("", b"")),
+            Err(CacheError::EmptyKey)
+        ));
         let mut q = req("a", b"");
         q.revision = 3;
         assert!(matches!(
             evaluate_range(&s, &q),
-            Err(CacheError::RevisionNotCached { requested: 3, cached: 9 })
+            Err(CacheError::RevisionNotCached {
+                requested: 3,
+                cached: 9
+            })
         ));
         q.revision = 9;
         assert!(evaluate_range(&s, &q).is_ok());
         q.sort_order = 7;
-        assert!(matches!(evaluate_range(&s, &q), Err(CacheError::InvalidSortOption)));
+        assert!(matches!(
+            evaluate_range(&s, &q),
+            Err(CacheError::InvalidSortOption)
+        ));
     }
 }

@@ -12,8 +12,8 @@
 //! event, never a walk over watchers.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
 
 use crate::event::{CachedEvent, EventKind};
 use crate::index::{GroupId, GroupIndex};

@@ -33,11 +33,20 @@ pub(crate) fn spawn(
     spec: Arc<GroupSpec>,
     start: i64,
 ) -> tokio::task::AbortHandle {
-    cache.metrics.splices.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    cache
+        .metrics
+        .splices
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(run(cache, stream, watch_id, spec, start)).abort_handle()
 }
 
-async fn run(cache: Arc<CacheInner>, stream: Arc<StreamShared>, watch_id: i64, spec: Arc<GroupSpec>, start: i64) {
+async fn run(
+    cache: Arc<CacheInner>,
+    stream: Arc<StreamShared>,
+    watch_id: i64,
+    spec: Arc<GroupSpec>,
+    start: i64,
+) {
     let mut next = start;
     let mut backoff = Backoff::new(cache.config.backoff_base, cache.config.backoff_max);
     let (key, range_end) = cache.hull.to_request();
@@ -74,15 +83,21 @@ async fn run(cache: Arc<CacheInner>, stream: Arc<StreamShared>, watch_id: i64, s
                             (rev, spec.accepts(&ev).then(|| Arc::new(ev)))
                         })
                         .collect();
-                    if !stream.wait_for_space(watch_id, cache.config.stream_queue_bytes).await {
+                    if !stream
+                        .wait_for_space(watch_id, cache.config.stream_queue_bytes)
+                        .await
+                    {
                         return;
                     }
-                    match stream.splice_deliver(&cache.history, watch_id, next, batch, spec.prev_kv) {
+                    match stream.splice_deliver(&cache.history, watch_id, next, batch, spec.prev_kv)
+                    {
                         SpliceStep::Gone | SpliceStep::HandedOver => return,
                         SpliceStep::Continue { next: n } => next = n,
                     }
                 }
-                Ok(Some(WatchMsg::Compacted { compact_revision, .. })) => {
+                Ok(Some(WatchMsg::Compacted {
+                    compact_revision, ..
+                })) => {
                     cancel_compacted(&cache, &stream, watch_id, compact_revision);
                     return;
                 }
@@ -102,7 +117,12 @@ async fn run(cache: Arc<CacheInner>, stream: Arc<StreamShared>, watch_id: i64, s
     }
 }
 
-fn cancel_compacted(cache: &CacheInner, stream: &StreamShared, watch_id: i64, compact_revision: i64) {
+fn cancel_compacted(
+    cache: &CacheInner,
+    stream: &StreamShared,
+    watch_id: i64,
+    compact_revision: i64,
+) {
     let fanout = cache.fanout_rev.load(std::sync::atomic::Ordering::Acquire);
     let frame = WatchFrame::new(
         &FrameHead {

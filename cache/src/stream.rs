@@ -61,7 +61,10 @@ pub(crate) enum Pending {
     Control { watch_id: i64, frame: WatchFrame },
     /// The cache relisted at `relist_rev` after the upstream compacted to
     /// `compact_revision`: watchers still below `relist_rev` are cancelled.
-    Reset { relist_rev: i64, compact_revision: i64 },
+    Reset {
+        relist_rev: i64,
+        compact_revision: i64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +123,13 @@ impl StreamShared {
     /// The applier's push of one batch for one group. Never waits: if the
     /// queue is over its budget the batch is not queued and the stream is
     /// marked overflowed.
-    pub(crate) fn push_live(&self, item: Pending, bytes: usize, limit: usize, metrics: &CacheMetrics) {
+    pub(crate) fn push_live(
+        &self,
+        item: Pending,
+        bytes: usize,
+        limit: usize,
+        metrics: &CacheMetrics,
+    ) {
         let mut st = self.state.lock();
         if st.closed || st.overflowed {
             return;
@@ -286,7 +295,10 @@ impl WatchHandle {
             Vec::new(),
             false,
         );
-        st.queue.push_back(Pending::Control { watch_id: id, frame: created });
+        st.queue.push_back(Pending::Control {
+            watch_id: id,
+            frame: created,
+        });
         st.watchers.insert(
             id,
             Watcher {
@@ -360,13 +372,21 @@ impl WatchHandle {
             Vec::new(),
             false,
         );
-        self.shared.push_control(Pending::Control { watch_id: -1, frame });
+        self.shared.push_control(Pending::Control {
+            watch_id: -1,
+            frame,
+        });
     }
 }
 
 /// Removes a watcher and queues `frame` (its cancel response) after whatever
 /// was queued for it. Used by cancel, splice compaction and splice failures.
-pub(crate) fn remove_watcher(cache: &CacheInner, shared: &StreamShared, watch_id: i64, frame: WatchFrame) -> bool {
+pub(crate) fn remove_watcher(
+    cache: &CacheInner,
+    shared: &StreamShared,
+    watch_id: i64,
+    frame: WatchFrame,
+) -> bool {
     let mut reg = cache.registry.write();
     let mut st = shared.state.lock();
     let Some(w) = st.watchers.remove(&watch_id) else {
@@ -609,7 +629,11 @@ impl WatchFrames {
 
         while let Some(p) = st.queue.pop_front() {
             match p {
-                Pending::Events { group, events, bytes } => {
+                Pending::Events {
+                    group,
+                    events,
+                    bytes,
+                } => {
                     st.queued_bytes -= bytes;
                     let Some(ids) = st.groups.get(&group) else {
                         continue;
@@ -657,7 +681,16 @@ impl WatchFrames {
                         .map(|(id, _)| *id)
                         .collect();
                     for id in doomed {
-                        compact_cancel(st, id, compact_revision, fanout, fb, out, &mut self.leaves, &cache.metrics);
+                        compact_cancel(
+                            st,
+                            id,
+                            compact_revision,
+                            fanout,
+                            fb,
+                            out,
+                            &mut self.leaves,
+                            &cache.metrics,
+                        );
                     }
                 }
             }
@@ -676,7 +709,16 @@ impl WatchFrames {
             false
         } else {
             let hist = cache.history.read();
-            catch_up(st, &hist, fb, cfg.catchup_scan_budget, fanout, out, &mut self.leaves, &cache.metrics)
+            catch_up(
+                st,
+                &hist,
+                fb,
+                cfg.catchup_scan_budget,
+                fanout,
+                out,
+                &mut self.leaves,
+                &cache.metrics,
+            )
         };
 
         if st.progress_requested && st.watchers.values().all(|w| w.phase == Phase::Live) {
@@ -687,8 +729,15 @@ impl WatchFrames {
         if self.tick_due {
             self.tick_due = false;
             for (id, w) in st.watchers.iter_mut() {
-                if w.progress_notify && w.phase == Phase::Live && !w.sent_since_tick && !fb.is_open(*id) {
-                    out.push(progress_frame(cache.header(fanout.max(w.next_rev - 1)), *id));
+                if w.progress_notify
+                    && w.phase == Phase::Live
+                    && !w.sent_since_tick
+                    && !fb.is_open(*id)
+                {
+                    out.push(progress_frame(
+                        cache.header(fanout.max(w.next_rev - 1)),
+                        *id,
+                    ));
                 }
                 w.sent_since_tick = false;
             }
@@ -866,14 +915,15 @@ impl FrameBuilder {
 
     fn push(&mut self, id: i64, w: &mut Watcher, ev: &Arc<CachedEvent>, out: &mut Vec<WatchFrame>) {
         let len = ev.encoded_len(w.spec.prev_kv);
-        if let Some(f) = self.open.get(&id) {
-            if !f.events.is_empty() && f.bytes + len > self.max {
-                let same_rev = f.events.last().map(|e| e.revision()) == Some(ev.revision());
-                if !same_rev {
-                    self.close(id, false, out);
-                } else if f.fragment_ok {
-                    self.close(id, true, out);
-                }
+        if let Some(f) = self.open.get(&id)
+            && !f.events.is_empty()
+            && f.bytes + len > self.max
+        {
+            let same_rev = f.events.last().map(|e| e.revision()) == Some(ev.revision());
+            if !same_rev {
+                self.close(id, false, out);
+            } else if f.fragment_ok {
+                self.close(id, true, out);
             }
         }
         let f = self.open.entry(id).or_insert_with(|| OpenFrame {

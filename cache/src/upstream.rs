@@ -8,11 +8,12 @@ use std::pin::Pin;
 use bytes::Bytes;
 use lookout_proto::mvccpb::{Event, KeyValue};
 use lookout_proto::pb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
-    LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse, WatchCancelRequest,
-    WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse, watch_request,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest,
+    WatchProgressRequest, WatchRequest, WatchResponse, watch_request,
 };
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -41,7 +42,10 @@ pub trait Upstream: Send + Sync + std::fmt::Debug + 'static {
     fn compact(&self, req: CompactionRequest) -> UpstreamFuture<'_, CompactionResponse>;
     fn lease_grant(&self, req: LeaseGrantRequest) -> UpstreamFuture<'_, LeaseGrantResponse>;
     fn lease_revoke(&self, req: LeaseRevokeRequest) -> UpstreamFuture<'_, LeaseRevokeResponse>;
-    fn lease_time_to_live(&self, req: LeaseTimeToLiveRequest) -> UpstreamFuture<'_, LeaseTimeToLiveResponse>;
+    fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> UpstreamFuture<'_, LeaseTimeToLiveResponse>;
     fn lease_leases(&self, req: LeaseLeasesRequest) -> UpstreamFuture<'_, LeaseLeasesResponse>;
 
     /// Opens a `LeaseKeepAlive` stream fed by `requests`; responses come back
@@ -76,7 +80,12 @@ pub trait Upstream: Send + Sync + std::fmt::Debug + 'static {
     /// The upstream's status; a compaction between pages surfaces as etcd's
     /// OutOfRange "required revision has been compacted" and the caller lists
     /// again.
-    fn list<'a>(&'a self, range: &'a KeyRange, revision: i64, page_size: i64) -> UpstreamFuture<'a, ListResult> {
+    fn list<'a>(
+        &'a self,
+        range: &'a KeyRange,
+        revision: i64,
+        page_size: i64,
+    ) -> UpstreamFuture<'a, ListResult> {
         Box::pin(async move {
             let (mut key, range_end) = range.to_request();
             let mut out = ListResult {
@@ -128,15 +137,27 @@ pub struct ListResult {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchMsg {
     /// The watcher exists; `revision` is the store's revision at creation.
-    Created { watch_id: i64, header: ResponseHeader },
+    Created {
+        watch_id: i64,
+        header: ResponseHeader,
+    },
     /// Events of one or more complete revisions, ascending.
-    Events { header: ResponseHeader, events: Vec<Event> },
+    Events {
+        header: ResponseHeader,
+        events: Vec<Event>,
+    },
     /// No events: the watcher has received everything up to `header.revision`.
     Progress { header: ResponseHeader },
     /// The start revision was compacted; the watcher is gone.
-    Compacted { header: ResponseHeader, compact_revision: i64 },
+    Compacted {
+        header: ResponseHeader,
+        compact_revision: i64,
+    },
     /// The upstream cancelled the watcher for another reason.
-    Canceled { header: ResponseHeader, reason: String },
+    Canceled {
+        header: ResponseHeader,
+        reason: String,
+    },
 }
 
 impl WatchMsg {
@@ -226,7 +247,9 @@ impl UpstreamWatch {
     pub fn request_progress(&self) -> bool {
         self.requests
             .try_send(WatchRequest {
-                request_union: Some(watch_request::RequestUnion::ProgressRequest(WatchProgressRequest {})),
+                request_union: Some(watch_request::RequestUnion::ProgressRequest(
+                    WatchProgressRequest {},
+                )),
             })
             .is_ok()
     }
@@ -235,7 +258,9 @@ impl UpstreamWatch {
     pub fn cancel(&self, watch_id: i64) -> bool {
         self.requests
             .try_send(WatchRequest {
-                request_union: Some(watch_request::RequestUnion::CancelRequest(WatchCancelRequest { watch_id })),
+                request_union: Some(watch_request::RequestUnion::CancelRequest(
+                    WatchCancelRequest { watch_id },
+                )),
             })
             .is_ok()
     }

@@ -65,7 +65,7 @@ impl WatchSpec {
     fn wants(&self, ev: &Event) -> bool {
         let key = ev.kv.as_ref().map_or(&[][..], |kv| &kv.key[..]);
         let put = ev.r#type == EventType::Put as i32;
-        self.contains(key) && !(put && self.no_put) && !(!put && self.no_delete)
+        self.contains(key) && !(put && self.no_put) && (put || !self.no_delete)
     }
 }
 
@@ -153,13 +153,15 @@ impl StoreHistory {
         }
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tx.send(WatchRequest {
-            request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
-                key: Bytes::from_static(&[0]),
-                range_end: Bytes::from_static(&[0]),
-                start_revision: base_rev + 1,
-                prev_kv: true,
-                ..Default::default()
-            })),
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key: Bytes::from_static(&[0]),
+                    range_end: Bytes::from_static(&[0]),
+                    start_revision: base_rev + 1,
+                    prev_kv: true,
+                    ..Default::default()
+                },
+            )),
         })
         .await
         .expect("queue create");
@@ -175,7 +177,10 @@ impl StoreHistory {
                 .await
                 .expect("history watch stream")
                 .expect("history watch ended early");
-            assert!(resp.compact_revision == 0, "history {base_rev}.. is compacted");
+            assert!(
+                resp.compact_revision == 0,
+                "history {base_rev}.. is compacted"
+            );
             for ev in resp.events {
                 h.push(ev);
             }
@@ -186,7 +191,11 @@ impl StoreHistory {
 
     /// The keyspace at `rev` (restricted to `[key, range_end)`).
     pub fn state_at(&self, rev: i64, key: &[u8], range_end: &[u8]) -> BTreeMap<Bytes, KeyValue> {
-        assert!(rev >= self.base_rev, "revision {rev} below the history base {}", self.base_rev);
+        assert!(
+            rev >= self.base_rev,
+            "revision {rev} below the history base {}",
+            self.base_rev
+        );
         let mut state = self.base.clone();
         for ev in self.events.iter().take_while(|e| rev_of(e) <= rev) {
             apply(&mut state, ev);
@@ -275,7 +284,9 @@ impl WatcherLog {
         if self.spec.start_revision > 0 {
             self.spec.start_revision
         } else {
-            self.created_rev.expect("a 'now' watcher needs its created response") + 1
+            self.created_rev
+                .expect("a 'now' watcher needs its created response")
+                + 1
         }
     }
 
@@ -298,7 +309,11 @@ pub struct CheckReport {
 ///
 /// # Errors
 /// A description of the first violation.
-pub fn check_watcher(h: &StoreHistory, log: &WatcherLog, through: i64) -> Result<CheckReport, String> {
+pub fn check_watcher(
+    h: &StoreHistory,
+    log: &WatcherLog,
+    through: i64,
+) -> Result<CheckReport, String> {
     let start = log.effective_start();
     let got: Vec<&Event> = log.events.iter().filter(|e| rev_of(e) <= through).collect();
 
@@ -332,11 +347,17 @@ pub fn check_watcher(h: &StoreHistory, log: &WatcherLog, through: i64) -> Result
     let n = match log.compacted {
         Some(c) => {
             if got.len() > expected.len() {
-                return Err(format!("{} events received, only {} exist", got.len(), expected.len()));
+                return Err(format!(
+                    "{} events received, only {} exist",
+                    got.len(),
+                    expected.len()
+                ));
             }
             let last = got.last().map_or(start - 1, |e| rev_of(e));
             if c <= last {
-                return Err(format!("compact_revision {c} not above the last event received ({last})"));
+                return Err(format!(
+                    "compact_revision {c} not above the last event received ({last})"
+                ));
             }
             got.len()
         }
@@ -368,14 +389,16 @@ pub fn check_watcher(h: &StoreHistory, log: &WatcherLog, through: i64) -> Result
         if p > through {
             continue;
         }
-        if let Some(e) = log.events[..before].last() {
-            if rev_of(e) > p {
-                return Err(format!("progress {p} after an event at {}", rev_of(e)));
-            }
+        if let Some(e) = log.events[..before].last()
+            && rev_of(e) > p
+        {
+            return Err(format!("progress {p} after an event at {}", rev_of(e)));
         }
         let due = expected.iter().filter(|e| rev_of(e) <= p).count();
         if log.compacted.is_none() && before < due {
-            return Err(format!("progress {p} with {before} events received, {due} were due"));
+            return Err(format!(
+                "progress {p} with {before} events received, {due} were due"
+            ));
         }
     }
     Ok(CheckReport {
@@ -398,7 +421,8 @@ pub fn check_list_then_watch(
     through: i64,
 ) -> Result<(), String> {
     let (key, end) = (&log.spec.key[..], &log.spec.range_end[..]);
-    let mut state: BTreeMap<Bytes, KeyValue> = list.iter().map(|kv| (kv.key.clone(), kv.clone())).collect();
+    let mut state: BTreeMap<Bytes, KeyValue> =
+        list.iter().map(|kv| (kv.key.clone(), kv.clone())).collect();
     let want = h.state_at(list_rev, key, end);
     if state != want {
         return Err(format!("list at {list_rev} differs from the store"));
@@ -411,7 +435,12 @@ pub fn check_list_then_watch(
         None => through,
     };
     let mut events = log.events.iter().filter(|e| rev_of(e) <= limit).peekable();
-    let mut revs: Vec<i64> = log.events.iter().map(rev_of).filter(|r| *r <= limit).collect();
+    let mut revs: Vec<i64> = log
+        .events
+        .iter()
+        .map(rev_of)
+        .filter(|r| *r <= limit)
+        .collect();
     revs.push(limit);
     revs.dedup();
     for r in revs {
@@ -419,7 +448,10 @@ pub fn check_list_then_watch(
             apply(&mut state, e);
         }
         while let Some(e) = hist.next_if(|e| rev_of(e) <= r) {
-            if log.spec.contains(e.kv.as_ref().map_or(&[][..], |kv| &kv.key[..])) {
+            if log
+                .spec
+                .contains(e.kv.as_ref().map_or(&[][..], |kv| &kv.key[..]))
+            {
                 apply(&mut store, e);
             }
         }
@@ -430,7 +462,9 @@ pub fn check_list_then_watch(
                 .filter(|k| state.get(*k) != store.get(*k))
                 .take(5)
                 .collect();
-            return Err(format!("list@{list_rev} + events != store at revision {r}; keys {diff:?}"));
+            return Err(format!(
+                "list@{list_rev} + events != store at revision {r}; keys {diff:?}"
+            ));
         }
     }
     Ok(())
@@ -482,7 +516,10 @@ mod tests {
     #[test]
     fn accepts_exact_and_rejects_gap_dup_order() {
         let h = history();
-        let strip = |e: &Event| Event { prev_kv: None, ..e.clone() };
+        let strip = |e: &Event| Event {
+            prev_kv: None,
+            ..e.clone()
+        };
         let all: Vec<Event> = h.events().iter().map(strip).collect();
         let mut ok = WatcherLog::new(&spec(2));
         ok.record(&resp(all.clone()));
@@ -490,15 +527,27 @@ mod tests {
 
         let mut gap = WatcherLog::new(&spec(2));
         gap.record(&resp(vec![all[0].clone(), all[2].clone(), all[3].clone()]));
-        assert!(check_watcher(&h, &gap, 5).unwrap_err().contains("first missing revisions [3]"));
+        assert!(
+            check_watcher(&h, &gap, 5)
+                .unwrap_err()
+                .contains("first missing revisions [3]")
+        );
 
         let mut dup = WatcherLog::new(&spec(2));
         dup.record(&resp(vec![all[0].clone(), all[0].clone()]));
-        assert!(check_watcher(&h, &dup, 5).unwrap_err().contains("duplicate"));
+        assert!(
+            check_watcher(&h, &dup, 5)
+                .unwrap_err()
+                .contains("duplicate")
+        );
 
         let mut order = WatcherLog::new(&spec(2));
         order.record(&resp(vec![all[1].clone(), all[0].clone()]));
-        assert!(check_watcher(&h, &order, 5).unwrap_err().contains("out of order"));
+        assert!(
+            check_watcher(&h, &order, 5)
+                .unwrap_err()
+                .contains("out of order")
+        );
     }
 
     #[test]
@@ -531,7 +580,10 @@ mod tests {
             }),
             ..Default::default()
         });
-        assert!(check_watcher(&h, &p, 3).is_err(), "progress 3 before event 3");
+        assert!(
+            check_watcher(&h, &p, 3).is_err(),
+            "progress 3 before event 3"
+        );
     }
 
     #[test]

@@ -41,6 +41,9 @@ impl EtcdServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("etcd did not serve after restart:\n{}", self.child.log_text());
+        panic!(
+            "etcd did not serve after restart:\n{}",
+            self.child.log_text()
+        );
     }
 }

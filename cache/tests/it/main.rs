@@ -4,6 +4,7 @@ mod progress;
 mod range_vs_etcd;
 mod resilience;
 mod slow_watchers;
+mod stream_api;
 mod support;
 mod upstream_client;
 mod watch_guarantees;

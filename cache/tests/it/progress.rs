@@ -41,7 +41,11 @@ async fn progress_notify_and_request_progress_report_received_revisions() {
     rec.handle.request_progress();
     lookout_testkit::wait_for("the stream-wide progress response", WAIT, || {
         let r = rec.responses(-1);
-        async move { r.last().map(|r| r.header.unwrap().revision).filter(|r| *r == last) }
+        async move {
+            r.last()
+                .map(|r| r.header.unwrap().revision)
+                .filter(|r| *r == last)
+        }
     })
     .await;
     let history = StoreHistory::fetch(&etcd.endpoint, base, last, WAIT).await;
@@ -68,7 +72,11 @@ async fn prefix_cache_advances_on_upstream_progress_only() {
         },
     )
     .await;
-    assert_eq!(cache.snapshot().len(), 1, "only the configured prefix is held");
+    assert_eq!(
+        cache.snapshot().len(),
+        1,
+        "only the configured prefix is held"
+    );
     let rev = churn(&mut kv, "out/", 20, 3, 61).await;
     // No event of ours lies at `rev`: progress must carry the cache there.
     let snap = cache.linearizable_snapshot(WAIT).await.unwrap();

@@ -2,8 +2,9 @@
 //! real etcd's answer for the same data.
 
 use lookout_proto::pb::{
-    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, request_op,
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
     range_request::{SortOrder, SortTarget},
+    request_op,
 };
 use lookout_testkit::EtcdServer;
 
@@ -15,7 +16,15 @@ async fn every_option_matches_etcd() {
     let mut kv = kv(&etcd.endpoint).await;
     // Versions, create and mod revisions and values with ties: a txn creates
     // two keys in one revision, some values repeat, some keys are rewritten.
-    for (k, v) in [("a", "m"), ("b", "z"), ("b/1", "m"), ("b/2", "a"), ("c", "q"), ("d", "m"), ("e", "e")] {
+    for (k, v) in [
+        ("a", "m"),
+        ("b", "z"),
+        ("b/1", "m"),
+        ("b/2", "a"),
+        ("c", "q"),
+        ("d", "m"),
+        ("e", "e"),
+    ] {
         put(&mut kv, k, v).await;
     }
     let op = |k: &str, v: &str| RequestOp {
@@ -31,7 +40,15 @@ async fn every_option_matches_etcd() {
     })
     .await
     .unwrap();
-    for (k, v) in [("a", "m"), ("b/1", "n"), ("a", "o"), ("c", "m"), ("h", ""), ("b/4", "b"), ("i", "q")] {
+    for (k, v) in [
+        ("a", "m"),
+        ("b/1", "n"),
+        ("a", "o"),
+        ("c", "m"),
+        ("h", ""),
+        ("b/4", "b"),
+        ("i", "q"),
+    ] {
         put(&mut kv, k, v).await;
     }
     kv.delete_range(DeleteRangeRequest {
@@ -56,15 +73,29 @@ async fn every_option_matches_etcd() {
         ("b/2", b"b/4"),
     ];
     let orders = [SortOrder::None, SortOrder::Ascend, SortOrder::Descend];
-    let targets = [SortTarget::Key, SortTarget::Version, SortTarget::Create, SortTarget::Mod, SortTarget::Value];
-    let filters: [(i64, i64, i64, i64); 5] = [(0, 0, 0, 0), (4, 0, 0, 0), (0, 12, 0, 0), (0, 0, 9, 0), (0, 0, 0, 9)];
+    let targets = [
+        SortTarget::Key,
+        SortTarget::Version,
+        SortTarget::Create,
+        SortTarget::Mod,
+        SortTarget::Value,
+    ];
+    let filters: [(i64, i64, i64, i64); 5] = [
+        (0, 0, 0, 0),
+        (4, 0, 0, 0),
+        (0, 12, 0, 0),
+        (0, 0, 9, 0),
+        (0, 0, 0, 9),
+    ];
     let mut compared = 0;
     for (key, end) in ranges {
         for limit in [0, 1, 3, 100] {
             for order in orders {
                 for target in targets {
                     for (min_mod, max_mod, min_create, max_create) in filters {
-                        for (keys_only, count_only) in [(false, false), (true, false), (false, true)] {
+                        for (keys_only, count_only) in
+                            [(false, false), (true, false), (false, true)]
+                        {
                             let req = RangeRequest {
                                 key: b(key),
                                 range_end: bytes::Bytes::copy_from_slice(end),
@@ -88,7 +119,10 @@ async fn every_option_matches_etcd() {
                                 "{req:?}"
                             );
                             let (h1, h2) = (ours.header.unwrap(), theirs.header.unwrap());
-                            assert_eq!((h1.revision, h1.cluster_id, h1.member_id), (h2.revision, h2.cluster_id, h2.member_id));
+                            assert_eq!(
+                                (h1.revision, h1.cluster_id, h1.member_id),
+                                (h2.revision, h2.cluster_id, h2.member_id)
+                            );
                             compared += 1;
                         }
                     }
@@ -104,14 +138,20 @@ async fn every_option_matches_etcd() {
         revision: rev,
         ..Default::default()
     };
-    assert_eq!(cache.range(&req).unwrap().kvs, kv.range(req.clone()).await.unwrap().into_inner().kvs);
+    assert_eq!(
+        cache.range(&req).unwrap().kvs,
+        kv.range(req.clone()).await.unwrap().into_inner().kvs
+    );
     req.revision = rev - 3;
     assert!(cache.range(&req).is_err());
     // Bad input gets etcd's status.
     let bad = RangeRequest::default();
     let ours = tonic::Status::from(cache.range(&bad).unwrap_err());
     let theirs = kv.range(bad).await.unwrap_err();
-    assert_eq!((ours.code(), ours.message()), (theirs.code(), theirs.message()));
+    assert_eq!(
+        (ours.code(), ours.message()),
+        (theirs.code(), theirs.message())
+    );
 }
 
 /// Hundreds of keys with few distinct sort values: Go's unstable sort
@@ -150,7 +190,12 @@ async fn tie_heavy_sorts_of_many_keys_match_etcd() {
     let cache = start_cache(&[&etcd.endpoint], config()).await;
     for (key, end) in [("t/", "t0"), ("t/05", "t/15"), ("t/000", "t/013")] {
         for order in [SortOrder::Ascend, SortOrder::Descend] {
-            for target in [SortTarget::Version, SortTarget::Create, SortTarget::Mod, SortTarget::Value] {
+            for target in [
+                SortTarget::Version,
+                SortTarget::Create,
+                SortTarget::Mod,
+                SortTarget::Value,
+            ] {
                 for limit in [0, 60] {
                     let req = RangeRequest {
                         key: b(key),
@@ -164,9 +209,15 @@ async fn tie_heavy_sorts_of_many_keys_match_etcd() {
                     let theirs = kv.range(req.clone()).await.unwrap().into_inner();
                     let ours = cache.range(&req).unwrap();
                     let keys = |kvs: &[lookout_proto::mvccpb::KeyValue]| {
-                        kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect::<Vec<_>>()
+                        kvs.iter()
+                            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+                            .collect::<Vec<_>>()
                     };
-                    assert_eq!(keys(&ours.kvs), keys(&theirs.kvs), "{key}..{end} {order:?} {target:?} limit {limit}");
+                    assert_eq!(
+                        keys(&ours.kvs),
+                        keys(&theirs.kvs),
+                        "{key}..{end} {order:?} {target:?} limit {limit}"
+                    );
                     assert_eq!(ours, RangeResponse_with_header(&theirs, &ours));
                 }
             }

@@ -50,7 +50,11 @@ async fn etcd_killed_and_restarted_on_its_data_dir() {
         })
         .await;
     }
-    assert_eq!(cache.metrics().lists.load(Relaxed), 1, "resumed, not relisted");
+    assert_eq!(
+        cache.metrics().lists.load(Relaxed),
+        1,
+        "resumed, not relisted"
+    );
     assert!(cache.metrics().upstream_watches.load(Relaxed) >= 2);
 }
 
@@ -88,8 +92,16 @@ async fn compaction_while_disconnected_relists_and_cancels_with_compact_revision
     for id in [now, pre] {
         rec.wait_until(id, i64::MAX).await;
         let log = rec.log(id);
-        assert_eq!(log.compacted, Some(gone), "cancelled with the store's compaction revision");
-        assert_eq!(log.last_revision(), Some(first), "nothing invented after the gap");
+        assert_eq!(
+            log.compacted,
+            Some(gone),
+            "cancelled with the store's compaction revision"
+        );
+        assert_eq!(
+            log.last_revision(),
+            Some(first),
+            "nothing invented after the gap"
+        );
     }
     // The snapshot is the store's state after the relist.
     let snap = cache.wait_for_revision(gone, WAIT).await.unwrap();
@@ -99,7 +111,10 @@ async fn compaction_while_disconnected_relists_and_cancels_with_compact_revision
         ..Default::default()
     };
     let ours: Vec<_> = cache.range_at(&snap, &all).unwrap().kvs;
-    let want: Vec<_> = history.state_at(snap.revision(), b"c/", b"c0").into_values().collect();
+    let want: Vec<_> = history
+        .state_at(snap.revision(), b"c/", b"c0")
+        .into_values()
+        .collect();
     assert_eq!(ours, want);
     // New watchers work, including from the compaction revision itself.
     let again = rec.watch(prefix_watch("c/", gone + 1));
@@ -120,7 +135,10 @@ async fn dead_first_endpoint_fails_over() {
     let mut kv = kv(&etcd.endpoint).await;
     let rev = churn(&mut kv, "f/", 20, 5, 31).await;
     let cache = start_cache(&[&dead, &etcd.endpoint], config()).await;
-    assert_eq!(cache.wait_for_revision(rev, WAIT).await.unwrap().revision(), rev);
+    assert_eq!(
+        cache.wait_for_revision(rev, WAIT).await.unwrap().revision(),
+        rev
+    );
     let snap = cache.linearizable_snapshot(WAIT).await.unwrap();
     assert_eq!(snap.revision(), rev);
 }

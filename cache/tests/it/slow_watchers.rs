@@ -41,14 +41,22 @@ async fn stalled_falls_off_the_ring_slow_catches_up_others_unaffected() {
     // far past its 4 KiB queue, well inside the 300-event ring.
     let mid = churn(&mut kv, "s/", 150, 30, 41).await;
     healthy.wait_until(h_all, mid).await;
-    assert!(cache.metrics().slow_switches.load(Relaxed) >= 2, "both paused streams overflowed");
+    assert!(
+        cache.metrics().slow_switches.load(Relaxed) >= 2,
+        "both paused streams overflowed"
+    );
     slow.resume();
     slow.wait_until(s_all, mid).await;
 
     // Phase 2: the stalled stream stays stalled past the ring's reach.
     let last = churn(&mut kv, "s/", 400, 30, 42).await;
     let history = StoreHistory::fetch(&etcd.endpoint, base, last, WAIT).await;
-    for (rec, id) in [(&healthy, h_all), (&healthy, h_prefix), (&slow, s_all), (&slow, s_prev)] {
+    for (rec, id) in [
+        (&healthy, h_all),
+        (&healthy, h_prefix),
+        (&slow, s_all),
+        (&slow, s_prev),
+    ] {
         lookout_testkit::wait_for("watcher complete", WAIT, || {
             let ok = check_watcher(&history, &rec.log(id), last).is_ok();
             async move { ok.then_some(()) }
@@ -59,15 +67,24 @@ async fn stalled_falls_off_the_ring_slow_catches_up_others_unaffected() {
     }
     // Behind batches are delivered several events per response, within the
     // frame budget (one revision may exceed it alone).
-    let batched = slow.responses(s_all).iter().filter(|r| r.events.len() > 1).count();
+    let batched = slow
+        .responses(s_all)
+        .iter()
+        .filter(|r| r.events.len() > 1)
+        .count();
     assert!(batched > 0, "catch-up batches events");
 
     stalled.resume();
     stalled.wait_until(x_all, i64::MAX).await;
     let log = stalled.log(x_all);
     let (ring_start, _) = cache.history_window();
-    let c = log.compacted.expect("the stalled watcher is compact-cancelled");
-    assert!(c > base + 1 && c <= ring_start, "compact_revision {c} is where the ring begins");
+    let c = log
+        .compacted
+        .expect("the stalled watcher is compact-cancelled");
+    assert!(
+        c > base + 1 && c <= ring_start,
+        "compact_revision {c} is where the ring begins"
+    );
     check_watcher(&history, &log, last).unwrap();
     assert!(cache.metrics().compact_cancels.load(Relaxed) >= 1);
     assert_eq!(cache.metrics().watchers.load(Relaxed), 4);

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use lookout_cache::{Cache, CacheConfig, EtcdUpstream, EtcdUpstreamConfig, WatchFrames, WatchHandle};
+use lookout_cache::{
+    Cache, CacheConfig, EtcdUpstream, EtcdUpstreamConfig, WatchFrames, WatchHandle,
+};
 use lookout_proto::pb::{
-    CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchResponse,
-    kv_client::KvClient, request_op,
+    CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest,
+    WatchResponse, kv_client::KvClient, request_op,
 };
 use lookout_testkit::checker::WatcherLog;
 use parking_lot::Mutex;
@@ -56,7 +58,13 @@ pub async fn compact(kv: &mut KvClient<Channel>, revision: i64) {
 /// A deterministic mix over `keys` keys under `prefix`: puts of growing
 /// values, deletes, and two-key transactions (several events in one
 /// revision). Returns the revision after the last operation.
-pub async fn churn(kv: &mut KvClient<Channel>, prefix: &str, ops: usize, keys: usize, seed: u64) -> i64 {
+pub async fn churn(
+    kv: &mut KvClient<Channel>,
+    prefix: &str,
+    ops: usize,
+    keys: usize,
+    seed: u64,
+) -> i64 {
     let mut x = seed | 1;
     let mut rev = 0;
     for i in 0..ops {
@@ -209,16 +217,25 @@ impl Recorder {
     }
 
     pub fn responses(&self, id: i64) -> Vec<WatchResponse> {
-        self.responses.lock().by_id.get(&id).cloned().unwrap_or_default()
+        self.responses
+            .lock()
+            .by_id
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Waits until watcher `id` has an event at or above `rev`, or is cancelled.
     pub async fn wait_until(&self, id: i64, rev: i64) {
-        lookout_testkit::wait_for(&format!("watcher {id} to reach revision {rev}"), WAIT, || {
-            let log = self.log(id);
-            let done = log.canceled || log.last_revision().is_some_and(|r| r >= rev);
-            async move { done.then_some(()) }
-        })
+        lookout_testkit::wait_for(
+            &format!("watcher {id} to reach revision {rev}"),
+            WAIT,
+            || {
+                let log = self.log(id);
+                let done = log.canceled || log.last_revision().is_some_and(|r| r >= rev);
+                async move { done.then_some(()) }
+            },
+        )
         .await;
     }
 }
@@ -243,7 +260,8 @@ impl Drop for Recorder {
 pub fn prefix_watch(prefix: &str, start: i64) -> WatchCreateRequest {
     WatchCreateRequest {
         key: b(prefix),
-        range_end: lookout_cache::prefix_end(prefix.as_bytes()).unwrap_or_else(|| Bytes::from_static(&[0])),
+        range_end: lookout_cache::prefix_end(prefix.as_bytes())
+            .unwrap_or_else(|| Bytes::from_static(&[0])),
         start_revision: start,
         ..Default::default()
     }

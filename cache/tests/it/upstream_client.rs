@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use lookout_cache::{KeyRange, Upstream, WatchMsg};
 use lookout_proto::pb::{
-    CompactionRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest,
-    LeaseTimeToLiveRequest, PutRequest, RangeRequest, WatchCreateRequest,
+    CompactionRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest,
+    LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, WatchCreateRequest,
 };
 use lookout_testkit::EtcdServer;
 
@@ -50,13 +50,19 @@ async fn lists_pages_at_one_revision_and_forwards_unchanged() {
         revision: now.revision + 100,
         physical: false,
     };
-    let ours = up.compact(compact_future.clone()).await.unwrap_err();
+    let ours = up.compact(compact_future).await.unwrap_err();
     let theirs = direct.compact(compact_future).await.unwrap_err();
-    assert_eq!((ours.code(), ours.message()), (theirs.code(), theirs.message()));
+    assert_eq!(
+        (ours.code(), ours.message()),
+        (theirs.code(), theirs.message())
+    );
     let empty_key = PutRequest::default();
     let ours = up.put(empty_key.clone()).await.unwrap_err();
     let theirs = direct.put(empty_key).await.unwrap_err();
-    assert_eq!((ours.code(), ours.message()), (theirs.code(), theirs.message()));
+    assert_eq!(
+        (ours.code(), ours.message()),
+        (theirs.code(), theirs.message())
+    );
 
     let resp = up
         .put(PutRequest {
@@ -77,9 +83,18 @@ async fn lists_pages_at_one_revision_and_forwards_unchanged() {
         .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     // etcd sends response headers with its first answer: queue a request first.
-    tx.send(LeaseKeepAliveRequest { id: lease.id }).await.unwrap();
-    let mut ka = tokio::time::timeout(WAIT, up.lease_keep_alive(rx)).await.unwrap().unwrap();
-    let beat = tokio::time::timeout(WAIT, ka.message()).await.unwrap().unwrap().unwrap();
+    tx.send(LeaseKeepAliveRequest { id: lease.id })
+        .await
+        .unwrap();
+    let mut ka = tokio::time::timeout(WAIT, up.lease_keep_alive(rx))
+        .await
+        .unwrap()
+        .unwrap();
+    let beat = tokio::time::timeout(WAIT, ka.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!((beat.id, beat.ttl), (lease.id, 30));
     let ttl = up
         .lease_time_to_live(LeaseTimeToLiveRequest {
@@ -89,10 +104,25 @@ async fn lists_pages_at_one_revision_and_forwards_unchanged() {
         .await
         .unwrap();
     assert_eq!(ttl.granted_ttl, 30);
-    assert!(up.lease_leases(LeaseLeasesRequest {}).await.unwrap().leases.iter().any(|l| l.id == lease.id));
-    up.lease_revoke(LeaseRevokeRequest { id: lease.id }).await.unwrap();
-    let gone = up.lease_revoke(LeaseRevokeRequest { id: lease.id }).await.unwrap_err();
-    assert!(gone.message().contains("requested lease not found"), "{gone:?}");
+    assert!(
+        up.lease_leases(LeaseLeasesRequest {})
+            .await
+            .unwrap()
+            .leases
+            .iter()
+            .any(|l| l.id == lease.id)
+    );
+    up.lease_revoke(LeaseRevokeRequest { id: lease.id })
+        .await
+        .unwrap();
+    let gone = up
+        .lease_revoke(LeaseRevokeRequest { id: lease.id })
+        .await
+        .unwrap_err();
+    assert!(
+        gone.message().contains("requested lease not found"),
+        "{gone:?}"
+    );
 }
 
 async fn next(w: &mut lookout_cache::UpstreamWatch) -> WatchMsg {
@@ -123,7 +153,13 @@ async fn watch_messages_are_classified() {
     assert!(matches!(next(&mut w).await, WatchMsg::Created { .. }));
     match next(&mut w).await {
         WatchMsg::Events { events, .. } => {
-            assert_eq!(events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect::<Vec<_>>(), [r1, r2]);
+            assert_eq!(
+                events
+                    .iter()
+                    .map(|e| e.kv.as_ref().unwrap().mod_revision)
+                    .collect::<Vec<_>>(),
+                [r1, r2]
+            );
         }
         other => panic!("expected events, got {other:?}"),
     }
@@ -145,7 +181,10 @@ async fn watch_messages_are_classified() {
         .unwrap();
     let mut compacted = None;
     for _ in 0..3 {
-        if let WatchMsg::Compacted { compact_revision, .. } = next(&mut old).await {
+        if let WatchMsg::Compacted {
+            compact_revision, ..
+        } = next(&mut old).await
+        {
             compacted = Some(compact_revision);
             break;
         }

@@ -32,7 +32,10 @@ async fn every_start_point_gets_exactly_the_store_history() {
     cache.wait_for_revision(mid, WAIT).await.unwrap();
     let (ring_start, ring_last) = cache.history_window();
     assert_eq!(ring_last, mid);
-    assert!(ring_start > listed + 1, "the ring evicted: starts at {ring_start}");
+    assert!(
+        ring_start > listed + 1,
+        "the ring evicted: starts at {ring_start}"
+    );
 
     let rec = Recorder::spawn(&cache);
     let now = rec.watch(all_keys_watch(0));
@@ -71,17 +74,34 @@ async fn every_start_point_gets_exactly_the_store_history() {
         })
         .await;
         if waited.is_err() {
-            panic!("watcher {id}: {}", check_watcher(&history, &rec.log(id), last).unwrap_err());
+            panic!(
+                "watcher {id}: {}",
+                check_watcher(&history, &rec.log(id), last).unwrap_err()
+            );
         }
         let report = check_watcher(&history, &rec.log(id), last).unwrap();
         assert!(!report.compacted);
     }
-    assert!(rec.log(beyond_ring).events.len() > 100, "the splice delivered history");
-    check_list_then_watch(&history, snap.revision(), &listed_kvs, &rec.log(informer), last).unwrap();
+    assert!(
+        rec.log(beyond_ring).events.len() > 100,
+        "the splice delivered history"
+    );
+    check_list_then_watch(
+        &history,
+        snap.revision(),
+        &listed_kvs,
+        &rec.log(informer),
+        last,
+    )
+    .unwrap();
 
     rec.wait_until(compacted, 0).await;
     let log = rec.log(compacted);
-    assert_eq!((log.compacted, log.events.len()), (Some(compacted_at), 0), "{log:?}");
+    assert_eq!(
+        (log.compacted, log.events.len()),
+        (Some(compacted_at), 0),
+        "{log:?}"
+    );
     assert!(cache.metrics().splices.load(Relaxed) >= 2);
     assert_eq!(cache.metrics().compact_cancels.load(Relaxed), 1);
 }
@@ -110,7 +130,14 @@ async fn prev_kv_comes_from_the_cache_state_and_matches_etcd() {
         })
         .await;
     }
-    assert!(rec.log(id).events.iter().filter(|e| e.prev_kv.is_some()).count() > 100);
+    assert!(
+        rec.log(id)
+            .events
+            .iter()
+            .filter(|e| e.prev_kv.is_some())
+            .count()
+            > 100
+    );
     assert!(rec.log(deletes_only).events.iter().all(|e| e.r#type == 1));
     // Two watchers with different filters are two groups.
     assert_eq!(cache.group_count(), 2);
