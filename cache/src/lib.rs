@@ -27,13 +27,37 @@
 //! compaction while disconnected) it relists and cancels the affected
 //! watchers with `compact_revision` instead.
 //!
-//! For the gateway: [`Cache::start`] with an [`EtcdUpstream`]; serve
-//! serializable reads with [`Cache::range`], linearizable ones with
-//! [`Cache::linearizable_snapshot`] + [`Cache::range_at`]; forward writes with
-//! [`Cache::upstream`] and read your write with [`Cache::wait_for_revision`];
-//! per gRPC watch stream call [`Cache::open_stream`] and write each
-//! [`WatchFrame`] with [`WatchFrame::write_to`] through a pass-through codec.
-//! Map errors once with `tonic::Status::from(CacheError)`.
+//! # For the gateway
+//!
+//! | need | call |
+//! |---|---|
+//! | start | [`Cache::start`]`(Arc::new(`[`EtcdUpstream::new`]`(..)), `[`CacheConfig`]`)`, then [`Cache::wait_ready`] |
+//! | serializable Range | [`Cache::range`] (header filled, every option as etcd 3.4, ties sorted by Go's algorithm) |
+//! | linearizable Range | [`Cache::linearizable_snapshot`] then [`Cache::range_at`]; [`CacheError::Timeout`] maps to Unavailable |
+//! | Range at an old revision | [`CacheError::RevisionNotCached`] from `range`: forward with [`Cache::upstream`]`().range(..)` |
+//! | Put/Delete/Txn/Compact/Lease* | [`Cache::upstream`]; then [`Cache::wait_for_revision`]`(w)` so the client reads its write |
+//! | a gRPC Watch stream | [`Cache::open_stream`] -> ([`WatchHandle`], [`WatchFrames`]): `create` / `cancel` / `request_progress` from the request side, [`WatchFrames::next`] on the response side; write each [`WatchFrame`] with [`WatchFrame::write_to`] through a pass-through codec |
+//! | /metrics | [`Cache::metrics`] ([`CacheMetrics`], plain atomics) |
+//! | errors | `tonic::Status::from(`[`CacheError`]`)` (etcd's codes and messages) |
+//!
+//! # Choices worth knowing
+//!
+//! - `prev_kv` comes from the cache's own state, not from the upstream: the
+//!   cache holds the previous value anyway, and asking etcd for it would
+//!   double the bytes of every event and make etcd read the old revision
+//!   from its backend per event. Events are encoded once in both variants
+//!   (see [`CachedEvent`]).
+//! - The upstream watch covers the hull of the configured ranges with
+//!   `progress_notify`; with the default (all keys) every store revision
+//!   carries an event, so linearizable reads never depend on progress
+//!   responses. With prefixes, the cache asks for progress while a read
+//!   waits; etcd before 3.4.25 may answer such a request ahead of pending
+//!   events (etcd issue 15220), counted in
+//!   [`CacheMetrics::progress_regressions`] (events are still applied, never
+//!   dropped).
+//! - Watchers below the ring are served by an upstream watch over the hull
+//!   from their start revision, handed to the ring at the first revision it
+//!   holds; no progress response is trusted for the hand-over.
 
 mod backoff;
 mod cache;

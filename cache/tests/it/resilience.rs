@@ -142,3 +142,36 @@ async fn dead_first_endpoint_fails_over() {
     let snap = cache.linearizable_snapshot(WAIT).await.unwrap();
     assert_eq!(snap.revision(), rev);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_dies_mid_stream_and_the_cache_moves_to_the_next() {
+    let etcd = EtcdServer::start().await;
+    let first = TcpProxy::start(&etcd.endpoint).await;
+    let second = TcpProxy::start(&etcd.endpoint).await;
+    let mut kv = kv(&etcd.endpoint).await;
+    let cache = start_cache(&[first.endpoint(), second.endpoint()], config()).await;
+    let rec = Recorder::spawn(&cache);
+    let id = rec.watch(all_keys_watch(0));
+    let base = rec.wait_created(id).await;
+    let before = churn(&mut kv, "m/", 40, 8, 71).await;
+    rec.wait_until(id, before).await;
+    first.cut();
+    let after = churn(&mut kv, "m/", 40, 8, 72).await;
+    let history = StoreHistory::fetch(&etcd.endpoint, base, after, WAIT).await;
+    lookout_testkit::wait_for("watcher complete via the second endpoint", WAIT, || {
+        let ok = check_watcher(&history, &rec.log(id), after).is_ok();
+        async move { ok.then_some(()) }
+    })
+    .await;
+    assert!(cache.metrics().upstream_watches.load(Relaxed) >= 2);
+    assert_eq!(
+        cache.metrics().lists.load(Relaxed),
+        1,
+        "resumed from applied+1, no relist"
+    );
+    // Linearizable reads go through the surviving endpoint too.
+    assert_eq!(
+        cache.linearizable_snapshot(WAIT).await.unwrap().revision(),
+        after
+    );
+}
