@@ -442,7 +442,8 @@ impl Applier {
     }
 
     /// Lists every configured range at one revision and installs the result.
-    /// `compact`: non-zero when this relist follows an upstream compaction.
+    /// `compact`: the upstream compaction that forced a relist (0: unknown
+    /// or the initial list).
     async fn list_and_install(&mut self, compact: i64) -> Result<(), CacheError> {
         let inner = &self.inner;
         let began = Instant::now();
@@ -478,14 +479,19 @@ impl Applier {
         compact: i64,
     ) {
         let inner = &self.inner;
+        // Any list after the first replaces history the cache no longer has.
+        // When the upstream did not say where it compacted, the truthful
+        // floor is the first revision the cache can serve again.
+        let relisting = inner.is_ready();
+        let compact = if compact > 0 { compact } else { revision + 1 };
         let reg = inner.registry.write();
         {
             let mut h = inner.history.write();
-            h.reset(revision, if compact > 0 { compact } else { revision + 1 });
+            h.reset(revision, compact);
         }
         inner.snapshot.store(Arc::new(Snapshot::new(revision, map)));
         inner.fanout_rev.store(revision, Release);
-        if compact > 0 {
+        if relisting {
             inner.metrics.relists.fetch_add(1, Relaxed);
             for s in reg.streams() {
                 s.push_control(Pending::Reset {

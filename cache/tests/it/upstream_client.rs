@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use lookout_cache::{KeyRange, Upstream, WatchMsg};
 use lookout_proto::pb::{
-    CompactionRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest,
-    LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, WatchCreateRequest,
+    CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
+    WatchCreateRequest,
 };
 use lookout_testkit::EtcdServer;
 
@@ -75,6 +76,33 @@ async fn lists_pages_at_one_revision_and_forwards_unchanged() {
         .unwrap();
     assert_eq!(resp.prev_kv.unwrap().value, b("v2"));
     assert_eq!(resp.header.unwrap().revision, now.revision + 1);
+
+    let txn = up
+        .txn(TxnRequest {
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest {
+                        key: b("l/"),
+                        range_end: b("l0"),
+                        prev_kv: true,
+                        ..Default::default()
+                    },
+                )),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(txn.succeeded);
+    let gone = up
+        .delete_range(DeleteRangeRequest {
+            key: b("l/"),
+            range_end: b("l0"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(gone.deleted, 0, "the txn deleted them all");
 
     // Leases, including the keep-alive stream.
     let lease = up
