@@ -8,7 +8,7 @@ use lookout_cache::{KeyRange, Upstream, WatchMsg};
 use lookout_proto::pb::{
     CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
     LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
-    WatchCreateRequest,
+    RequestOp, TxnRequest, WatchCreateRequest, request_op,
 };
 use lookout_testkit::EtcdServer;
 
