@@ -85,7 +85,6 @@ async fn lists_pages_at_one_revision_and_forwards_unchanged() {
                         key: b("l/"),
                         range_end: b("l0"),
                         prev_kv: true,
-                        ..Default::default()
                     },
                 )),
             }],
