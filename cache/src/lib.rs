@@ -56,8 +56,9 @@
 //!   [`CacheMetrics::progress_regressions`] (events are still applied, never
 //!   dropped).
 //! - Watchers below the ring are served by an upstream watch over the hull
-//!   from their start revision, handed to the ring at the first revision it
-//!   holds; no progress response is trusted for the hand-over.
+//!   from their start revision, handed to the ring once it reaches the
+//!   ring's newer half (slack against eviction); no progress response is
+//!   trusted for the hand-over.
 
 mod backoff;
 mod cache;

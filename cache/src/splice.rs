@@ -1,17 +1,19 @@
 //! Watchers starting below the history ring: an upstream watch from their
-//! start revision feeds them until it reaches a revision the ring holds,
+//! start revision feeds them until it reaches the newer half of the ring,
 //! where they switch to the ring (and then to the live stream).
 //!
 //! ```text
-//!   upstream watch (cache hull, from start) ──> [start .. ring.start)  Direct
-//!                                              first rev >= ring.start ──> ring cursor
+//!   upstream watch (cache hull, from start) ──> [start .. handover)  Direct
+//!                  first rev in the ring's newer half (handover) ──> ring cursor
 //! ```
 //!
 //! The splice watch covers the cache's whole hull, not just the watcher's
 //! range: the ring's events are a subset of the hull's, so as soon as the
 //! ring holds anything the upstream watch delivers a revision at or above the
-//! ring's start and the hand-over happens without relying on progress
+//! ring's middle and the hand-over happens without relying on progress
 //! notifications (which etcd before 3.4.25 may send ahead of events).
+//! Handing over in the ring's newer half rather than at its oldest revision
+//! leaves the consumer half a ring of slack before eviction.
 
 use std::sync::Arc;
 

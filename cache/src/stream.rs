@@ -17,7 +17,7 @@
 //!   Live under the stream lock, so nothing falls between the two; if the
 //!   ring no longer holds `next_rev` it is cancelled with `compact_revision`;
 //! - `Upstream`: a spliced upstream watch feeds it until that watch reaches
-//!   a revision the ring holds, then it turns Catchup.
+//!   the newer half of the ring, then it turns Catchup.
 //!
 //! When the queue would exceed its byte budget the applier stops pushing to
 //! the stream (it never waits) and all its Live watchers turn Catchup.
@@ -472,8 +472,8 @@ impl StreamShared {
 
     /// Hands one upstream response (complete revisions, ascending, already
     /// filtered to the watcher: `(revision, event if it matches)`) to an
-    /// Upstream-phase watcher, switching it to the ring at the first revision
-    /// the ring holds.
+    /// Upstream-phase watcher, switching it to the ring once the upstream
+    /// watch reaches the newer half of what the ring holds.
     pub(crate) fn splice_deliver(
         &self,
         history: &parking_lot::RwLock<History>,
@@ -483,7 +483,14 @@ impl StreamShared {
         prev_kv: bool,
     ) -> SpliceStep {
         let mut st = self.state.lock();
-        let ring_start = history.read().start();
+        // Hand over in the newer half of the ring, not at its oldest edge:
+        // under steady writes the oldest revisions are the next evicted, and
+        // a watcher handed over there could fall off before its consumer
+        // reads it. An empty ring hands over at its start.
+        let handover = {
+            let h = history.read();
+            h.start() + (h.last() - h.start() + 1).max(0) / 2
+        };
         let st = &mut *st;
         let Some(w) = st.watchers.get_mut(&watch_id) else {
             return SpliceStep::Gone;
@@ -501,7 +508,7 @@ impl StreamShared {
             if rev < floor {
                 continue;
             }
-            if rev >= ring_start {
+            if rev >= handover {
                 switch_at = Some(rev);
                 break;
             }

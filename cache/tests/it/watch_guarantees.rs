@@ -80,7 +80,16 @@ async fn every_start_point_gets_exactly_the_store_history() {
             );
         }
         let report = check_watcher(&history, &rec.log(id), last).unwrap();
-        assert!(!report.compacted);
+        let log = rec.log(id);
+        assert!(
+            !report.compacted,
+            "watcher {id} from {} compacted at {:?} after {} events (last {:?}); ring now {:?}",
+            log.effective_start(),
+            log.compacted,
+            log.events.len(),
+            log.last_revision(),
+            cache.history_window()
+        );
     }
     assert!(
         rec.log(beyond_ring).events.len() > 100,
