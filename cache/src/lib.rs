@@ -1,3 +1,94 @@
-//! `lookout-cache`: the watch cache, free of any transport.
+//! `lookout-cache`: the watch cache, free of any transport server.
 //!
-//! It must never import tonic server types, openraft or redb.
+//! It owns the upstream client ([`Upstream`], [`EtcdUpstream`]), the
+//! list-then-watch loop, the current data as an immutable [`Snapshot`]
+//! swapped atomically, the event history ring, and the fan-out of events to
+//! watchers grouped by key range.
+//!
+//! ```text
+//!  upstream (lookout store | etcd) ── list @R, watch hull from R+1 ──┐
+//!                                                                    v
+//!   Cache::start ─> applier: event ─> CachedEvent (encoded once) ─> ring
+//!                          │                                  └─> snapshot (ArcSwap)
+//!                          └─> registry: index.stab(key) ─> groups ─> streams' queues
+//!   gateway: cache.range(req) / wait_for_revision(r) ─> Snapshot ─> evaluate_range
+//!            cache.open_stream() ─> WatchHandle (create/cancel/progress)
+//!                                   WatchFrames::next ─> WatchFrame (head + shared bytes)
+//! ```
+//!
+//! Guarantees: a watcher receives every event at or after its start
+//! revision, in order, once, or is cancelled with `compact_revision`; a
+//! stalled consumer never slows the applier or other streams (past its byte
+//! budget it reads the ring by cursor; off the ring it is compact-cancelled);
+//! a snapshot is always one consistent revision.
+//!
+//! It must never import tonic server types, openraft or redb, and never
+//! invent, drop or repeat an event: when history is lost (an upstream
+//! compaction while disconnected) it relists and cancels the affected
+//! watchers with `compact_revision` instead.
+//!
+//! # For the gateway
+//!
+//! | need | call |
+//! |---|---|
+//! | start | [`Cache::start`]`(Arc::new(`[`EtcdUpstream::new`]`(..)), `[`CacheConfig`]`)`, then [`Cache::wait_ready`] |
+//! | serializable Range | [`Cache::range`] (header filled, every option as etcd 3.4, ties sorted by Go's algorithm) |
+//! | linearizable Range | [`Cache::linearizable_snapshot`] then [`Cache::range_at`]; [`CacheError::Timeout`] maps to Unavailable |
+//! | Range at an old revision | [`CacheError::RevisionNotCached`] from `range`: forward with [`Cache::upstream`]`().range(..)` |
+//! | Put/Delete/Txn/Compact/Lease* | [`Cache::upstream`]; then [`Cache::wait_for_revision`]`(w)` so the client reads its write |
+//! | a gRPC Watch stream | [`Cache::open_stream`] -> ([`WatchHandle`], [`WatchFrames`]): `create` / `cancel` / `request_progress` from the request side, [`WatchFrames::next`] on the response side; write each [`WatchFrame`] with [`WatchFrame::write_to`] through a pass-through codec |
+//! | /metrics | [`Cache::metrics`] ([`CacheMetrics`], plain atomics) |
+//! | errors | `tonic::Status::from(`[`CacheError`]`)` (etcd's codes and messages) |
+//!
+//! # Choices worth knowing
+//!
+//! - `prev_kv` comes from the cache's own state, not from the upstream: the
+//!   cache holds the previous value anyway, and asking etcd for it would
+//!   double the bytes of every event and make etcd read the old revision
+//!   from its backend per event. Events are encoded once in both variants
+//!   (see [`CachedEvent`]).
+//! - The upstream watch covers the hull of the configured ranges with
+//!   `progress_notify`; with the default (all keys) every store revision
+//!   carries an event, so linearizable reads never depend on progress
+//!   responses. With prefixes, the cache asks for progress while a read
+//!   waits; etcd before 3.4.25 may answer such a request ahead of pending
+//!   events (etcd issue 15220), counted in
+//!   [`CacheMetrics::progress_regressions`] (events are still applied, never
+//!   dropped).
+//! - Watchers below the ring are served by an upstream watch over the hull
+//!   from their start revision, handed to the ring once it reaches the
+//!   ring's newer half (slack against eviction); no progress response is
+//!   trusted for the hand-over.
+
+mod backoff;
+mod cache;
+mod error;
+mod etcd;
+mod event;
+mod frame;
+mod gosort;
+mod history;
+mod index;
+mod keys;
+mod metrics;
+mod range;
+mod registry;
+mod snapshot;
+mod splice;
+mod stream;
+mod upstream;
+
+pub use backoff::Backoff;
+#[doc(hidden)]
+pub use cache::BenchHarness;
+pub use cache::{Cache, CacheConfig};
+pub use error::CacheError;
+pub use etcd::{EtcdUpstream, EtcdUpstreamConfig};
+pub use event::{CachedEvent, EventKind};
+pub use frame::{FrameHead, WatchFrame, encode_watch_response};
+pub use keys::{KeyRange, prefix_end};
+pub use metrics::CacheMetrics;
+pub use range::{evaluate_range, validate_range};
+pub use snapshot::Snapshot;
+pub use stream::{WatchFrames, WatchHandle};
+pub use upstream::{ErrorHook, ListResult, Upstream, UpstreamFuture, UpstreamWatch, WatchMsg};

@@ -17,11 +17,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod checker;
 pub mod etcd;
+pub mod etcd_restart;
 pub mod lookout;
+pub mod tcp_proxy;
 
 pub use etcd::EtcdServer;
 pub use lookout::LookoutProcess;
+pub use tcp_proxy::TcpProxy;
 
 /// A free TCP port on 127.0.0.1, found by binding port 0.
 ///

@@ -1,0 +1,711 @@
+//! [`Cache`]: list-then-watch against the upstream, the applier, and the
+//! read side (snapshots, waits for a revision).
+//!
+//! ```text
+//!   list ranges @R ──> snapshot R, ring empty from R+1
+//!   watch hull from applied+1 (progress_notify)
+//!     events   ──> prev kv from state ──> CachedEvent ──> ring ──> snapshot swap ──> fan-out
+//!     progress ──> ring/snapshot revision advance (no events)
+//!     compacted──> relist @R' ──> reset ring ──> cancel watchers below R' (compact_revision)
+//!     error    ──> backoff, resume from applied+1 (maybe another endpoint)
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use imbl::OrdMap;
+use lookout_proto::mvccpb::event::EventType;
+use lookout_proto::pb::{RangeRequest, RangeResponse, ResponseHeader, WatchCreateRequest};
+use parking_lot::RwLock;
+use tokio::sync::{Notify, watch};
+
+use crate::backoff::Backoff;
+use crate::error::{CacheError, is_compacted_status};
+use crate::event::{CachedEvent, EventKind};
+use crate::history::History;
+use crate::keys::KeyRange;
+use crate::metrics::CacheMetrics;
+use crate::range::evaluate_range;
+use crate::registry::{FanoutScratch, Registry};
+use crate::snapshot::Snapshot;
+use crate::stream::{self, MIN_PROGRESS_INTERVAL, Pending, WatchFrames, WatchHandle};
+use crate::upstream::{Upstream, WatchMsg};
+
+/// How a [`Cache`] behaves. `Default` caches every key.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// The key ranges held (default: all keys). The upstream watch covers
+    /// their hull; events between them are dropped.
+    pub ranges: Vec<KeyRange>,
+    /// History ring bounds: whichever is reached first evicts old revisions.
+    pub history_events: usize,
+    pub history_bytes: usize,
+    /// Keys per page of the list.
+    pub list_page_size: i64,
+    /// Per-stream queue budget in bytes; past it the stream's watchers read
+    /// the ring instead of queueing.
+    pub stream_queue_bytes: usize,
+    /// Events are batched into `WatchResponse`s up to this size.
+    pub max_frame_bytes: usize,
+    /// Events scanned per catch-up pass per stream (bounds the time the
+    /// stream lock is held while reading the ring).
+    pub catchup_scan_budget: usize,
+    /// Interval of `progress_notify` responses to idle watchers (etcd: 10 min).
+    pub progress_notify_interval: Duration,
+    /// `member_id` in response headers (default: the upstream's).
+    pub member_id: Option<u64>,
+    /// Reconnect backoff for the upstream watch and list.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ranges: vec![KeyRange::all()],
+            history_events: 100_000,
+            history_bytes: 256 << 20,
+            list_page_size: 1000,
+            stream_queue_bytes: 4 << 20,
+            max_frame_bytes: 1 << 20,
+            catchup_scan_budget: 4096,
+            progress_notify_interval: Duration::from_secs(600),
+            member_id: None,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Header ids learned from the upstream, copied into every response.
+#[derive(Debug, Default)]
+struct HeaderIds {
+    cluster_id: AtomicU64,
+    member_id: AtomicU64,
+    raft_term: AtomicU64,
+}
+
+/// State shared by the applier, streams and splice tasks.
+#[derive(Debug)]
+pub(crate) struct CacheInner {
+    pub(crate) config: CacheConfig,
+    pub(crate) upstream: Arc<dyn Upstream>,
+    /// The single range the upstream watch covers.
+    pub(crate) hull: KeyRange,
+    /// The configured ranges cover every key: each store revision then
+    /// carries an event the cache sees, and no progress request is needed.
+    all_keys: bool,
+    snapshot: ArcSwap<Snapshot>,
+    /// A parking_lot RwLock: the applier writes a batch at a time, catch-up
+    /// readers hold it for a bounded scan; nobody awaits while holding it.
+    pub(crate) history: RwLock<History>,
+    /// Groups and streams. RwLock: the applier's fan-out reads it; watcher
+    /// creation and removal (much rarer) write it.
+    pub(crate) registry: RwLock<Registry>,
+    /// Revision through which every batch has been pushed to the streams.
+    pub(crate) fanout_rev: AtomicI64,
+    /// Same revision, for waiters.
+    applied: watch::Sender<i64>,
+    ready: AtomicBool,
+    ids: HeaderIds,
+    pub(crate) metrics: Arc<CacheMetrics>,
+    /// Asks the applier to request upstream progress (prefix mode reads).
+    progress_kick: Notify,
+    pub(crate) next_stream: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+impl CacheInner {
+    fn new(upstream: Arc<dyn Upstream>, mut config: CacheConfig) -> Arc<Self> {
+        if config.ranges.is_empty() {
+            config.ranges = vec![KeyRange::all()];
+        }
+        if !config.progress_notify_interval.is_zero() {
+            config.progress_notify_interval =
+                config.progress_notify_interval.max(MIN_PROGRESS_INTERVAL);
+        }
+        let hull = KeyRange::hull(&config.ranges);
+        let all_keys = config.ranges.iter().any(|r| r.covers(&KeyRange::all()));
+        Arc::new(CacheInner {
+            history: RwLock::new(History::new(config.history_events, config.history_bytes)),
+            ids: HeaderIds {
+                member_id: AtomicU64::new(config.member_id.unwrap_or(0)),
+                ..Default::default()
+            },
+            config,
+            upstream,
+            hull,
+            all_keys,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            registry: RwLock::new(Registry::default()),
+            fanout_rev: AtomicI64::new(0),
+            applied: watch::channel(0).0,
+            ready: AtomicBool::new(false),
+            metrics: Arc::new(CacheMetrics::default()),
+            progress_kick: Notify::new(),
+            next_stream: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    pub(crate) fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.ids.cluster_id.load(Relaxed),
+            member_id: self.ids.member_id.load(Relaxed),
+            revision,
+            raft_term: self.ids.raft_term.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Acquire)
+    }
+
+    pub(crate) fn is_shut_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// True when `range` lies inside one configured range.
+    pub(crate) fn covers(&self, range: &KeyRange) -> bool {
+        self.config.ranges.iter().any(|r| r.covers(range))
+    }
+
+    fn in_scope(&self, key: &[u8]) -> bool {
+        self.all_keys || self.config.ranges.iter().any(|r| r.contains(key))
+    }
+
+    fn learn_header(&self, h: &ResponseHeader) {
+        if self.config.member_id.is_none() {
+            self.ids.member_id.store(h.member_id, Relaxed);
+        }
+        self.ids.cluster_id.store(h.cluster_id, Relaxed);
+        self.ids.raft_term.store(h.raft_term, Relaxed);
+        self.metrics.note_upstream(h.revision);
+    }
+}
+
+/// The watch cache. Start it with [`Cache::start`]; it lists and watches the
+/// upstream in a background task until [`Cache::shutdown`] or drop.
+#[derive(Debug)]
+pub struct Cache {
+    inner: Arc<CacheInner>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Cache {
+    /// Starts the list-then-watch loop on the current tokio runtime.
+    pub fn start(upstream: Arc<dyn Upstream>, config: CacheConfig) -> Self {
+        let inner = CacheInner::new(upstream, config);
+        let task = tokio::spawn(Applier::new(inner.clone()).run());
+        Self { inner, task }
+    }
+
+    /// Waits until the initial list is applied; returns its revision.
+    ///
+    /// # Errors
+    /// [`CacheError::NotReady`] after `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<i64, CacheError> {
+        let mut rx = self.inner.applied.subscribe();
+        let inner = &self.inner;
+        match tokio::time::timeout(timeout, rx.wait_for(|_| inner.is_ready())).await {
+            Ok(Ok(_)) => Ok(self.revision()),
+            _ => Err(CacheError::NotReady),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+
+    /// The current snapshot (never blocks; the applier swaps a new one in
+    /// per batch).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    /// The revision the cache has applied and fanned out.
+    pub fn revision(&self) -> i64 {
+        self.inner.fanout_rev.load(Acquire)
+    }
+
+    /// The oldest revision a watch can start from without an upstream splice,
+    /// and the newest applied: `[start, last]`.
+    pub fn history_window(&self) -> (i64, i64) {
+        let h = self.inner.history.read();
+        (h.start(), h.last())
+    }
+
+    /// Waits (at most `timeout`) until the cache has applied `revision`, and
+    /// returns a snapshot at or after it. With configured prefixes it asks
+    /// the upstream for progress so that a quiet prefix still advances.
+    ///
+    /// # Errors
+    /// [`CacheError::Timeout`], or [`CacheError::NotReady`] before the first list.
+    pub async fn wait_for_revision(
+        &self,
+        revision: i64,
+        timeout: Duration,
+    ) -> Result<Arc<Snapshot>, CacheError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.inner.applied.subscribe();
+        loop {
+            if self.inner.is_ready() && *rx.borrow_and_update() >= revision {
+                return Ok(self.snapshot());
+            }
+            if !self.inner.all_keys && self.inner.is_ready() {
+                self.inner.progress_kick.notify_one();
+            }
+            // Re-ask for progress every 100 ms in case a request was lost
+            // with a reconnect; otherwise just wait for the next apply.
+            let step = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
+            let _ = tokio::time::timeout_at(step, rx.changed()).await;
+            if tokio::time::Instant::now() >= deadline {
+                if self.inner.is_ready() && *rx.borrow() >= revision {
+                    return Ok(self.snapshot());
+                }
+                if !self.inner.is_ready() {
+                    return Err(CacheError::NotReady);
+                }
+                return Err(CacheError::Timeout {
+                    wanted: revision,
+                    reached: *rx.borrow(),
+                    waited: started.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// A linearizable read point: learns the upstream's current revision with
+    /// one cheap linearizable request and waits until the cache has it.
+    ///
+    /// # Errors
+    /// The upstream's status, [`CacheError::Timeout`] or [`CacheError::NotReady`].
+    pub async fn linearizable_snapshot(
+        &self,
+        timeout: Duration,
+    ) -> Result<Arc<Snapshot>, CacheError> {
+        let rev = self.inner.upstream.current_revision().await?;
+        self.inner.metrics.note_upstream(rev);
+        self.wait_for_revision(rev, timeout).await
+    }
+
+    /// Serves a `Range` from the current snapshot (serializable) with a full
+    /// response header.
+    ///
+    /// # Errors
+    /// See [`evaluate_range`].
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, CacheError> {
+        self.range_at(&self.snapshot(), req)
+    }
+
+    /// Serves a `Range` from `snap` with a full response header.
+    ///
+    /// # Errors
+    /// See [`evaluate_range`].
+    pub fn range_at(
+        &self,
+        snap: &Snapshot,
+        req: &RangeRequest,
+    ) -> Result<RangeResponse, CacheError> {
+        if !self.inner.is_ready() {
+            return Err(CacheError::NotReady);
+        }
+        let mut resp = evaluate_range(snap, req)?;
+        resp.header = Some(self.inner.header(snap.revision()));
+        Ok(resp)
+    }
+
+    /// A response header with this cache's ids at `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        self.inner.header(revision)
+    }
+
+    /// True when `range` lies inside the configured ranges (else the gateway
+    /// forwards the request upstream).
+    pub fn covers(&self, range: &KeyRange) -> bool {
+        self.inner.covers(range)
+    }
+
+    /// Opens a watch stream: the control half and the delivery half.
+    pub fn open_stream(&self) -> (WatchHandle, WatchFrames) {
+        stream::open(&self.inner)
+    }
+
+    pub fn upstream(&self) -> &Arc<dyn Upstream> {
+        &self.inner.upstream
+    }
+
+    pub fn metrics(&self) -> &Arc<CacheMetrics> {
+        &self.inner.metrics
+    }
+
+    /// Number of watch groups (for tests and the gateway's status).
+    pub fn group_count(&self) -> usize {
+        self.inner.registry.read().group_count()
+    }
+
+    /// Stops the background task; open streams end with `Closed`.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        for s in self.inner.registry.read().streams() {
+            s.wake();
+        }
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        self.shutdown();
+        self.task.abort();
+    }
+}
+
+// === the applier ===
+
+#[derive(Debug)]
+struct Applier {
+    inner: Arc<CacheInner>,
+    scratch: FanoutScratch,
+    backoff: Backoff,
+}
+
+/// Why the watch loop stopped.
+enum WatchEnd {
+    Shutdown,
+    /// Reconnect and resume from applied + 1.
+    Broken,
+    /// The resume revision is compacted upstream: relist.
+    Compacted(i64),
+}
+
+impl Applier {
+    fn new(inner: Arc<CacheInner>) -> Self {
+        let backoff = Backoff::new(inner.config.backoff_base, inner.config.backoff_max);
+        Self {
+            inner,
+            scratch: FanoutScratch::default(),
+            backoff,
+        }
+    }
+
+    async fn run(mut self) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        // `Some(c)`: (re)list needed; `c` is the upstream compaction that
+        // forced it (0 for the initial list).
+        let mut relist: Option<i64> = Some(0);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if let Some(compact) = relist {
+                match self.list_and_install(compact).await {
+                    Ok(()) => relist = None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "list failed; retrying");
+                        if self.sleep_or_shutdown(&mut shutdown).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            match self.watch(&mut shutdown).await {
+                WatchEnd::Shutdown => return,
+                WatchEnd::Compacted(c) => {
+                    tracing::warn!(
+                        compact_revision = c,
+                        "resume revision compacted upstream; relisting"
+                    );
+                    relist = Some(c);
+                }
+                WatchEnd::Broken => {
+                    self.inner.metrics.upstream_errors.fetch_add(1, Relaxed);
+                    if self.sleep_or_shutdown(&mut shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps one backoff step; true if shut down meanwhile.
+    async fn sleep_or_shutdown(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let d = self.backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = shutdown.wait_for(|s| *s) => true,
+        }
+    }
+
+    /// Lists every configured range at one revision and installs the result.
+    /// `compact`: the upstream compaction that forced a relist (0: unknown
+    /// or the initial list).
+    async fn list_and_install(&mut self, compact: i64) -> Result<(), CacheError> {
+        let inner = &self.inner;
+        let began = Instant::now();
+        let mut revision = 0;
+        let mut map = OrdMap::new();
+        for range in &inner.config.ranges {
+            let res = inner
+                .upstream
+                .list(range, revision, inner.config.list_page_size)
+                .await?;
+            inner.learn_header(&res.header);
+            revision = res.revision;
+            for kv in res.kvs {
+                map.insert(kv.key.clone(), Arc::new(kv));
+            }
+        }
+        let us = began.elapsed().as_micros() as u64;
+        inner.metrics.lists.fetch_add(1, Relaxed);
+        inner.metrics.list_latency_us_last.store(us, Relaxed);
+        inner.metrics.list_latency_us_total.fetch_add(us, Relaxed);
+
+        self.install(revision, map, compact);
+        Ok(())
+    }
+
+    /// Installs a listed state at `revision`. The registry write lock keeps
+    /// watcher creation out while the ring, snapshot and fan-out revision
+    /// jump together.
+    fn install(
+        &mut self,
+        revision: i64,
+        map: OrdMap<bytes::Bytes, Arc<lookout_proto::mvccpb::KeyValue>>,
+        compact: i64,
+    ) {
+        let inner = &self.inner;
+        // Any list after the first replaces history the cache no longer has.
+        // When the upstream did not say where it compacted, the truthful
+        // floor is the first revision the cache can serve again.
+        let relisting = inner.is_ready();
+        let compact = if compact > 0 { compact } else { revision + 1 };
+        let reg = inner.registry.write();
+        {
+            let mut h = inner.history.write();
+            h.reset(revision, compact);
+        }
+        inner.snapshot.store(Arc::new(Snapshot::new(revision, map)));
+        inner.fanout_rev.store(revision, Release);
+        if relisting {
+            inner.metrics.relists.fetch_add(1, Relaxed);
+            for s in reg.streams() {
+                s.push_control(Pending::Reset {
+                    relist_rev: revision,
+                    compact_revision: compact,
+                });
+            }
+        }
+        drop(reg);
+        inner.ready.store(true, Release);
+        inner.applied.send_replace(revision);
+        self.publish_gauges();
+        tracing::info!(revision, compact, "cache listed");
+    }
+
+    async fn watch(&mut self, shutdown: &mut watch::Receiver<bool>) -> WatchEnd {
+        let inner = self.inner.clone();
+        let from = inner.fanout_rev.load(Acquire) + 1;
+        let (key, range_end) = inner.hull.to_request();
+        let opened = tokio::select! {
+            w = inner.upstream.watch(WatchCreateRequest {
+                key,
+                range_end,
+                start_revision: from,
+                progress_notify: true,
+                ..Default::default()
+            }) => w,
+            _ = shutdown.wait_for(|s| *s) => return WatchEnd::Shutdown,
+        };
+        let mut watch = match opened {
+            Ok(w) => w,
+            Err(s) if is_compacted_status(&s) => return WatchEnd::Compacted(0),
+            Err(s) => {
+                tracing::warn!(error = %s, "upstream watch failed");
+                return WatchEnd::Broken;
+            }
+        };
+        inner.metrics.upstream_watches.fetch_add(1, Relaxed);
+        loop {
+            let msg = tokio::select! {
+                m = watch.recv() => m,
+                _ = inner.progress_kick.notified() => {
+                    watch.request_progress();
+                    continue;
+                }
+                _ = shutdown.wait_for(|s| *s) => return WatchEnd::Shutdown,
+            };
+            match msg {
+                Ok(Some(WatchMsg::Events { header, events })) => {
+                    inner.learn_header(&header);
+                    self.backoff.reset();
+                    self.apply(events);
+                }
+                Ok(Some(WatchMsg::Progress { header })) => {
+                    inner.learn_header(&header);
+                    self.advance(header.revision);
+                }
+                Ok(Some(WatchMsg::Created { header, .. })) => {
+                    inner.learn_header(&header);
+                    self.backoff.reset();
+                }
+                Ok(Some(WatchMsg::Compacted {
+                    compact_revision, ..
+                })) => {
+                    return WatchEnd::Compacted(compact_revision);
+                }
+                Ok(Some(WatchMsg::Canceled { reason, .. })) => {
+                    tracing::warn!(%reason, "upstream cancelled the cache's watch");
+                    return WatchEnd::Broken;
+                }
+                Ok(None) => return WatchEnd::Broken,
+                Err(s) => {
+                    tracing::warn!(error = %s, "upstream watch broke");
+                    return WatchEnd::Broken;
+                }
+            }
+        }
+    }
+
+    /// Applies one upstream batch: prev kvs from the current state, encode
+    /// once, ring, snapshot swap, fan-out, publish.
+    fn apply(&mut self, events: Vec<lookout_proto::mvccpb::Event>) {
+        let inner = &*self.inner;
+        inner
+            .metrics
+            .events_in
+            .fetch_add(events.len() as u64, Relaxed);
+        let snap = inner.snapshot.load_full();
+        let applied = snap.revision();
+        let last_event = inner.history.read().last_event();
+        let mut map = snap.data().clone();
+        let mut batch = Vec::with_capacity(events.len());
+        let mut through = applied;
+        for ev in events {
+            let Some(kv) = ev.kv else { continue };
+            let rev = kv.mod_revision;
+            if rev <= last_event {
+                // Already applied (an upstream replaying after a reconnect).
+                continue;
+            }
+            if rev <= applied {
+                inner.metrics.progress_regressions.fetch_add(1, Relaxed);
+                tracing::error!(
+                    rev,
+                    applied,
+                    "upstream sent an event below its own progress report"
+                );
+            }
+            through = through.max(rev);
+            if !inner.in_scope(&kv.key) {
+                continue;
+            }
+            let kind = if ev.r#type == EventType::Delete as i32 {
+                EventKind::Delete
+            } else {
+                EventKind::Put
+            };
+            let ev = match kind {
+                EventKind::Put => {
+                    let ev = CachedEvent::new(kind, &kv, map.get(&kv.key).map(|p| &**p));
+                    map.insert(kv.key.clone(), Arc::new(kv));
+                    ev
+                }
+                EventKind::Delete => {
+                    let prev = map.remove(&kv.key);
+                    CachedEvent::new(kind, &kv, prev.as_deref())
+                }
+            };
+            batch.push(Arc::new(ev));
+        }
+        if through == applied && batch.is_empty() {
+            return;
+        }
+        inner.history.write().append(&batch, through);
+        inner.snapshot.store(Arc::new(Snapshot::new(through, map)));
+        if !batch.is_empty() {
+            let reg = inner.registry.read();
+            reg.fan_out(
+                &batch,
+                &mut self.scratch,
+                inner.config.stream_queue_bytes,
+                &inner.metrics,
+            );
+        }
+        inner.fanout_rev.store(through, Release);
+        inner.applied.send_replace(through);
+        self.publish_gauges();
+    }
+
+    /// Upstream progress: the store is at `rev` and nothing in our hull
+    /// changed since the last event.
+    fn advance(&mut self, rev: i64) {
+        let inner = &*self.inner;
+        let snap = inner.snapshot.load_full();
+        if rev <= snap.revision() {
+            return;
+        }
+        inner.history.write().advance(rev);
+        inner
+            .snapshot
+            .store(Arc::new(Snapshot::new(rev, snap.data().clone())));
+        inner.fanout_rev.store(rev, Release);
+        inner.applied.send_replace(rev);
+        self.publish_gauges();
+    }
+
+    fn publish_gauges(&self) {
+        let inner = &*self.inner;
+        let h = inner.history.read();
+        let m = &inner.metrics;
+        m.cache_revision.store(h.last(), Relaxed);
+        m.note_upstream(h.last());
+        m.ring_events.store(h.len() as i64, Relaxed);
+        m.ring_bytes.store(h.bytes() as i64, Relaxed);
+        m.ring_start.store(h.start(), Relaxed);
+    }
+}
+
+/// Drives the real applier and fan-out without an upstream connection, for
+/// the fan-out benchmark: events are handed in as an upstream watch would.
+/// Not part of the API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct BenchHarness {
+    inner: Arc<CacheInner>,
+    applier: Applier,
+}
+
+#[doc(hidden)]
+impl BenchHarness {
+    /// A cache at revision 1 with no data; its upstream is never contacted.
+    pub fn new(config: CacheConfig) -> Self {
+        let never_used =
+            crate::etcd::EtcdUpstream::new(crate::etcd::EtcdUpstreamConfig::new(["127.0.0.1:9"]));
+        let inner = CacheInner::new(Arc::new(never_used), config);
+        let mut applier = Applier::new(inner.clone());
+        applier.install(1, OrdMap::new(), 0);
+        Self { inner, applier }
+    }
+
+    pub fn open_stream(&self) -> (WatchHandle, WatchFrames) {
+        stream::open(&self.inner)
+    }
+
+    /// One upstream watch response's events.
+    pub fn apply(&mut self, events: Vec<lookout_proto::mvccpb::Event>) {
+        self.applier.apply(events);
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.inner.fanout_rev.load(Acquire)
+    }
+
+    pub fn metrics(&self) -> &CacheMetrics {
+        &self.inner.metrics
+    }
+}

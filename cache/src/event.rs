@@ -1,0 +1,201 @@
+//! One upstream event, encoded once and shared by the history ring and every
+//! watcher that receives it.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use lookout_proto::mvccpb::{Event, KeyValue, event::EventType};
+use prost::Message;
+use prost::encoding::{encode_varint, encoded_len_varint};
+
+/// `WatchResponse.events` is field 11, length-delimited: key byte `11<<3|2`.
+pub(crate) const EVENTS_FIELD_KEY: u8 = (11 << 3) | 2;
+
+/// Put or delete, as `mvccpb.Event.EventType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+impl EventKind {
+    fn from_i32(v: i32) -> Self {
+        if v == EventType::Delete as i32 {
+            Self::Delete
+        } else {
+            Self::Put
+        }
+    }
+}
+
+/// An upstream event with its wire form computed once.
+///
+/// The body holds the `mvccpb.Event` fields `type`, `kv` and then `prev_kv`.
+/// Because protobuf messages are a concatenation of fields, the body cut
+/// before `prev_kv` is the event without it; each variant only needs its own
+/// `events` field header (tag + length), kept inline. So both variants the
+/// task asks for exist without storing the key and value twice:
+///
+/// ```text
+///   head_plain = [0x5a, len(type+kv)]          body = [type][kv][prev_kv]
+///   head_prev  = [0x5a, len(type+kv+prev_kv)]         |<- plain ->|
+/// ```
+#[derive(Debug)]
+pub struct CachedEvent {
+    revision: i64,
+    key: Bytes,
+    kind: EventKind,
+    body: Bytes,
+    /// Length of `body` without the `prev_kv` field.
+    plain_len: u32,
+    /// `events` field headers: `[plain | prev]`, lengths in `head_lens`.
+    heads: [u8; 12],
+    head_lens: [u8; 2],
+}
+
+impl CachedEvent {
+    /// Encodes `kv` (as the upstream sent it) with the previous value the cache
+    /// knew for that key (`None` for a create, or when the cache has none).
+    pub fn new(kind: EventKind, kv: &KeyValue, prev: Option<&KeyValue>) -> Self {
+        let head = Event {
+            r#type: match kind {
+                EventKind::Put => EventType::Put as i32,
+                EventKind::Delete => EventType::Delete as i32,
+            },
+            kv: Some(kv.clone()),
+            prev_kv: None,
+        };
+        let plain_len = head.encoded_len();
+        let prev_len = prev.map_or(0, |p| prost::encoding::message::encoded_len(3, p));
+        let mut body = BytesMut::with_capacity(plain_len + prev_len);
+        head.encode(&mut body).expect("capacity reserved");
+        if let Some(p) = prev {
+            prost::encoding::message::encode(3, p, &mut body);
+        }
+        let full_len = body.len();
+        let mut heads = [0u8; 12];
+        let mut head_lens = [0u8; 2];
+        for (i, len) in [plain_len, full_len].into_iter().enumerate() {
+            let mut slot = &mut heads[i * 6..i * 6 + 6];
+            slot.put_u8(EVENTS_FIELD_KEY);
+            encode_varint(len as u64, &mut slot);
+            head_lens[i] = (1 + encoded_len_varint(len as u64)) as u8;
+        }
+        Self {
+            revision: kv.mod_revision,
+            key: kv.key.clone(),
+            kind,
+            body: body.freeze(),
+            plain_len: plain_len as u32,
+            heads,
+            head_lens,
+        }
+    }
+
+    /// Builds from an `mvccpb.Event` as a watch delivers it, keeping its
+    /// `prev_kv` (used for events an upstream splice watch delivers).
+    pub fn from_event(ev: &Event) -> Self {
+        let kv = ev.kv.clone().unwrap_or_default();
+        Self::new(EventKind::from_i32(ev.r#type), &kv, ev.prev_kv.as_ref())
+    }
+
+    /// The event's `mod_revision` (for a delete, the revision of the delete).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    pub fn key(&self) -> &Bytes {
+        &self.key
+    }
+
+    pub fn kind(&self) -> EventKind {
+        self.kind
+    }
+
+    /// Bytes this event adds to a `WatchResponse` (field header included).
+    pub fn encoded_len(&self, prev_kv: bool) -> usize {
+        let i = usize::from(prev_kv);
+        self.head_lens[i] as usize + self.body_len(prev_kv)
+    }
+
+    fn body_len(&self, prev_kv: bool) -> usize {
+        if prev_kv {
+            self.body.len()
+        } else {
+            self.plain_len as usize
+        }
+    }
+
+    /// Writes the `events` field (tag, length, `mvccpb.Event`) as it appears
+    /// inside a `WatchResponse`: two slices, no protobuf work.
+    pub fn write_to(&self, prev_kv: bool, buf: &mut impl BufMut) {
+        let i = usize::from(prev_kv);
+        buf.put_slice(&self.heads[i * 6..i * 6 + self.head_lens[i] as usize]);
+        buf.put_slice(&self.body[..self.body_len(prev_kv)]);
+    }
+
+    /// The encoded `events` field as one buffer (copies; for tests and
+    /// callers that need contiguous bytes).
+    pub fn encoded(&self, prev_kv: bool) -> Bytes {
+        let mut b = BytesMut::with_capacity(self.encoded_len(prev_kv));
+        self.write_to(prev_kv, &mut b);
+        b.freeze()
+    }
+
+    /// Decodes the event back (tests and diagnostics; never on a hot path).
+    pub fn to_event(&self, prev_kv: bool) -> Event {
+        Event::decode(&self.body[..self.body_len(prev_kv)]).expect("we encoded it")
+    }
+
+    /// Heap bytes this event holds, for the history ring's byte budget.
+    pub fn weight(&self) -> usize {
+        self.body.len() + std::mem::size_of::<Self>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, val: &str, rev: i64) -> KeyValue {
+        KeyValue {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            create_revision: 2,
+            mod_revision: rev,
+            version: 3,
+            value: Bytes::copy_from_slice(val.as_bytes()),
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn both_variants_decode_to_the_event() {
+        let prev = kv("k", "old", 4);
+        let cur = kv("k", &"v".repeat(300), 5);
+        let ev = CachedEvent::new(EventKind::Put, &cur, Some(&prev));
+        let plain = ev.to_event(false);
+        assert_eq!(plain.kv.as_ref(), Some(&cur));
+        assert_eq!(plain.prev_kv, None);
+        let full = ev.to_event(true);
+        assert_eq!(full.prev_kv, Some(prev.clone()));
+        // The field bytes equal what prost would write for `repeated events = 11`.
+        for (with_prev, e) in [(false, plain), (true, full)] {
+            let mut want = Vec::new();
+            prost::encoding::message::encode(11, &e, &mut want);
+            assert_eq!(ev.encoded(with_prev).as_ref(), &want[..]);
+            assert_eq!(ev.encoded_len(with_prev), want.len());
+        }
+    }
+
+    #[test]
+    fn delete_keeps_type_and_create_has_no_prev() {
+        let del = KeyValue {
+            key: Bytes::from_static(b"k"),
+            mod_revision: 9,
+            ..Default::default()
+        };
+        let ev = CachedEvent::new(EventKind::Delete, &del, Some(&kv("k", "x", 3)));
+        assert_eq!(ev.to_event(false).r#type, EventType::Delete as i32);
+        assert_eq!(ev.revision(), 9);
+        let create = CachedEvent::new(EventKind::Put, &kv("n", "x", 10), None);
+        assert_eq!(create.encoded(true), create.encoded(false));
+    }
+}

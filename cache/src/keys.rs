@@ -1,0 +1,207 @@
+//! Key ranges as etcd spells them (`key` + `range_end`), normalised to
+//! half-open intervals so every part of the cache compares them the same way.
+
+use bytes::Bytes;
+
+/// A half-open key interval `[start, end)`; `end == None` means unbounded.
+///
+/// etcd's three spellings map onto it: an empty `range_end` is the single key
+/// `[key, key\0)`, a `range_end` of `"\0"` is everything from `key` on, and any
+/// other `range_end` is taken as is (empty when `range_end <= key`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyRange {
+    start: Bytes,
+    end: Option<Bytes>,
+}
+
+impl KeyRange {
+    /// Every key (`key = "\0"`, `range_end = "\0"` in etcd's terms).
+    pub fn all() -> Self {
+        Self {
+            start: Bytes::new(),
+            end: None,
+        }
+    }
+
+    /// The range an etcd request names with `key` and `range_end`.
+    pub fn from_request(key: &Bytes, range_end: &Bytes) -> Self {
+        if range_end.is_empty() {
+            let mut end = Vec::with_capacity(key.len() + 1);
+            end.extend_from_slice(key);
+            end.push(0);
+            Self {
+                start: key.clone(),
+                end: Some(Bytes::from(end)),
+            }
+        } else if range_end.as_ref() == [0] {
+            Self {
+                start: key.clone(),
+                end: None,
+            }
+        } else {
+            Self {
+                start: key.clone(),
+                end: Some(range_end.clone()),
+            }
+        }
+    }
+
+    /// All keys starting with `prefix` (etcdctl's `--prefix`).
+    pub fn prefix(prefix: impl Into<Bytes>) -> Self {
+        let start: Bytes = prefix.into();
+        let end = prefix_end(&start);
+        Self { start, end }
+    }
+
+    /// `[start, end)` directly; `end == None` is unbounded.
+    pub fn new(start: impl Into<Bytes>, end: Option<Bytes>) -> Self {
+        Self {
+            start: start.into(),
+            end,
+        }
+    }
+
+    pub fn start(&self) -> &Bytes {
+        &self.start
+    }
+
+    pub fn end(&self) -> Option<&Bytes> {
+        self.end.as_ref()
+    }
+
+    /// True when the range holds no key at all (`range_end <= key`).
+    pub fn is_empty(&self) -> bool {
+        matches!(&self.end, Some(e) if e.as_ref() <= self.start.as_ref())
+    }
+
+    /// True when the range holds exactly one key (`[k, k\0)`).
+    pub fn single_key(&self) -> Option<&Bytes> {
+        match &self.end {
+            Some(e)
+                if e.len() == self.start.len() + 1
+                    && e.last() == Some(&0)
+                    && e[..self.start.len()] == self.start[..] =>
+            {
+                Some(&self.start)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_ref()
+            && match &self.end {
+                Some(e) => key < e.as_ref(),
+                None => true,
+            }
+    }
+
+    /// True when every key of `other` lies in `self`.
+    pub fn covers(&self, other: &KeyRange) -> bool {
+        if other.is_empty() {
+            return true;
+        }
+        if other.start < self.start {
+            return false;
+        }
+        match (&self.end, &other.end) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b <= a,
+        }
+    }
+
+    /// The smallest single range holding all of `ranges` (the upstream watch
+    /// covers this hull and the cache drops what falls between the ranges).
+    pub fn hull(ranges: &[KeyRange]) -> KeyRange {
+        let mut it = ranges.iter().filter(|r| !r.is_empty());
+        let Some(first) = it.next() else {
+            return KeyRange::all();
+        };
+        let mut h = first.clone();
+        for r in it {
+            if r.start < h.start {
+                h.start = r.start.clone();
+            }
+            h.end = match (&h.end, &r.end) {
+                (None, _) | (_, None) => None,
+                (Some(a), Some(b)) => Some(if a >= b { a.clone() } else { b.clone() }),
+            };
+        }
+        h
+    }
+
+    /// The `(key, range_end)` pair etcd expects for this range.
+    pub fn to_request(&self) -> (Bytes, Bytes) {
+        if let Some(k) = self.single_key() {
+            return (k.clone(), Bytes::new());
+        }
+        let key = if self.start.is_empty() {
+            Bytes::from_static(&[0])
+        } else {
+            self.start.clone()
+        };
+        match &self.end {
+            None => (key, Bytes::from_static(&[0])),
+            Some(e) => (key, e.clone()),
+        }
+    }
+}
+
+/// The first key after every key with this prefix (`None`: no such key, the
+/// prefix is all `0xff` bytes or empty, so the range is unbounded).
+pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(Bytes::from(end));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn etcd_spellings() {
+        let single = KeyRange::from_request(&b("a"), &Bytes::new());
+        assert!(single.contains(b"a"));
+        assert!(!single.contains(b"a\0"));
+        assert!(!single.contains(b"ab"));
+        assert_eq!(single.single_key(), Some(&b("a")));
+        let from = KeyRange::from_request(&b("b"), &Bytes::from_static(&[0]));
+        assert!(from.contains(b"zzz") && from.contains(b"b") && !from.contains(b"a"));
+        let all = KeyRange::from_request(&Bytes::from_static(&[0]), &Bytes::from_static(&[0]));
+        assert!(all.contains(b"\0") && all.contains(b"\xff\xff"));
+        let empty = KeyRange::from_request(&b("b"), &b("a"));
+        assert!(empty.is_empty() && !empty.contains(b"b"));
+        let p = KeyRange::prefix(b("a/"));
+        assert!(
+            p.contains(b"a/") && p.contains(b"a/zz") && !p.contains(b"a0") && !p.contains(b"a")
+        );
+        assert_eq!(prefix_end(b"a\xff"), Some(b("b")));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+    }
+
+    #[test]
+    fn hull_and_covers() {
+        let h = KeyRange::hull(&[KeyRange::prefix(b("b/")), KeyRange::prefix(b("a/"))]);
+        assert_eq!(h, KeyRange::new(b("a/"), Some(b("b0"))));
+        assert!(h.covers(&KeyRange::prefix(b("a/x"))));
+        assert!(!h.covers(&KeyRange::prefix(b("c"))));
+        assert!(KeyRange::all().covers(&h));
+        assert_eq!(
+            KeyRange::all().to_request(),
+            (Bytes::from_static(&[0]), Bytes::from_static(&[0]))
+        );
+        let s = KeyRange::from_request(&b("k"), &Bytes::new());
+        assert_eq!(s.to_request(), (b("k"), Bytes::new()));
+    }
+}

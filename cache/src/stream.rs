@@ -1,0 +1,981 @@
+//! Watch streams: one per client gRPC `Watch` stream, holding that stream's
+//! watchers, a byte-bounded queue of pending deliveries, and the catch-up
+//! logic for watchers that read the history ring by revision cursor.
+//!
+//! ```text
+//!  applier ──push (group, Arc<[event]>)──> queue ──┐           (Live)
+//!  history ring ──cursor, no copies──────────────────┼─> frames ──> gateway
+//!  splice task (upstream watch) ──Direct events──────┘  (Catchup / Upstream)
+//! ```
+//!
+//! A watcher is in one phase at a time and moves only at revision
+//! boundaries, with `next_rev` meaning "every matching event below this has
+//! been handed out, none at or above it":
+//!
+//! - `Live`: takes events from the queue (dedup by `next_rev`);
+//! - `Catchup`: reads the ring from `next_rev`; at the ring's end it turns
+//!   Live under the stream lock, so nothing falls between the two; if the
+//!   ring no longer holds `next_rev` it is cancelled with `compact_revision`;
+//! - `Upstream`: a spliced upstream watch feeds it until that watch reaches
+//!   the newer half of the ring, then it turns Catchup.
+//!
+//! When the queue would exceed its byte budget the applier stops pushing to
+//! the stream (it never waits) and all its Live watchers turn Catchup.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::time::Duration;
+
+use lookout_proto::pb::{ResponseHeader, WatchCreateRequest, watch_create_request::FilterType};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::cache::CacheInner;
+use crate::error::CacheError;
+use crate::event::CachedEvent;
+use crate::frame::{FrameHead, WatchFrame};
+use crate::history::{Cursor, History};
+use crate::index::GroupId;
+use crate::keys::KeyRange;
+use crate::metrics::CacheMetrics;
+use crate::registry::GroupSpec;
+
+/// One queued delivery.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// A batch's events for one group, shared by every stream of the group.
+    Events {
+        group: GroupId,
+        events: Arc<[Arc<CachedEvent>]>,
+        bytes: usize,
+    },
+    /// Events from a spliced upstream watch for one watcher.
+    Direct {
+        watch_id: i64,
+        events: Vec<Arc<CachedEvent>>,
+        bytes: usize,
+    },
+    /// A ready frame (created, canceled) for `watch_id`, in order with its events.
+    Control { watch_id: i64, frame: WatchFrame },
+    /// The cache relisted at `relist_rev` after the upstream compacted to
+    /// `compact_revision`: watchers still below `relist_rev` are cancelled.
+    Reset {
+        relist_rev: i64,
+        compact_revision: i64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Live,
+    Catchup,
+    Upstream,
+}
+
+#[derive(Debug)]
+struct Watcher {
+    group: GroupId,
+    spec: Arc<GroupSpec>,
+    next_rev: i64,
+    phase: Phase,
+    progress_notify: bool,
+    fragment: bool,
+    /// Events went out since the last progress tick (etcd only notifies idle watchers).
+    sent_since_tick: bool,
+    /// The splice task feeding an Upstream-phase watcher.
+    splice: Option<tokio::task::AbortHandle>,
+}
+
+/// The part of a stream the applier, the consumer and splice tasks share.
+#[derive(Debug)]
+pub(crate) struct StreamShared {
+    pub(crate) id: u64,
+    /// A parking_lot mutex: held only for queue pushes, watcher bookkeeping
+    /// and bounded catch-up steps, never across an await, so the applier's
+    /// wait on it is short.
+    state: Mutex<StreamState>,
+    /// Wakes the consumer.
+    wake: Notify,
+    /// Wakes splice tasks waiting for queue space.
+    space: Notify,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    queue: VecDeque<Pending>,
+    queued_bytes: usize,
+    /// The applier dropped a batch for this stream (queue full): its Live
+    /// watchers must read the ring. Cleared when one turns Live again.
+    overflowed: bool,
+    watchers: HashMap<i64, Watcher>,
+    /// Group -> this stream's watchers in it, to expand queued group batches.
+    groups: HashMap<GroupId, Vec<i64>>,
+    /// Watchers in the Catchup phase, round robin (may hold stale ids).
+    catchup: VecDeque<i64>,
+    next_id: i64,
+    progress_requested: bool,
+    closed: bool,
+}
+
+impl StreamShared {
+    /// The applier's push of one batch for one group. Never waits: if the
+    /// queue is over its budget the batch is not queued and the stream is
+    /// marked overflowed.
+    pub(crate) fn push_live(
+        &self,
+        item: Pending,
+        bytes: usize,
+        limit: usize,
+        metrics: &CacheMetrics,
+    ) {
+        let mut st = self.state.lock();
+        if st.closed || st.overflowed {
+            return;
+        }
+        if st.queued_bytes > 0 && st.queued_bytes + bytes > limit {
+            st.overflowed = true;
+            metrics.slow_switches.fetch_add(1, Relaxed);
+        } else {
+            st.queued_bytes += bytes;
+            st.queue.push_back(item);
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Wakes the consumer (shutdown).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Queues a control item regardless of the byte budget (they are tiny).
+    pub(crate) fn push_control(&self, p: Pending) {
+        let mut st = self.state.lock();
+        if !st.closed {
+            st.queue.push_back(p);
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+}
+
+/// The control half of a watch stream: create, cancel, request progress.
+/// Cheap to clone; the gateway's request-reading task holds it.
+#[derive(Debug, Clone)]
+pub struct WatchHandle {
+    shared: Arc<StreamShared>,
+    cache: Arc<CacheInner>,
+}
+
+/// The delivery half of a watch stream: yields ready `WatchResponse` frames.
+/// Dropping it closes the stream and removes its watchers.
+#[derive(Debug)]
+pub struct WatchFrames {
+    shared: Arc<StreamShared>,
+    cache: Arc<CacheInner>,
+    builder: FrameBuilder,
+    next_tick: Option<Instant>,
+    tick_due: bool,
+    leaves: Vec<GroupId>,
+}
+
+pub(crate) fn open(cache: &Arc<CacheInner>) -> (WatchHandle, WatchFrames) {
+    let shared = Arc::new(StreamShared {
+        id: cache.next_stream.fetch_add(1, Relaxed),
+        state: Mutex::new(StreamState::default()),
+        wake: Notify::new(),
+        space: Notify::new(),
+    });
+    cache.registry.write().add_stream(&shared);
+    cache.metrics.streams.fetch_add(1, Relaxed);
+    let interval = cache.config.progress_notify_interval;
+    (
+        WatchHandle {
+            shared: shared.clone(),
+            cache: cache.clone(),
+        },
+        WatchFrames {
+            shared,
+            cache: cache.clone(),
+            builder: FrameBuilder::default(),
+            next_tick: (!interval.is_zero()).then(|| Instant::now() + interval),
+            tick_due: false,
+            leaves: Vec::new(),
+        },
+    )
+}
+
+// === impl WatchHandle ===
+
+impl WatchHandle {
+    /// Creates a watcher as etcd's `WatchCreateRequest` describes it and
+    /// returns its watch id. The `created` response (and everything after)
+    /// comes out of [`WatchFrames::next`], in order.
+    ///
+    /// `start_revision`: `<= 0` is "now"; inside the history ring replays from
+    /// it; older but not compacted upstream is served by an upstream watch
+    /// spliced in by revision; compacted upstream ends in a cancel with
+    /// `compact_revision`, as etcd does.
+    ///
+    /// # Errors
+    /// [`CacheError::NotReady`] before the initial list; [`CacheError::OutOfScope`]
+    /// for a range outside the cached prefixes; [`CacheError::EmptyWatchRange`]
+    /// and [`CacheError::DuplicateWatchId`] (etcd's created+canceled response
+    /// with watch id -1 is queued for these); [`CacheError::Closed`].
+    pub fn create(&self, req: &WatchCreateRequest) -> Result<i64, CacheError> {
+        let cache = &self.cache;
+        if !cache.is_ready() {
+            return Err(CacheError::NotReady);
+        }
+        let range = KeyRange::from_request(&req.key, &req.range_end);
+        if range.is_empty() {
+            self.queue_create_failure();
+            return Err(CacheError::EmptyWatchRange);
+        }
+        if !cache.covers(&range) {
+            return Err(CacheError::OutOfScope);
+        }
+        let spec = GroupSpec {
+            range,
+            no_put: req.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
+            prev_kv: req.prev_kv,
+        };
+        // Lock order everywhere: registry -> stream -> history. The registry
+        // write lock also keeps the applier's fan-out out while we pick the
+        // watcher's starting point.
+        let mut reg = cache.registry.write();
+        let mut st = self.shared.state.lock();
+        if st.closed {
+            return Err(CacheError::Closed);
+        }
+        let id = if req.watch_id == 0 {
+            while st.watchers.contains_key(&st.next_id) {
+                st.next_id += 1;
+            }
+            st.next_id += 1;
+            st.next_id - 1
+        } else if st.watchers.contains_key(&req.watch_id) {
+            drop(st);
+            drop(reg);
+            self.queue_create_failure();
+            return Err(CacheError::DuplicateWatchId);
+        } else {
+            req.watch_id
+        };
+        let (group, spec) = reg.join(spec, &self.shared, &cache.metrics);
+        let fanout = cache.fanout_rev.load(Acquire);
+        let ring_start = cache.history.read().start();
+        let start = req.start_revision;
+        let (phase, next_rev) = if start <= 0 {
+            (Phase::Live, fanout + 1)
+        } else if start > fanout {
+            (Phase::Live, start)
+        } else if start >= ring_start {
+            (Phase::Catchup, start)
+        } else {
+            (Phase::Upstream, start)
+        };
+        // A stream already over budget gets no live pushes: start by reading
+        // the ring, which turns Live (and clears the overflow) at its end.
+        let phase = if phase == Phase::Live && st.overflowed {
+            Phase::Catchup
+        } else {
+            phase
+        };
+        let created = WatchFrame::new(
+            &FrameHead {
+                header: cache.header(fanout),
+                watch_id: id,
+                created: true,
+                ..Default::default()
+            },
+            Vec::new(),
+            false,
+        );
+        st.queue.push_back(Pending::Control {
+            watch_id: id,
+            frame: created,
+        });
+        st.watchers.insert(
+            id,
+            Watcher {
+                group,
+                spec: spec.clone(),
+                next_rev,
+                phase,
+                progress_notify: req.progress_notify,
+                fragment: req.fragment,
+                sent_since_tick: false,
+                splice: None,
+            },
+        );
+        st.groups.entry(group).or_default().push(id);
+        if phase == Phase::Catchup {
+            st.catchup.push_back(id);
+        }
+        cache.metrics.watchers.fetch_add(1, Relaxed);
+        if phase == Phase::Upstream {
+            let h = crate::splice::spawn(cache.clone(), self.shared.clone(), id, spec, start);
+            st.watchers.get_mut(&id).expect("just inserted").splice = Some(h);
+        }
+        drop(st);
+        drop(reg);
+        self.shared.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Cancels watcher `watch_id`; queues etcd's `canceled` response. False
+    /// when no such watcher exists (etcd then answers nothing).
+    pub fn cancel(&self, watch_id: i64) -> bool {
+        let fanout = self.cache.fanout_rev.load(Acquire);
+        let frame = WatchFrame::new(
+            &FrameHead {
+                header: self.cache.header(fanout),
+                watch_id,
+                canceled: true,
+                ..Default::default()
+            },
+            Vec::new(),
+            false,
+        );
+        remove_watcher(&self.cache, &self.shared, watch_id, frame)
+    }
+
+    /// etcd's `WatchProgressRequest`: a response with watch id -1 and a
+    /// revision every watcher on the stream has fully received; deferred
+    /// while any watcher is still catching up (as etcd >= 3.4.25 does).
+    pub fn request_progress(&self) {
+        let mut st = self.shared.state.lock();
+        st.progress_requested = true;
+        drop(st);
+        self.shared.wake.notify_one();
+    }
+
+    /// Closes the stream: every watcher is removed, `WatchFrames::next` ends.
+    pub fn close(&self) {
+        close(&self.cache, &self.shared);
+    }
+
+    fn queue_create_failure(&self) {
+        let fanout = self.cache.fanout_rev.load(Acquire);
+        let frame = WatchFrame::new(
+            &FrameHead {
+                header: self.cache.header(fanout),
+                watch_id: -1,
+                created: true,
+                canceled: true,
+                ..Default::default()
+            },
+            Vec::new(),
+            false,
+        );
+        self.shared.push_control(Pending::Control {
+            watch_id: -1,
+            frame,
+        });
+    }
+}
+
+/// Removes a watcher and queues `frame` (its cancel response) after whatever
+/// was queued for it. Used by cancel, splice compaction and splice failures.
+pub(crate) fn remove_watcher(
+    cache: &CacheInner,
+    shared: &StreamShared,
+    watch_id: i64,
+    frame: WatchFrame,
+) -> bool {
+    let mut reg = cache.registry.write();
+    let mut st = shared.state.lock();
+    let Some(w) = st.watchers.remove(&watch_id) else {
+        return false;
+    };
+    if let Some(h) = &w.splice {
+        h.abort();
+    }
+    if let Some(ids) = st.groups.get_mut(&w.group) {
+        ids.retain(|i| *i != watch_id);
+        if ids.is_empty() {
+            st.groups.remove(&w.group);
+        }
+    }
+    st.queue.push_back(Pending::Control { watch_id, frame });
+    reg.leave(w.group, shared.id, &cache.metrics);
+    cache.metrics.watchers.fetch_sub(1, Relaxed);
+    drop(st);
+    drop(reg);
+    shared.wake.notify_one();
+    shared.space.notify_waiters();
+    true
+}
+
+fn close(cache: &CacheInner, shared: &StreamShared) {
+    let mut reg = cache.registry.write();
+    let mut st = shared.state.lock();
+    if st.closed {
+        return;
+    }
+    st.closed = true;
+    for (_, w) in st.watchers.drain() {
+        if let Some(h) = &w.splice {
+            h.abort();
+        }
+        reg.leave(w.group, shared.id, &cache.metrics);
+        cache.metrics.watchers.fetch_sub(1, Relaxed);
+    }
+    st.groups.clear();
+    st.catchup.clear();
+    st.queue.clear();
+    st.queued_bytes = 0;
+    reg.remove_stream(shared.id);
+    cache.metrics.streams.fetch_sub(1, Relaxed);
+    drop(st);
+    drop(reg);
+    shared.wake.notify_one();
+    shared.space.notify_waiters();
+}
+
+// === splice task access ===
+
+/// What a splice task learns when it hands events over.
+pub(crate) enum SpliceStep {
+    /// The watcher is gone or the stream closed: stop.
+    Gone,
+    /// Events queued; keep watching upstream from `next`.
+    Continue { next: i64 },
+    /// The ring holds everything from here: the watcher now reads it.
+    HandedOver,
+}
+
+impl StreamShared {
+    /// Waits until the queue has room for a splice task's events; false if
+    /// the watcher is gone.
+    pub(crate) async fn wait_for_space(&self, watch_id: i64, limit: usize) -> bool {
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.state.lock();
+                if st.closed || !st.watchers.contains_key(&watch_id) {
+                    return false;
+                }
+                if st.queued_bytes < limit {
+                    return true;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Hands one upstream response (complete revisions, ascending, already
+    /// filtered to the watcher: `(revision, event if it matches)`) to an
+    /// Upstream-phase watcher, switching it to the ring once the upstream
+    /// watch reaches the newer half of what the ring holds.
+    pub(crate) fn splice_deliver(
+        &self,
+        history: &parking_lot::RwLock<History>,
+        watch_id: i64,
+        mut next: i64,
+        events: Vec<(i64, Option<Arc<CachedEvent>>)>,
+        prev_kv: bool,
+    ) -> SpliceStep {
+        let mut st = self.state.lock();
+        // Hand over in the newer half of the ring, not at its oldest edge:
+        // under steady writes the oldest revisions are the next evicted, and
+        // a watcher handed over there could fall off before its consumer
+        // reads it. An empty ring hands over at its start.
+        let handover = {
+            let h = history.read();
+            h.start() + (h.last() - h.start() + 1).max(0) / 2
+        };
+        let st = &mut *st;
+        let Some(w) = st.watchers.get_mut(&watch_id) else {
+            return SpliceStep::Gone;
+        };
+        if w.phase != Phase::Upstream {
+            return SpliceStep::Gone;
+        }
+        let mut direct = Vec::new();
+        let mut bytes = 0;
+        let mut switch_at = None;
+        // Events below `floor` were delivered before a reconnect; a revision
+        // may hold several events, so `next` moves only past whole ones.
+        let floor = next;
+        for (rev, ev) in events {
+            if rev < floor {
+                continue;
+            }
+            if rev >= handover {
+                switch_at = Some(rev);
+                break;
+            }
+            if let Some(ev) = ev {
+                bytes += ev.encoded_len(prev_kv);
+                direct.push(ev);
+            }
+            next = rev + 1;
+        }
+        if !direct.is_empty() {
+            st.queue.push_back(Pending::Direct {
+                watch_id,
+                events: direct,
+                bytes,
+            });
+            st.queued_bytes += bytes;
+        }
+        let step = match switch_at {
+            Some(rev) => {
+                w.next_rev = rev;
+                w.phase = Phase::Catchup;
+                w.splice = None;
+                st.catchup.push_back(watch_id);
+                SpliceStep::HandedOver
+            }
+            None => {
+                w.next_rev = next;
+                SpliceStep::Continue { next }
+            }
+        };
+        self.wake.notify_one();
+        step
+    }
+}
+
+// === impl WatchFrames ===
+
+impl WatchFrames {
+    /// Waits until frames are ready and appends them to `out` (per watcher
+    /// in order; `created` before events, events before `canceled`).
+    ///
+    /// # Errors
+    /// [`CacheError::Closed`] once the stream or the cache is closed.
+    pub async fn next(&mut self, out: &mut Vec<WatchFrame>) -> Result<(), CacheError> {
+        let shared = self.shared.clone();
+        loop {
+            let notified = shared.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let start_len = out.len();
+            let (more, closed) = self.produce(out);
+            if !self.leaves.is_empty() {
+                let mut reg = self.cache.registry.write();
+                for g in self.leaves.drain(..) {
+                    reg.leave(g, self.shared.id, &self.cache.metrics);
+                }
+            }
+            if out.len() > start_len {
+                let n = (out.len() - start_len) as u64;
+                self.cache.metrics.deliveries.fetch_add(n, Relaxed);
+                return Ok(());
+            }
+            if closed || self.cache.is_shut_down() {
+                return Err(CacheError::Closed);
+            }
+            if more {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            match self.next_tick {
+                Some(at) => tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep_until(at) => {
+                        self.tick_due = true;
+                        self.next_tick = Some(Instant::now() + self.cache.config.progress_notify_interval);
+                    }
+                },
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Takes whatever frames are ready now, without waiting. Returns whether
+    /// anything was added (a gateway can batch writes with it).
+    ///
+    /// # Errors
+    /// [`CacheError::Closed`] once the stream is closed.
+    pub fn try_next(&mut self, out: &mut Vec<WatchFrame>) -> Result<bool, CacheError> {
+        let start_len = out.len();
+        let (_, closed) = self.produce(out);
+        if !self.leaves.is_empty() {
+            let mut reg = self.cache.registry.write();
+            for g in self.leaves.drain(..) {
+                reg.leave(g, self.shared.id, &self.cache.metrics);
+            }
+        }
+        let n = out.len() - start_len;
+        self.cache.metrics.deliveries.fetch_add(n as u64, Relaxed);
+        if closed && n == 0 {
+            return Err(CacheError::Closed);
+        }
+        Ok(n > 0)
+    }
+
+    /// The stream's id (stable for its lifetime; for logs).
+    pub fn stream_id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// One pass under the stream lock: drain the queue, catch up, progress.
+    /// Returns (more catch-up work pending, stream closed).
+    fn produce(&mut self, out: &mut Vec<WatchFrame>) -> (bool, bool) {
+        let cache = &*self.cache;
+        let cfg = &cache.config;
+        let mut guard = self.shared.state.lock();
+        let st = &mut *guard;
+        if st.closed {
+            return (false, true);
+        }
+        // Everything the applier fanned out up to `fanout` is in the queue
+        // (or was dropped for overflow, which sends watchers to the ring).
+        let fanout = cache.fanout_rev.load(Acquire);
+        let fb = &mut self.builder;
+        fb.begin(cache.header(0), cfg.max_frame_bytes);
+
+        while let Some(p) = st.queue.pop_front() {
+            match p {
+                Pending::Events {
+                    group,
+                    events,
+                    bytes,
+                } => {
+                    st.queued_bytes -= bytes;
+                    let Some(ids) = st.groups.get(&group) else {
+                        continue;
+                    };
+                    let last_rev = events.last().map_or(0, |e| e.revision());
+                    for id in ids {
+                        let Some(w) = st.watchers.get_mut(id) else {
+                            continue;
+                        };
+                        if w.phase != Phase::Live {
+                            continue;
+                        }
+                        for ev in events.iter() {
+                            if ev.revision() >= w.next_rev {
+                                fb.push(*id, w, ev, out);
+                            }
+                        }
+                        w.next_rev = w.next_rev.max(last_rev + 1);
+                    }
+                }
+                Pending::Direct {
+                    watch_id,
+                    events,
+                    bytes,
+                } => {
+                    st.queued_bytes -= bytes;
+                    if let Some(w) = st.watchers.get_mut(&watch_id) {
+                        for ev in &events {
+                            fb.push(watch_id, w, ev, out);
+                        }
+                    }
+                }
+                Pending::Control { watch_id, frame } => {
+                    fb.close(watch_id, false, out);
+                    out.push(frame);
+                }
+                Pending::Reset {
+                    relist_rev,
+                    compact_revision,
+                } => {
+                    let doomed: Vec<i64> = st
+                        .watchers
+                        .iter()
+                        .filter(|(_, w)| w.phase != Phase::Upstream && w.next_rev <= relist_rev)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in doomed {
+                        compact_cancel(
+                            st,
+                            id,
+                            compact_revision,
+                            fanout,
+                            fb,
+                            out,
+                            &mut self.leaves,
+                            &cache.metrics,
+                        );
+                    }
+                }
+            }
+        }
+
+        if st.overflowed {
+            for (id, w) in st.watchers.iter_mut() {
+                if w.phase == Phase::Live {
+                    w.phase = Phase::Catchup;
+                    st.catchup.push_back(*id);
+                }
+            }
+        }
+
+        let more = if st.catchup.is_empty() {
+            false
+        } else {
+            let hist = cache.history.read();
+            catch_up(
+                st,
+                &hist,
+                fb,
+                cfg.catchup_scan_budget,
+                fanout,
+                out,
+                &mut self.leaves,
+                &cache.metrics,
+            )
+        };
+
+        if st.progress_requested && st.watchers.values().all(|w| w.phase == Phase::Live) {
+            st.progress_requested = false;
+            out.push(progress_frame(cache.header(fanout), -1));
+        }
+
+        if self.tick_due {
+            self.tick_due = false;
+            for (id, w) in st.watchers.iter_mut() {
+                if w.progress_notify
+                    && w.phase == Phase::Live
+                    && !w.sent_since_tick
+                    && !fb.is_open(*id)
+                {
+                    out.push(progress_frame(
+                        cache.header(fanout.max(w.next_rev - 1)),
+                        *id,
+                    ));
+                }
+                w.sent_since_tick = false;
+            }
+        }
+
+        let events_out = fb.finish(out);
+        cache.metrics.events_out.fetch_add(events_out, Relaxed);
+        if st.queued_bytes < cfg.stream_queue_bytes {
+            self.shared.space.notify_waiters();
+        }
+        (more, false)
+    }
+}
+
+impl Drop for WatchFrames {
+    fn drop(&mut self) {
+        close(&self.cache, &self.shared);
+    }
+}
+
+fn progress_frame(header: ResponseHeader, watch_id: i64) -> WatchFrame {
+    WatchFrame::new(
+        &FrameHead {
+            header,
+            watch_id,
+            ..Default::default()
+        },
+        Vec::new(),
+        false,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compact_cancel(
+    st: &mut StreamState,
+    id: i64,
+    compact_revision: i64,
+    fanout: i64,
+    fb: &mut FrameBuilder,
+    out: &mut Vec<WatchFrame>,
+    leaves: &mut Vec<GroupId>,
+    metrics: &CacheMetrics,
+) {
+    let Some(w) = st.watchers.remove(&id) else {
+        return;
+    };
+    if let Some(h) = &w.splice {
+        h.abort();
+    }
+    if let Some(ids) = st.groups.get_mut(&w.group) {
+        ids.retain(|i| *i != id);
+        if ids.is_empty() {
+            st.groups.remove(&w.group);
+        }
+    }
+    fb.close(id, false, out);
+    let mut header = fb.header;
+    header.revision = fanout;
+    out.push(WatchFrame::new(
+        &FrameHead {
+            header,
+            watch_id: id,
+            canceled: true,
+            compact_revision,
+            ..Default::default()
+        },
+        Vec::new(),
+        false,
+    ));
+    leaves.push(w.group);
+    metrics.watchers.fetch_sub(1, Relaxed);
+    metrics.compact_cancels.fetch_add(1, Relaxed);
+}
+
+/// Reads the ring for Catchup watchers, round robin, scanning at most
+/// `budget` events in total. Returns whether work remains.
+#[allow(clippy::too_many_arguments)]
+fn catch_up(
+    st: &mut StreamState,
+    hist: &History,
+    fb: &mut FrameBuilder,
+    mut budget: usize,
+    fanout: i64,
+    out: &mut Vec<WatchFrame>,
+    leaves: &mut Vec<GroupId>,
+    metrics: &CacheMetrics,
+) -> bool {
+    let mut rounds = st.catchup.len();
+    while rounds > 0 && budget > 0 {
+        rounds -= 1;
+        let Some(id) = st.catchup.pop_front() else {
+            break;
+        };
+        let Some(w) = st.watchers.get_mut(&id) else {
+            continue;
+        };
+        if w.phase != Phase::Catchup {
+            continue;
+        }
+        let mut i = match hist.cursor(w.next_rev) {
+            Cursor::At(i) => i,
+            Cursor::FellOff(compact) => {
+                compact_cancel(st, id, compact, fanout, fb, out, leaves, metrics);
+                continue;
+            }
+        };
+        let mut last_rev = None;
+        let finished = loop {
+            let Some(ev) = hist.get(i) else {
+                break true;
+            };
+            // Stop only between revisions, so `next_rev` stays exact.
+            if (budget == 0 || fb.over_budget()) && last_rev != Some(ev.revision()) {
+                w.next_rev = ev.revision();
+                break false;
+            }
+            if w.spec.accepts(ev) {
+                fb.push(id, w, ev, out);
+            }
+            last_rev = Some(ev.revision());
+            budget = budget.saturating_sub(1);
+            i += 1;
+        };
+        if finished {
+            // Every event in the ring is handled; the applier has pushed, or
+            // will push after this lock is released, everything above it.
+            w.next_rev = w.next_rev.max(hist.last_event() + 1);
+            w.phase = Phase::Live;
+            st.overflowed = false;
+        } else {
+            st.catchup.push_back(id);
+        }
+    }
+    !st.catchup.is_empty()
+}
+
+// === frame building ===
+
+/// Collects each watcher's events into frames of at most `max` bytes,
+/// cutting between revisions (or inside one, with `fragment`, when the
+/// watcher asked for it).
+#[derive(Debug, Default)]
+struct FrameBuilder {
+    open: HashMap<i64, OpenFrame>,
+    header: ResponseHeader,
+    max: usize,
+    bytes: usize,
+    events: u64,
+}
+
+#[derive(Debug)]
+struct OpenFrame {
+    events: Vec<Arc<CachedEvent>>,
+    bytes: usize,
+    prev_kv: bool,
+    fragment_ok: bool,
+}
+
+impl FrameBuilder {
+    fn begin(&mut self, header: ResponseHeader, max: usize) {
+        self.header = header;
+        self.max = max.max(1);
+        self.bytes = 0;
+        self.events = 0;
+    }
+
+    /// Output bytes this pass has built: catch-up stops past a few frames.
+    fn over_budget(&self) -> bool {
+        self.bytes >= self.max.saturating_mul(4)
+    }
+
+    fn is_open(&self, id: i64) -> bool {
+        self.open.contains_key(&id)
+    }
+
+    fn push(&mut self, id: i64, w: &mut Watcher, ev: &Arc<CachedEvent>, out: &mut Vec<WatchFrame>) {
+        let len = ev.encoded_len(w.spec.prev_kv);
+        if let Some(f) = self.open.get(&id)
+            && !f.events.is_empty()
+            && f.bytes + len > self.max
+        {
+            let same_rev = f.events.last().map(|e| e.revision()) == Some(ev.revision());
+            if !same_rev {
+                self.close(id, false, out);
+            } else if f.fragment_ok {
+                self.close(id, true, out);
+            }
+        }
+        let f = self.open.entry(id).or_insert_with(|| OpenFrame {
+            events: Vec::new(),
+            bytes: 0,
+            prev_kv: w.spec.prev_kv,
+            fragment_ok: w.fragment,
+        });
+        f.events.push(ev.clone());
+        f.bytes += len;
+        self.bytes += len;
+        self.events += 1;
+        w.sent_since_tick = true;
+    }
+
+    fn close(&mut self, id: i64, fragment: bool, out: &mut Vec<WatchFrame>) {
+        if let Some(f) = self.open.remove(&id) {
+            out.push(Self::frame(self.header, id, f, fragment));
+        }
+    }
+
+    fn frame(mut header: ResponseHeader, id: i64, f: OpenFrame, fragment: bool) -> WatchFrame {
+        header.revision = f.events.last().map_or(0, |e| e.revision());
+        WatchFrame::new(
+            &FrameHead {
+                header,
+                watch_id: id,
+                fragment,
+                ..Default::default()
+            },
+            f.events,
+            f.prev_kv,
+        )
+    }
+
+    /// Emits every open frame; returns the events handed out this pass.
+    fn finish(&mut self, out: &mut Vec<WatchFrame>) -> u64 {
+        let header = self.header;
+        for (id, f) in self.open.drain() {
+            out.push(Self::frame(header, id, f, false));
+        }
+        self.events
+    }
+}
+
+/// Ticks of the progress timer never come faster than this, whatever the
+/// configuration says (a zero interval disables them).
+pub(crate) const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(10);

@@ -1,0 +1,165 @@
+//! The watch stream API as the gateway uses it: ids, cancel, duplicate ids,
+//! empty ranges, batching within the frame budget, fragments, and cleanup.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use lookout_cache::{CacheConfig, CacheError};
+use lookout_proto::pb::{PutRequest, RequestOp, TxnRequest, WatchCreateRequest, request_op};
+use lookout_testkit::EtcdServer;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_cancel_errors_and_cleanup() {
+    let etcd = EtcdServer::start().await;
+    let mut kv = kv(&etcd.endpoint).await;
+    let cache = start_cache(&[&etcd.endpoint], config()).await;
+    let rec = Recorder::spawn(&cache);
+    // etcd numbers watchers 0, 1, ... and honours client-chosen ids.
+    assert_eq!(rec.watch(prefix_watch("a/", 0)), 0);
+    let mut chosen = prefix_watch("b/", 0);
+    chosen.watch_id = 7;
+    assert_eq!(rec.watch(chosen.clone()), 7);
+    assert_eq!(rec.watch(prefix_watch("a/", 0)), 1);
+    assert!(matches!(
+        rec.handle.create(&chosen),
+        Err(CacheError::DuplicateWatchId)
+    ));
+    let empty = WatchCreateRequest {
+        key: b("b"),
+        range_end: b("a"),
+        ..Default::default()
+    };
+    assert!(matches!(
+        rec.handle.create(&empty),
+        Err(CacheError::EmptyWatchRange)
+    ));
+    lookout_testkit::wait_for("etcd's created+canceled answers with id -1", WAIT, || {
+        let n = rec
+            .responses(-1)
+            .iter()
+            .filter(|r| r.created && r.canceled)
+            .count();
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(cache.group_count(), 2, "two watchers on a/ share a group");
+
+    rec.wait_created(0).await;
+    assert!(rec.handle.cancel(0));
+    assert!(!rec.handle.cancel(0), "already gone");
+    let r = put(&mut kv, "a/x", "1").await;
+    rec.wait_until(1, r).await;
+    let zero = rec.responses(0);
+    assert!(zero.last().unwrap().canceled);
+    assert!(
+        zero.iter().all(|r| r.events.is_empty()),
+        "no event after the cancel"
+    );
+    assert_eq!(cache.metrics().watchers.load(Relaxed), 2);
+
+    drop(rec);
+    lookout_testkit::wait_for("stream cleanup", WAIT, || {
+        let (w, g, s) = (
+            cache.metrics().watchers.load(Relaxed),
+            cache.group_count(),
+            cache.metrics().streams.load(Relaxed),
+        );
+        async move { (w == 0 && g == 0 && s == 0).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_respect_the_frame_budget_and_fragment_when_asked() {
+    let etcd = EtcdServer::start().await;
+    let mut kv = kv(&etcd.endpoint).await;
+    let cache = start_cache(
+        &[&etcd.endpoint],
+        CacheConfig {
+            max_frame_bytes: 1024,
+            ..config()
+        },
+    )
+    .await;
+    let base = cache.revision();
+    // 40 small revisions, then one revision of three 700-byte values.
+    for i in 0..40 {
+        put(&mut kv, &format!("f/{i:02}"), "small").await;
+    }
+    let big = |k: &str| RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: b(k),
+            value: b(&"v".repeat(700)),
+            ..Default::default()
+        })),
+    };
+    let last = kv
+        .txn(TxnRequest {
+            success: vec![big("f/x"), big("f/y"), big("f/z")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    cache.wait_for_revision(last, WAIT).await.unwrap();
+
+    let rec = Recorder::spawn(&cache);
+    let mut frag = prefix_watch("f/", base + 1);
+    frag.fragment = true;
+    let frag = rec.watch(frag);
+    let whole = rec.watch(prefix_watch("f/", base + 1));
+    rec.wait_until(frag, last).await;
+    rec.wait_until(whole, last).await;
+
+    for id in [frag, whole] {
+        let resps: Vec<_> = rec
+            .responses(id)
+            .into_iter()
+            .filter(|r| !r.events.is_empty())
+            .collect();
+        let events: usize = resps.iter().map(|r| r.events.len()).sum();
+        assert_eq!(events, 43);
+        // Small revisions are batched several per response, each response
+        // within the budget, never splitting a revision.
+        let small: Vec<_> = resps
+            .iter()
+            .filter(|r| r.events.len() > 1 && r.events[0].kv.as_ref().unwrap().value.len() < 10)
+            .collect();
+        assert!(!small.is_empty());
+        for r in &resps {
+            use prost::Message;
+            let revs: Vec<i64> = r
+                .events
+                .iter()
+                .map(|e| e.kv.as_ref().unwrap().mod_revision)
+                .collect();
+            if revs.iter().all(|x| *x != last) {
+                assert!(r.encoded_len() <= 1024 + 64, "{} bytes", r.encoded_len());
+            }
+        }
+    }
+    // The 2.1 KB revision: fragments (all but the last flagged) for the
+    // watcher that asked, one response otherwise.
+    let tail = |id| {
+        rec.responses(id)
+            .into_iter()
+            .filter(|r| {
+                r.events
+                    .iter()
+                    .any(|e| e.kv.as_ref().unwrap().mod_revision == last)
+            })
+            .collect::<Vec<_>>()
+    };
+    let frags = tail(frag);
+    assert!(frags.len() >= 2, "{frags:?}");
+    assert!(frags[..frags.len() - 1].iter().all(|r| r.fragment));
+    assert!(!frags.last().unwrap().fragment);
+    let whole_tail = tail(whole);
+    assert_eq!(whole_tail.len(), 1);
+    assert_eq!(whole_tail[0].events.len(), 3);
+    assert!(!whole_tail[0].fragment);
+}
