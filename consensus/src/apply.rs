@@ -279,7 +279,7 @@ impl Ctx<'_, '_> {
         };
         let res = st.range(&req, &mut read)?;
         Ok(RangeResponse {
-            header: header(res.rev),
+            header: header(st.rev),
             kvs: res.kvs,
             more: res.more,
             count: res.count,

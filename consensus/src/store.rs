@@ -242,8 +242,10 @@ impl Store {
             let kv = tx.open_table(KV)?;
             st.range(&req, &mut |rev| backend::read_rev(&kv, rev))?
         };
+        // etcd's header is the store's current revision, even for a read
+        // at an older one.
         Ok(RangeResponse {
-            header: self.header(res.rev),
+            header: self.header(st.rev),
             kvs: res.kvs,
             more: res.more,
             count: res.count,

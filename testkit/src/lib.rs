@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 
 pub mod etcd;
 pub mod lookout;
+pub mod session;
 
 pub use etcd::EtcdServer;
 pub use lookout::LookoutProcess;
+pub use session::etcdctl_session;
 
 /// A free TCP port on 127.0.0.1, found by binding port 0.
 ///
