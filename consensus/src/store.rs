@@ -383,12 +383,12 @@ impl Store {
     }
 
     /// Remaining TTL (whole seconds, rounded down) and optionally the keys;
-    /// an unknown lease answers TTL -1 with an empty header, as etcd 3.4.
+    /// an unknown lease answers TTL -1, as etcd 3.4.
     pub fn lease_time_to_live(&self, req: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
         let st = self.snapshot();
         let Some(l) = st.leases.get(&req.id) else {
             return LeaseTimeToLiveResponse {
-                header: Some(ResponseHeader::default()),
+                header: self.header(st.rev),
                 id: req.id,
                 ttl: -1,
                 ..Default::default()

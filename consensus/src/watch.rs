@@ -30,7 +30,7 @@ use redb::ReadableDatabase;
 use tokio::sync::mpsc;
 
 use crate::backend::{self, KV, META, META_COMPACT, META_REV};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::hub::{HubMsg, Lagged};
 use crate::revision::Revision;
 use crate::state::in_range;
@@ -370,13 +370,13 @@ impl StreamState {
         match self.read_history(id) {
             Ok(History::Compacted(compact)) => {
                 self.watchers.remove(&id);
-                let rev = self.store.hub().rev();
+                // Exactly etcd 3.4's answer: header revision 0, no reason
+                // text, only `compact_revision` (checked against etcd).
                 self.send(WatchResponse {
-                    header: self.store.header(rev),
+                    header: self.store.header(0),
                     watch_id: id,
                     canceled: true,
                     compact_revision: compact,
-                    cancel_reason: Error::Compacted.to_string(),
                     ..Default::default()
                 })
                 .await
