@@ -17,8 +17,9 @@ use lookout_proto::pb::{
 use prost::Message;
 use redb::{Table, WriteTransaction};
 
-use crate::backend::{self, KV, LEASES, META, META_APPLIED, META_COMPACT, META_REV};
+use crate::backend::{self, KV, LEASES, META_KEY, Meta};
 use crate::error::{Error, Result};
+use crate::keyindex::LiveKv;
 use crate::request::{Request, Response};
 use crate::revision::Revision;
 use crate::state::{LeaseState, MvccState};
@@ -40,7 +41,6 @@ pub struct Applied {
 /// once per transaction; call [`Applier::finish`] before committing.
 pub struct Applier<'txn> {
     kv: Table<'txn, u128, &'static [u8]>,
-    meta: Table<'txn, &'static str, u64>,
     leases: Table<'txn, i64, i64>,
 }
 
@@ -56,7 +56,6 @@ impl<'txn> Applier<'txn> {
     pub fn new(txn: &'txn WriteTransaction) -> Result<Self> {
         Ok(Self {
             kv: txn.open_table(KV)?,
-            meta: txn.open_table(META)?,
             leases: txn.open_table(LEASES)?,
         })
     }
@@ -104,9 +103,12 @@ impl<'txn> Applier<'txn> {
     /// # Errors
     /// Storage failure.
     pub fn finish(&mut self, state: &MvccState) -> Result<()> {
-        self.meta.insert(META_REV, state.rev as u64)?;
-        self.meta.insert(META_COMPACT, state.compact_rev as u64)?;
-        self.meta.insert(META_APPLIED, state.applied_index)?;
+        let meta = Meta {
+            rev: state.rev,
+            compact_rev: state.compact_rev,
+            applied_index: state.applied_index,
+        };
+        self.kv.insert(META_KEY, meta.encode().as_slice())?;
         Ok(())
     }
 }
@@ -141,7 +143,7 @@ impl Ctx<'_, '_> {
     }
 
     fn live(&self, key: &[u8]) -> Option<&KeyValue> {
-        self.state.keys.get(key).and_then(|ki| ki.live.as_ref())
+        self.state.keys.get(key).and_then(|ki| ki.live.as_ref()).map(|l| &l.kv)
     }
 
     fn check_put(&self, p: &PutRequest) -> Result<()> {
@@ -177,17 +179,18 @@ impl Ctx<'_, '_> {
                 _ => p.lease,
             },
         };
-        self.w.kv.insert(rev.to_key(), kv.encode_to_vec().as_slice())?;
+        let live = LiveKv::new(&kv);
+        self.w.kv.insert(rev.to_key(), live.encoded.as_ref())?;
         let old_lease = prev.as_ref().map_or(0, |k| k.lease);
         if old_lease != kv.lease {
             self.detach(old_lease, &key);
             self.attach(kv.lease, &key);
         }
         let entry = self.state.keys.entry(key).or_default();
-        Arc::make_mut(entry).put(rev, kv.clone());
+        Arc::make_mut(entry).put(rev, live.clone());
         self.events.push(Event {
             r#type: EventType::Put as i32,
-            kv: Some(kv),
+            kv: Some(live.kv),
             prev_kv: prev.clone(),
         });
         Ok(PutResponse {
@@ -293,7 +296,7 @@ impl Ctx<'_, '_> {
         let kvs: Vec<&KeyValue> = self
             .state
             .index_range(&c.key, &c.range_end)
-            .filter_map(|(_, ki)| ki.live.as_ref())
+            .filter_map(|(_, ki)| ki.live.as_ref().map(|l| &l.kv))
             .collect();
         let zero = KeyValue::default();
         let kvs = if kvs.is_empty() {

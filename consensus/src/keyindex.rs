@@ -5,9 +5,34 @@
 //! Revisions are held in `imbl::Vector` so that cloning an entry for a new
 //! snapshot is O(1) even for a key written a million times.
 
+use bytes::Bytes;
 use lookout_proto::mvccpb::KeyValue;
+use prost::Message;
 
 use crate::revision::Revision;
+
+/// A key's current pair, kept both decoded and as its protobuf encoding.
+/// The decoded fields are zero-copy slices of `encoded` (prost decodes
+/// `bytes` fields from a `Bytes` by reference), so the value is held once;
+/// `encoded` is what goes to redb and, unchanged, into range responses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveKv {
+    pub kv: KeyValue,
+    pub encoded: Bytes,
+}
+
+impl LiveKv {
+    pub fn new(kv: &KeyValue) -> Self {
+        Self::from_encoded(Bytes::from(kv.encode_to_vec())).expect("a pair we just encoded decodes")
+    }
+
+    /// # Errors
+    /// The bytes are not a protobuf `KeyValue`.
+    pub fn from_encoded(encoded: Bytes) -> Result<Self, prost::DecodeError> {
+        let kv = KeyValue::decode(encoded.clone())?;
+        Ok(Self { kv, encoded })
+    }
+}
 
 /// One life of a key: from its creation to its tombstone (if closed).
 #[derive(Clone, Debug)]
@@ -26,13 +51,13 @@ pub struct Generation {
 pub struct KeyIndex {
     /// Oldest first; never holds an empty generation.
     pub generations: Vec<Generation>,
-    /// The current value, `None` when the key is deleted now.
-    pub live: Option<KeyValue>,
+    /// The current pair, `None` when the key is deleted now.
+    pub live: Option<LiveKv>,
 }
 
 impl KeyIndex {
     /// Records a put at `rev` whose resulting pair is `kv`.
-    pub fn put(&mut self, rev: Revision, kv: KeyValue) {
+    pub fn put(&mut self, rev: Revision, kv: LiveKv) {
         match self.generations.last_mut() {
             Some(g) if !g.closed => g.revs.push_back(rev),
             _ => {
@@ -123,12 +148,12 @@ fn partition_point(v: &imbl::Vector<Revision>, pred: impl Fn(&Revision) -> bool)
 mod tests {
     use super::*;
 
-    fn kv(rev: i64) -> KeyValue {
-        KeyValue {
+    fn kv(rev: i64) -> LiveKv {
+        LiveKv::new(&KeyValue {
             key: "k".into(),
             mod_revision: rev,
             ..Default::default()
-        }
+        })
     }
 
     fn r(main: i64) -> Revision {

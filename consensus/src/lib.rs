@@ -4,7 +4,7 @@
 //! will reuse the same [`Request`] / [`Applier`] state machine.
 //!
 //! ```text
-//!  gRPC (server.rs) ──> Store (store.rs) ──validate──> writer thread
+//!  gRPC (server.rs) ──> Store (store.rs) ──validate──> Writer (writer.rs)
 //!        ^                 │ reads: published MvccState      │ Applier::apply x N
 //!        │                 │ (+ redb for history)            │ one redb commit (fsync)
 //!        │                 v                                 v
@@ -18,6 +18,7 @@
 pub mod apply;
 pub mod backend;
 pub mod config;
+pub mod encode;
 pub mod error;
 mod hub;
 pub mod keyindex;
@@ -28,6 +29,7 @@ pub mod state;
 pub mod store;
 pub mod validate;
 mod watch;
+mod writer;
 
 pub use apply::{Applied, Applier};
 pub use config::StoreConfig;

@@ -47,17 +47,112 @@ impl EtcdService {
     }
 }
 
+// === KV with a pre-encoded Range ===
+
+/// Codec for Range: requests decode with prost, responses are already
+/// protobuf bytes ([`Store::range_encoded`]) and are copied as they are.
+#[derive(Debug, Clone, Copy, Default)]
+struct RangeCodec;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct BytesEncoder;
+
+impl tonic::codec::Encoder for BytesEncoder {
+    type Item = bytes::Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RangeCodec {
+    type Encode = bytes::Bytes;
+    type Decode = pb::RangeRequest;
+    type Encoder = BytesEncoder;
+    type Decoder = tonic_prost::ProstDecoder<pb::RangeRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+struct RangeSvc(Store);
+
+impl tonic::server::UnaryService<pb::RangeRequest> for RangeSvc {
+    type Response = bytes::Bytes;
+    type Future = tonic::codegen::BoxFuture<Response<bytes::Bytes>, Status>;
+
+    fn call(&mut self, r: Request<pb::RangeRequest>) -> Self::Future {
+        let store = self.0.clone();
+        Box::pin(async move {
+            store
+                .range_encoded(r.into_inner())
+                .await
+                .map(Response::new)
+                .map_err(to_status)
+        })
+    }
+}
+
+/// The KV service: Range through [`RangeCodec`], every other method
+/// through the generated server.
+#[derive(Debug, Clone)]
+pub struct KvService {
+    inner: KvServer<EtcdService>,
+    store: Store,
+    max_in: usize,
+}
+
+impl tonic::server::NamedService for KvService {
+    const NAME: &'static str = "etcdserverpb.KV";
+}
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for KvService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        if req.uri().path() != "/etcdserverpb.KV/Range" {
+            return self.inner.call(req);
+        }
+        let (store, max_in) = (self.store.clone(), self.max_in);
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(RangeCodec)
+                .apply_max_message_size_config(Some(max_in), Some(usize::MAX));
+            Ok(grpc.unary(RangeSvc(store), req).await)
+        })
+    }
+}
+
 /// The five etcd services as tonic routes, with message limits set so the
 /// store (not gRPC) rejects requests over `max_request_bytes` with etcd's
 /// error.
 pub fn routes(store: &Store) -> tonic::service::Routes {
     let svc = EtcdService::new(store.clone());
     let max_in = store.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
-    tonic::service::Routes::new(
-        KvServer::new(svc.clone())
+    tonic::service::Routes::new(KvService {
+        inner: KvServer::new(svc.clone())
             .max_decoding_message_size(max_in)
             .max_encoding_message_size(usize::MAX),
-    )
+        store: store.clone(),
+        max_in,
+    })
     .add_service(
         WatchServer::new(svc.clone())
             .max_decoding_message_size(max_in)
@@ -86,10 +181,18 @@ pub async fn serve(
     store: Store,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    // Small unary answers (HEADERS, DATA, trailers) must not wait for
+    // Nagle: every accepted socket gets TCP_NODELAY, as etcd's do.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    });
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_routes(routes(&store))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 

@@ -136,10 +136,10 @@ impl MvccState {
         };
         for (_, ki) in self.index_range(&req.key, &req.range_end) {
             if current {
-                let Some(kv) = &ki.live else { continue };
+                let Some(live) = &ki.live else { continue };
                 out.count += 1;
                 if !req.count_only && out.kvs.len() < fetch_limit {
-                    out.kvs.push(kv.clone());
+                    out.kvs.push(live.kv.clone());
                 }
             } else {
                 let Some(at) = ki.revision_at(rev) else { continue };

@@ -1,14 +1,13 @@
-//! The single-node store: a [`Store`] handle over one writer thread that
-//! group-commits requests to redb, the published in-memory snapshot that
-//! reads use, the watch hub, and the lessor's clock.
+//! The single-node store: a [`Store`] handle over the group-committing
+//! [`Writer`], the published in-memory snapshot that reads use, the watch
+//! hub, and the lessor's clock.
 //!
 //! ```text
-//!  put/txn/... ──validate──> queue ──> writer thread: drain batch
-//!                                        clone state, apply each request
-//!                                        ONE redb commit (fsync)
-//!                                        publish snapshot ──> readers
-//!                                        hub.publish(events) ──> watchers
-//!                                        answer every request of the batch
+//!  put/txn/... ──validate──> Writer (one fsynced redb commit per batch)
+//!                              ├─> publish snapshot ──> range/status readers
+//!                              ├─> hub.publish(events) ──> watch streams
+//!                              └─> answer every request of the batch
+//!  lessor tick ──expired lease──> LeaseRevoke proposal
 //! ```
 
 use std::collections::HashMap;
@@ -16,7 +15,6 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use lookout_proto::mvccpb::Event;
 use lookout_proto::pb::{
     AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     HashKvResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse,
@@ -26,12 +24,13 @@ use lookout_proto::pb::{
     WatchResponse,
 };
 use prost::Message;
-use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 use sha2::Digest;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::apply::{Applied, Applier};
-use crate::backend::{self, KV, LEASES, META};
+use crate::apply::Applied;
+use crate::writer::Writer;
+use crate::backend::{self, KV, LEASES};
 use crate::config::{MAX_LEASE_TTL, StoreConfig};
 use crate::error::{Error, Result};
 use crate::hub::Hub;
@@ -41,17 +40,8 @@ use crate::validate;
 
 /// Version reported by Maintenance Status: etcd 3.4's API.
 pub const VERSION: &str = "3.4.0";
-/// Most requests one commit carries.
-const MAX_BATCH: usize = 1024;
-/// Queue depth in front of the writer; callers wait when it is full.
-const QUEUE: usize = 4096;
 /// How often the lessor looks for expired leases.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
-
-struct Proposal {
-    req: Request,
-    done: oneshot::Sender<Result<Applied>>,
-}
 
 /// Shared by every clone of [`Store`].
 struct Inner {
@@ -60,16 +50,12 @@ struct Inner {
     /// The last committed state; swapped whole by the writer.
     state: Arc<ArcSwap<MvccState>>,
     hub: Arc<Hub>,
-    /// `None` once closed. parking_lot Mutex: held only to clone the
-    /// sender, never across an await.
-    queue: parking_lot::Mutex<Option<mpsc::Sender<Proposal>>>,
+    writer: Arc<Writer>,
     /// Lease expiry deadlines: proposer-side clock, never part of `apply`.
     // A std Mutex: short map operations, never held across an await.
     expiry: std::sync::Mutex<HashMap<i64, Instant>>,
     member_id: u64,
     cluster_id: u64,
-    /// Joined by [`Store::close`]. parking_lot Mutex: taken once.
-    writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Handle to a running store node. Cheap to clone; every method is safe
@@ -104,7 +90,7 @@ fn derive_id(label: &str, parts: &[&str]) -> u64 {
 
 impl Store {
     /// Opens the store in `cfg.data_dir`, rebuilds the in-memory index and
-    /// starts the writer thread and the lease expiry task. Every lease gets
+    /// starts the lease expiry task. Every lease gets
     /// a fresh TTL, as after an etcd restart. Must run inside a tokio
     /// runtime.
     ///
@@ -135,25 +121,17 @@ impl Store {
         );
         let hub = Arc::new(Hub::new(state.rev));
         let state = Arc::new(ArcSwap::from_pointee(state));
-        let (queue, rx) = mpsc::channel(QUEUE);
-        let writer = {
-            let (db, state, hub) = (db.clone(), state.clone(), hub.clone());
-            std::thread::Builder::new()
-                .name("lookout-writer".into())
-                .spawn(move || writer_loop(&db, &state, &hub, rx))
-                .map_err(|e| Error::Storage(e.to_string()))?
-        };
+        let writer = Arc::new(Writer::new(db.clone(), state.clone(), hub.clone()));
         let store = Store {
             inner: Arc::new(Inner {
                 cfg,
                 db,
                 state,
                 hub,
-                queue: parking_lot::Mutex::new(Some(queue)),
+                writer,
                 expiry: std::sync::Mutex::new(expiry),
                 member_id,
                 cluster_id,
-                writer: parking_lot::Mutex::new(Some(writer)),
             }),
         };
         tokio::spawn(expiry_loop(Arc::downgrade(&store.inner)));
@@ -218,13 +196,7 @@ impl Store {
     /// etcd's answer for the request, [`Error::Stopped`] when the writer is
     /// gone, or a storage failure.
     pub async fn propose(&self, req: Request) -> Result<Applied> {
-        let (done, rx) = oneshot::channel();
-        let queue = self.inner.queue.lock().clone().ok_or(Error::Stopped)?;
-        queue
-            .send(Proposal { req, done })
-            .await
-            .map_err(|_| Error::Stopped)?;
-        rx.await.map_err(|_| Error::Stopped)?
+        self.inner.writer.propose(req).await
     }
 
     // === KV ===
@@ -250,6 +222,22 @@ impl Store {
             more: res.more,
             count: res.count,
         })
+    }
+
+    /// [`Store::range`], answered as the protobuf encoding of the
+    /// `RangeResponse`: current-revision reads copy each pair's stored
+    /// encoding instead of re-encoding it (see [`crate::encode`]).
+    ///
+    /// # Errors
+    /// As [`Store::range`].
+    pub async fn range_encoded(&self, req: RangeRequest) -> Result<bytes::Bytes> {
+        validate::check_range(&req)?;
+        let st = self.snapshot();
+        if crate::encode::fast_path(&req, &st) {
+            let header = self.header(st.rev).unwrap_or_default();
+            return Ok(crate::encode::current_range(&req, &st, &header));
+        }
+        Ok(self.range(req).await?.encode_to_vec().into())
     }
 
     /// # Errors
@@ -448,8 +436,6 @@ impl Store {
         {
             let s = tx.open_table(KV)?.stats()?;
             in_use += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
-            let s = tx.open_table(META)?.stats()?;
-            in_use += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
             let s = tx.open_table(LEASES)?.stats()?;
             in_use += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
         }
@@ -462,7 +448,7 @@ impl Store {
             raft_term: 1,
             raft_applied_index: st.applied_index,
             errors: Vec::new(),
-            db_size_in_use: (in_use as i64).min(db_size.max(in_use as i64)),
+            db_size_in_use: (in_use as i64).min(db_size),
             is_learner: false,
         })
     }
@@ -514,80 +500,15 @@ impl Store {
         }
     }
 
-    /// Stops accepting writes and waits for the writer to commit what is
-    /// already queued. Every clone answers [`Error::Stopped`] afterwards.
+    /// Stops accepting writes and waits for the batch being committed.
+    /// Every clone answers [`Error::Stopped`] afterwards.
     pub fn close(&self) {
-        drop(self.inner.queue.lock().take());
-        let handle = self.inner.writer.lock().take();
-        if let Some(h) = handle {
-            // The writer exits once the last in-flight proposal's sender
-            // clone is gone and the queue is drained.
-            let _ = h.join();
-        }
+        self.inner.writer.close();
     }
 }
 
 fn unexpected(r: Response) -> Error {
     Error::Storage(format!("unexpected response kind: {r:?}"))
-}
-
-/// The writer thread: batches proposals into one fsynced redb commit.
-fn writer_loop(
-    db: &Database,
-    state: &ArcSwap<MvccState>,
-    hub: &Hub,
-    mut rx: mpsc::Receiver<Proposal>,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let mut working = MvccState::clone(&state.load());
-        let result = commit_batch(db, &mut working, &batch);
-        match result {
-            Ok(applied) => {
-                let rev = working.rev;
-                state.store(Arc::new(working));
-                let events: Vec<(i64, Vec<Event>)> = applied
-                    .iter()
-                    .filter(|a| !a.events.is_empty())
-                    .map(|a| (a.revision, a.events.clone()))
-                    .collect();
-                hub.publish(&events, rev);
-                for (p, a) in batch.into_iter().zip(applied) {
-                    let _ = p.done.send(Ok(a));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "commit failed; batch not acknowledged");
-                for p in batch {
-                    let _ = p.done.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-    tracing::debug!("writer stopped");
-}
-
-fn commit_batch(db: &Database, st: &mut MvccState, batch: &[Proposal]) -> Result<Vec<Applied>> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(|e| Error::Storage(e.to_string()))?;
-    let mut out = Vec::with_capacity(batch.len());
-    {
-        let mut ap = Applier::new(&txn)?;
-        for p in batch {
-            let index = st.applied_index + 1;
-            out.push(ap.apply(st, index, &p.req)?);
-        }
-        ap.finish(st)?;
-    }
-    txn.commit()?;
-    Ok(out)
 }
 
 /// Proposes a revoke for every lease past its deadline.
@@ -630,4 +551,5 @@ async fn expiry_loop(inner: Weak<Inner>) {
         drop(store);
     }
 }
+
 

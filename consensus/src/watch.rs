@@ -29,7 +29,7 @@ use prost::Message;
 use redb::ReadableDatabase;
 use tokio::sync::mpsc;
 
-use crate::backend::{self, KV, META, META_COMPACT, META_REV};
+use crate::backend::{self, KV};
 use crate::error::Result;
 use crate::hub::{HubMsg, Lagged};
 use crate::revision::Revision;
@@ -411,9 +411,9 @@ impl StreamState {
         let w = self.watchers.get(&id).expect("watcher exists");
         let db = self.store.db();
         let tx = db.begin_read()?;
-        let meta = tx.open_table(META)?;
-        let compact = meta.get(META_COMPACT)?.map_or(0, |v| v.value() as i64);
-        let cur = meta.get(META_REV)?.map_or(1, |v| v.value() as i64).max(1);
+        let kv = tx.open_table(KV)?;
+        let meta = backend::read_meta(&kv)?;
+        let (compact, cur) = (meta.compact_rev, meta.rev.max(1));
         if compact > 0 && w.next_rev < compact {
             return Ok(History::Compacted(compact));
         }
@@ -424,7 +424,6 @@ impl StreamState {
         // it knows every revision the transaction can see.
         let snap = self.store.snapshot();
         let upto = cur.min(w.next_rev + CATCHUP_REVS - 1);
-        let kv = tx.open_table(KV)?;
         let mut events = Vec::new();
         for row in kv.range(Revision::first_key(w.next_rev)..=Revision::last_key(upto))? {
             let (k, v) = row?;

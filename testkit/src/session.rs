@@ -265,6 +265,7 @@ impl Session {
         let deadline = Instant::now() + WATCH_DEADLINE;
         let mut lines = Vec::new();
         let mut done = false;
+        let mut eof = false;
         while !done {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -272,11 +273,23 @@ impl Session {
                     done = until(&l);
                     lines.push(l);
                 }
-                // Deadline passed, or etcdctl exited (e.g. cancelled).
-                Err(_) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                // stdout closed: etcdctl is exiting by itself (e.g. the
+                // server cancelled the watch).
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    eof = true;
+                    break;
+                }
             }
         }
-        let exited = child.try_wait().ok().flatten();
+        let mut exited = child.try_wait().ok().flatten();
+        if eof && exited.is_none() {
+            let exit_deadline = Instant::now() + Duration::from_secs(5);
+            while exited.is_none() && Instant::now() < exit_deadline {
+                std::thread::sleep(Duration::from_millis(10));
+                exited = child.try_wait().ok().flatten();
+            }
+        }
         let _ = child.kill();
         let status = child.wait().ok();
         let _ = reader.join();

@@ -321,3 +321,45 @@ async fn status_and_hash_describe_this_member() {
     assert_eq!(m.members.len(), 1);
     assert_eq!(m.members[0].name, "default");
 }
+
+#[tokio::test]
+async fn pre_encoded_ranges_equal_the_general_path() {
+    use prost::Message;
+    let srv = TestServer::start().await;
+    let mut c = connect(&srv.endpoint).await;
+    for i in 0..20 {
+        c.kv.put(put(&format!("e/{i:02}"), &format!("v{i}"))).await.unwrap();
+    }
+    c.kv.delete_range(DeleteRangeRequest {
+        key: "e/05".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let base = RangeRequest {
+        key: "e/".into(),
+        range_end: prefix_end("e/"),
+        ..Default::default()
+    };
+    let reqs = vec![
+        base.clone(),
+        RangeRequest { limit: 3, ..base.clone() },
+        RangeRequest { limit: 30, ..base.clone() },
+        RangeRequest { count_only: true, ..base.clone() },
+        RangeRequest { count_only: true, limit: 2, ..base.clone() },
+        RangeRequest { sort_order: 1, ..base.clone() },
+        RangeRequest { key: "e/05".into(), range_end: Default::default(), ..base.clone() },
+        RangeRequest { key: "e/07".into(), range_end: Default::default(), ..base.clone() },
+        RangeRequest { key: "e/10".into(), range_end: vec![0].into(), ..base.clone() },
+        RangeRequest { key: "zz".into(), range_end: Default::default(), ..base.clone() },
+    ];
+    for req in reqs {
+        let general = srv.store.range(req.clone()).await.unwrap();
+        let fast = srv.store.range_encoded(req.clone()).await.unwrap();
+        let decoded = lookout_proto::pb::RangeResponse::decode(fast.clone()).unwrap();
+        assert_eq!(decoded, general, "{req:?}");
+        assert_eq!(fast.as_ref(), general.encode_to_vec().as_slice(), "{req:?}");
+        // And over gRPC.
+        assert_eq!(c.kv.range(req.clone()).await.unwrap().into_inner(), general);
+    }
+}
