@@ -177,6 +177,17 @@ impl Session {
             self.lease_placeholder(id);
         }
         let mut l = self.norm_text(l);
+        // etcd lists a lease's keys from a Go map: order is random.
+        if let Some(start) = l.find("attached keys([")
+            && let Some(len) = l[start..].find("])")
+        {
+            let inner = start + "attached keys([".len();
+            let end = start + len;
+            let mut keys: Vec<&str> = l[inner..end].split(' ').collect();
+            keys.sort_unstable();
+            let sorted = keys.join(" ");
+            l.replace_range(inner..end, &sorted);
+        }
         // "remaining(59s)": the clock differs between runs; keep it honest
         // (0 < remaining <= granted) and drop the exact number.
         if let Some(start) = l.find("remaining(") {
