@@ -51,7 +51,8 @@ async fn start() -> Servers {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let lookout = LookoutProcess::spawn(&bin, &args, &endpoint, &dir.path().join("lookout.log")).await;
+    let lookout =
+        LookoutProcess::spawn(&bin, &args, &endpoint, &dir.path().join("lookout.log")).await;
     Servers {
         etcd,
         lookout,
@@ -89,7 +90,9 @@ async fn puts(endpoint: &str, clients: usize, iters: u64, tag: &str) -> Duration
         let tag = tag.to_string();
         tasks.push(tokio::spawn(async move {
             for i in 0..per {
-                kv.put(put_req(format!("bench/{tag}/{c}/{i}"))).await.unwrap();
+                kv.put(put_req(format!("bench/{tag}/{c}/{i}")))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -140,7 +143,11 @@ fn bench(c: &mut Criterion) {
     ];
 
     for clients in [1usize, 16] {
-        let mut g = c.benchmark_group(if clients == 1 { "put/1-client" } else { "put/16-clients" });
+        let mut g = c.benchmark_group(if clients == 1 {
+            "put/1-client"
+        } else {
+            "put/16-clients"
+        });
         g.sample_size(10).measurement_time(Duration::from_secs(8));
         g.throughput(criterion::Throughput::Elements(1));
         for (name, ep) in &targets {

@@ -133,7 +133,11 @@ fn header(rev: i64) -> Option<ResponseHeader> {
 impl Ctx<'_, '_> {
     /// Revision a read inside this request sees (its own writes included).
     fn read_revision(&self) -> i64 {
-        if self.sub > 0 { self.main } else { self.state.rev }
+        if self.sub > 0 {
+            self.main
+        } else {
+            self.state.rev
+        }
     }
 
     fn next_rev(&mut self) -> Revision {
@@ -143,7 +147,11 @@ impl Ctx<'_, '_> {
     }
 
     fn live(&self, key: &[u8]) -> Option<&KeyValue> {
-        self.state.keys.get(key).and_then(|ki| ki.live.as_ref()).map(|l| &l.kv)
+        self.state
+            .keys
+            .get(key)
+            .and_then(|ki| ki.live.as_ref())
+            .map(|l| &l.kv)
     }
 
     fn check_put(&self, p: &PutRequest) -> Result<()> {
@@ -225,7 +233,9 @@ impl Ctx<'_, '_> {
             mod_revision: rev.main,
             ..Default::default()
         };
-        self.w.kv.insert(rev.to_key(), tomb.encode_to_vec().as_slice())?;
+        self.w
+            .kv
+            .insert(rev.to_key(), tomb.encode_to_vec().as_slice())?;
         self.detach(prev.lease, key);
         if let Some(ki) = self.state.keys.get_mut(key) {
             Arc::make_mut(ki).tombstone(rev);
@@ -325,7 +335,9 @@ impl Ctx<'_, '_> {
                             (kv.create_revision, *v)
                         }
                         (CompareTarget::Create, _) => (kv.create_revision, 0),
-                        (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => (kv.mod_revision, *v),
+                        (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => {
+                            (kv.mod_revision, *v)
+                        }
                         (CompareTarget::Mod, _) => (kv.mod_revision, 0),
                         (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => (kv.lease, *v),
                         (_, _) => (kv.lease, 0),
@@ -422,7 +434,9 @@ impl Ctx<'_, '_> {
         let keys: Vec<Bytes> = self.state.keys.keys().cloned().collect();
         let mut removed = Vec::new();
         for k in keys {
-            let Some(ki) = self.state.keys.get_mut(&k) else { continue };
+            let Some(ki) = self.state.keys.get_mut(&k) else {
+                continue;
+            };
             // Skip entries with nothing at or below `at` to drop (cheap
             // check first, so untouched entries are not copied).
             let first = ki.generations.first().and_then(|g| g.revs.front().copied());
@@ -480,4 +494,3 @@ impl Ctx<'_, '_> {
         })
     }
 }
-

@@ -49,7 +49,9 @@ impl Meta {
     }
 
     pub(crate) fn decode(b: &[u8]) -> Self {
-        let n = |r: std::ops::Range<usize>| -> [u8; 8] { b.get(r).and_then(|s| s.try_into().ok()).unwrap_or_default() };
+        let n = |r: std::ops::Range<usize>| -> [u8; 8] {
+            b.get(r).and_then(|s| s.try_into().ok()).unwrap_or_default()
+        };
         Self {
             rev: i64::from_be_bytes(n(0..8)),
             compact_rev: i64::from_be_bytes(n(8..16)),
@@ -60,7 +62,10 @@ impl Meta {
 
 /// Reads the counters record (zeros for a fresh store).
 pub(crate) fn read_meta<T: ReadableTable<u128, &'static [u8]>>(kv: &T) -> Result<Meta> {
-    Ok(kv.get(META_KEY)?.map(|v| Meta::decode(v.value())).unwrap_or_default())
+    Ok(kv
+        .get(META_KEY)?
+        .map(|v| Meta::decode(v.value()))
+        .unwrap_or_default())
 }
 
 /// Opens (or creates) the store file `<dir>/lookout.redb` with its tables.

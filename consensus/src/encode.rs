@@ -30,7 +30,11 @@ pub fn fast_path(req: &RangeRequest, st: &MvccState) -> bool {
 
 /// The encoded `RangeResponse` for a request [`fast_path`] accepted.
 pub fn current_range(req: &RangeRequest, st: &MvccState, header: &ResponseHeader) -> Bytes {
-    let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
+    let limit = if req.limit > 0 {
+        req.limit as usize
+    } else {
+        usize::MAX
+    };
     let mut parts: Vec<&Bytes> = Vec::new();
     let mut count: i64 = 0;
     let mut body = 0usize;

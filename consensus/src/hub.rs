@@ -115,8 +115,7 @@ impl Hub {
                 let matched: Vec<Event> = events
                     .iter()
                     .filter(|e| {
-                        e.kv
-                            .as_ref()
+                        e.kv.as_ref()
                             .is_some_and(|kv| in_range(&kv.key, &slot.key, &slot.range_end))
                     })
                     .cloned()
@@ -172,9 +171,15 @@ mod tests {
         let hub = Hub::new(5);
         let (tx, mut rx) = mpsc::channel(16);
         let lag = Arc::new(Lagged::default());
-        assert!(hub.register("a".into(), "b".into(), 5, tx.clone(), lag.clone()).is_none());
+        assert!(
+            hub.register("a".into(), "b".into(), 5, tx.clone(), lag.clone())
+                .is_none()
+        );
         let slot = hub.register("a".into(), "b".into(), 6, tx, lag).unwrap();
-        hub.publish(&[(6, vec![ev("a", 6), ev("z", 6)]), (7, vec![ev("a1", 7)])], 7);
+        hub.publish(
+            &[(6, vec![ev("a", 6), ev("z", 6)]), (7, vec![ev("a1", 7)])],
+            7,
+        );
         let m = rx.try_recv().unwrap();
         assert_eq!((m.slot, m.rev, m.events.len()), (slot, 6, 1));
         let m = rx.try_recv().unwrap();
@@ -187,7 +192,9 @@ mod tests {
         let hub = Hub::new(1);
         let (tx, _rx) = mpsc::channel(1);
         let lag = Arc::new(Lagged::default());
-        let slot = hub.register("a".into(), vec![0].into(), 2, tx, lag.clone()).unwrap();
+        let slot = hub
+            .register("a".into(), vec![0].into(), 2, tx, lag.clone())
+            .unwrap();
         hub.publish(&[(2, vec![ev("a", 2)]), (3, vec![ev("b", 3)])], 3);
         assert_eq!(*lag.slots.lock().unwrap(), vec![(slot, 3)]);
         // The slot is gone: later events are not offered.

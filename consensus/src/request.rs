@@ -16,12 +16,19 @@ pub enum Request {
     DeleteRange(#[serde(with = "pb_bytes")] DeleteRangeRequest),
     Txn(#[serde(with = "pb_bytes")] TxnRequest),
     /// Physical compaction of every revision superseded at `revision`.
-    Compact { revision: i64 },
+    Compact {
+        revision: i64,
+    },
     /// `id` and `ttl` are final: the proposer picked the ID and applied the
     /// minimum TTL.
-    LeaseGrant { id: i64, ttl: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
     /// A client's revoke, or an expiry decided by the proposer's clock.
-    LeaseRevoke { id: i64 },
+    LeaseRevoke {
+        id: i64,
+    },
 }
 
 /// What applying a [`Request`] answers. Headers carry only the revision;

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// One change's position in the store's history.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Revision {
     pub main: i64,
     pub sub: i64,

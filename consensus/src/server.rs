@@ -61,7 +61,11 @@ impl tonic::codec::Encoder for BytesEncoder {
     type Item = bytes::Bytes;
     type Error = Status;
 
-    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
         use bytes::BufMut;
         dst.put_slice(&item);
         Ok(())
@@ -101,7 +105,8 @@ impl tonic::server::UnaryService<pb::RangeRequest> for RangeSvc {
     }
 }
 
-/// The KV service: Range through [`RangeCodec`], every other method
+/// The KV service: Range through a codec that copies pre-encoded bytes
+/// ([`Store::range_encoded`]), every other method
 /// through the generated server.
 #[derive(Debug, Clone)]
 pub struct KvService {
@@ -123,7 +128,10 @@ where
     type Error = std::convert::Infallible;
     type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
 
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -201,14 +209,25 @@ pub async fn serve(
 #[tonic::async_trait]
 impl pb::kv_server::Kv for EtcdService {
     async fn range(&self, r: Request<pb::RangeRequest>) -> Rpc<pb::RangeResponse> {
-        self.store.range(r.into_inner()).await.map(Response::new).map_err(to_status)
+        self.store
+            .range(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn put(&self, r: Request<pb::PutRequest>) -> Rpc<pb::PutResponse> {
-        self.store.put(r.into_inner()).await.map(Response::new).map_err(to_status)
+        self.store
+            .put(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 
-    async fn delete_range(&self, r: Request<pb::DeleteRangeRequest>) -> Rpc<pb::DeleteRangeResponse> {
+    async fn delete_range(
+        &self,
+        r: Request<pb::DeleteRangeRequest>,
+    ) -> Rpc<pb::DeleteRangeResponse> {
         self.store
             .delete_range(r.into_inner())
             .await
@@ -217,11 +236,19 @@ impl pb::kv_server::Kv for EtcdService {
     }
 
     async fn txn(&self, r: Request<pb::TxnRequest>) -> Rpc<pb::TxnResponse> {
-        self.store.txn(r.into_inner()).await.map(Response::new).map_err(to_status)
+        self.store
+            .txn(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn compact(&self, r: Request<pb::CompactionRequest>) -> Rpc<pb::CompactionResponse> {
-        self.store.compact(r.into_inner()).await.map(Response::new).map_err(to_status)
+        self.store
+            .compact(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 }
 
@@ -238,7 +265,9 @@ impl pb::watch_server::Watch for EtcdService {
             .take_while(|m| std::future::ready(m.is_ok()))
             .filter_map(|m| std::future::ready(m.ok()));
         let rx = self.store.watch(Box::pin(requests));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|m| m.map_err(to_status)))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|m| m.map_err(to_status)),
+        )))
     }
 }
 
@@ -256,7 +285,10 @@ impl pb::lease_server::Lease for EtcdService {
             .map_err(to_status)
     }
 
-    async fn lease_revoke(&self, r: Request<pb::LeaseRevokeRequest>) -> Rpc<pb::LeaseRevokeResponse> {
+    async fn lease_revoke(
+        &self,
+        r: Request<pb::LeaseRevokeRequest>,
+    ) -> Rpc<pb::LeaseRevokeResponse> {
         self.store
             .lease_revoke(r.into_inner().id)
             .await
@@ -273,7 +305,11 @@ impl pb::lease_server::Lease for EtcdService {
         let store = self.store.clone();
         tokio::spawn(async move {
             while let Some(Ok(req)) = requests.next().await {
-                if tx.send(Ok(store.lease_keep_alive(req.id))).await.is_err() {
+                if tx
+                    .send(Ok(store.lease_keep_alive(req.id).await))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -285,11 +321,16 @@ impl pb::lease_server::Lease for EtcdService {
         &self,
         r: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Rpc<pb::LeaseTimeToLiveResponse> {
-        Ok(Response::new(self.store.lease_time_to_live(r.into_inner())))
+        Ok(Response::new(
+            self.store.lease_time_to_live(r.into_inner()).await,
+        ))
     }
 
-    async fn lease_leases(&self, _r: Request<pb::LeaseLeasesRequest>) -> Rpc<pb::LeaseLeasesResponse> {
-        Ok(Response::new(self.store.lease_leases()))
+    async fn lease_leases(
+        &self,
+        _r: Request<pb::LeaseLeasesRequest>,
+    ) -> Rpc<pb::LeaseLeasesResponse> {
+        Ok(Response::new(self.store.lease_leases().await))
     }
 }
 
@@ -305,16 +346,22 @@ impl pb::cluster_server::Cluster for EtcdService {
         Err(unsupported("MemberAdd"))
     }
 
-    async fn member_remove(&self, _r: Request<pb::MemberRemoveRequest>) -> Rpc<pb::MemberRemoveResponse> {
+    async fn member_remove(
+        &self,
+        _r: Request<pb::MemberRemoveRequest>,
+    ) -> Rpc<pb::MemberRemoveResponse> {
         Err(unsupported("MemberRemove"))
     }
 
-    async fn member_update(&self, _r: Request<pb::MemberUpdateRequest>) -> Rpc<pb::MemberUpdateResponse> {
+    async fn member_update(
+        &self,
+        _r: Request<pb::MemberUpdateRequest>,
+    ) -> Rpc<pb::MemberUpdateResponse> {
         Err(unsupported("MemberUpdate"))
     }
 
     async fn member_list(&self, _r: Request<pb::MemberListRequest>) -> Rpc<pb::MemberListResponse> {
-        Ok(Response::new(self.store.member_list()))
+        Ok(Response::new(self.store.member_list().await))
     }
 
     async fn member_promote(
@@ -332,11 +379,15 @@ impl pb::maintenance_server::Maintenance for EtcdService {
     type SnapshotStream = BoxStream<pb::SnapshotResponse>;
 
     async fn alarm(&self, _r: Request<pb::AlarmRequest>) -> Rpc<pb::AlarmResponse> {
-        Ok(Response::new(self.store.alarm()))
+        Ok(Response::new(self.store.alarm().await))
     }
 
     async fn status(&self, _r: Request<pb::StatusRequest>) -> Rpc<pb::StatusResponse> {
-        self.store.status().map(Response::new).map_err(to_status)
+        self.store
+            .status()
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn defragment(&self, _r: Request<pb::DefragmentRequest>) -> Rpc<pb::DefragmentResponse> {
@@ -347,7 +398,7 @@ impl pb::maintenance_server::Maintenance for EtcdService {
     }
 
     async fn hash(&self, _r: Request<pb::HashRequest>) -> Rpc<pb::HashResponse> {
-        let h = self.store.hash_kv(0).map_err(to_status)?;
+        let h = self.store.hash_kv(0).await.map_err(to_status)?;
         Ok(Response::new(pb::HashResponse {
             header: h.header,
             hash: h.hash,
@@ -357,6 +408,7 @@ impl pb::maintenance_server::Maintenance for EtcdService {
     async fn hash_kv(&self, r: Request<pb::HashKvRequest>) -> Rpc<pb::HashKvResponse> {
         self.store
             .hash_kv(r.into_inner().revision)
+            .await
             .map(Response::new)
             .map_err(to_status)
     }

@@ -50,9 +50,12 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
+/// A key span as a pair of bounds over borrowed keys.
+pub type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// `[key, range_end)` as etcd reads it: empty end = the key alone, `"\0"`
 /// = every key >= key.
-pub fn key_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+pub fn key_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<KeyBounds<'a>> {
     if range_end.is_empty() {
         Some((Bound::Included(key), Bound::Included(key)))
     } else if range_end == [0] {
@@ -142,7 +145,9 @@ impl MvccState {
                     out.kvs.push(live.kv.clone());
                 }
             } else {
-                let Some(at) = ki.revision_at(rev) else { continue };
+                let Some(at) = ki.revision_at(rev) else {
+                    continue;
+                };
                 out.count += 1;
                 if !req.count_only && out.kvs.len() < fetch_limit {
                     // A revision the index still lists but redb no longer

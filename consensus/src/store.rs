@@ -1,5 +1,5 @@
 //! The single-node store: a [`Store`] handle over the group-committing
-//! [`Writer`], the published in-memory snapshot that reads use, the watch
+//! writer (`writer.rs`), the published in-memory snapshot that reads use, the watch
 //! hub, and the lessor's clock.
 //!
 //! ```text
@@ -29,7 +29,6 @@ use sha2::Digest;
 use tokio::sync::mpsc;
 
 use crate::apply::Applied;
-use crate::writer::Writer;
 use crate::backend::{self, KV, LEASES};
 use crate::config::{MAX_LEASE_TTL, StoreConfig};
 use crate::error::{Error, Result};
@@ -37,6 +36,7 @@ use crate::hub::Hub;
 use crate::request::{Request, Response};
 use crate::state::MvccState;
 use crate::validate;
+use crate::writer::Writer;
 
 /// Version reported by Maintenance Status: etcd 3.4's API.
 pub const VERSION: &str = "3.4.0";
@@ -322,7 +322,11 @@ impl Store {
                 }
             }
         };
-        match self.propose(Request::LeaseGrant { id, ttl }).await?.response? {
+        match self
+            .propose(Request::LeaseGrant { id, ttl })
+            .await?
+            .response?
+        {
             Response::LeaseGrant(mut r) => {
                 self.inner
                     .expiry
@@ -353,7 +357,7 @@ impl Store {
 
     /// One keep-alive: renews the lease to its full TTL. An unknown lease
     /// answers TTL 0, as etcd does.
-    pub fn lease_keep_alive(&self, id: i64) -> LeaseKeepAliveResponse {
+    pub async fn lease_keep_alive(&self, id: i64) -> LeaseKeepAliveResponse {
         let st = self.snapshot();
         let mut exp = self.inner.expiry.lock().expect("expiry map");
         let ttl = match (st.leases.get(&id), exp.get_mut(&id)) {
@@ -372,7 +376,7 @@ impl Store {
 
     /// Remaining TTL (whole seconds, rounded down) and optionally the keys;
     /// an unknown lease answers TTL -1, as etcd 3.4.
-    pub fn lease_time_to_live(&self, req: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
+    pub async fn lease_time_to_live(&self, req: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
         let st = self.snapshot();
         let Some(l) = st.leases.get(&req.id) else {
             return LeaseTimeToLiveResponse {
@@ -388,7 +392,9 @@ impl Store {
             .lock()
             .expect("expiry map")
             .get(&req.id)
-            .map_or(0, |d| d.saturating_duration_since(Instant::now()).as_secs() as i64);
+            .map_or(0, |d| {
+                d.saturating_duration_since(Instant::now()).as_secs() as i64
+            });
         LeaseTimeToLiveResponse {
             header: self.header(st.rev),
             id: req.id,
@@ -402,7 +408,7 @@ impl Store {
         }
     }
 
-    pub fn lease_leases(&self) -> LeaseLeasesResponse {
+    pub async fn lease_leases(&self) -> LeaseLeasesResponse {
         let st = self.snapshot();
         LeaseLeasesResponse {
             header: self.header(st.rev),
@@ -427,10 +433,12 @@ impl Store {
 
     /// # Errors
     /// Storage failure while measuring the file.
-    pub fn status(&self) -> Result<StatusResponse> {
+    pub async fn status(&self) -> Result<StatusResponse> {
         let st = self.snapshot();
         let path = self.inner.cfg.data_dir.join("lookout.redb");
-        let db_size = std::fs::metadata(&path).map(|m| m.len() as i64).unwrap_or(0);
+        let db_size = std::fs::metadata(&path)
+            .map(|m| m.len() as i64)
+            .unwrap_or(0);
         let tx = self.inner.db.begin_read()?;
         let mut in_use = 0u64;
         {
@@ -457,7 +465,7 @@ impl Store {
     ///
     /// # Errors
     /// Future or compacted revision, storage failure.
-    pub fn hash_kv(&self, revision: i64) -> Result<HashKvResponse> {
+    pub async fn hash_kv(&self, revision: i64) -> Result<HashKvResponse> {
         let st = self.snapshot();
         let rev = st.read_rev(revision)?;
         let tx = self.inner.db.begin_read()?;
@@ -475,7 +483,7 @@ impl Store {
         })
     }
 
-    pub fn alarm(&self) -> AlarmResponse {
+    pub async fn alarm(&self) -> AlarmResponse {
         AlarmResponse {
             header: self.header(self.revision()),
             alarms: Vec::new(),
@@ -493,7 +501,7 @@ impl Store {
         }
     }
 
-    pub fn member_list(&self) -> MemberListResponse {
+    pub async fn member_list(&self) -> MemberListResponse {
         MemberListResponse {
             header: self.header(self.revision()),
             members: vec![self.member()],
@@ -551,5 +559,3 @@ async fn expiry_loop(inner: Weak<Inner>) {
         drop(store);
     }
 }
-
-

@@ -117,7 +117,9 @@ fn intervals(ops: &[RequestOp]) -> Result<(std::collections::HashSet<Vec<u8>>, V
     let mut puts = std::collections::HashSet::new();
     let hits = |dels: &[Span], k: &[u8]| dels.iter().any(|s| s.contains(k));
     for op in ops {
-        let Some(request_op::Request::RequestTxn(t)) = &op.request else { continue };
+        let Some(request_op::Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let (puts_then, dels_then) = intervals(&t.success)?;
         let (puts_else, dels_else) = intervals(&t.failure)?;
         for k in &puts_then {
@@ -136,7 +138,9 @@ fn intervals(ops: &[RequestOp]) -> Result<(std::collections::HashSet<Vec<u8>>, V
         dels.extend(dels_else);
     }
     for op in ops {
-        let Some(request_op::Request::RequestPut(p)) = &op.request else { continue };
+        let Some(request_op::Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         let k = p.key.to_vec();
         if puts.contains(&k) || hits(&dels, &k) {
             return Err(Error::DuplicateKey);
@@ -161,11 +165,13 @@ mod tests {
 
     fn del(k: &str, end: &str) -> RequestOp {
         RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: k.to_string().into(),
-                range_end: end.to_string().into(),
-                ..Default::default()
-            })),
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: k.to_string().into(),
+                    range_end: end.to_string().into(),
+                    ..Default::default()
+                },
+            )),
         }
     }
 

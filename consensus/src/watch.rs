@@ -73,8 +73,11 @@ struct StreamState {
 /// Output closed: the client went away.
 struct Gone;
 
-pub(crate) async fn run_stream<S>(store: Store, mut requests: S, out: mpsc::Sender<Result<WatchResponse>>)
-where
+pub(crate) async fn run_stream<S>(
+    store: Store,
+    mut requests: S,
+    out: mpsc::Sender<Result<WatchResponse>>,
+) where
     S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
 {
     let (hub_tx, mut hub_rx) = mpsc::channel(HUB_BUFFER);
@@ -200,7 +203,11 @@ impl StreamState {
             no_delete: filters.contains(&FilterType::Nodelete),
             progress_notify: c.progress_notify,
             fragment: c.fragment,
-            next_rev: if c.start_revision > 0 { c.start_revision } else { cur + 1 },
+            next_rev: if c.start_revision > 0 {
+                c.start_revision
+            } else {
+                cur + 1
+            },
             slot: None,
             sent_since_tick: false,
         };
@@ -221,7 +228,9 @@ impl StreamState {
     /// Registers watcher `id` on the hub if it has nothing left to read
     /// from history.
     fn try_register(&mut self, id: i64) {
-        let Some(w) = self.watchers.get_mut(&id) else { return };
+        let Some(w) = self.watchers.get_mut(&id) else {
+            return;
+        };
         if w.slot.is_some() {
             return;
         }
@@ -238,8 +247,12 @@ impl StreamState {
     }
 
     async fn deliver(&mut self, msg: HubMsg) -> Result<(), Gone> {
-        let Some(&id) = self.slots.get(&msg.slot) else { return Ok(()) };
-        let Some(w) = self.watchers.get(&id) else { return Ok(()) };
+        let Some(&id) = self.slots.get(&msg.slot) else {
+            return Ok(());
+        };
+        let Some(w) = self.watchers.get(&id) else {
+            return Ok(());
+        };
         if msg.rev < w.next_rev {
             return Ok(());
         }
@@ -261,12 +274,17 @@ impl StreamState {
     async fn on_lag(&mut self, hub_rx: &mut mpsc::Receiver<HubMsg>) -> Result<(), Gone> {
         // Everything queued before the slot was dropped comes first.
         self.drain_hub(hub_rx).await?;
-        let lagged: Vec<(u64, i64)> = std::mem::take(&mut *self.lagged.slots.lock().expect("lag list"));
+        let lagged: Vec<(u64, i64)> =
+            std::mem::take(&mut *self.lagged.slots.lock().expect("lag list"));
         for (slot, from) in lagged {
             if let Some(id) = self.slots.remove(&slot)
                 && let Some(w) = self.watchers.get_mut(&id)
             {
-                tracing::debug!(watch_id = id, from, "watcher fell behind; catching up from history");
+                tracing::debug!(
+                    watch_id = id,
+                    from,
+                    "watcher fell behind; catching up from history"
+                );
                 w.slot = None;
                 w.next_rev = w.next_rev.max(from);
             }
@@ -320,7 +338,9 @@ impl StreamState {
         if events.is_empty() {
             return Ok(());
         }
-        let Some(w) = self.watchers.get_mut(&id) else { return Ok(()) };
+        let Some(w) = self.watchers.get_mut(&id) else {
+            return Ok(());
+        };
         w.sent_since_tick = true;
         let fragment = w.fragment;
         let header = self.store.header(rev);
@@ -364,7 +384,12 @@ impl StreamState {
 
     /// One bounded step of history for the first watcher catching up.
     async fn catch_up_one(&mut self) -> Result<(), Gone> {
-        let Some(id) = self.watchers.values().find(|w| w.slot.is_none()).map(|w| w.id) else {
+        let Some(id) = self
+            .watchers
+            .values()
+            .find(|w| w.slot.is_none())
+            .map(|w| w.id)
+        else {
             return Ok(());
         };
         match self.read_history(id) {
@@ -442,7 +467,11 @@ impl StreamState {
             } else {
                 None
             };
-            let ty = if rec.version == 0 { EventType::Delete } else { EventType::Put };
+            let ty = if rec.version == 0 {
+                EventType::Delete
+            } else {
+                EventType::Put
+            };
             events.push(Event {
                 r#type: ty as i32,
                 kv: Some(rec),

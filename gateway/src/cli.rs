@@ -40,7 +40,11 @@ pub enum CliError {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "lookout", version, about = "etcd-v3-compatible watch cache and revision store")]
+#[command(
+    name = "lookout",
+    version,
+    about = "etcd-v3-compatible watch cache and revision store"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -60,7 +64,7 @@ pub struct StoreArgs {
     /// Human-readable name for this member.
     #[arg(long, default_value = "default")]
     pub name: String,
-    /// Path to the data directory (default: "<name>.etcd", as etcd).
+    /// Path to the data directory (default: `<name>.etcd`, as etcd).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// URLs to listen on for client traffic (comma separated).
@@ -100,7 +104,9 @@ pub struct DevArgs {
 /// [`CliError::BadDuration`] for anything else.
 pub fn parse_duration(s: &str) -> Result<Duration, CliError> {
     let bad = || CliError::BadDuration(s.to_string());
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(bad)?;
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(bad)?;
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| bad())?;
     let secs = match unit {
@@ -110,7 +116,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, CliError> {
         "h" => n * 3600.0,
         _ => return Err(bad()),
     };
-    if !(secs > 0.0) {
+    if !secs.is_finite() || secs <= 0.0 {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))
@@ -132,7 +138,10 @@ fn listen_addr(url: &str) -> Result<String, CliError> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lookout: cannot start runtime: {e}");
@@ -220,10 +229,12 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CliError> {
 async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError> {
     let mut listeners = Vec::new();
     for addr in addrs {
-        let l = TcpListener::bind(addr).await.map_err(|source| CliError::Listen {
-            addr: addr.clone(),
-            source,
-        })?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| CliError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
         listeners.push(l);
     }
     let store = Store::open(cfg)?;
@@ -260,7 +271,10 @@ async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError>
     // Bounded drain: long-lived watch streams would otherwise hold the
     // servers open forever.
     let drain = async { while servers.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("open streams did not finish in 5s; closing anyway");
         servers.abort_all();
     }
@@ -281,15 +295,21 @@ mod tests {
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("10").is_err());
-        assert_eq!(listen_addr("http://localhost:2379").unwrap(), "127.0.0.1:2379");
+        assert_eq!(
+            listen_addr("http://localhost:2379").unwrap(),
+            "127.0.0.1:2379"
+        );
         assert_eq!(listen_addr("http://127.0.0.1:1/").unwrap(), "127.0.0.1:1");
         assert!(listen_addr("https://x:1").is_err());
     }
 
     #[test]
     fn flags_use_etcd_names_and_defaults() {
-        let c = Cli::try_parse_from(["lookout", "store", "--name", "n1", "--max-txn-ops=3"]).unwrap();
-        let Command::Store(a) = c.command else { panic!("store") };
+        let c =
+            Cli::try_parse_from(["lookout", "store", "--name", "n1", "--max-txn-ops=3"]).unwrap();
+        let Command::Store(a) = c.command else {
+            panic!("store")
+        };
         assert_eq!(a.name, "n1");
         assert_eq!(a.max_txn_ops, 3);
         assert_eq!(a.max_request_bytes, 1536 * 1024);

@@ -80,10 +80,16 @@ impl Session {
     fn run_raw(&self, args: &[&str], stdin: Option<&str>) -> Run {
         let mut cmd = base_cmd(&self.endpoint);
         cmd.args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("run etcdctl (apt-get install etcd-client)");
+        let mut child = cmd
+            .spawn()
+            .expect("run etcdctl (apt-get install etcd-client)");
         if let Some(input) = stdin {
             let mut w = child.stdin.take().expect("stdin");
             w.write_all(input.as_bytes()).expect("write etcdctl stdin");
@@ -109,7 +115,8 @@ impl Session {
 
     fn record(&mut self, args: &[&str], r: &Run) {
         let shown: Vec<String> = args.iter().map(|a| self.norm_text(a)).collect();
-        self.out.push_str(&format!("$ etcdctl {}\n", shown.join(" ")));
+        self.out
+            .push_str(&format!("$ etcdctl {}\n", shown.join(" ")));
         for l in r.stdout.lines() {
             let l = self.norm_line(l);
             self.out.push_str(&l);
@@ -200,7 +207,11 @@ impl Session {
                     .and_then(|t| t.split('s').next())
                     .and_then(|t| t.parse().ok())
                     .unwrap_or(0);
-                let verdict = if rem > 0 && rem <= granted { "ok" } else { "BAD" };
+                let verdict = if rem > 0 && rem <= granted {
+                    "ok"
+                } else {
+                    "BAD"
+                };
                 l.replace_range(num_start..num_start + len, &format!("<{verdict}>"));
             }
         }
@@ -244,7 +255,12 @@ impl Session {
     /// records its stdout up to and including the first line for which
     /// `until` holds (or everything it printed by the deadline, or before
     /// it exited), and its stderr.
-    fn watch(&mut self, args: &[&str], until: impl Fn(&str) -> bool, during: impl FnOnce(&mut Self)) {
+    fn watch(
+        &mut self,
+        args: &[&str],
+        until: impl Fn(&str) -> bool,
+        during: impl FnOnce(&mut Self),
+    ) {
         let mut full = vec!["watch"];
         full.extend_from_slice(args);
         let mut child = base_cmd(&self.endpoint)
@@ -347,13 +363,58 @@ impl Session {
         self.run(&["get", "foo", "foo2", "-w", "json"]);
         self.run(&["get", "foo", "--prefix", "--limit=2"]);
         self.run(&["get", "foo", "--prefix", "--limit=2", "-w", "json"]);
-        self.run(&["get", "foo", "--prefix", "--sort-by=MODIFY", "--order=DESCEND"]);
-        self.run(&["get", "foo", "--prefix", "--sort-by=VALUE", "--order=DESCEND", "--keys-only"]);
-        self.run(&["get", "foo", "--prefix", "--sort-by=CREATE", "--order=ASCEND", "-w", "json"]);
-        self.run(&["get", "foo", "--prefix", "--sort-by=VERSION", "--order=DESCEND", "--limit=1"]);
-        self.run(&["get", "foo", "--prefix", "--sort-by=KEY", "--order=DESCEND", "--limit=3", "-w", "json"]);
+        self.run(&[
+            "get",
+            "foo",
+            "--prefix",
+            "--sort-by=MODIFY",
+            "--order=DESCEND",
+        ]);
+        self.run(&[
+            "get",
+            "foo",
+            "--prefix",
+            "--sort-by=VALUE",
+            "--order=DESCEND",
+            "--keys-only",
+        ]);
+        self.run(&[
+            "get",
+            "foo",
+            "--prefix",
+            "--sort-by=CREATE",
+            "--order=ASCEND",
+            "-w",
+            "json",
+        ]);
+        self.run(&[
+            "get",
+            "foo",
+            "--prefix",
+            "--sort-by=VERSION",
+            "--order=DESCEND",
+            "--limit=1",
+        ]);
+        self.run(&[
+            "get",
+            "foo",
+            "--prefix",
+            "--sort-by=KEY",
+            "--order=DESCEND",
+            "--limit=3",
+            "-w",
+            "json",
+        ]);
         self.run(&["get", "foo1", "--from-key"]);
-        self.run(&["get", "foo1", "--from-key", "--keys-only", "--limit=2", "-w", "json"]);
+        self.run(&[
+            "get",
+            "foo1",
+            "--from-key",
+            "--keys-only",
+            "--limit=2",
+            "-w",
+            "json",
+        ]);
         self.run(&["get", "foo", "--print-value-only"]);
         self.run(&["get", "foo", "--rev=2"]);
         self.run(&["get", "foo", "--prefix", "--rev=4", "-w", "json"]);
@@ -395,7 +456,11 @@ impl Session {
         self.run(&["get", "foo", "--prefix", "--rev=7", "-w", "json"]);
         self.run(&["get", "foo", "--prefix", "--rev=8"]);
         self.watch(&["--rev=6", "foo"], |_| false, |_| {});
-        self.watch(&["--rev=7", "--prefix", "foo", "--prev-kv"], |l| l == "again", |_| {});
+        self.watch(
+            &["--rev=7", "--prefix", "foo", "--prev-kv"],
+            |l| l == "again",
+            |_| {},
+        );
     }
 
     fn live_watch(&mut self) {
@@ -404,13 +469,17 @@ impl Session {
         let rev_flag = format!("--rev={rev}");
         // Starting at the next revision makes the transcript exact even if
         // the watch registers after the first write.
-        self.watch(&["--prefix", "live/", "--prev-kv", &rev_flag], |l| l == "end", |s| {
-            s.run(&["put", "live/a", "1"]);
-            s.run(&["put", "live/b", "2"]);
-            s.run(&["put", "live/a", "3"]);
-            s.run(&["del", "live/", "--prefix"]);
-            s.run(&["put", "live/zz", "end"]);
-        });
+        self.watch(
+            &["--prefix", "live/", "--prev-kv", &rev_flag],
+            |l| l == "end",
+            |s| {
+                s.run(&["put", "live/a", "1"]);
+                s.run(&["put", "live/b", "2"]);
+                s.run(&["put", "live/a", "3"]);
+                s.run(&["del", "live/", "--prefix"]);
+                s.run(&["put", "live/zz", "end"]);
+            },
+        );
     }
 
     fn leases(&mut self) {
@@ -457,7 +526,11 @@ impl Session {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.note(if gone { "lease expired" } else { "LEASE DID NOT EXPIRE" });
+        self.note(if gone {
+            "lease expired"
+        } else {
+            "LEASE DID NOT EXPIRE"
+        });
         self.run(&["get", "exp/", "--prefix", "-w", "json"]);
         self.run(&["lease", "timetolive", &id]);
         // Both keys go in one revision: one watch response with two deletes.

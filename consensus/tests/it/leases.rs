@@ -47,11 +47,26 @@ async fn ttl(c: &mut Clients, id: i64) -> lookout_proto::pb::LeaseTimeToLiveResp
 async fn grant_rules_and_revoke_deletes_keys_in_one_revision() {
     let srv = TestServer::start().await;
     let mut c = connect(&srv.endpoint).await;
-    let r = c.lease.lease_grant(LeaseGrantRequest { ttl: 1, id: 0 }).await.unwrap().into_inner();
+    let r = c
+        .lease
+        .lease_grant(LeaseGrantRequest { ttl: 1, id: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.ttl, 2, "etcd's minimum TTL");
     assert!(r.id > 0);
-    let e = c.lease.lease_grant(LeaseGrantRequest { ttl: 10, id: r.id }).await.unwrap_err();
-    assert_eq!((e.code(), e.message()), (tonic::Code::FailedPrecondition, "etcdserver: lease already exists"));
+    let e = c
+        .lease
+        .lease_grant(LeaseGrantRequest { ttl: 10, id: r.id })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: lease already exists"
+        )
+    );
     let e = c
         .lease
         .lease_grant(LeaseGrantRequest {
@@ -60,22 +75,41 @@ async fn grant_rules_and_revoke_deletes_keys_in_one_revision() {
         })
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.message()), (tonic::Code::OutOfRange, "etcdserver: too large lease TTL"));
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::OutOfRange, "etcdserver: too large lease TTL")
+    );
 
     let id = grant(&mut c, 60).await;
     put_lease(&mut c, "l/a", id).await;
     let rev = put_lease(&mut c, "l/b", id).await;
     let t = ttl(&mut c, id).await;
     assert_eq!(t.granted_ttl, 60);
-    assert_eq!(t.keys, vec![bytes::Bytes::from("l/a"), bytes::Bytes::from("l/b")]);
-    let leases = c.lease.lease_leases(LeaseLeasesRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        t.keys,
+        vec![bytes::Bytes::from("l/a"), bytes::Bytes::from("l/b")]
+    );
+    let leases = c
+        .lease
+        .lease_leases(LeaseLeasesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(leases.leases.len(), 2);
 
-    let r = c.lease.lease_revoke(LeaseRevokeRequest { id }).await.unwrap().into_inner();
-    assert_eq!(r.header.unwrap().revision, rev + 1, "both keys deleted in one revision");
-    let gone = c
-        .kv
-        .range(RangeRequest {
+    let r = c
+        .lease
+        .lease_revoke(LeaseRevokeRequest { id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.header.unwrap().revision,
+        rev + 1,
+        "both keys deleted in one revision"
+    );
+    let gone =
+        c.kv.range(RangeRequest {
             key: "l/".into(),
             range_end: prefix_end("l/"),
             ..Default::default()
@@ -85,11 +119,20 @@ async fn grant_rules_and_revoke_deletes_keys_in_one_revision() {
         .into_inner();
     assert_eq!(gone.count, 0);
     assert_eq!(ttl(&mut c, id).await.ttl, -1);
-    let e = c.lease.lease_revoke(LeaseRevokeRequest { id }).await.unwrap_err();
-    assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "etcdserver: requested lease not found"));
     let e = c
-        .kv
-        .put(PutRequest {
+        .lease
+        .lease_revoke(LeaseRevokeRequest { id })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found"
+        )
+    );
+    let e =
+        c.kv.put(PutRequest {
             key: "x".into(),
             lease: id,
             ..Default::default()
@@ -131,8 +174,16 @@ async fn expiry_revokes_and_keep_alive_renews() {
     assert_eq!((first.id, first.ttl), (kept, 2));
     let a = cc.kv.range(get("e/a")).await.unwrap().into_inner();
     assert_eq!(a.count, 0);
-    assert_eq!(a.header.unwrap().revision, rev + 1, "expiry deletes all keys in one revision");
-    assert_eq!(cc.kv.range(get("k/a")).await.unwrap().into_inner().count, 1, "kept alive");
+    assert_eq!(
+        a.header.unwrap().revision,
+        rev + 1,
+        "expiry deletes all keys in one revision"
+    );
+    assert_eq!(
+        cc.kv.range(get("k/a")).await.unwrap().into_inner().count,
+        1,
+        "kept alive"
+    );
     // Unknown lease: TTL 0 on the keep-alive stream, as etcd.
     tx.send(LeaseKeepAliveRequest { id: short }).await.unwrap();
     loop {
@@ -161,5 +212,9 @@ async fn restart_gives_leases_a_fresh_ttl() {
     let t = ttl(&mut c, id).await;
     assert!(t.ttl >= 3, "fresh TTL after restart, got {}", t.ttl);
     assert_eq!(t.granted_ttl, 4);
-    assert_eq!(t.keys, vec![bytes::Bytes::from("r/a")], "attachments rebuilt");
+    assert_eq!(
+        t.keys,
+        vec![bytes::Bytes::from("r/a")],
+        "attachments rebuilt"
+    );
 }

@@ -13,9 +13,31 @@ async fn revisions_versions_and_tombstones_follow_etcd() {
     let srv = TestServer::start().await;
     let mut c = connect(&srv.endpoint).await;
     let r = c.kv.range(get("a")).await.unwrap().into_inner();
-    assert_eq!(r.header.unwrap().revision, 1, "a fresh store is at revision 1");
-    assert_eq!(c.kv.put(put("a", "1")).await.unwrap().into_inner().header.unwrap().revision, 2);
-    assert_eq!(c.kv.put(put("a", "2")).await.unwrap().into_inner().header.unwrap().revision, 3);
+    assert_eq!(
+        r.header.unwrap().revision,
+        1,
+        "a fresh store is at revision 1"
+    );
+    assert_eq!(
+        c.kv.put(put("a", "1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision,
+        2
+    );
+    assert_eq!(
+        c.kv.put(put("a", "2"))
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision,
+        3
+    );
     let kv = &c.kv.range(get("a")).await.unwrap().into_inner().kvs[0];
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
     // A delete of nothing costs no revision; a delete of a key does.
@@ -23,8 +45,26 @@ async fn revisions_versions_and_tombstones_follow_etcd() {
         key: k.to_string().into(),
         ..Default::default()
     };
-    assert_eq!(c.kv.delete_range(d("nope")).await.unwrap().into_inner().header.unwrap().revision, 3);
-    assert_eq!(c.kv.delete_range(d("a")).await.unwrap().into_inner().header.unwrap().revision, 4);
+    assert_eq!(
+        c.kv.delete_range(d("nope"))
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision,
+        3
+    );
+    assert_eq!(
+        c.kv.delete_range(d("a"))
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision,
+        4
+    );
     // Re-created key: a new generation, version restarts.
     c.kv.put(put("a", "3")).await.unwrap();
     let kv = &c.kv.range(get("a")).await.unwrap().into_inner().kvs[0];
@@ -35,7 +75,10 @@ async fn revisions_versions_and_tombstones_follow_etcd() {
         revision: rev,
         ..Default::default()
     };
-    assert_eq!(c.kv.range(at(3)).await.unwrap().into_inner().kvs[0].value, "2".as_bytes());
+    assert_eq!(
+        c.kv.range(at(3)).await.unwrap().into_inner().kvs[0].value,
+        "2".as_bytes()
+    );
     assert!(c.kv.range(at(4)).await.unwrap().into_inner().kvs.is_empty());
 }
 
@@ -44,16 +87,17 @@ async fn range_options_count_limit_and_revision_filters() {
     let srv = TestServer::start().await;
     let mut c = connect(&srv.endpoint).await;
     for i in 0..10 {
-        c.kv.put(put(&format!("k{i}"), &format!("v{i}"))).await.unwrap(); // revs 2..=11
+        c.kv.put(put(&format!("k{i}"), &format!("v{i}")))
+            .await
+            .unwrap(); // revs 2..=11
     }
     let base = RangeRequest {
         key: "k".into(),
         range_end: prefix_end("k"),
         ..Default::default()
     };
-    let r = c
-        .kv
-        .range(RangeRequest {
+    let r =
+        c.kv.range(RangeRequest {
             count_only: true,
             ..base.clone()
         })
@@ -61,9 +105,8 @@ async fn range_options_count_limit_and_revision_filters() {
         .unwrap()
         .into_inner();
     assert_eq!((r.count, r.kvs.len()), (10, 0));
-    let r = c
-        .kv
-        .range(RangeRequest {
+    let r =
+        c.kv.range(RangeRequest {
             limit: 3,
             ..base.clone()
         })
@@ -71,9 +114,8 @@ async fn range_options_count_limit_and_revision_filters() {
         .unwrap()
         .into_inner();
     assert_eq!((r.count, r.kvs.len(), r.more), (10, 3, true));
-    let r = c
-        .kv
-        .range(RangeRequest {
+    let r =
+        c.kv.range(RangeRequest {
             min_mod_revision: 4,
             max_mod_revision: 6,
             ..base.clone()
@@ -81,12 +123,15 @@ async fn range_options_count_limit_and_revision_filters() {
         .await
         .unwrap()
         .into_inner();
-    let keys: Vec<_> = r.kvs.iter().map(|k| String::from_utf8_lossy(&k.key).into_owned()).collect();
+    let keys: Vec<_> = r
+        .kvs
+        .iter()
+        .map(|k| String::from_utf8_lossy(&k.key).into_owned())
+        .collect();
     assert_eq!(keys, ["k2", "k3", "k4"]);
     // From-key with "\0".
-    let r = c
-        .kv
-        .range(RangeRequest {
+    let r =
+        c.kv.range(RangeRequest {
             key: "k8".into(),
             range_end: vec![0].into(),
             ..Default::default()
@@ -97,7 +142,13 @@ async fn range_options_count_limit_and_revision_filters() {
     assert_eq!(r.count, 2);
 }
 
-fn cmp(key: &str, end: &str, target: CompareTarget, result: CompareResult, v: TargetUnion) -> Compare {
+fn cmp(
+    key: &str,
+    end: &str,
+    target: CompareTarget,
+    result: CompareResult,
+    v: TargetUnion,
+) -> Compare {
     Compare {
         key: key.to_string().into(),
         range_end: end.to_string().into(),
@@ -129,22 +180,69 @@ async fn txn_compares_including_ranges() {
     use CompareResult::*;
     use CompareTarget::*;
     let cases = vec![
-        (cmp("r/a", "", Value, Equal, TargetUnion::Value("1".into())), true),
-        (cmp("r/a", "", Value, Greater, TargetUnion::Value("0".into())), true),
-        (cmp("r/missing", "", Value, NotEqual, TargetUnion::Value("x".into())), false),
-        (cmp("r/missing", "", Version, Equal, TargetUnion::Version(0)), true),
-        (cmp("r/a", "", Create, Equal, TargetUnion::CreateRevision(2)), true),
-        (cmp("r/b", "", Mod, Less, TargetUnion::ModRevision(3)), false),
+        (
+            cmp("r/a", "", Value, Equal, TargetUnion::Value("1".into())),
+            true,
+        ),
+        (
+            cmp("r/a", "", Value, Greater, TargetUnion::Value("0".into())),
+            true,
+        ),
+        (
+            cmp(
+                "r/missing",
+                "",
+                Value,
+                NotEqual,
+                TargetUnion::Value("x".into()),
+            ),
+            false,
+        ),
+        (
+            cmp("r/missing", "", Version, Equal, TargetUnion::Version(0)),
+            true,
+        ),
+        (
+            cmp("r/a", "", Create, Equal, TargetUnion::CreateRevision(2)),
+            true,
+        ),
+        (
+            cmp("r/b", "", Mod, Less, TargetUnion::ModRevision(3)),
+            false,
+        ),
         (cmp("r/a", "", Lease, Equal, TargetUnion::Lease(0)), true),
         // Range compares: every key in the range must satisfy it.
-        (cmp("r/", "r0", Mod, Less, TargetUnion::ModRevision(4)), true),
-        (cmp("r/", "r0", Mod, Less, TargetUnion::ModRevision(3)), false),
-        (cmp("r/", "r0", Version, Equal, TargetUnion::Version(1)), true),
-        (cmp("r/", "\0", Value, Greater, TargetUnion::Value("0".into())), true),
+        (
+            cmp("r/", "r0", Mod, Less, TargetUnion::ModRevision(4)),
+            true,
+        ),
+        (
+            cmp("r/", "r0", Mod, Less, TargetUnion::ModRevision(3)),
+            false,
+        ),
+        (
+            cmp("r/", "r0", Version, Equal, TargetUnion::Version(1)),
+            true,
+        ),
+        (
+            cmp("r/", "\0", Value, Greater, TargetUnion::Value("0".into())),
+            true,
+        ),
     ];
     for (i, (compare, want)) in cases.into_iter().enumerate() {
-        let before = c.kv.range(get("x")).await.unwrap().into_inner().header.unwrap().revision;
-        let r = c.kv.txn(txn(vec![compare.clone()])).await.unwrap().into_inner();
+        let before =
+            c.kv.range(get("x"))
+                .await
+                .unwrap()
+                .into_inner()
+                .header
+                .unwrap()
+                .revision;
+        let r =
+            c.kv.txn(txn(vec![compare.clone()]))
+                .await
+                .unwrap()
+                .into_inner();
         assert_eq!(r.succeeded, want, "case {i}: {compare:?}");
         let rev = r.header.unwrap().revision;
         if want {
@@ -187,7 +285,10 @@ async fn compaction_keeps_latest_live_versions_and_the_index_rebuilds() {
     };
     let err = c.kv.range(at("a", 5)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange);
-    assert_eq!(err.message(), "etcdserver: mvcc: required revision has been compacted");
+    assert_eq!(
+        err.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
     // At the compaction revision: the live versions then.
     let all = |rev| RangeRequest {
         key: vec![0].into(),
@@ -196,7 +297,11 @@ async fn compaction_keeps_latest_live_versions_and_the_index_rebuilds() {
         ..Default::default()
     };
     let r6 = c.kv.range(all(6)).await.unwrap().into_inner();
-    let got: Vec<_> = r6.kvs.iter().map(|k| (k.key.clone(), k.mod_revision)).collect();
+    let got: Vec<_> = r6
+        .kvs
+        .iter()
+        .map(|k| (k.key.clone(), k.mod_revision))
+        .collect();
     assert_eq!(got, vec![("a".into(), 3), ("c".into(), 6)]);
     let r7 = c.kv.range(all(7)).await.unwrap().into_inner();
 
@@ -207,15 +312,34 @@ async fn compaction_keeps_latest_live_versions_and_the_index_rebuilds() {
     let mut c = connect(&srv.endpoint).await;
     assert_eq!(c.kv.range(all(6)).await.unwrap().into_inner().kvs, r6.kvs);
     assert_eq!(c.kv.range(all(7)).await.unwrap().into_inner().kvs, r7.kvs);
-    assert!(c.kv.range(at("a", 5)).await.is_err(), "compaction survives restart");
+    assert!(
+        c.kv.range(at("a", 5)).await.is_err(),
+        "compaction survives restart"
+    );
     let snap = srv.store.snapshot();
     assert_eq!((snap.rev, snap.compact_rev), (7, 6));
     let a = snap.keys.get("a".as_bytes()).unwrap();
-    let revs: Vec<i64> = a.generations.iter().flat_map(|g| g.revs.iter().map(|r| r.main)).collect();
+    let revs: Vec<i64> = a
+        .generations
+        .iter()
+        .flat_map(|g| g.revs.iter().map(|r| r.main))
+        .collect();
     assert_eq!(revs, vec![3, 7]);
-    assert!(snap.keys.get("b".as_bytes()).is_none(), "dead generation dropped");
+    assert!(
+        snap.keys.get("b".as_bytes()).is_none(),
+        "dead generation dropped"
+    );
     // Next write continues the counter.
-    assert_eq!(c.kv.put(put("d", "1")).await.unwrap().into_inner().header.unwrap().revision, 8);
+    assert_eq!(
+        c.kv.put(put("d", "1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision,
+        8
+    );
 }
 
 #[tokio::test]
@@ -228,9 +352,8 @@ async fn put_options_and_request_errors() {
     let mut c = connect(&srv.endpoint).await;
     c.kv.put(put("a", "1")).await.unwrap();
     // ignore_value keeps the value; prev_kv returns the old pair.
-    let r = c
-        .kv
-        .put(lookout_proto::pb::PutRequest {
+    let r =
+        c.kv.put(lookout_proto::pb::PutRequest {
             key: "a".into(),
             ignore_value: true,
             prev_kv: true,
@@ -243,48 +366,71 @@ async fn put_options_and_request_errors() {
     let kv = &c.kv.range(get("a")).await.unwrap().into_inner().kvs[0];
     assert_eq!((kv.value.as_ref(), kv.version), ("1".as_bytes(), 2));
 
-    let e = c
-        .kv
-        .put(lookout_proto::pb::PutRequest {
+    let e =
+        c.kv.put(lookout_proto::pb::PutRequest {
             key: "missing".into(),
             ignore_value: true,
             ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, "etcdserver: key not found"));
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::InvalidArgument, "etcdserver: key not found")
+    );
     let e = c.kv.put(put("big", &"x".repeat(2000))).await.unwrap_err();
-    assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, "etcdserver: request is too large"));
-    let e = c
-        .kv
-        .txn(TxnRequest {
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: request is too large"
+        )
+    );
+    let e =
+        c.kv.txn(TxnRequest {
             success: vec![op_put("1", ""), op_put("2", ""), op_put("3", "")],
             ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!(e.message(), "etcdserver: too many operations in txn request");
-    let e = c
-        .kv
-        .txn(TxnRequest {
+    assert_eq!(
+        e.message(),
+        "etcdserver: too many operations in txn request"
+    );
+    let e =
+        c.kv.txn(TxnRequest {
             success: vec![op_put("1", ""), op_put("1", "")],
             ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!(e.message(), "etcdserver: duplicate key given in txn request");
+    assert_eq!(
+        e.message(),
+        "etcdserver: duplicate key given in txn request"
+    );
     let e = c.kv.range(get("")).await.unwrap_err();
-    assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, "etcdserver: key is not provided"));
-    let e = c
-        .kv
-        .range(RangeRequest {
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: key is not provided"
+        )
+    );
+    let e =
+        c.kv.range(RangeRequest {
             key: "a".into(),
             revision: 100,
             ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.message()), (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"));
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision"
+        )
+    );
 }
 
 #[tokio::test]
@@ -317,7 +463,7 @@ async fn status_and_hash_describe_this_member() {
         .unwrap()
         .into_inner();
     assert_eq!(h1.hash, h2.hash, "hash at a revision ignores later writes");
-    let m = srv.store.member_list();
+    let m = srv.store.member_list().await;
     assert_eq!(m.members.len(), 1);
     assert_eq!(m.members[0].name, "default");
 }
@@ -328,7 +474,9 @@ async fn pre_encoded_ranges_equal_the_general_path() {
     let srv = TestServer::start().await;
     let mut c = connect(&srv.endpoint).await;
     for i in 0..20 {
-        c.kv.put(put(&format!("e/{i:02}"), &format!("v{i}"))).await.unwrap();
+        c.kv.put(put(&format!("e/{i:02}"), &format!("v{i}")))
+            .await
+            .unwrap();
     }
     c.kv.delete_range(DeleteRangeRequest {
         key: "e/05".into(),
@@ -343,15 +491,47 @@ async fn pre_encoded_ranges_equal_the_general_path() {
     };
     let reqs = vec![
         base.clone(),
-        RangeRequest { limit: 3, ..base.clone() },
-        RangeRequest { limit: 30, ..base.clone() },
-        RangeRequest { count_only: true, ..base.clone() },
-        RangeRequest { count_only: true, limit: 2, ..base.clone() },
-        RangeRequest { sort_order: 1, ..base.clone() },
-        RangeRequest { key: "e/05".into(), range_end: Default::default(), ..base.clone() },
-        RangeRequest { key: "e/07".into(), range_end: Default::default(), ..base.clone() },
-        RangeRequest { key: "e/10".into(), range_end: vec![0].into(), ..base.clone() },
-        RangeRequest { key: "zz".into(), range_end: Default::default(), ..base.clone() },
+        RangeRequest {
+            limit: 3,
+            ..base.clone()
+        },
+        RangeRequest {
+            limit: 30,
+            ..base.clone()
+        },
+        RangeRequest {
+            count_only: true,
+            ..base.clone()
+        },
+        RangeRequest {
+            count_only: true,
+            limit: 2,
+            ..base.clone()
+        },
+        RangeRequest {
+            sort_order: 1,
+            ..base.clone()
+        },
+        RangeRequest {
+            key: "e/05".into(),
+            range_end: Default::default(),
+            ..base.clone()
+        },
+        RangeRequest {
+            key: "e/07".into(),
+            range_end: Default::default(),
+            ..base.clone()
+        },
+        RangeRequest {
+            key: "e/10".into(),
+            range_end: vec![0].into(),
+            ..base.clone()
+        },
+        RangeRequest {
+            key: "zz".into(),
+            range_end: Default::default(),
+            ..base.clone()
+        },
     ];
     for req in reqs {
         let general = srv.store.range(req.clone()).await.unwrap();

@@ -69,7 +69,9 @@ impl TestServer {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         let s = self.store.clone();
-        tokio::task::spawn_blocking(move || s.close()).await.unwrap();
+        tokio::task::spawn_blocking(move || s.close())
+            .await
+            .unwrap();
     }
 }
 

@@ -66,7 +66,9 @@ async fn probe(c: &mut Clients) -> Vec<String> {
         })
         .await,
     ));
-    note(outcome(c.kv.put(put("p/big", &"x".repeat(1536 * 1024 + 10))).await));
+    note(outcome(
+        c.kv.put(put("p/big", &"x".repeat(1536 * 1024 + 10))).await,
+    ));
     note(outcome(
         c.kv.txn(TxnRequest {
             success: (0..129).map(|i| op_put(&format!("t{i}"))).collect(),
@@ -79,11 +81,13 @@ async fn probe(c: &mut Clients) -> Vec<String> {
             success: vec![
                 op_put("d/x"),
                 RequestOp {
-                    request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                        key: "d/".into(),
-                        range_end: "d0".into(),
-                        ..Default::default()
-                    })),
+                    request: Some(request_op::Request::RequestDeleteRange(
+                        DeleteRangeRequest {
+                            key: "d/".into(),
+                            range_end: "d0".into(),
+                            ..Default::default()
+                        },
+                    )),
                 },
             ],
             ..Default::default()
@@ -98,9 +102,27 @@ async fn probe(c: &mut Clients) -> Vec<String> {
         })
         .await,
     ));
-    note(outcome(c.kv.compact(CompactionRequest { revision: 99, physical: false }).await));
-    note(outcome(c.kv.compact(CompactionRequest { revision: 3, physical: true }).await));
-    note(outcome(c.kv.compact(CompactionRequest { revision: 2, physical: true }).await));
+    note(outcome(
+        c.kv.compact(CompactionRequest {
+            revision: 99,
+            physical: false,
+        })
+        .await,
+    ));
+    note(outcome(
+        c.kv.compact(CompactionRequest {
+            revision: 3,
+            physical: true,
+        })
+        .await,
+    ));
+    note(outcome(
+        c.kv.compact(CompactionRequest {
+            revision: 2,
+            physical: true,
+        })
+        .await,
+    ));
     note(outcome(
         c.kv.range(RangeRequest {
             key: "p/a".into(),
@@ -110,9 +132,8 @@ async fn probe(c: &mut Clients) -> Vec<String> {
         .await,
     ));
     // A range read at an old revision answers with the current header.
-    let r = c
-        .kv
-        .range(RangeRequest {
+    let r =
+        c.kv.range(RangeRequest {
             key: "p/a".into(),
             revision: 4,
             ..Default::default()
@@ -120,12 +141,25 @@ async fn probe(c: &mut Clients) -> Vec<String> {
         .await
         .unwrap()
         .into_inner();
-    note(format!("range@4: rev {} value {:?}", r.header.unwrap().revision, r.kvs[0].value));
+    note(format!(
+        "range@4: rev {} value {:?}",
+        r.header.unwrap().revision,
+        r.kvs[0].value
+    ));
 
     // Leases.
-    let g = c.lease.lease_grant(LeaseGrantRequest { ttl: 1, id: 0 }).await.unwrap().into_inner();
+    let g = c
+        .lease
+        .lease_grant(LeaseGrantRequest { ttl: 1, id: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     note(format!("grant ttl 1 -> {}", g.ttl));
-    note(outcome(c.lease.lease_grant(LeaseGrantRequest { ttl: 5, id: g.id }).await));
+    note(outcome(
+        c.lease
+            .lease_grant(LeaseGrantRequest { ttl: 5, id: g.id })
+            .await,
+    ));
     note(outcome(
         c.lease
             .lease_grant(LeaseGrantRequest {
@@ -134,14 +168,24 @@ async fn probe(c: &mut Clients) -> Vec<String> {
             })
             .await,
     ));
-    note(outcome(c.lease.lease_revoke(LeaseRevokeRequest { id: 12345 }).await));
+    note(outcome(
+        c.lease.lease_revoke(LeaseRevokeRequest { id: 12345 }).await,
+    ));
     let t = c
         .lease
-        .lease_time_to_live(LeaseTimeToLiveRequest { id: 12345, keys: true })
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: 12345,
+            keys: true,
+        })
         .await
         .unwrap()
         .into_inner();
-    note(format!("ttl of unknown lease: {} granted {} header rev {:?}", t.ttl, t.granted_ttl, t.header.map(|h| h.revision)));
+    note(format!(
+        "ttl of unknown lease: {} granted {} header rev {:?}",
+        t.ttl,
+        t.granted_ttl,
+        t.header.map(|h| h.revision)
+    ));
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(LeaseKeepAliveRequest { id: 12345 }).await.unwrap();
     let mut ka = c
@@ -151,7 +195,10 @@ async fn probe(c: &mut Clients) -> Vec<String> {
         .unwrap()
         .into_inner();
     let k = ka.message().await.unwrap().unwrap();
-    note(format!("keepalive unknown lease: id {} ttl {}", k.id, k.ttl));
+    note(format!(
+        "keepalive unknown lease: id {} ttl {}",
+        k.id, k.ttl
+    ));
     note(outcome(
         c.kv.put(PutRequest {
             key: "p/l".into(),
@@ -230,7 +277,10 @@ async fn grpc_answers_match_real_etcd() {
     let want = probe(&mut connect(&etcd.endpoint).await).await;
     let got = probe(&mut connect(&ours.endpoint).await).await;
     for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-        assert_eq!(g, w, "probe line {i} differs\netcd:   {want:#?}\nlookout: {got:#?}");
+        assert_eq!(
+            g, w,
+            "probe line {i} differs\netcd:   {want:#?}\nlookout: {got:#?}"
+        );
     }
     assert_eq!(got.len(), want.len());
     let _ = Duration::ZERO;

@@ -31,7 +31,12 @@ impl WatchStream {
         })
         .await
         .unwrap();
-        let rx = c.watch.watch(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let rx = c
+            .watch
+            .watch(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
         Self { tx, rx }
     }
 
@@ -107,7 +112,10 @@ async fn a_slow_reader_catches_up_from_history_and_loses_nothing() {
         let mut cw = c.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..3000 / 16 + 1 {
-                cw.kv.put(put(&format!("s/{t}/{i}"), &"x".repeat(100))).await.unwrap();
+                cw.kv
+                    .put(put(&format!("s/{t}/{i}"), &"x".repeat(100)))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -137,7 +145,10 @@ async fn compacted_start_is_created_then_cancelled() {
     assert!(created.created && !created.canceled);
     let cancel = w.next().await;
     assert!(cancel.canceled);
-    assert_eq!((cancel.watch_id, cancel.compact_revision), (created.watch_id, 5));
+    assert_eq!(
+        (cancel.watch_id, cancel.compact_revision),
+        (created.watch_id, 5)
+    );
     // At the compaction revision itself the watch works.
     w.create(prefix_watch("c", 5)).await;
     assert!(w.next().await.created);
@@ -146,15 +157,19 @@ async fn compacted_start_is_created_then_cancelled() {
 
 #[tokio::test]
 async fn filters_prev_kv_ids_cancel_and_progress() {
-    let srv = TestServer::start_with(|c| c.progress_notify_interval = Duration::from_millis(200)).await;
+    let srv =
+        TestServer::start_with(|c| c.progress_notify_interval = Duration::from_millis(200)).await;
     let mut c = connect(&srv.endpoint).await;
     c.kv.put(put("f/a", "1")).await.unwrap(); // 2
-    let mut w = WatchStream::open(&mut c, WatchCreateRequest {
-        watch_id: 7,
-        prev_kv: true,
-        filters: vec![FilterType::Noput as i32],
-        ..prefix_watch("f/", 0)
-    })
+    let mut w = WatchStream::open(
+        &mut c,
+        WatchCreateRequest {
+            watch_id: 7,
+            prev_kv: true,
+            filters: vec![FilterType::Noput as i32],
+            ..prefix_watch("f/", 0)
+        },
+    )
     .await;
     let r = w.next().await;
     assert!(r.created);
@@ -167,7 +182,10 @@ async fn filters_prev_kv_ids_cancel_and_progress() {
     .await;
     let dup = w.next().await;
     assert!(dup.created && dup.canceled);
-    assert_eq!(dup.cancel_reason, "mvcc: duplicate watch ID provided on the WatchStream");
+    assert_eq!(
+        dup.cancel_reason,
+        "mvcc: duplicate watch ID provided on the WatchStream"
+    );
     // Server-assigned IDs start at 0.
     w.create(WatchCreateRequest {
         progress_notify: true,
@@ -222,7 +240,9 @@ async fn filters_prev_kv_ids_cancel_and_progress() {
     assert_eq!(p.header.unwrap().revision, 4);
 
     w.tx.send(WatchRequest {
-        request_union: Some(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: 7 })),
+        request_union: Some(RequestUnion::CancelRequest(WatchCancelRequest {
+            watch_id: 7,
+        })),
     })
     .await
     .unwrap();
@@ -240,18 +260,22 @@ async fn large_revisions_are_fragmented_on_request() {
     let srv = TestServer::start_with(|c| c.max_request_bytes = 2048).await;
     let mut c = connect(&srv.endpoint).await;
     for i in 0..40 {
-        c.kv.put(put(&format!("g/{i:02}"), &"x".repeat(100))).await.unwrap();
+        c.kv.put(put(&format!("g/{i:02}"), &"x".repeat(100)))
+            .await
+            .unwrap();
     }
-    let mut w = WatchStream::open(&mut c, WatchCreateRequest {
-        fragment: true,
-        prev_kv: true,
-        ..prefix_watch("g/", 0)
-    })
+    let mut w = WatchStream::open(
+        &mut c,
+        WatchCreateRequest {
+            fragment: true,
+            prev_kv: true,
+            ..prefix_watch("g/", 0)
+        },
+    )
     .await;
     assert!(w.next().await.created);
-    let r = c
-        .kv
-        .delete_range(DeleteRangeRequest {
+    let r =
+        c.kv.delete_range(DeleteRangeRequest {
             key: "g/".into(),
             range_end: prefix_end("g/"),
             ..Default::default()
@@ -271,5 +295,8 @@ async fn large_revisions_are_fragmented_on_request() {
         }
     }
     assert_eq!(events, 40);
-    assert!(parts > 1, "40 deletes with prev_kv exceed 2 KiB and must be split");
+    assert!(
+        parts > 1,
+        "40 deletes with prev_kv exceed 2 KiB and must be split"
+    );
 }

@@ -122,7 +122,11 @@ async fn sigterm_stops_cleanly_and_keeps_data() {
         .revision;
     assert_eq!(rev, 2, "a fresh store's first write is revision 2, as etcd");
     let status = store.child.terminate(Duration::from_secs(10)).unwrap();
-    assert!(status.success(), "exit status {status:?}: {}", store.child.log_text());
+    assert!(
+        status.success(),
+        "exit status {status:?}: {}",
+        store.child.log_text()
+    );
 
     let store = start_store(dir.path(), None).await;
     let mut kv = client(&store.endpoint).await;
