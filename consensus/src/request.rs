@@ -45,7 +45,7 @@ pub enum Response {
 
 /// serde adapter: a prost message as its protobuf encoding.
 mod pb_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<M: prost::Message, S: Serializer>(m: &M, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(&m.encode_to_vec())
@@ -57,10 +57,6 @@ mod pb_bytes {
         let bytes: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
         M::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
     }
-
-    // Keeps `Deserialize` in scope for the generic call above.
-    #[allow(dead_code)]
-    fn _assert<'de, T: Deserialize<'de>>() {}
 }
 
 #[cfg(test)]

@@ -100,7 +100,7 @@ pub(crate) async fn run_stream<S>(
             tokio::select! {
                 biased;
                 req = requests.next() => match req {
-                    Some(r) => st.request(r).await?,
+                    Some(r) => st.request(r, &mut hub_rx).await?,
                     None => return Ok::<(), Gone>(()),
                 },
                 _ = lagged.notify.notified() => st.on_lag(&mut hub_rx).await?,
@@ -121,7 +121,11 @@ impl StreamState {
         self.out.send(Ok(r)).await.map_err(|_| Gone)
     }
 
-    async fn request(&mut self, req: WatchRequest) -> Result<(), Gone> {
+    async fn request(
+        &mut self,
+        req: WatchRequest,
+        hub_rx: &mut mpsc::Receiver<HubMsg>,
+    ) -> Result<(), Gone> {
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
@@ -144,7 +148,10 @@ impl StreamState {
             Some(RequestUnion::ProgressRequest(_)) => {
                 // etcd 3.4 answers with watch_id -1 and a revision; ours is
                 // never above what any watcher on this stream has been sent.
-                let rev = self.safe_progress_rev(None).await?;
+                // Revision first, then flush what the hub queued for us:
+                // every event at or below it goes out before this answer.
+                let rev = self.safe_progress_rev();
+                self.drain_hub(hub_rx).await?;
                 self.send(WatchResponse {
                     header: self.store.header(rev),
                     watch_id: -1,
@@ -293,22 +300,16 @@ impl StreamState {
     }
 
     /// A revision no watcher of this stream will later see an event at or
-    /// below (`only` restricts the check to one watcher).
-    async fn safe_progress_rev(&mut self, only: Option<i64>) -> Result<i64, Gone> {
-        // Read the hub's revision first: every event at or below it is
-        // already in our queue, which `deliver` handles in order before
-        // the progress response is sent (the caller drains it).
+    /// below: the hub's revision (every hub event at or below it is already
+    /// in our queue, which the caller drains before answering), lowered to
+    /// what any watcher still catching up has been sent (`next_rev - 1`).
+    fn safe_progress_rev(&self) -> i64 {
         let hub_rev = self.store.hub().rev();
-        let mut rev = hub_rev;
-        for w in self.watchers.values() {
-            if only.is_some_and(|o| o != w.id) {
-                continue;
-            }
-            if w.slot.is_none() {
-                rev = rev.min(w.next_rev - 1);
-            }
-        }
-        Ok(rev)
+        self.watchers
+            .values()
+            .filter(|w| w.slot.is_none())
+            .map(|w| w.next_rev - 1)
+            .fold(hub_rev, i64::min)
     }
 
     async fn progress_tick(&mut self, hub_rx: &mut mpsc::Receiver<HubMsg>) -> Result<(), Gone> {

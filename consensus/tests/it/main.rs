@@ -3,6 +3,7 @@
 
 mod leases;
 mod mvcc;
+mod rebuild;
 mod support;
 mod vs_etcd;
 mod watch;
