@@ -75,7 +75,10 @@ async fn workload(store: &Store, seed: u64) {
                             target_union: Some(compare::TargetUnion::Version(1)),
                             ..Default::default()
                         }],
-                        success: vec![op(k.clone(), format!("t{step}")), op(format!("{k}x"), "y".into())],
+                        success: vec![
+                            op(k.clone(), format!("t{step}")),
+                            op(format!("{k}x"), "y".into()),
+                        ],
                         failure: vec![op(k, format!("f{step}"))],
                     })
                     .await
@@ -136,15 +139,26 @@ async fn rebuilt_index_answers_every_retained_revision_identically() {
 
         let store = open(dir.path()).await;
         let st = store.snapshot();
-        assert_eq!((st.compact_rev.max(1), st.rev), (lo, hi), "seed {seed}: counters");
+        assert_eq!(
+            (st.compact_rev.max(1), st.rev),
+            (lo, hi),
+            "seed {seed}: counters"
+        );
         for (i, rev) in (lo..=hi).enumerate() {
             let after = store.range(all_at(rev)).await.unwrap().kvs;
             assert_eq!(after, before[i], "seed {seed}: range at {rev}");
         }
         if lo > 1 {
-            assert!(store.range(all_at(lo - 1)).await.is_err(), "seed {seed}: compacted stays compacted");
+            assert!(
+                store.range(all_at(lo - 1)).await.is_err(),
+                "seed {seed}: compacted stays compacted"
+            );
         }
-        assert_eq!(store.lease_leases().await.leases, leases, "seed {seed}: leases");
+        assert_eq!(
+            store.lease_leases().await.leases,
+            leases,
+            "seed {seed}: leases"
+        );
         // Lease attachments are rebuilt from the live keys.
         for l in st.leases.values() {
             for k in l.keys.iter() {
