@@ -29,6 +29,9 @@ pub enum Error {
     LeaseTtlTooLarge,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// The write queue is full: the disk cannot keep up.
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("etcdserver: member not found")]
     MemberNotFound,
     #[error("etcdserver: server stopped")]
@@ -49,6 +52,7 @@ pub enum Code {
     OutOfRange,
     NotFound,
     FailedPrecondition,
+    ResourceExhausted,
     Unavailable,
     Unimplemented,
     Internal,
@@ -68,6 +72,7 @@ impl Error {
             Error::Compacted | Error::FutureRev | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
             Error::LeaseExist => Code::FailedPrecondition,
+            Error::TooManyRequests => Code::ResourceExhausted,
             Error::Stopped => Code::Unavailable,
             Error::Unsupported(_) => Code::Unimplemented,
             Error::Storage(_) => Code::Internal,

@@ -25,6 +25,7 @@ pub fn to_status(e: Error) -> Status {
         Code::OutOfRange => tonic::Code::OutOfRange,
         Code::NotFound => tonic::Code::NotFound,
         Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Code::ResourceExhausted => tonic::Code::ResourceExhausted,
         Code::Unavailable => tonic::Code::Unavailable,
         Code::Unimplemented => tonic::Code::Unimplemented,
         Code::Internal => tonic::Code::Internal,

@@ -33,6 +33,9 @@ use crate::state::MvccState;
 
 /// Most requests one commit carries.
 const MAX_BATCH: usize = 1024;
+/// Most requests waiting for a commit; beyond it writers get etcd's "too
+/// many requests" instead of growing memory without bound.
+const MAX_PENDING: usize = 16 * 1024;
 
 struct Proposal {
     req: Request,
@@ -81,6 +84,9 @@ impl Writer {
             let mut q = self.queue.lock();
             if q.closed {
                 return Err(Error::Stopped);
+            }
+            if q.pending.len() >= MAX_PENDING {
+                return Err(Error::TooManyRequests);
             }
             q.pending.push_back(Proposal { req, done });
             !std::mem::replace(&mut q.committing, true)
