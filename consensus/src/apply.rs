@@ -76,7 +76,7 @@ impl<'txn> Applier<'txn> {
         };
         let response = match req {
             Request::Put(p) => cx.checked_put(p).map(Response::Put),
-            Request::DeleteRange(d) => cx.delete(d).map(|r| Ok(Response::DeleteRange(r)))?,
+            Request::DeleteRange(d) => cx.delete(d).map(Response::DeleteRange),
             Request::Txn(t) => cx.txn(t).map(Response::Txn),
             Request::Compact { revision } => cx.compact(*revision).map(Response::Compact),
             Request::LeaseGrant { id, ttl } => cx.lease_grant(*id, *ttl).map(Response::LeaseGrant),
