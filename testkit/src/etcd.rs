@@ -56,7 +56,8 @@ impl EtcdServer {
                 .arg("--log-level=warn")
                 .args(&opts.extra_args);
             let log = dir.path().join("etcd.log");
-            let mut child = spawn_logged(cmd, &log).expect("spawn etcd (apt-get install etcd-server)");
+            let mut child =
+                spawn_logged(cmd, &log).expect("spawn etcd (apt-get install etcd-server)");
             if wait_serving(&mut child, &endpoint, &log).await {
                 return Self {
                     child,

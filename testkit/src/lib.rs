@@ -18,10 +18,14 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod etcd;
+pub mod grpc_proxy;
 pub mod lookout;
+pub mod lookout_stack;
 
 pub use etcd::EtcdServer;
+pub use grpc_proxy::GrpcProxy;
 pub use lookout::LookoutProcess;
+pub use lookout_stack::LookoutStack;
 
 /// A free TCP port on 127.0.0.1, found by binding port 0.
 ///

@@ -33,7 +33,10 @@ impl LookoutProcess {
                 break;
             }
             if std::time::Instant::now() >= deadline {
-                panic!("lookout did not serve {endpoint} in 30s:\n{}", child.log_text());
+                panic!(
+                    "lookout did not serve {endpoint} in 30s:\n{}",
+                    child.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
