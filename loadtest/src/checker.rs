@@ -231,6 +231,11 @@ impl WatchCheck {
     /// in `[start_rev, upto]` must have been received (up to the cancel point
     /// for a compact-cancelled watcher), nothing outside the truth may have
     /// been received, and the received content must match the truth's.
+    ///
+    /// What is owed but absent is split in two: *missing* — skipped while a
+    /// later revision was delivered, a silent gap — and *undelivered* — past
+    /// the last revision this watcher got when the run stopped waiting
+    /// (late, or its stream was lost): the client can tell it is behind.
     pub fn judge(&self, truth: &Truth, upto: i64) -> Judgement {
         let hi = match self.end {
             // After a compaction cancel the client relists: nothing more is
@@ -242,7 +247,13 @@ impl WatchCheck {
         let expected_received = self.received_between(truth, self.start_rev, hi);
         let received_in_truth = self.received.count_in(&truth.revs);
         let unexpected = self.received.len() - received_in_truth + self.before_start;
-        let missing = expected - expected_received;
+        let absent = expected - expected_received;
+        let undelivered = if self.last_rev < hi {
+            truth.count(self.start_rev.max(self.last_rev + 1), hi)
+        } else {
+            0
+        };
+        let missing = absent - undelivered;
         let content_ok = if truth.has_digest && missing == 0 && unexpected == 0 {
             // received == truth ∩ [start, max(hi, last)] exactly here.
             let top = hi.max(self.last_rev);
@@ -254,6 +265,7 @@ impl WatchCheck {
         Judgement {
             expected,
             missing,
+            undelivered,
             unexpected,
             duplicates: self.duplicates,
             out_of_order: self.out_of_order,
@@ -273,7 +285,11 @@ impl WatchCheck {
 pub struct Judgement {
     /// Truth revisions this watcher owed.
     pub expected: u64,
+    /// Owed, absent, and older than something delivered: a silent gap.
     pub missing: u64,
+    /// Owed, absent, and newer than everything delivered: late, or cut off
+    /// by a lost stream.
+    pub undelivered: u64,
     /// Received revisions that are not in the store's history (or older
     /// than the watcher's start).
     pub unexpected: u64,
@@ -287,6 +303,7 @@ pub struct Judgement {
 impl Judgement {
     pub fn is_clean(&self) -> bool {
         self.missing == 0
+            && self.undelivered == 0
             && self.unexpected == 0
             && self.duplicates == 0
             && self.out_of_order == 0
@@ -401,7 +418,11 @@ pub struct CheckTotals {
     /// Events delivered, duplicates included.
     pub events: u64,
     pub expected: u64,
+    /// Silent gaps (see [`Judgement::missing`]).
     pub missing: u64,
+    /// Not delivered by the deadline (see [`Judgement::undelivered`]).
+    #[serde(default)]
+    pub undelivered: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
     pub unexpected: u64,
@@ -415,6 +436,7 @@ impl CheckTotals {
         self.events += check.events();
         self.expected += j.expected;
         self.missing += j.missing;
+        self.undelivered += j.undelivered;
         self.duplicates += j.duplicates;
         self.out_of_order += j.out_of_order;
         self.unexpected += j.unexpected;
@@ -447,6 +469,7 @@ impl CheckTotals {
         self.events += o.events;
         self.expected += o.expected;
         self.missing += o.missing;
+        self.undelivered += o.undelivered;
         self.duplicates += o.duplicates;
         self.out_of_order += o.out_of_order;
         self.unexpected += o.unexpected;
@@ -456,6 +479,7 @@ impl CheckTotals {
     /// No missing, duplicate, out-of-order, unexpected or altered event.
     pub fn is_clean(&self) -> bool {
         self.missing == 0
+            && self.undelivered == 0
             && self.duplicates == 0
             && self.out_of_order == 0
             && self.unexpected == 0
@@ -508,6 +532,20 @@ mod tests {
         let j = w.judge(&truth, 9);
         assert_eq!((j.expected, j.missing, j.unexpected), (5, 1, 0));
         assert_eq!(j.content_ok, None);
+    }
+
+    #[test]
+    fn late_tail_is_undelivered_not_missing() {
+        let truth = Truth::from_revisions((1..=10).collect());
+        let mut w = WatchCheck::new(1);
+        for r in [1, 2, 4, 5, 6] {
+            w.observe(r, 0);
+        }
+        let j = w.judge(&truth, 10);
+        assert_eq!((j.missing, j.undelivered), (1, 4));
+        assert!(!j.is_clean());
+        let nothing = WatchCheck::new(1).judge(&truth, 10);
+        assert_eq!((nothing.missing, nothing.undelivered), (0, 10));
     }
 
     #[test]

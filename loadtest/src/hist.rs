@@ -21,14 +21,19 @@ impl Default for LatencyHist {
 
 impl LatencyHist {
     pub fn new() -> Self {
+        // Auto-resizing: the counts array only grows as far as the largest
+        // latency recorded, so a thousand per-stream histograms of
+        // millisecond latencies stay small.
         Self {
-            h: Histogram::new_with_bounds(1, MAX_US, 3).expect("static histogram bounds are valid"),
+            h: Histogram::new(3).expect("3 significant digits is a valid precision"),
         }
     }
 
     /// Records one latency given in nanoseconds.
     pub fn record_ns(&mut self, ns: u64) {
-        self.h.saturating_record((ns / 1_000).clamp(1, MAX_US));
+        // `record` grows the histogram; `saturating_record` would clamp to
+        // its current (small) top instead.
+        let _ = self.h.record((ns / 1_000).clamp(1, MAX_US));
     }
 
     /// Records `n` equal latencies at once (one response, many events).
@@ -96,6 +101,15 @@ pub struct LatencySummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_values_grow_the_histogram_instead_of_clamping() {
+        let mut h = LatencyHist::new();
+        h.record_ns(2_500_000_000);
+        let mut all = LatencyHist::new();
+        all.merge(&h);
+        assert!((all.summary().max_ms - 2_500.0).abs() < 5.0);
+    }
 
     #[test]
     fn summary_orders_percentiles() {

@@ -141,6 +141,12 @@ impl RunResult {
         self.watch.get("normal")
     }
 
+    /// The group headline figures come from: "normal" when present (the
+    /// ordinary watchers), else the only group there is (all-HTTP runs).
+    pub fn primary(&self) -> Option<&WatchStats> {
+        self.normal().or_else(|| self.watch.values().next())
+    }
+
     /// CPU seconds and peak RSS of the first measured server process whose
     /// label is `label` (or of the first one when `label` is empty).
     pub fn server(&self, label: &str) -> Option<&ProcStats> {

@@ -120,6 +120,7 @@ pub fn raise_nofile() -> Result<u64> {
 /// reported, not errors.
 pub async fn run(args: CompareArgs, stop: watch::Receiver<bool>) -> Result<Vec<CellOutcome>> {
     let nofile = raise_nofile()?;
+    let load_before = loadavg();
     std::fs::create_dir_all(&args.out).map_err(|e| LoadError::io(&args.out, e))?;
     let opts = TargetOptions {
         lookout_bin: args
@@ -171,7 +172,7 @@ pub async fn run(args: CompareArgs, stop: watch::Receiver<bool>) -> Result<Vec<C
                     let _ = writeln!(jsonl, "{line}");
                     eprintln!("    {}", report::verdict(r).replace("**", ""));
                 }
-                Outcome::Failed(e) | Outcome::Skipped(e) => {
+                Outcome::Failed(e) => {
                     eprintln!("    failed: {e}");
                     let _ = writeln!(
                         jsonl,
@@ -179,12 +180,21 @@ pub async fn run(args: CompareArgs, stop: watch::Receiver<bool>) -> Result<Vec<C
                         serde_json::json!({"scenario": cell.id, "target": kind.label(), "error": e})
                     );
                 }
+                Outcome::Skipped(e) => {
+                    eprintln!("    skipped: {e}");
+                    let _ = writeln!(
+                        jsonl,
+                        "{}",
+                        serde_json::json!({"scenario": cell.id, "target": kind.label(), "skipped": e})
+                    );
+                }
             }
             runs.push((*kind, outcome));
         }
         outcomes.push(CellOutcome { cell, runs });
     }
-    let md = render(&args, &command, nofile, &skip, &outcomes)?;
+    let load = format!("{load_before} at the start, {} at the end", loadavg());
+    let md = render(&args, &command, nofile, &load, &skip, &outcomes)?;
     let readme = args.out.join("README.md");
     std::fs::write(&readme, md).map_err(|e| LoadError::io(&readme, e))?;
     eprintln!(
@@ -279,13 +289,20 @@ fn single_command(template: &str, t: &targets::Running, p: &fanout::FanoutParams
 
 // === report ===
 
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn cmd_output(cmd: &str, args: &[&str]) -> Option<String> {
     std::process::Command::new(cmd)
         .args(args)
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_string())
 }
 
 /// The machine, from /proc/cpuinfo, `free`, the kernel and tool versions.
@@ -334,6 +351,7 @@ fn render(
     args: &CompareArgs,
     command: &str,
     nofile: u64,
+    load: &str,
     skip: &[(TargetKind, Option<String>)],
     outcomes: &[CellOutcome],
 ) -> Result<String> {
@@ -344,6 +362,10 @@ fn render(
         "Produced by `lookout-load compare`: every target is started fresh for every cell on loopback ports with a temp data dir, the same scenario runs against each, and all figures come from this one run on this one machine. Ratios divide the column's target by the baseline named in the header (lower is better for latency, CPU and memory; higher for rates).\n"
     );
     let _ = writeln!(md, "## Machine\n\n{}", machine_description(nofile));
+    let _ = writeln!(
+        md,
+        "Load average (1/5/15 min, from /proc/loadavg): {load}. The machine is shared, so compare columns within this report, not across reports.\n"
+    );
     let _ = writeln!(md, "## Command\n\n```sh\n{command}\n```\n");
     let _ = writeln!(md, "## Targets\n");
     for (k, why) in skip {
@@ -386,8 +408,13 @@ fn render(
         "p99 put → event",
         "deliveries/s",
         "missing / duplicate / out of order / unexpected",
+        "undelivered at deadline / watchers behind",
+        "undelivered at deadline / informers behind",
         "time until all synced",
         "burst p99 put → event",
+        "max catch-up time",
+        "slow watchers p99",
+        "slow watchers clean / compact-cancelled / lost",
         "front process CPU",
         "front process peak RSS",
     ];

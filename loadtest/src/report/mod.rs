@@ -143,6 +143,10 @@ fn check_text(w: &WatchStats) -> String {
     )
 }
 
+fn late_text(w: &WatchStats) -> String {
+    format!("{} / {}", w.checks.undelivered, w.not_caught_up)
+}
+
 /// The rows a result is shown with, in display order. Results of the same
 /// scenario always give the same row names, so targets line up.
 pub fn metrics(r: &RunResult) -> Vec<Metric> {
@@ -157,7 +161,7 @@ pub fn metrics(r: &RunResult) -> Vec<Metric> {
                 Fmt::Bytes,
             ));
         }
-        if r.servers.len() > 1 {
+        if !r.servers.is_empty() {
             let total: f64 = r.servers.iter().map(|s| s.cpu_s).sum();
             m.push(num("all server processes CPU", total, Fmt::Cpu));
         }
@@ -210,13 +214,19 @@ pub fn metrics(r: &RunResult) -> Vec<Metric> {
                 "missing / duplicate / out of order / unexpected",
                 check_text(&w),
             ));
+            m.push(text(
+                "undelivered at deadline / informers behind",
+                late_text(&w),
+            ));
             if let Some(pw) = front.and_then(|f| r.rss_per_watcher_bytes.get(&f.label)) {
                 m.push(num("front RSS per informer", *pw, Fmt::Bytes));
             }
             server_rows(&mut m);
         }
         _ => {
-            let n = r.normal().cloned().unwrap_or_default();
+            let empty = WatchStats::default();
+            let primary = r.primary().unwrap_or(&empty);
+            let n = primary.clone();
             m.push(text(
                 "watchers created",
                 format!(
@@ -234,8 +244,16 @@ pub fn metrics(r: &RunResult) -> Vec<Metric> {
                 "missing / duplicate / out of order / unexpected",
                 check_text(&n),
             ));
-            for (g, w) in r.watch.iter().filter(|(g, _)| g.as_str() != "normal") {
+            m.push(text(
+                "undelivered at deadline / watchers behind",
+                late_text(&n),
+            ));
+            for (g, w) in r.watch.iter().filter(|(_, w)| !std::ptr::eq(*w, primary)) {
                 m.push(num(format!("{g} watchers p99"), w.latency.p99_ms, Fmt::Ms));
+                m.push(text(
+                    format!("{g} watchers undelivered / behind"),
+                    late_text(w),
+                ));
                 m.push(text(
                     format!("{g} watchers missing / dup / ooo / unexpected"),
                     check_text(w),

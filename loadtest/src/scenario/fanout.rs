@@ -535,6 +535,12 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
                 c.missing, c.duplicates, c.out_of_order, c.unexpected, c.content_mismatch
             ));
         }
+        if c.undelivered > 0 {
+            res.problem(format!(
+                "{name} watchers: {} events not delivered when the run stopped waiting",
+                c.undelivered
+            ));
+        }
         if c.lost > 0 || c.cancelled > 0 {
             res.problem(format!(
                 "{name} watchers: {} lost their stream, {} cancelled by the server",

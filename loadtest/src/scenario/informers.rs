@@ -390,6 +390,12 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
             c.missing, c.duplicates, c.out_of_order, c.unexpected, c.content_mismatch
         ));
     }
+    if c.undelivered > 0 {
+        res.problem(format!(
+            "informers: {} burst events not delivered when the run stopped waiting",
+            c.undelivered
+        ));
+    }
     if c.lost + c.cancelled > 0 {
         res.problem(format!(
             "informers: {} lost their stream, {} cancelled",

@@ -103,18 +103,26 @@ fn altered_content_is_caught() {
 
 #[test]
 fn a_timed_out_put_absent_from_history_is_not_missing() {
-    // The writer gave up on the put that would have been revision 11; the
-    // store's history shows it never happened, so nothing is owed.
-    let j = feed(&(1..=10).collect::<Vec<_>>()).judge(&truth_1_to_10(), 11);
-    assert_eq!(j.missing, 0);
-    // If the history does show it, it is owed.
-    let truth = Truth::from_events((1..=11).map(|r| (r, tag(r))).collect());
-    assert_eq!(
-        feed(&(1..=10).collect::<Vec<_>>())
-            .judge(&truth, 11)
-            .missing,
-        1
-    );
+    // The writer gave up on a put and the store's history has no revision 6
+    // (it was never applied): nothing is owed for it.
+    let seen: Vec<i64> = (1..=11).filter(|r| *r != 6).collect();
+    let without = Truth::from_events(seen.iter().map(|r| (*r, tag(*r))).collect());
+    let j = feed(&seen).judge(&without, 11);
+    assert_eq!((j.missing, j.undelivered), (0, 0));
+    assert!(j.is_clean());
+    // If the history does show it was applied, it is owed: a silent gap.
+    let with = Truth::from_events((1..=11).map(|r| (r, tag(r))).collect());
+    let j = feed(&seen).judge(&with, 11);
+    assert_eq!((j.missing, j.undelivered), (1, 0));
+}
+
+/// What a watcher had not received when the run stopped waiting is late,
+/// not a gap.
+#[test]
+fn a_late_tail_is_undelivered_not_missing() {
+    let j = feed(&[1, 2, 3, 4, 5, 6]).judge(&truth_1_to_10(), 10);
+    assert_eq!((j.missing, j.undelivered), (0, 4));
+    assert!(!j.is_clean());
 }
 
 #[test]

@@ -6,6 +6,7 @@
 mod checker;
 mod cli;
 mod compare;
+mod faults;
 mod informers;
 mod ops;
 mod support;
