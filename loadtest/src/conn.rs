@@ -60,13 +60,16 @@ pub async fn connect(endpoint: &str) -> Result<Channel> {
     })?;
     ep.connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
-        // grpc-go (etcd, its clients) sizes windows from the measured
-        // bandwidth-delay product; do the same so watch streams are not
-        // throttled by a fixed 64 KiB window.
-        .http2_adaptive_window(true)
-        // No HTTP/2 keep-alive: a server too busy to answer a PING must show
-        // up as puts that time out and events that arrive late, not as the
-        // load generator hanging up on it.
+        // Fixed windows, larger than h2's 64 KiB default so a stream carrying
+        // many watchers is not throttled by flow control. Not the adaptive
+        // (BDP) window: its PINGs make grpc-go servers (grpc-proxy) answer
+        // GOAWAY ENHANCE_YOUR_CALM "too_many_pings" under load, which would
+        // be the load generator's fault, not the target's.
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        // No HTTP/2 keep-alive either: a server too busy to answer a PING
+        // must show up as puts that time out and events that arrive late,
+        // not as the load generator hanging up on it.
         .connect()
         .await
         .map_err(|source| LoadError::Connect {

@@ -342,17 +342,8 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
     let fallback_head = wrep
         .max_acked_rev()
         .max(preload.as_ref().map(|r| r.max_acked_rev()).unwrap_or(0));
-    let (head, head_note) = match conn::prefix_head(&truth_ch, &target.key, &target.range_end).await
-    {
-        Ok((h, _)) => (h.max(fallback_head), None),
-        Err(e) => (
-            fallback_head,
-            Some(format!(
-                "prefix head unavailable ({e}); used the writer's acks"
-            )),
-        ),
-    };
-    let _ = controls.target.send(head);
+    let (drain_head, head_err) = prefix_head_or(&truth_ch, &target, fallback_head).await;
+    let _ = controls.target.send(drain_head);
     let drain_t = Instant::now();
     // Stalled watchers cannot catch up before their stall ends.
     let stall_left = prm
@@ -369,6 +360,20 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
     let _ = controls.stop.send(true);
     let outcomes = join_all(tasks).await;
     let servers = server_watch.finish();
+    drop((normal_chs, slow_chs, writer_chs));
+
+    // Asked again now the watchers are gone: an overloaded store may not
+    // have answered before, and puts that timed out may have been applied
+    // since. Watchers are judged up to the newest revision either answer
+    // gives; what they did not get by then is undelivered.
+    let (late_head, late_err) = prefix_head_or(&truth_ch, &target, drain_head).await;
+    let head = drain_head.max(late_head);
+    let head_note = match (head_err, late_err) {
+        (Some(_), Some(e)) => Some(format!(
+            "prefix head unavailable ({e}); used the writer's acks"
+        )),
+        _ => None,
+    };
 
     progress.phase("verify");
     let history = match truth::read_history(
@@ -592,6 +597,19 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
     res.client = client.finish();
     res.duration_s = started.elapsed().as_secs_f64();
     Ok(res)
+}
+
+/// The newest revision in the prefix (from the truth endpoint), never below
+/// `fallback`; the error text when the store did not answer.
+async fn prefix_head_or(
+    ch: &tonic::transport::Channel,
+    target: &WatchTarget,
+    fallback: i64,
+) -> (i64, Option<String>) {
+    match conn::prefix_head(ch, &target.key, &target.range_end).await {
+        Ok((h, _)) => (h.max(fallback), None),
+        Err(e) => (fallback, Some(e.to_string())),
+    }
 }
 
 fn group_name(g: Group) -> &'static str {

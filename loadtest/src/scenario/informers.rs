@@ -218,11 +218,11 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
         .writer_started
         .send(Some(tokio::time::Instant::now()));
     let burst = writer::run(&writer_ch, &burst_cfg, counters.clone(), ctx.stop.clone()).await;
-    let head = match conn::prefix_head(&truth_ch, &target.key, &target.range_end).await {
+    let drain_head = match conn::prefix_head(&truth_ch, &target.key, &target.range_end).await {
         Ok((h, _)) => h.max(burst.max_acked_rev()),
         Err(_) => burst.max_acked_rev().max(preload_head),
     };
-    let _ = controls.target.send(head);
+    let _ = controls.target.send(drain_head);
     progress.phase("drain");
     let drain_t = Instant::now();
     let drained = wait_until(prm.drain_timeout, &ctx.stop, || {
@@ -254,6 +254,12 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
         }
     }
     let servers = server_watch.finish();
+    drop((chans, writer_ch));
+    // Asked again with the informers gone (see fanout: late-applied puts).
+    let head = match conn::prefix_head(&truth_ch, &target.key, &target.range_end).await {
+        Ok((h, _)) => h.max(drain_head),
+        Err(_) => drain_head,
+    };
 
     progress.phase("verify");
     let from = lists
