@@ -63,7 +63,7 @@ pub struct Common {
     /// Write a markdown table and an SVG latency plot into this directory.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Key prefix for this run (default: a fresh "lookout-load/<id>/").
+    /// Key prefix for this run (default: a fresh "lookout-load/ID/").
     #[arg(long)]
     pub prefix: Option<String>,
     /// The target's name in the result.

@@ -27,6 +27,9 @@ pub struct RunResult {
     pub problems: Vec<String>,
     /// Wall time of the whole scenario.
     pub duration_s: f64,
+    /// 1-minute load average when the run started (the machine is shared).
+    #[serde(default)]
+    pub loadavg_1m: f64,
     /// Time to create every watcher / sync every informer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub setup_s: Option<f64>,

@@ -205,7 +205,7 @@ fn tail(log: &str) -> String {
 }
 
 /// Where a `lookout` binary is looked for when none is given: `LOOKOUT_BIN`,
-/// else next to the running executable (target/<profile>/lookout).
+/// else next to the running executable (`target/<profile>/lookout`).
 pub fn default_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("LOOKOUT_BIN") {
         return PathBuf::from(p);

@@ -123,7 +123,7 @@ pub fn ratio(a: &Value, b: &Value) -> String {
     }
 }
 
-/// A short verdict: "sustained" or "fell over: <first problem>".
+/// A short verdict: "sustained", or "fell over: " and the first problem.
 pub fn verdict(r: &RunResult) -> String {
     if r.sustained {
         "sustained".into()
@@ -166,6 +166,10 @@ pub fn metrics(r: &RunResult) -> Vec<Metric> {
             m.push(num("all server processes CPU", total, Fmt::Cpu));
         }
         m.push(num("load generator CPU", r.client.cpu_s, Fmt::Cpu));
+        m.push(text(
+            "load average at start (1 min)",
+            format!("{:.2}", r.loadavg_1m),
+        ));
     };
     match r.scenario.as_str() {
         "put" | "range" => {
@@ -275,6 +279,10 @@ pub fn metrics(r: &RunResult) -> Vec<Metric> {
                 m.push(text(
                     "puts acked / timed out / failed",
                     format!("{} / {} / {}", w.acked, w.timed_out, w.failed),
+                ));
+                m.push(text(
+                    "unknown puts applied / absent (store history)",
+                    format!("{} / {}", w.unknown_applied, w.unknown_absent),
                 ));
                 m.push(num("achieved put rate", w.achieved_rate, Fmt::Rate));
                 m.push(num("p99 put latency", w.put_latency.p99_ms, Fmt::Ms));

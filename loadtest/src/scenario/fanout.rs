@@ -205,6 +205,7 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
         return Err(LoadError::InvalidArgument("--watchers must be > 0".into()));
     }
     let started = Instant::now();
+    let loadavg_1m = super::loadavg_1m();
     let counters = Arc::new(Counters::default());
     let progress = Progress::new(ctx.progress, counters.clone());
     progress.phase("connect");
@@ -596,6 +597,7 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
     res.writer = Some(wstats);
     res.client = client.finish();
     res.duration_s = started.elapsed().as_secs_f64();
+    res.loadavg_1m = loadavg_1m;
     Ok(res)
 }
 

@@ -110,6 +110,7 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
         return Err(LoadError::InvalidArgument("--clients must be > 0".into()));
     }
     let started = Instant::now();
+    let loadavg_1m = super::loadavg_1m();
     let counters = Arc::new(Counters::default());
     let progress = Progress::new(ctx.progress, counters.clone());
     let client = ClientProc::start();
@@ -437,6 +438,7 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
     res.writer = Some(bstats);
     res.client = client.finish();
     res.duration_s = started.elapsed().as_secs_f64();
+    res.loadavg_1m = loadavg_1m;
     Ok(res)
 }
 

@@ -1,5 +1,5 @@
 //! The scenarios. Each takes a [`RunCtx`] (where to send load, what to
-//! measure) and its own parameters, and returns one [`RunResult`].
+//! measure) and its own parameters, and returns one [`RunResult`](crate::RunResult).
 //!
 //! - [`fanout`]: W watchers over C connections, a paced writer, every event
 //!   checked; `slow`, `http` and `catchup` are fan-out with a twist;
@@ -100,4 +100,13 @@ pub(crate) fn p(v: impl serde::Serialize) -> serde_json::Value {
 /// Seconds with up to three decimals, for params.
 pub(crate) fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// The 1-minute load average now: the machine is shared, so every result
+/// says how busy it was when the run started.
+pub(crate) fn loadavg_1m() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(-1.0)
 }

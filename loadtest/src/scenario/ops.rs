@@ -118,6 +118,7 @@ pub async fn run(ctx: &RunCtx, prm: &OpsParams) -> Result<RunResult> {
         ));
     }
     let started = Instant::now();
+    let loadavg_1m = super::loadavg_1m();
     let counters = Arc::new(Counters::default());
     let progress = Progress::new(ctx.progress, counters.clone());
     let client = ClientProc::start();
@@ -258,6 +259,7 @@ pub async fn run(ctx: &RunCtx, prm: &OpsParams) -> Result<RunResult> {
     res.ops = Some(stats);
     res.client = client.finish();
     res.duration_s = started.elapsed().as_secs_f64();
+    res.loadavg_1m = loadavg_1m;
     Ok(res)
 }
 
