@@ -23,8 +23,6 @@ pub enum LoadError {
     },
     #[error("{what} timed out after {secs:.1}s")]
     Timeout { what: String, secs: f64 },
-    #[error("http {what}: {reason}")]
-    Http { what: String, reason: String },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("{path}: {source}")]

@@ -36,11 +36,6 @@ impl LatencyHist {
         let _ = self.h.record((ns / 1_000).clamp(1, MAX_US));
     }
 
-    /// Records `n` equal latencies at once (one response, many events).
-    pub fn record_ns_n(&mut self, ns: u64, n: u64) {
-        let _ = self.h.record_n((ns / 1_000).clamp(1, MAX_US), n);
-    }
-
     pub fn merge(&mut self, other: &LatencyHist) {
         // Same bounds on both sides, so `add` cannot fail.
         let _ = self.h.add(&other.h);

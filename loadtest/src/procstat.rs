@@ -137,16 +137,6 @@ impl ProcWatch {
         Self { procs, sampler }
     }
 
-    /// Current RSS of every watched process, summed (for per-watcher
-    /// memory: read before and after the watchers exist).
-    pub fn rss_now(&self) -> u64 {
-        self.procs
-            .iter()
-            .filter_map(|p| sample(p.pid).ok())
-            .map(|s| s.rss_bytes)
-            .sum()
-    }
-
     /// Current RSS per process, in the order given to `start`.
     pub fn rss_each(&self) -> Vec<u64> {
         self.procs

@@ -16,7 +16,7 @@ pub mod targets;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -250,13 +250,12 @@ async fn run_one(
                 }
             }
             let mut ctx = ctx;
-            ctx.command = single_command(&cell.command(), &target, &p);
+            ctx.command = single_command(&cell.command(), &target);
             tokio::time::timeout(bound, fanout::run(&ctx, &p)).await
         }
         CellKind::Informers(p) => {
             let mut ctx = ctx;
-            ctx.command =
-                single_command(&cell.command(), &target, &fanout::FanoutParams::default());
+            ctx.command = single_command(&cell.command(), &target);
             tokio::time::timeout(bound, informers::run(&ctx, p)).await
         }
     };
@@ -269,7 +268,7 @@ async fn run_one(
 }
 
 /// The cell's command with this target's real endpoints and PIDs.
-fn single_command(template: &str, t: &targets::Running, p: &fanout::FanoutParams) -> String {
+fn single_command(template: &str, t: &targets::Running) -> String {
     let mut s = template
         .replace("<target>", &t.endpoint)
         .replace("<store>", &t.truth_endpoint);
@@ -280,7 +279,6 @@ fn single_command(template: &str, t: &targets::Running, p: &fanout::FanoutParams
         };
         s = s.replace("<etcd|lookout>", &format!("{api} --http-endpoint {addr}"));
     }
-    let _ = p;
     for (label, pid) in &t.pids {
         s += &format!(" --server-pid {label}={pid}");
     }
@@ -556,9 +554,4 @@ fn row(cell: &str, name: &str, vals: &[Value], pairs: &[(usize, usize)]) -> Vec<
             }),
     );
     r
-}
-
-/// Where a comparison report lives, for messages.
-pub fn report_path(out: &Path) -> PathBuf {
-    out.join("README.md")
 }

@@ -46,6 +46,9 @@ struct Stream {
     /// Watchers whose create is sent but not yet acknowledged, in send order
     /// (servers answer creates on a stream in order).
     pending: VecDeque<usize>,
+    /// Creates the server acknowledged in the current incarnation (a watch
+    /// may be cancelled right after, e.g. for compaction: still created).
+    acked_creates: usize,
     /// Open watchers that have not yet reached the target.
     remaining: usize,
     target: i64,
@@ -66,6 +69,7 @@ pub async fn run_stream(spec: StreamSpec, limits: StreamLimits, sig: Signals) ->
         sig,
         ids: HashMap::with_capacity(n),
         pending: VecDeque::with_capacity(n),
+        acked_creates: 0,
         remaining: n,
         target: i64::MAX,
         started: Instant::now(),
@@ -95,7 +99,7 @@ impl Stream {
                 return;
             }
         };
-        self.out.created = self.ids.len();
+        self.out.created = self.acked_creates;
         self.out.ready_at = Some(Instant::now());
         Counters::add(&self.sig.counters.watchers_ready, self.out.created as u64);
         loop {
@@ -151,6 +155,7 @@ impl Stream {
     ) -> Result<Conn, String> {
         self.ids.clear();
         self.pending.clear();
+        self.acked_creates = 0;
         let (tx, rx) = mpsc::unbounded_channel();
         let deadline = tokio::time::Instant::now() + self.limits.setup_timeout;
         let mut queue = watchers.iter().copied();
@@ -280,6 +285,9 @@ impl Stream {
             match self.pending.pop_front() {
                 Some(w) => {
                     self.ids.insert(resp.watch_id, w);
+                    if !resp.canceled {
+                        self.acked_creates += 1;
+                    }
                 }
                 None => self.out.orphan_events += 1,
             }
