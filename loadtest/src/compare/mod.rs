@@ -80,6 +80,10 @@ pub struct CompareArgs {
     pub informer_clients: Option<usize>,
     #[arg(long)]
     pub informer_keys: Option<u64>,
+    /// Run every (cell, target) this many times, interleaved; the median
+    /// run (by p99 latency, or time to sync) is shown, the spread noted.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     #[arg(long)]
     pub no_progress: bool,
 }
@@ -96,7 +100,10 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct CellOutcome {
     pub cell: Cell,
+    /// The representative (median) run per target.
     pub runs: Vec<(TargetKind, Outcome)>,
+    /// With `--repeat`: how the repetitions spread, per target.
+    pub spread: Vec<(TargetKind, String)>,
 }
 
 /// Raises the soft open-file limit to the hard limit (children inherit it).
@@ -145,53 +152,47 @@ pub async fn run(args: CompareArgs, stop: watch::Receiver<bool>) -> Result<Vec<C
         std::fs::File::create(&jsonl_path).map_err(|e| LoadError::io(&jsonl_path, e))?;
     let command = own_command();
     let mut outcomes = Vec::new();
-    let total_runs = cells.len() * skip.len();
+    let repeat = args.repeat.max(1);
+    let total_runs = cells.len() * skip.len() * repeat;
     let mut n = 0;
     for cell in cells {
-        let mut runs = Vec::new();
-        for (kind, why) in &skip {
-            n += 1;
-            if let Some(w) = why {
-                runs.push((*kind, Outcome::Skipped(w.clone())));
-                continue;
-            }
-            if *stop.borrow() {
-                runs.push((*kind, Outcome::Skipped("not run (interrupted)".into())));
-                continue;
-            }
-            eprintln!(
-                "lookout-load compare: [{n}/{total_runs}] {} against {}",
-                cell.id,
-                kind.label()
-            );
-            let outcome = run_one(&cell, *kind, &opts, &args, &stop).await;
-            match &outcome {
-                Outcome::Ran(r) => {
-                    let line = r.to_json_line();
-                    println!("{line}");
-                    let _ = writeln!(jsonl, "{line}");
-                    eprintln!("    {}", report::verdict(r).replace("**", ""));
+        // Repetitions interleave the targets (etcd, proxy, lookout, etcd,
+        // ...) so a burst of load from elsewhere on the shared machine hits
+        // all of them alike; the median run represents each target.
+        let mut all: Vec<Vec<Outcome>> = vec![Vec::new(); skip.len()];
+        for rep in 0..repeat {
+            for (i, (kind, why)) in skip.iter().enumerate() {
+                n += 1;
+                if let Some(w) = why {
+                    if rep == 0 {
+                        all[i].push(Outcome::Skipped(w.clone()));
+                    }
+                    continue;
                 }
-                Outcome::Failed(e) => {
-                    eprintln!("    failed: {e}");
-                    let _ = writeln!(
-                        jsonl,
-                        "{}",
-                        serde_json::json!({"scenario": cell.id, "target": kind.label(), "error": e})
-                    );
+                if *stop.borrow() {
+                    all[i].push(Outcome::Skipped("not run (interrupted)".into()));
+                    continue;
                 }
-                Outcome::Skipped(e) => {
-                    eprintln!("    skipped: {e}");
-                    let _ = writeln!(
-                        jsonl,
-                        "{}",
-                        serde_json::json!({"scenario": cell.id, "target": kind.label(), "skipped": e})
-                    );
-                }
+                eprintln!(
+                    "lookout-load compare: [{n}/{total_runs}] {} against {}",
+                    cell.id,
+                    kind.label()
+                );
+                let outcome = run_one(&cell, *kind, &opts, &args, &stop).await;
+                log_outcome(&mut jsonl, &cell, *kind, &outcome);
+                all[i].push(outcome);
             }
-            runs.push((*kind, outcome));
         }
-        outcomes.push(CellOutcome { cell, runs });
+        let mut runs = Vec::new();
+        let mut spread = Vec::new();
+        for ((kind, _), outs) in skip.iter().zip(all) {
+            let (rep, note) = representative(&cell, outs);
+            if let Some(n) = note {
+                spread.push((*kind, n));
+            }
+            runs.push((*kind, rep));
+        }
+        outcomes.push(CellOutcome { cell, runs, spread });
     }
     let load = format!("{load_before} at the start, {} at the end", loadavg());
     let md = render(&args, &command, nofile, &load, &skip, &outcomes)?;
@@ -202,6 +203,88 @@ pub async fn run(args: CompareArgs, stop: watch::Receiver<bool>) -> Result<Vec<C
         readme.display()
     );
     Ok(outcomes)
+}
+
+fn log_outcome(jsonl: &mut std::fs::File, cell: &Cell, kind: TargetKind, outcome: &Outcome) {
+    match outcome {
+        Outcome::Ran(r) => {
+            let line = r.to_json_line();
+            println!("{line}");
+            let _ = writeln!(jsonl, "{line}");
+            eprintln!("    {}", report::verdict(r).replace("**", ""));
+        }
+        Outcome::Failed(e) => {
+            eprintln!("    failed: {e}");
+            let _ = writeln!(
+                jsonl,
+                "{}",
+                serde_json::json!({"scenario": cell.id, "target": kind.label(), "error": e})
+            );
+        }
+        Outcome::Skipped(e) => {
+            eprintln!("    skipped: {e}");
+            let _ = writeln!(
+                jsonl,
+                "{}",
+                serde_json::json!({"scenario": cell.id, "target": kind.label(), "skipped": e})
+            );
+        }
+    }
+}
+
+/// The figure repetitions are ranked by: p99 put → event for watch cells,
+/// time until all synced for informers.
+fn rank_key(cell: &Cell, r: &RunResult) -> f64 {
+    match cell.kind {
+        CellKind::Watch(_) => r.latency.p99_ms,
+        CellKind::Informers(_) => r
+            .informers
+            .as_ref()
+            .map(|i| i.all_synced_s)
+            .unwrap_or(f64::MAX),
+    }
+}
+
+/// Picks the median run of the repetitions (a failed run ranks last) and
+/// describes the spread when there was more than one.
+fn representative(cell: &Cell, mut outs: Vec<Outcome>) -> (Outcome, Option<String>) {
+    if outs.len() <= 1 {
+        return (
+            outs.pop()
+                .unwrap_or_else(|| Outcome::Skipped("not run".into())),
+            None,
+        );
+    }
+    let key = |o: &Outcome| match o {
+        Outcome::Ran(r) => rank_key(cell, r),
+        _ => f64::INFINITY,
+    };
+    outs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let sustained = outs
+        .iter()
+        .filter(|o| matches!(o, Outcome::Ran(r) if r.sustained))
+        .count();
+    let figures: Vec<String> = outs
+        .iter()
+        .map(|o| match (o, &cell.kind) {
+            (Outcome::Ran(r), CellKind::Watch(_)) => report::fmt_ms(r.latency.p99_ms),
+            (Outcome::Ran(r), CellKind::Informers(_)) => {
+                format!("{:.2} s", rank_key(cell, r))
+            }
+            _ => "failed".into(),
+        })
+        .collect();
+    let what = match cell.kind {
+        CellKind::Watch(_) => "p99 put → event",
+        CellKind::Informers(_) => "time until all synced",
+    };
+    let note = format!(
+        "{} runs, {sustained} sustained; {what}: {} (median shown)",
+        outs.len(),
+        figures.join(" / ")
+    );
+    let mid = (outs.len() - 1) / 2;
+    (outs.swap_remove(mid), Some(note))
 }
 
 /// Starts `kind` fresh, runs `cell` against it, stops it.
@@ -447,6 +530,9 @@ fn render(
             })
             .collect();
         let _ = writeln!(md, "{}", md_table(&h, &rows));
+        for (k, note) in &co.spread {
+            let _ = writeln!(md, "- {}: {note}", k.label());
+        }
         // Problems and skip reasons, per target.
         for (k, o) in &co.runs {
             match o {

@@ -29,6 +29,8 @@ fn args(out: &std::path::Path, lookout: &std::path::Path) -> compare::CompareArg
         "5",
         "--informer-keys",
         "50",
+        "--repeat",
+        "2",
         "--no-progress",
     ]);
     match cli.cmd {
@@ -77,7 +79,10 @@ async fn compare_runs_etcd_and_proxy_and_skips_missing_lookout() {
         }
     }
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert_eq!(res[0].spread.len(), 2, "etcd and grpc-proxy ran twice");
     for needle in [
+        "2 runs, 2 sustained; p99 put → event",
+        "2 runs, 2 sustained; time until all synced",
         "## Machine",
         "- CPU: ",
         "lookout**: skipped",
@@ -90,7 +95,11 @@ async fn compare_runs_etcd_and_proxy_and_skips_missing_lookout() {
     let svg = std::fs::read_to_string(out.join("fanout-w10-r100.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("etcd") && svg.contains("grpc-proxy"));
     let jsonl = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
-    assert_eq!(jsonl.lines().count(), 4, "2 cells x 2 measured targets");
+    assert_eq!(
+        jsonl.lines().count(),
+        8,
+        "2 cells x 2 measured targets x 2 repeats"
+    );
 }
 
 #[test]
