@@ -163,6 +163,9 @@ pub fn build(args: &CompareArgs) -> Vec<Cell> {
                 } else {
                     (1_000, 100.0, 2, 5, t)
                 };
+                // --watchers / --rates pick the slow cell's size too.
+                let w = args.watchers.first().copied().unwrap_or(w);
+                let r = args.rates.first().copied().unwrap_or(r);
                 let mut p = fanout(args, w, r, t);
                 p.slow = Some(SlowParams {
                     fraction: 0.01,
