@@ -393,6 +393,11 @@ fn ctx(c: &Common, stop: watch::Receiver<bool>) -> RunCtx {
 /// # Errors
 /// When a scenario cannot start or a report cannot be written.
 pub async fn run(cli: Cli, stop: watch::Receiver<bool>) -> Result<()> {
+    // Thousands of watchers or HTTP streams need descriptors; a failure
+    // here only matters if the run needs them, and then it says so.
+    if let Err(e) = compare::raise_nofile() {
+        eprintln!("lookout-load: could not raise the open-file limit: {e}");
+    }
     let (common, res): (Common, RunResult) = match cli.cmd {
         Command::Compare(args) => return compare::run(args, stop).await.map(|_| ()),
         Command::Put(a) => {
