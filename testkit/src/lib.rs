@@ -20,12 +20,16 @@ use std::time::{Duration, Instant};
 pub mod checker;
 pub mod etcd;
 pub mod etcd_restart;
+pub mod grpc_proxy;
 pub mod lookout;
+pub mod lookout_stack;
 pub mod session;
 pub mod tcp_proxy;
 
 pub use etcd::EtcdServer;
+pub use grpc_proxy::GrpcProxy;
 pub use lookout::LookoutProcess;
+pub use lookout_stack::LookoutStack;
 pub use session::etcdctl_session;
 pub use tcp_proxy::TcpProxy;
 

@@ -1,0 +1,492 @@
+//! Command-line flags. `main.rs` only parses them and calls [`run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::watch;
+
+use crate::compare::{self, CompareArgs};
+use crate::error::Result;
+use crate::report;
+use crate::result::RunResult;
+use crate::scenario::RunCtx;
+use crate::scenario::fanout::{self, CatchupParams, FanoutParams, HttpParams, SlowParams};
+use crate::scenario::informers::{self, InformerParams};
+use crate::scenario::ops::{self, Op, OpsParams};
+use crate::watch::http::HttpApi;
+
+/// Load generator and checker for etcd-v3-compatible servers.
+#[derive(Debug, Parser)]
+#[command(name = "lookout-load", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Put throughput: N clients over C connections, `--total` puts.
+    Put(PutArgs),
+    /// Range throughput over preloaded keys.
+    Range(RangeArgs),
+    /// W prefix watchers over C connections, a writer at R puts/s over K keys.
+    Fanout(FanoutArgs),
+    /// Fan-out where a fraction of the watchers stop reading for a while.
+    Slow(SlowArgs),
+    /// N clients list a prefix and watch from its revision + 1 at once,
+    /// then a burst every client must see exactly once.
+    Informers(InformerArgs),
+    /// Watchers starting N revisions behind head.
+    Catchup(CatchupArgs),
+    /// Fan-out with some or all watchers on the HTTP NDJSON watch stream.
+    Http(HttpArgs),
+    /// Start etcd, etcd grpc-proxy and Lookout, run the same matrix against
+    /// each, write a side-by-side report.
+    Compare(CompareArgs),
+}
+
+/// Flags every scenario takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// gRPC endpoint of the target ("host:port" or "http://host:port").
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub endpoint: String,
+    /// The store behind the target, read at the end as the checker's truth
+    /// (default: --endpoint).
+    #[arg(long)]
+    pub truth_endpoint: Option<String>,
+    /// A server process to measure (CPU seconds, RSS): PID or LABEL=PID.
+    #[arg(long = "server-pid", value_parser = parse_pid)]
+    pub server_pid: Vec<(String, u32)>,
+    /// Write a markdown table and an SVG latency plot into this directory.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Key prefix for this run (default: a fresh "lookout-load/ID/").
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// The target's name in the result.
+    #[arg(long, default_value = "target")]
+    pub label: String,
+    /// No progress bar on stderr.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Fan-out load shape, shared by fanout, slow, http and catchup.
+#[derive(Debug, Clone, Args)]
+pub struct WatchLoad {
+    /// W: watchers on the prefix.
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    /// C: connections the watchers share.
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+    /// Watch streams per connection (watches are multiplexed on them).
+    #[arg(long, default_value_t = 1)]
+    pub streams_per_connection: usize,
+    /// R: puts per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// K: distinct keys the writer cycles over.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+    /// V: value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// T: how long the writer writes ("10s", "2m", "500ms").
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value_t = 1)]
+    pub writer_connections: usize,
+    /// A put without an answer by then is unknown (maybe applied).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub put_timeout: Duration,
+    /// Outstanding puts at most; the writer falls behind schedule beyond.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_inflight: usize,
+    /// Bound on creating all watchers.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub setup_timeout: Duration,
+    /// Bound on watchers catching up after the last put.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Reopen attempts per broken watch stream.
+    #[arg(long, default_value_t = 5)]
+    pub max_resumes: u32,
+}
+
+impl WatchLoad {
+    pub fn params(&self) -> FanoutParams {
+        FanoutParams {
+            watchers: self.watchers,
+            connections: self.connections,
+            streams_per_connection: self.streams_per_connection,
+            rate: self.rate,
+            keys: self.keys,
+            value_size: self.value_size,
+            duration: self.duration,
+            writer_connections: self.writer_connections,
+            put_timeout: self.put_timeout,
+            max_inflight: self.max_inflight,
+            setup_timeout: self.setup_timeout,
+            drain_timeout: self.drain_timeout,
+            max_resumes: self.max_resumes,
+            slow: None,
+            http: None,
+            catchup: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub load: WatchLoad,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SlowArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub load: WatchLoad,
+    /// Fraction of watchers that stop reading (on their own connections).
+    #[arg(long, default_value_t = 0.01)]
+    pub slow_fraction: f64,
+    /// When they stop, after the writer starts.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub slow_after: Duration,
+    /// How long they do not read.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub slow_for: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub load: WatchLoad,
+    /// Fraction of watchers on HTTP streams (one connection each).
+    #[arg(long, default_value_t = 1.0)]
+    pub http_fraction: f64,
+    /// Which HTTP watch API the target serves.
+    #[arg(long, value_enum, default_value = "lookout")]
+    pub http_api: HttpApi,
+    /// HTTP "host:port" (default: --endpoint).
+    #[arg(long)]
+    pub http_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CatchupArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub load: WatchLoad,
+    /// N: watchers start this many revisions behind head.
+    #[arg(long, default_value_t = 10_000)]
+    pub behind: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InformerArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// N: informer clients.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Connections they share (0: one each).
+    #[arg(long, default_value_t = 0)]
+    pub connections: usize,
+    /// Keys in the prefix before they start.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Puts after all are synced; each informer must see each exactly once.
+    #[arg(long, default_value_t = 100)]
+    pub burst: u64,
+    /// Serializable lists (default linearizable).
+    #[arg(long)]
+    pub serializable: bool,
+    /// List page size (0: one Range).
+    #[arg(long, default_value_t = 0)]
+    pub page_size: i64,
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub sync_timeout: Duration,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub put_timeout: Duration,
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl InformerArgs {
+    pub fn params(&self) -> InformerParams {
+        InformerParams {
+            clients: self.clients,
+            connections: self.connections,
+            keys: self.keys,
+            value_size: self.value_size,
+            burst: self.burst,
+            serializable: self.serializable,
+            page_size: self.page_size,
+            sync_timeout: self.sync_timeout,
+            put_timeout: self.put_timeout,
+            drain_timeout: self.drain_timeout,
+            ..InformerParams::default()
+        }
+    }
+}
+
+/// put and range share their flags.
+#[derive(Debug, Clone, Args)]
+pub struct OpsLoad {
+    /// Concurrent clients (each one request at a time).
+    #[arg(long, default_value_t = 10)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Requests in total.
+    #[arg(long, default_value_t = 10_000)]
+    pub total: u64,
+    #[arg(long, default_value_t = 32)]
+    pub key_size: usize,
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub load: OpsLoad,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RangeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub load: OpsLoad,
+    /// Serializable reads (default linearizable, as etcd's default).
+    #[arg(long)]
+    pub serializable: bool,
+    /// Range the whole prefix per request instead of one key.
+    #[arg(long)]
+    pub whole_prefix: bool,
+}
+
+impl OpsLoad {
+    fn params(&self, op: Op) -> OpsParams {
+        OpsParams {
+            op,
+            clients: self.clients,
+            connections: self.connections,
+            total: self.total,
+            key_size: self.key_size,
+            value_size: self.value_size,
+            keys: self.keys,
+            timeout: self.timeout,
+            ..OpsParams::default()
+        }
+    }
+}
+
+/// "10s", "250ms", "2m", "1h" or plain seconds ("1.5").
+///
+/// # Errors
+/// A message naming the bad value.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (try 10s, 500ms, 2m)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+/// "1234" or "etcd=1234".
+///
+/// # Errors
+/// A message naming the bad value.
+pub fn parse_pid(s: &str) -> Result<(String, u32), String> {
+    let (label, pid) = match s.split_once('=') {
+        Some((l, p)) => (l.to_string(), p),
+        None => (format!("pid {s}"), s),
+    };
+    let pid: u32 = pid.trim().parse().map_err(|_| format!("bad pid {s:?}"))?;
+    Ok((label, pid))
+}
+
+/// A fresh key prefix for one run.
+pub fn fresh_prefix() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("lookout-load/{t}-{}/", std::process::id())
+}
+
+/// This process's command line, shell-quoted where needed.
+pub fn own_command() -> String {
+    std::env::args()
+        .map(|a| shell_quote(&a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Quotes `a` for a POSIX shell when it holds anything unusual.
+pub fn shell_quote(a: &str) -> String {
+    if !a.is_empty()
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b))
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+fn ctx(c: &Common, stop: watch::Receiver<bool>) -> RunCtx {
+    RunCtx {
+        target: c.label.clone(),
+        endpoint: c.endpoint.clone(),
+        truth_endpoint: c
+            .truth_endpoint
+            .clone()
+            .unwrap_or_else(|| c.endpoint.clone()),
+        prefix: Bytes::from(c.prefix.clone().unwrap_or_else(fresh_prefix)),
+        server_pids: c.server_pid.clone(),
+        progress: !c.no_progress,
+        stop,
+        command: own_command(),
+    }
+}
+
+/// Runs one command: prints the JSON line(s) on stdout, writes reports.
+///
+/// # Errors
+/// When a scenario cannot start or a report cannot be written.
+pub async fn run(cli: Cli, stop: watch::Receiver<bool>) -> Result<()> {
+    // Thousands of watchers or HTTP streams need descriptors; a failure
+    // here only matters if the run needs them, and then it says so.
+    if let Err(e) = compare::raise_nofile() {
+        eprintln!("lookout-load: could not raise the open-file limit: {e}");
+    }
+    let (common, res): (Common, RunResult) = match cli.cmd {
+        Command::Compare(args) => return compare::run(args, stop).await.map(|_| ()),
+        Command::Put(a) => {
+            let r = ops::run(&ctx(&a.common, stop), &a.load.params(Op::Put)).await?;
+            (a.common, r)
+        }
+        Command::Range(a) => {
+            let mut p = a.load.params(Op::Range);
+            p.serializable = a.serializable;
+            p.whole_prefix = a.whole_prefix;
+            let r = ops::run(&ctx(&a.common, stop), &p).await?;
+            (a.common, r)
+        }
+        Command::Fanout(a) => {
+            let r = fanout::run(&ctx(&a.common, stop), &a.load.params()).await?;
+            (a.common, r)
+        }
+        Command::Slow(a) => {
+            let mut p = a.load.params();
+            p.slow = Some(SlowParams {
+                fraction: a.slow_fraction,
+                after: a.slow_after,
+                for_: a.slow_for,
+            });
+            let r = fanout::run(&ctx(&a.common, stop), &p).await?;
+            (a.common, r)
+        }
+        Command::Http(a) => {
+            let mut p = a.load.params();
+            p.http = Some(HttpParams {
+                fraction: a.http_fraction,
+                api: a.http_api,
+                addr: crate::conn::host_port(
+                    a.http_endpoint.as_deref().unwrap_or(&a.common.endpoint),
+                ),
+            });
+            let r = fanout::run(&ctx(&a.common, stop), &p).await?;
+            (a.common, r)
+        }
+        Command::Catchup(a) => {
+            let mut p = a.load.params();
+            p.catchup = Some(CatchupParams { behind: a.behind });
+            let r = fanout::run(&ctx(&a.common, stop), &p).await?;
+            (a.common, r)
+        }
+        Command::Informers(a) => {
+            let r = informers::run(&ctx(&a.common, stop), &a.params()).await?;
+            (a.common, r)
+        }
+    };
+    println!("{}", res.to_json_line());
+    if let Some(dir) = &common.report {
+        report::write_single(dir, &res)?;
+        eprintln!("report written to {}", dir.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn pids_parse() {
+        assert_eq!(parse_pid("etcd=12").unwrap(), ("etcd".into(), 12));
+        assert_eq!(parse_pid("12").unwrap().1, 12);
+        assert!(parse_pid("etcd=x").is_err());
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("--rate=100"), "--rate=100");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
