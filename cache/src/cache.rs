@@ -279,6 +279,20 @@ impl Cache {
         }
     }
 
+    /// Tells the cache the upstream compacted at `revision` (the gateway
+    /// forwarded a successful `Compact`): the history ring drops what lies
+    /// below it, so watches from a compacted revision are cancelled with
+    /// `compact_revision` exactly as etcd cancels them, instead of being
+    /// replayed from the ring. Compactions made by other clients directly on
+    /// the store are not seen here (etcd announces them to nobody).
+    pub fn note_compaction(&self, revision: i64) {
+        self.inner.history.write().compact(revision);
+        self.inner
+            .metrics
+            .ring_start
+            .store(self.inner.history.read().start(), Relaxed);
+    }
+
     /// A linearizable read point: learns the upstream's current revision with
     /// one cheap linearizable request and waits until the cache has it.
     ///
