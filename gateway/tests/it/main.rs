@@ -2,3 +2,4 @@
 
 mod harness;
 mod kv_vs_etcd;
+mod watch_guarantees;
