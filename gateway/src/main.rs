@@ -1,6 +1,8 @@
-//! `lookout`: thin entry point; every subcommand lives in the library.
+//! `lookout`: thin entry point. Flags are parsed in `cli`, and every
+//! subcommand runs library code (`lookout_consensus` for `store`/`dev`).
 
-fn main() {
-    eprintln!("usage: lookout <dev|store|gateway>");
-    std::process::exit(2);
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

@@ -21,10 +21,12 @@ pub mod checker;
 pub mod etcd;
 pub mod etcd_restart;
 pub mod lookout;
+pub mod session;
 pub mod tcp_proxy;
 
 pub use etcd::EtcdServer;
 pub use lookout::LookoutProcess;
+pub use session::etcdctl_session;
 pub use tcp_proxy::TcpProxy;
 
 /// A free TCP port on 127.0.0.1, found by binding port 0.

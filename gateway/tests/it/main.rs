@@ -1,5 +1,9 @@
-//! The gateway against real etcd 3.4: one binary, one module per concern.
+//! The `lookout` gateway and binary against real etcd 3.4 and our own
+//! store: one binary, one module per concern.
 
+mod crash;
+mod etcdctl_session;
 mod harness;
 mod kv_vs_etcd;
+mod support;
 mod watch_guarantees;

@@ -1,0 +1,496 @@
+//! The deterministic state machine step: apply one [`Request`] to the
+//! in-memory state and to an open redb write transaction.
+//!
+//! `apply` never reads the clock or a random source: everything
+//! nondeterministic is already inside the request. Raft replays the same
+//! requests on every member and gets the same revisions.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lookout_proto::mvccpb::{Event, KeyValue, event::EventType};
+use lookout_proto::pb::{
+    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare, request_op, response_op,
+};
+use prost::Message;
+use redb::{Table, WriteTransaction};
+
+use crate::backend::{self, KV, LEASES, META_KEY, Meta};
+use crate::error::{Error, Result};
+use crate::keyindex::LiveKv;
+use crate::request::{Request, Response};
+use crate::revision::Revision;
+use crate::state::{LeaseState, MvccState};
+
+/// The outcome of one applied request.
+#[derive(Debug)]
+pub struct Applied {
+    /// The client's answer; an `Err` here is etcd's answer (lease not
+    /// found, compacted...), decided deterministically, not a failure.
+    pub response: Result<Response>,
+    /// Changes in revision order, with `prev_kv` always filled so the
+    /// watch hub can serve watchers that asked for it.
+    pub events: Vec<Event>,
+    /// Store revision after the request.
+    pub revision: i64,
+}
+
+/// Applies requests inside one redb write transaction. Tables are opened
+/// once per transaction; call [`Applier::finish`] before committing.
+pub struct Applier<'txn> {
+    kv: Table<'txn, u128, &'static [u8]>,
+    leases: Table<'txn, i64, i64>,
+}
+
+impl std::fmt::Debug for Applier<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Applier")
+    }
+}
+
+impl<'txn> Applier<'txn> {
+    /// # Errors
+    /// A table cannot be opened.
+    pub fn new(txn: &'txn WriteTransaction) -> Result<Self> {
+        Ok(Self {
+            kv: txn.open_table(KV)?,
+            leases: txn.open_table(LEASES)?,
+        })
+    }
+
+    /// Applies `req` as log entry `index`.
+    ///
+    /// # Errors
+    /// Only storage failures; the caller must then abort the transaction
+    /// and discard `state`.
+    pub fn apply(&mut self, state: &mut MvccState, index: u64, req: &Request) -> Result<Applied> {
+        state.applied_index = index;
+        let mut cx = Ctx {
+            main: state.rev + 1,
+            sub: 0,
+            state,
+            w: self,
+            events: Vec::new(),
+        };
+        let response = match req {
+            Request::Put(p) => cx.checked_put(p).map(Response::Put),
+            Request::DeleteRange(d) => cx.delete(d).map(Response::DeleteRange),
+            Request::Txn(t) => cx.txn(t).map(Response::Txn),
+            Request::Compact { revision } => cx.compact(*revision).map(Response::Compact),
+            Request::LeaseGrant { id, ttl } => cx.lease_grant(*id, *ttl).map(Response::LeaseGrant),
+            Request::LeaseRevoke { id } => cx.lease_revoke(*id).map(Response::LeaseRevoke),
+        };
+        // Storage errors abort the batch; etcd answers pass through.
+        let response = match response {
+            Err(Error::Storage(e)) => return Err(Error::Storage(e)),
+            other => other,
+        };
+        let (main, sub, events) = (cx.main, cx.sub, cx.events);
+        if sub > 0 {
+            state.rev = main;
+        }
+        Ok(Applied {
+            response,
+            events,
+            revision: state.rev,
+        })
+    }
+
+    /// Records the counters raft and restarts rely on.
+    ///
+    /// # Errors
+    /// Storage failure.
+    pub fn finish(&mut self, state: &MvccState) -> Result<()> {
+        let meta = Meta {
+            rev: state.rev,
+            compact_rev: state.compact_rev,
+            applied_index: state.applied_index,
+        };
+        self.kv.insert(META_KEY, meta.encode().as_slice())?;
+        Ok(())
+    }
+}
+
+/// One request's write context: all its changes share `main` and get
+/// increasing `sub`.
+struct Ctx<'a, 'txn> {
+    state: &'a mut MvccState,
+    w: &'a mut Applier<'txn>,
+    main: i64,
+    sub: i64,
+    events: Vec<Event>,
+}
+
+fn header(rev: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision: rev,
+        ..Default::default()
+    })
+}
+
+impl Ctx<'_, '_> {
+    /// Revision a read inside this request sees (its own writes included).
+    fn read_revision(&self) -> i64 {
+        if self.sub > 0 {
+            self.main
+        } else {
+            self.state.rev
+        }
+    }
+
+    fn next_rev(&mut self) -> Revision {
+        let r = Revision::new(self.main, self.sub);
+        self.sub += 1;
+        r
+    }
+
+    fn live(&self, key: &[u8]) -> Option<&KeyValue> {
+        self.state
+            .keys
+            .get(key)
+            .and_then(|ki| ki.live.as_ref())
+            .map(|l| &l.kv)
+    }
+
+    fn check_put(&self, p: &PutRequest) -> Result<()> {
+        if p.lease != 0 && !self.state.leases.contains_key(&p.lease) {
+            return Err(Error::LeaseNotFound);
+        }
+        if (p.ignore_value || p.ignore_lease) && self.live(&p.key).is_none() {
+            return Err(Error::KeyNotFound);
+        }
+        Ok(())
+    }
+
+    fn checked_put(&mut self, p: &PutRequest) -> Result<PutResponse> {
+        self.check_put(p)?;
+        self.put(p)
+    }
+
+    fn put(&mut self, p: &PutRequest) -> Result<PutResponse> {
+        let key = p.key.clone();
+        let prev = self.live(&key).cloned();
+        let rev = self.next_rev();
+        let kv = KeyValue {
+            key: key.clone(),
+            create_revision: prev.as_ref().map_or(rev.main, |k| k.create_revision),
+            mod_revision: rev.main,
+            version: prev.as_ref().map_or(1, |k| k.version + 1),
+            value: match (&prev, p.ignore_value) {
+                (Some(k), true) => k.value.clone(),
+                _ => p.value.clone(),
+            },
+            lease: match (&prev, p.ignore_lease) {
+                (Some(k), true) => k.lease,
+                _ => p.lease,
+            },
+        };
+        let live = LiveKv::new(&kv);
+        self.w.kv.insert(rev.to_key(), live.encoded.as_ref())?;
+        let old_lease = prev.as_ref().map_or(0, |k| k.lease);
+        if old_lease != kv.lease {
+            self.detach(old_lease, &key);
+            self.attach(kv.lease, &key);
+        }
+        let entry = self.state.keys.entry(key).or_default();
+        Arc::make_mut(entry).put(rev, live.clone());
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(live.kv),
+            prev_kv: prev.clone(),
+        });
+        Ok(PutResponse {
+            header: header(self.main),
+            prev_kv: if p.prev_kv { prev } else { None },
+        })
+    }
+
+    fn attach(&mut self, lease: i64, key: &Bytes) {
+        if lease != 0
+            && let Some(l) = self.state.leases.get_mut(&lease)
+        {
+            Arc::make_mut(l).keys.insert(key.clone());
+        }
+    }
+
+    fn detach(&mut self, lease: i64, key: &Bytes) {
+        if lease != 0
+            && let Some(l) = self.state.leases.get_mut(&lease)
+        {
+            Arc::make_mut(l).keys.remove(key);
+        }
+    }
+
+    fn delete_key(&mut self, key: &Bytes) -> Result<Option<KeyValue>> {
+        let Some(prev) = self.live(key).cloned() else {
+            return Ok(None);
+        };
+        let rev = self.next_rev();
+        let tomb = KeyValue {
+            key: key.clone(),
+            mod_revision: rev.main,
+            ..Default::default()
+        };
+        self.w
+            .kv
+            .insert(rev.to_key(), tomb.encode_to_vec().as_slice())?;
+        self.detach(prev.lease, key);
+        if let Some(ki) = self.state.keys.get_mut(key) {
+            Arc::make_mut(ki).tombstone(rev);
+        }
+        self.events.push(Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(tomb),
+            prev_kv: Some(prev.clone()),
+        });
+        Ok(Some(prev))
+    }
+
+    fn delete(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        let keys: Vec<Bytes> = self
+            .state
+            .index_range(&d.key, &d.range_end)
+            .filter(|(_, ki)| ki.live.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut resp = DeleteRangeResponse::default();
+        for k in &keys {
+            if let Some(prev) = self.delete_key(k)? {
+                resp.deleted += 1;
+                if d.prev_kv {
+                    resp.prev_kvs.push(prev);
+                }
+            }
+        }
+        resp.header = header(self.read_revision());
+        Ok(resp)
+    }
+
+    fn range(&mut self, r: &RangeRequest) -> Result<RangeResponse> {
+        // Reads inside a txn see the txn's earlier writes: the working
+        // state already holds them, and historic revisions come from the
+        // write transaction's own view of the kv table.
+        let mut req = r.clone();
+        if req.revision <= 0 {
+            req.revision = self.read_revision();
+        }
+        let kv = &self.w.kv;
+        let mut read = |rev: Revision| backend::read_rev(kv, rev);
+        // The working state's `rev` lags `main` while the txn writes; read
+        // from a view that counts the txn's own revision as current.
+        let view;
+        let st: &MvccState = if self.sub > 0 {
+            view = MvccState {
+                rev: self.main,
+                ..self.state.clone()
+            };
+            &view
+        } else {
+            self.state
+        };
+        let res = st.range(&req, &mut read)?;
+        Ok(RangeResponse {
+            header: header(st.rev),
+            kvs: res.kvs,
+            more: res.more,
+            count: res.count,
+        })
+    }
+
+    fn compare(&self, c: &Compare) -> bool {
+        use compare::{CompareResult, CompareTarget, TargetUnion};
+        let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+        let result = CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal);
+        let kvs: Vec<&KeyValue> = self
+            .state
+            .index_range(&c.key, &c.range_end)
+            .filter_map(|(_, ki)| ki.live.as_ref().map(|l| &l.kv))
+            .collect();
+        let zero = KeyValue::default();
+        let kvs = if kvs.is_empty() {
+            // No value to compare a missing key with: always false.
+            if target == CompareTarget::Value {
+                return false;
+            }
+            vec![&zero]
+        } else {
+            kvs
+        };
+        kvs.into_iter().all(|kv| {
+            let ord = match target {
+                CompareTarget::Value => {
+                    let want: &[u8] = match &c.target_union {
+                        Some(TargetUnion::Value(v)) => v,
+                        _ => &[],
+                    };
+                    kv.value.as_ref().cmp(want)
+                }
+                _ => {
+                    let (have, want) = match (target, &c.target_union) {
+                        (CompareTarget::Version, Some(TargetUnion::Version(v))) => (kv.version, *v),
+                        (CompareTarget::Version, _) => (kv.version, 0),
+                        (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => {
+                            (kv.create_revision, *v)
+                        }
+                        (CompareTarget::Create, _) => (kv.create_revision, 0),
+                        (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => {
+                            (kv.mod_revision, *v)
+                        }
+                        (CompareTarget::Mod, _) => (kv.mod_revision, 0),
+                        (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => (kv.lease, *v),
+                        (_, _) => (kv.lease, 0),
+                    };
+                    have.cmp(&want)
+                }
+            };
+            match result {
+                CompareResult::Equal => ord.is_eq(),
+                CompareResult::NotEqual => ord.is_ne(),
+                CompareResult::Greater => ord.is_gt(),
+                CompareResult::Less => ord.is_lt(),
+            }
+        })
+    }
+
+    /// etcd checks the chosen branch before it writes anything, so a txn
+    /// either applies whole or answers an error with no revision used.
+    fn check_ops(&self, ops: &[RequestOp]) -> Result<()> {
+        for op in ops {
+            match &op.request {
+                Some(request_op::Request::RequestPut(p)) => self.check_put(p)?,
+                Some(request_op::Request::RequestRange(r)) => {
+                    self.state.read_rev(r.revision)?;
+                }
+                Some(request_op::Request::RequestTxn(t)) => {
+                    self.check_ops(&t.success)?;
+                    self.check_ops(&t.failure)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn txn(&mut self, t: &TxnRequest) -> Result<TxnResponse> {
+        let succeeded = t.compare.iter().all(|c| self.compare(c));
+        let ops = if succeeded { &t.success } else { &t.failure };
+        self.check_ops(ops)?;
+        let responses = self.run_ops(ops)?;
+        Ok(TxnResponse {
+            header: header(self.read_revision()),
+            succeeded,
+            responses,
+        })
+    }
+
+    fn run_ops(&mut self, ops: &[RequestOp]) -> Result<Vec<ResponseOp>> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let resp = match &op.request {
+                Some(request_op::Request::RequestRange(r)) => {
+                    response_op::Response::ResponseRange(self.range(r)?)
+                }
+                Some(request_op::Request::RequestPut(p)) => {
+                    // A key deleted earlier in this txn cannot keep its
+                    // value; etcd has no answer for that, so write as given.
+                    let mut p = p.clone();
+                    if (p.ignore_value || p.ignore_lease) && self.live(&p.key).is_none() {
+                        p.ignore_value = false;
+                        p.ignore_lease = false;
+                    }
+                    response_op::Response::ResponsePut(self.put(&p)?)
+                }
+                Some(request_op::Request::RequestDeleteRange(d)) => {
+                    response_op::Response::ResponseDeleteRange(self.delete(d)?)
+                }
+                Some(request_op::Request::RequestTxn(t)) => {
+                    let succeeded = t.compare.iter().all(|c| self.compare(c));
+                    let branch = if succeeded { &t.success } else { &t.failure };
+                    let responses = self.run_ops(branch)?;
+                    response_op::Response::ResponseTxn(TxnResponse {
+                        header: header(self.read_revision()),
+                        succeeded,
+                        responses,
+                    })
+                }
+                None => continue,
+            };
+            out.push(ResponseOp {
+                response: Some(resp),
+            });
+        }
+        Ok(out)
+    }
+
+    fn compact(&mut self, at: i64) -> Result<CompactionResponse> {
+        if at <= self.state.compact_rev {
+            return Err(Error::Compacted);
+        }
+        if at > self.state.rev {
+            return Err(Error::FutureRev);
+        }
+        let keys: Vec<Bytes> = self.state.keys.keys().cloned().collect();
+        let mut removed = Vec::new();
+        for k in keys {
+            let Some(ki) = self.state.keys.get_mut(&k) else {
+                continue;
+            };
+            // Skip entries with nothing at or below `at` to drop (cheap
+            // check first, so untouched entries are not copied).
+            let first = ki.generations.first().and_then(|g| g.revs.front().copied());
+            let single = ki.generations.len() == 1 && ki.generations[0].revs.len() == 1;
+            if first.is_none_or(|r| r.main > at) || (single && !ki.generations[0].closed) {
+                continue;
+            }
+            let empty = Arc::make_mut(ki).compact(at, &mut removed);
+            if empty {
+                self.state.keys.remove(&k);
+            }
+        }
+        for r in &removed {
+            self.w.kv.remove(r.to_key())?;
+        }
+        self.state.compact_rev = at;
+        Ok(CompactionResponse {
+            header: header(self.state.rev),
+        })
+    }
+
+    fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<LeaseGrantResponse> {
+        if self.state.leases.contains_key(&id) {
+            return Err(Error::LeaseExist);
+        }
+        self.w.leases.insert(id, ttl)?;
+        self.state.leases.insert(
+            id,
+            Arc::new(LeaseState {
+                id,
+                ttl,
+                keys: Default::default(),
+            }),
+        );
+        Ok(LeaseGrantResponse {
+            header: header(self.state.rev),
+            id,
+            ttl,
+            error: String::new(),
+        })
+    }
+
+    fn lease_revoke(&mut self, id: i64) -> Result<LeaseRevokeResponse> {
+        let Some(lease) = self.state.leases.get(&id).cloned() else {
+            return Err(Error::LeaseNotFound);
+        };
+        // All attached keys go in one revision, in key order.
+        for k in lease.keys.iter() {
+            self.delete_key(k)?;
+        }
+        self.state.leases.remove(&id);
+        self.w.leases.remove(id)?;
+        Ok(LeaseRevokeResponse {
+            header: header(self.read_revision()),
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! The store's one error type. Each variant's text is etcd 3.4's exact
+//! message (clients such as clientv3 and etcdctl match on it), and
+//! [`Error::code`] gives etcd's gRPC code; the gRPC edge converts once.
+
+/// Everything the store can answer instead of a response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// The write queue is full: the disk cannot keep up.
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// An operation etcd has and this store does not (yet).
+    #[error("{0} is not supported by lookout store")]
+    Unsupported(&'static str),
+    /// The disk failed under redb. The batch it hit is not acknowledged.
+    #[error("etcdserver: storage error: {0}")]
+    Storage(String),
+}
+
+/// gRPC status codes as numbers, so this crate's core does not depend on
+/// tonic's types (the edge maps them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    InvalidArgument,
+    OutOfRange,
+    NotFound,
+    FailedPrecondition,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+    Internal,
+}
+
+impl Error {
+    /// etcd 3.4's gRPC code for this error (rpctypes/error.go).
+    pub fn code(&self) -> Code {
+        match self {
+            Error::EmptyKey
+            | Error::KeyNotFound
+            | Error::ValueProvided
+            | Error::LeaseProvided
+            | Error::TooManyOps
+            | Error::DuplicateKey
+            | Error::RequestTooLarge => Code::InvalidArgument,
+            Error::Compacted | Error::FutureRev | Error::LeaseTtlTooLarge => Code::OutOfRange,
+            Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
+            Error::LeaseExist => Code::FailedPrecondition,
+            Error::TooManyRequests => Code::ResourceExhausted,
+            Error::Stopped => Code::Unavailable,
+            Error::Unsupported(_) => Code::Unimplemented,
+            Error::Storage(_) => Code::Internal,
+        }
+    }
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+
+storage_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    prost::DecodeError
+);
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,430 @@
+//! The store's etcd v3 gRPC services (KV, Watch, Lease, Cluster,
+//! Maintenance) over a [`Store`], and [`serve`] to run them on a listener.
+//! This is the one place store errors become `tonic::Status`.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use lookout_proto::pb::{
+    self, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::GRPC_OVERHEAD_BYTES;
+use crate::error::{Code, Error};
+use crate::store::Store;
+
+/// etcd's status for a store error: same code, same message.
+pub fn to_status(e: Error) -> Status {
+    let code = match e.code() {
+        Code::InvalidArgument => tonic::Code::InvalidArgument,
+        Code::OutOfRange => tonic::Code::OutOfRange,
+        Code::NotFound => tonic::Code::NotFound,
+        Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Code::ResourceExhausted => tonic::Code::ResourceExhausted,
+        Code::Unavailable => tonic::Code::Unavailable,
+        Code::Unimplemented => tonic::Code::Unimplemented,
+        Code::Internal => tonic::Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+type Rpc<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// All five services over one store.
+#[derive(Debug, Clone)]
+pub struct EtcdService {
+    store: Store,
+}
+
+impl EtcdService {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+// === KV with a pre-encoded Range ===
+
+/// Codec for Range: requests decode with prost, responses are already
+/// protobuf bytes ([`Store::range_encoded`]) and are copied as they are.
+#[derive(Debug, Clone, Copy, Default)]
+struct RangeCodec;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct BytesEncoder;
+
+impl tonic::codec::Encoder for BytesEncoder {
+    type Item = bytes::Bytes;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RangeCodec {
+    type Encode = bytes::Bytes;
+    type Decode = pb::RangeRequest;
+    type Encoder = BytesEncoder;
+    type Decoder = tonic_prost::ProstDecoder<pb::RangeRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+struct RangeSvc(Store);
+
+impl tonic::server::UnaryService<pb::RangeRequest> for RangeSvc {
+    type Response = bytes::Bytes;
+    type Future = tonic::codegen::BoxFuture<Response<bytes::Bytes>, Status>;
+
+    fn call(&mut self, r: Request<pb::RangeRequest>) -> Self::Future {
+        let store = self.0.clone();
+        Box::pin(async move {
+            store
+                .range_encoded(r.into_inner())
+                .await
+                .map(Response::new)
+                .map_err(to_status)
+        })
+    }
+}
+
+/// The KV service: Range through a codec that copies pre-encoded bytes
+/// ([`Store::range_encoded`]), every other method
+/// through the generated server.
+#[derive(Debug, Clone)]
+pub struct KvService {
+    inner: KvServer<EtcdService>,
+    store: Store,
+    max_in: usize,
+}
+
+impl tonic::server::NamedService for KvService {
+    const NAME: &'static str = "etcdserverpb.KV";
+}
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for KvService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        if req.uri().path() != "/etcdserverpb.KV/Range" {
+            return self.inner.call(req);
+        }
+        let (store, max_in) = (self.store.clone(), self.max_in);
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(RangeCodec)
+                .apply_max_message_size_config(Some(max_in), Some(usize::MAX));
+            Ok(grpc.unary(RangeSvc(store), req).await)
+        })
+    }
+}
+
+/// The five etcd services as tonic routes, with message limits set so the
+/// store (not gRPC) rejects requests over `max_request_bytes` with etcd's
+/// error.
+pub fn routes(store: &Store) -> tonic::service::Routes {
+    let svc = EtcdService::new(store.clone());
+    let max_in = store.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
+    tonic::service::Routes::new(KvService {
+        inner: KvServer::new(svc.clone())
+            .max_decoding_message_size(max_in)
+            .max_encoding_message_size(usize::MAX),
+        store: store.clone(),
+        max_in,
+    })
+    .add_service(
+        WatchServer::new(svc.clone())
+            .max_decoding_message_size(max_in)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        LeaseServer::new(svc.clone())
+            .max_decoding_message_size(max_in)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(ClusterServer::new(svc.clone()).max_decoding_message_size(max_in))
+    .add_service(
+        MaintenanceServer::new(svc)
+            .max_decoding_message_size(max_in)
+            .max_encoding_message_size(usize::MAX),
+    )
+}
+
+/// Serves the etcd API for `store` on `listener` until `shutdown`
+/// resolves, then lets in-flight calls finish.
+///
+/// # Errors
+/// The gRPC server failed (not a client's error).
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    // Small unary answers (HEADERS, DATA, trailers) must not wait for
+    // Nagle: every accepted socket gets TCP_NODELAY, as etcd's do.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    });
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_routes(routes(&store))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+// === impl KV ===
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for EtcdService {
+    async fn range(&self, r: Request<pb::RangeRequest>) -> Rpc<pb::RangeResponse> {
+        self.store
+            .range(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn put(&self, r: Request<pb::PutRequest>) -> Rpc<pb::PutResponse> {
+        self.store
+            .put(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn delete_range(
+        &self,
+        r: Request<pb::DeleteRangeRequest>,
+    ) -> Rpc<pb::DeleteRangeResponse> {
+        self.store
+            .delete_range(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn txn(&self, r: Request<pb::TxnRequest>) -> Rpc<pb::TxnResponse> {
+        self.store
+            .txn(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn compact(&self, r: Request<pb::CompactionRequest>) -> Rpc<pb::CompactionResponse> {
+        self.store
+            .compact(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+}
+
+// === impl Watch ===
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for EtcdService {
+    type WatchStream = BoxStream<pb::WatchResponse>;
+
+    async fn watch(&self, r: Request<Streaming<pb::WatchRequest>>) -> Rpc<Self::WatchStream> {
+        // A broken client stream ends the watch stream, like a close.
+        let requests = r
+            .into_inner()
+            .take_while(|m| std::future::ready(m.is_ok()))
+            .filter_map(|m| std::future::ready(m.ok()));
+        let rx = self.store.watch(Box::pin(requests));
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|m| m.map_err(to_status)),
+        )))
+    }
+}
+
+// === impl Lease ===
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for EtcdService {
+    type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
+
+    async fn lease_grant(&self, r: Request<pb::LeaseGrantRequest>) -> Rpc<pb::LeaseGrantResponse> {
+        self.store
+            .lease_grant(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn lease_revoke(
+        &self,
+        r: Request<pb::LeaseRevokeRequest>,
+    ) -> Rpc<pb::LeaseRevokeResponse> {
+        self.store
+            .lease_revoke(r.into_inner().id)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        r: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Rpc<Self::LeaseKeepAliveStream> {
+        let mut requests = r.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(req)) = requests.next().await {
+                if tx
+                    .send(Ok(store.lease_keep_alive(req.id).await))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        r: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Rpc<pb::LeaseTimeToLiveResponse> {
+        Ok(Response::new(
+            self.store.lease_time_to_live(r.into_inner()).await,
+        ))
+    }
+
+    async fn lease_leases(
+        &self,
+        _r: Request<pb::LeaseLeasesRequest>,
+    ) -> Rpc<pb::LeaseLeasesResponse> {
+        Ok(Response::new(self.store.lease_leases().await))
+    }
+}
+
+// === impl Cluster ===
+
+fn unsupported(what: &'static str) -> Status {
+    to_status(Error::Unsupported(what))
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for EtcdService {
+    async fn member_add(&self, _r: Request<pb::MemberAddRequest>) -> Rpc<pb::MemberAddResponse> {
+        Err(unsupported("MemberAdd"))
+    }
+
+    async fn member_remove(
+        &self,
+        _r: Request<pb::MemberRemoveRequest>,
+    ) -> Rpc<pb::MemberRemoveResponse> {
+        Err(unsupported("MemberRemove"))
+    }
+
+    async fn member_update(
+        &self,
+        _r: Request<pb::MemberUpdateRequest>,
+    ) -> Rpc<pb::MemberUpdateResponse> {
+        Err(unsupported("MemberUpdate"))
+    }
+
+    async fn member_list(&self, _r: Request<pb::MemberListRequest>) -> Rpc<pb::MemberListResponse> {
+        Ok(Response::new(self.store.member_list().await))
+    }
+
+    async fn member_promote(
+        &self,
+        _r: Request<pb::MemberPromoteRequest>,
+    ) -> Rpc<pb::MemberPromoteResponse> {
+        Err(unsupported("MemberPromote"))
+    }
+}
+
+// === impl Maintenance ===
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for EtcdService {
+    type SnapshotStream = BoxStream<pb::SnapshotResponse>;
+
+    async fn alarm(&self, _r: Request<pb::AlarmRequest>) -> Rpc<pb::AlarmResponse> {
+        Ok(Response::new(self.store.alarm().await))
+    }
+
+    async fn status(&self, _r: Request<pb::StatusRequest>) -> Rpc<pb::StatusResponse> {
+        self.store
+            .status()
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn defragment(&self, _r: Request<pb::DefragmentRequest>) -> Rpc<pb::DefragmentResponse> {
+        // redb reuses freed pages itself; there is nothing to rewrite.
+        Ok(Response::new(pb::DefragmentResponse {
+            header: self.store.header(self.store.revision()),
+        }))
+    }
+
+    async fn hash(&self, _r: Request<pb::HashRequest>) -> Rpc<pb::HashResponse> {
+        let h = self.store.hash_kv(0).await.map_err(to_status)?;
+        Ok(Response::new(pb::HashResponse {
+            header: h.header,
+            hash: h.hash,
+        }))
+    }
+
+    async fn hash_kv(&self, r: Request<pb::HashKvRequest>) -> Rpc<pb::HashKvResponse> {
+        self.store
+            .hash_kv(r.into_inner().revision)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn snapshot(&self, _r: Request<pb::SnapshotRequest>) -> Rpc<Self::SnapshotStream> {
+        Err(unsupported("Snapshot"))
+    }
+
+    async fn move_leader(&self, r: Request<pb::MoveLeaderRequest>) -> Rpc<pb::MoveLeaderResponse> {
+        // One member: it is already the leader; anyone else is unknown.
+        if r.into_inner().target_id != self.store.member_id() {
+            return Err(to_status(Error::MemberNotFound));
+        }
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: self.store.header(self.store.revision()),
+        }))
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the store: in-process servers on 127.0.0.1:0
+//! driven over gRPC, and the same probes against a real etcd 3.4.
+
+mod leases;
+mod mvcc;
+mod rebuild;
+mod support;
+mod vs_etcd;
+mod watch;

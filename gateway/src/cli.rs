@@ -1,0 +1,318 @@
+//! The `lookout` command line: one clap subcommand per mode, each a small
+//! function that turns flags into a library configuration and runs it.
+//!
+//! ```text
+//!   lookout store --name n --data-dir d --listen-client-urls ...  -> one store node
+//!   lookout dev [--data-dir ./lookout-data]                       -> store on 127.0.0.1:2379
+//! ```
+//!
+//! New modes (the gateway) are new variants of [`Command`]; `dev` will
+//! grow a gateway in front of its store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use lookout_consensus::config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS};
+use lookout_consensus::{Store, StoreConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Why a subcommand stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("store: {0}")]
+    Store(#[from] lookout_consensus::Error),
+    #[error("bad URL {0:?}: only http://host:port is supported")]
+    BadUrl(String),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("bad duration {0:?} (use e.g. 500ms, 10s, 10m, 1h)")]
+    BadDuration(String),
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lookout",
+    version,
+    about = "etcd-v3-compatible watch cache and revision store"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one store node (etcd's flag names).
+    Store(StoreArgs),
+    /// Run a one-node store on 127.0.0.1:2379 for development.
+    Dev(DevArgs),
+}
+
+/// `lookout store` flags, named as etcd names them.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: `<name>.etcd`, as etcd).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "http://localhost:2379")]
+    pub listen_client_urls: Vec<String>,
+    /// Client URLs to advertise (default: the listen URLs).
+    #[arg(long, value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+    /// Peer URLs this member advertises (shown by `member list`).
+    #[arg(long, value_delimiter = ',', default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Largest client request the store accepts, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Most operations in one txn branch.
+    #[arg(long, default_value_t = DEFAULT_MAX_TXN_OPS)]
+    pub max_txn_ops: usize,
+    /// Interval of watch progress notifications.
+    #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
+    pub progress_notify_interval: Duration,
+}
+
+/// `lookout dev` flags.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Path to the data directory.
+    #[arg(long, default_value = "lookout-data")]
+    pub data_dir: PathBuf,
+    /// Client URL to listen on.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+}
+
+/// Parses Go-style durations as etcd's flags take them ("10m", "500ms").
+///
+/// # Errors
+/// [`CliError::BadDuration`] for anything else.
+pub fn parse_duration(s: &str) -> Result<Duration, CliError> {
+    let bad = || CliError::BadDuration(s.to_string());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(bad)?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// "http://host:port" -> "host:port" (localhost means IPv4 loopback).
+fn listen_addr(url: &str) -> Result<String, CliError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| CliError::BadUrl(url.to_string()))?;
+    let hostport = rest.trim_end_matches('/');
+    if !hostport.contains(':') || hostport.contains('/') {
+        return Err(CliError::BadUrl(url.to_string()));
+    }
+    Ok(hostport.replacen("localhost:", "127.0.0.1:", 1))
+}
+
+/// Entry point called by `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lookout: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Store(a) => run_store(a).await,
+            Command::Dev(a) => run_dev(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "lookout stopped");
+            eprintln!("lookout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() -> Result<(), CliError> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(CliError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.map_err(CliError::Signal)?,
+    }
+    Ok(())
+}
+
+/// Runs `lookout store` until SIGTERM/Ctrl-C.
+///
+/// # Errors
+/// Bad flags, an unusable data dir, or a listener that cannot bind.
+pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
+    let data_dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", a.name)));
+    let addrs = a
+        .listen_client_urls
+        .iter()
+        .map(|u| listen_addr(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let advertise = if a.advertise_client_urls.is_empty() {
+        a.listen_client_urls.clone()
+    } else {
+        a.advertise_client_urls.clone()
+    };
+    let mut cfg = StoreConfig::new(data_dir);
+    cfg.name = a.name;
+    cfg.client_urls = advertise;
+    cfg.peer_urls = a.initial_advertise_peer_urls;
+    cfg.max_request_bytes = a.max_request_bytes;
+    cfg.max_txn_ops = a.max_txn_ops;
+    cfg.progress_notify_interval = a.progress_notify_interval;
+    serve_store(cfg, &addrs).await
+}
+
+/// Runs `lookout dev`: a one-node store on 127.0.0.1:2379.
+///
+/// # Errors
+/// As [`run_store`].
+pub async fn run_dev(a: DevArgs) -> Result<(), CliError> {
+    let addr = listen_addr(&a.listen_client_urls)?;
+    let mut cfg = StoreConfig::new(a.data_dir);
+    cfg.name = "dev".into();
+    cfg.client_urls = vec![a.listen_client_urls];
+    serve_store(cfg, &[addr]).await
+}
+
+async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError> {
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| CliError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        listeners.push(l);
+    }
+    let store = Store::open(cfg)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for l in listeners {
+        let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(addr = %local, member = %format!("{:x}", store.member_id()), "serving etcd v3 gRPC");
+        let mut rx = stop_rx.clone();
+        let store = store.clone();
+        servers.spawn(async move {
+            lookout_consensus::serve(l, store, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        });
+    }
+    tokio::select! {
+        r = shutdown_signal() => {
+            r?;
+            tracing::info!("shutting down");
+        }
+        Some(r) = servers.join_next() => {
+            // A server ended on its own: that is an error worth reporting.
+            let _ = stop_tx.send(true);
+            store.close();
+            return match r {
+                Ok(res) => res.map_err(CliError::from),
+                Err(e) => Err(CliError::Signal(std::io::Error::other(e))),
+            };
+        }
+    }
+    let _ = stop_tx.send(true);
+    // Bounded drain: long-lived watch streams would otherwise hold the
+    // servers open forever.
+    let drain = async { while servers.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("open streams did not finish in 5s; closing anyway");
+        servers.abort_all();
+    }
+    let closing = store.clone();
+    tokio::task::spawn_blocking(move || closing.close())
+        .await
+        .map_err(|e| CliError::Signal(std::io::Error::other(e)))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_urls_parse_like_etcd() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("10").is_err());
+        assert_eq!(
+            listen_addr("http://localhost:2379").unwrap(),
+            "127.0.0.1:2379"
+        );
+        assert_eq!(listen_addr("http://127.0.0.1:1/").unwrap(), "127.0.0.1:1");
+        assert!(listen_addr("https://x:1").is_err());
+    }
+
+    #[test]
+    fn flags_use_etcd_names_and_defaults() {
+        let c =
+            Cli::try_parse_from(["lookout", "store", "--name", "n1", "--max-txn-ops=3"]).unwrap();
+        let Command::Store(a) = c.command else {
+            panic!("store")
+        };
+        assert_eq!(a.name, "n1");
+        assert_eq!(a.max_txn_ops, 3);
+        assert_eq!(a.max_request_bytes, 1536 * 1024);
+        assert_eq!(a.listen_client_urls, vec!["http://localhost:2379"]);
+    }
+}
