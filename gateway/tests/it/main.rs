@@ -4,6 +4,8 @@
 mod crash;
 mod etcdctl_session;
 mod harness;
+mod http_endpoints;
+mod informer;
 mod kv_vs_etcd;
 mod support;
 mod watch_guarantees;
