@@ -38,7 +38,10 @@ async fn health_waits_for_the_cache_and_metrics_follow_the_traffic() {
     proxy.resume();
     lookout_testkit::wait_for("healthy once synced", WAIT, || {
         let m = metrics.clone();
-        async move { matches!(http_get(&m, "/health").await, Some((200, b)) if b == r#"{"health":"true"}"#).then_some(()) }
+        async move {
+            matches!(http_get(&m, "/health").await, Some((200, b)) if b == r#"{"health":"true"}"#)
+                .then_some(())
+        }
     })
     .await;
 

@@ -58,7 +58,9 @@ async fn etcd_client_informer_through_the_gateway() {
     let mut direct = kv(&etcd.endpoint).await;
     churn(&mut direct, "inf/", 60, 30, 21).await;
     let gw = TestGateway::start(&[&etcd.endpoint]).await;
-    let mut client = Client::connect([gw.endpoint.as_str()], None).await.expect("connect");
+    let mut client = Client::connect([gw.endpoint.as_str()], None)
+        .await
+        .expect("connect");
 
     // The gateway presents itself as the cluster, so the client balances
     // across gateways, never onto the store.
@@ -69,7 +71,10 @@ async fn etcd_client_informer_through_the_gateway() {
         [format!("http://{}", gw.endpoint)]
     );
     let status = client.status().await.expect("status");
-    assert_eq!(status.header().unwrap().member_id(), members.members()[0].id());
+    assert_eq!(
+        status.header().unwrap().member_id(),
+        members.members()[0].id()
+    );
 
     // List, then watch from the list's revision + 1.
     let list = client
@@ -84,7 +89,11 @@ async fn etcd_client_informer_through_the_gateway() {
     let mut stream = client
         .watch(
             "inf/",
-            Some(WatchOptions::new().with_prefix().with_start_revision(list_rev + 1)),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(list_rev + 1),
+            ),
         )
         .await
         .expect("watch");
@@ -107,9 +116,21 @@ async fn etcd_client_informer_through_the_gateway() {
     for i in 0..100 {
         let key = format!("inf/gw-{:02}", i % 17);
         let r = if i % 7 == 6 {
-            writer.delete(key, None).await.unwrap().header().unwrap().revision()
+            writer
+                .delete(key, None)
+                .await
+                .unwrap()
+                .header()
+                .unwrap()
+                .revision()
         } else {
-            writer.put(key, format!("g{i}"), None).await.unwrap().header().unwrap().revision()
+            writer
+                .put(key, format!("g{i}"), None)
+                .await
+                .unwrap()
+                .header()
+                .unwrap()
+                .revision()
         };
         via_rev = via_rev.max(r);
     }

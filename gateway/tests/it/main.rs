@@ -7,5 +7,6 @@ mod harness;
 mod http_endpoints;
 mod informer;
 mod kv_vs_etcd;
+mod lifecycle;
 mod support;
 mod watch_guarantees;
