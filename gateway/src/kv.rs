@@ -109,7 +109,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         let s = &self.shared;
         s.metrics.forwarded.fetch_add(1, Relaxed);
-        let mut resp = s.cache.upstream().compact(req.clone()).await?;
+        let mut resp = s.cache.upstream().compact(req).await?;
         s.after_write(resp.header.as_ref()).await;
         // The store dropped everything below req.revision: so does the ring,
         // so a watch from there is cancelled with compact_revision as etcd

@@ -11,8 +11,7 @@ use bytes::Bytes;
 use lookout_gateway::{Gateway, GatewayConfig, GatewayError};
 use lookout_proto::pb::{
     CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest,
-    WatchRequest, WatchResponse, kv_client::KvClient, request_op, watch_client::WatchClient,
-    watch_request,
+    WatchRequest, kv_client::KvClient, request_op, watch_client::WatchClient, watch_request,
 };
 use lookout_testkit::checker::WatcherLog;
 use parking_lot::Mutex;
@@ -290,7 +289,6 @@ pub enum StreamEnd {
 pub struct WatchStream {
     tx: mpsc::Sender<WatchRequest>,
     pub logs: Arc<Mutex<HashMap<i64, WatcherLog>>>,
-    pub raw: Arc<Mutex<Vec<WatchResponse>>>,
     pub end: Arc<Mutex<StreamEnd>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -306,9 +304,8 @@ impl WatchStream {
         let (tx, rx) = mpsc::channel(64);
         let mut client =
             WatchClient::new(channel(endpoint).await).max_decoding_message_size(usize::MAX);
-        let raw = Arc::new(Mutex::new(Vec::new()));
         let end = Arc::new(Mutex::new(StreamEnd::Open));
-        let (l, r, e) = (logs.clone(), raw.clone(), end.clone());
+        let (l, e) = (logs.clone(), end.clone());
         let task = tokio::spawn(async move {
             let mut stream = match client
                 .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -331,7 +328,6 @@ impl WatchStream {
                                 log.record(&resp);
                             }
                         }
-                        r.lock().push(resp);
                     }
                     Ok(None) => {
                         *e.lock() = StreamEnd::Ok;
@@ -347,7 +343,6 @@ impl WatchStream {
         Self {
             tx,
             logs,
-            raw,
             end,
             task,
         }

@@ -355,7 +355,7 @@ async fn ranges_txns_and_errors_match_etcd() {
             revision: rev,
             physical: false,
         };
-        let d = direct.compact(req.clone()).await.map(|x| x.into_inner());
+        let d = direct.compact(req).await.map(|x| x.into_inner());
         let v = via.compact(req).await.map(|x| x.into_inner());
         same(name, d, v);
     }
@@ -364,7 +364,7 @@ async fn ranges_txns_and_errors_match_etcd() {
         revision: old_rev,
         physical: false,
     };
-    let d = direct.compact(req.clone()).await.map(|x| x.into_inner());
+    let d = direct.compact(req).await.map(|x| x.into_inner());
     let v = via.compact(req).await.map(|x| x.into_inner());
     same("compact below the compaction", d, v);
     let mut r = range("f", "");
