@@ -18,7 +18,7 @@ pub struct GatewayArgs {
     /// The store's client endpoints, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
     pub endpoints: Vec<String>,
-    /// Client URL MemberList advertises (default: http://<listen-addr>).
+    /// Client URL MemberList advertises (default: `http://` + the listen address).
     #[arg(long)]
     pub advertise_client_url: Option<String>,
     /// Also serve /metrics and /health here (host:port or http://host:port).
