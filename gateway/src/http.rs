@@ -19,7 +19,14 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    let body = crate::metrics::render(s.cache.metrics(), &s.metrics, s.cache.is_ready());
+    let body = crate::metrics::render(
+        s.cache.metrics(),
+        &s.metrics,
+        s.read_index
+            .probes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        s.cache.is_ready(),
+    );
     (
         [(
             header::CONTENT_TYPE,

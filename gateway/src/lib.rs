@@ -5,7 +5,8 @@
 //!  clients (etcdctl, clientv3, etcd-client)
 //!     │ etcd v3 gRPC (+ /metrics, /health over HTTP/1.1 on the same port)
 //!     v
-//!  run_gateway ─ KV.Range ──────────────> cache snapshot (serializable | linearizable wait)
+//!  run_gateway ─ KV.Range ──────────────> cache snapshot (serializable | linearizable:
+//!              │                          one coalesced revision probe, then a bounded wait)
 //!              │            └─ old rev / outside prefixes ─> upstream Range
 //!              ├ KV.Put/Delete/Txn/Compact, Lease* ─> upstream ─> wait until the cache has w
 //!              ├ KV.Txn (reads only) ─> compares + ranges on one snapshot
@@ -38,6 +39,7 @@ mod kv;
 mod lease;
 mod maintenance;
 mod metrics;
+mod readindex;
 mod server;
 mod txn;
 mod watch;

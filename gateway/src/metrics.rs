@@ -37,7 +37,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
 }
 
 /// Renders every metric as Prometheus text (version 0.0.4).
-pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, ready: bool) -> String {
+pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: bool) -> String {
     let mut o = String::with_capacity(4096);
     let i = |a: &AtomicI64| a.load(Relaxed) as f64;
     let u = |a: &AtomicU64| a.load(Relaxed) as f64;
@@ -247,6 +247,13 @@ pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, ready: bool) -> Strin
     );
     family(
         &mut o,
+        "lookout_gateway_read_index_probes_total",
+        counter,
+        "Store revision probes for linearizable reads (shared by concurrent reads).",
+        &[("", probes as f64)],
+    );
+    family(
+        &mut o,
         "lookout_gateway_keepalive_streams",
         gauge,
         "Open LeaseKeepAlive streams.",
@@ -266,7 +273,7 @@ mod tests {
         c.upstream_revision.store(9, Relaxed);
         let g = GatewayMetrics::default();
         g.ranges_cached.store(3, Relaxed);
-        let t = render(&c, &g, true);
+        let t = render(&c, &g, 0, true);
         assert!(
             t.contains("# TYPE lookout_cache_revision_lag gauge\nlookout_cache_revision_lag 4\n")
         );

@@ -28,6 +28,7 @@ use tonic::Status;
 use crate::config::{GatewayConfig, member_id};
 use crate::error::GatewayError;
 use crate::metrics::GatewayMetrics;
+use crate::readindex::ReadIndex;
 
 /// State every service shares.
 #[derive(Debug)]
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     /// The store's last Status, reused for a few seconds by our Status.
     /// A std mutex: held only to copy the value, never across an await.
     pub(crate) upstream_status: std::sync::Mutex<Option<(Instant, StatusResponse)>>,
+    /// Coalesces the revision probes of concurrent linearizable reads.
+    pub(crate) read_index: Arc<ReadIndex>,
 }
 
 impl Shared {
@@ -69,16 +72,25 @@ impl Shared {
 
     /// The snapshot a read is served from: the current one for a
     /// serializable read; for a linearizable one, one at or after the
-    /// store's current revision (one cheap upstream request, then a
-    /// bounded wait, never a fallback read upstream).
+    /// store's current revision (one cheap upstream probe shared with the
+    /// reads arriving meanwhile, then a bounded wait, never a fallback read
+    /// upstream).
     pub(crate) async fn read_snapshot(&self, serializable: bool) -> Result<Arc<Snapshot>, Status> {
         self.ready().await?;
         if serializable {
             return Ok(self.cache.snapshot());
         }
+        let rev = self
+            .read_index
+            .current_revision(self.cache.upstream())
+            .await?;
+        self.cache
+            .metrics()
+            .upstream_revision
+            .fetch_max(rev, Relaxed);
         match self
             .cache
-            .linearizable_snapshot(self.config.read_timeout)
+            .wait_for_revision(rev, self.config.read_timeout)
             .await
         {
             Ok(s) => Ok(s),
@@ -181,6 +193,7 @@ impl Gateway {
             metrics: GatewayMetrics::default(),
             shutdown: watch::channel(false).0,
             upstream_status: std::sync::Mutex::new(None),
+            read_index: Arc::new(ReadIndex::default()),
         });
         Ok(Self {
             shared,

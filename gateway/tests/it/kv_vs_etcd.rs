@@ -425,3 +425,74 @@ async fn a_client_reads_its_own_writes() {
         assert_eq!(got.kvs[0].value, b(&value), "write {i} not visible");
     }
 }
+
+/// A burst of concurrent linearizable reads shares revision probes: the
+/// store sees far fewer requests than there are reads, and every read
+/// still sees every write acknowledged before it began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_linearizable_reads_share_revision_probes() {
+    let etcd = EtcdServer::start().await;
+    let gw = TestGateway::start(&[&etcd.endpoint]).await;
+    let mut direct = kv(&etcd.endpoint).await;
+    let before = |t: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("lookout_gateway_read_index_probes_total "))
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    let (_, t) = http_get(&gw.endpoint, "/metrics").await.unwrap();
+    let probes0 = before(&t);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        // A write straight to the store, acknowledged before the read starts:
+        // the gateway has not seen it yet, the read must.
+        let rev = put(&mut direct, "lin", &format!("{i}")).await;
+        let ch = channel(&gw.endpoint).await;
+        tasks.push(tokio::spawn(async move {
+            let r = kv_client_from(ch)
+                .range(range("lin", ""))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(r.header.unwrap().revision >= rev);
+            assert!(r.kvs[0].mod_revision >= rev);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Now a real burst: 300 reads over 10 ready connections at once.
+    let (_, t) = http_get(&gw.endpoint, "/metrics").await.unwrap();
+    let probes1 = before(&t);
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(kv_client_from(channel(&gw.endpoint).await));
+    }
+    let last = put(&mut direct, "lin", "last").await;
+    let burst: Vec<_> = (0..300)
+        .map(|i| {
+            let mut c = clients[i % 10].clone();
+            tokio::spawn(async move { c.range(range("lin", "")).await.unwrap().into_inner() })
+        })
+        .collect();
+    for t in burst {
+        let r = t.await.unwrap();
+        assert!(r.kvs[0].mod_revision >= last);
+    }
+    let (_, t) = http_get(&gw.endpoint, "/metrics").await.unwrap();
+    let one_by_one = probes1 - probes0;
+    let shared = before(&t) - probes1;
+    eprintln!("200 sequential reads: {one_by_one} probes; 300 concurrent reads: {shared} probes");
+    assert!(one_by_one >= 1.0);
+    assert!(
+        shared < 100.0,
+        "300 concurrent linearizable reads cost {shared} probes"
+    );
+}
+
+fn kv_client_from(
+    ch: tonic::transport::Channel,
+) -> lookout_proto::pb::kv_client::KvClient<tonic::transport::Channel> {
+    lookout_proto::pb::kv_client::KvClient::new(ch)
+}
