@@ -1,6 +1,7 @@
 //! The `lookout` gateway and binary against real etcd 3.4 and our own
 //! store: one binary, one module per concern.
 
+mod admin;
 mod crash;
 mod etcdctl_session;
 mod harness;
