@@ -121,7 +121,10 @@ fn bench(c: &mut Criterion) {
         let gw = Gateway::start(GatewayConfig::new([etcd.endpoint.clone()]), listener)
             .await
             .unwrap();
-        gw.cache().wait_ready(Duration::from_secs(30)).await.unwrap();
+        gw.cache()
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .unwrap();
         let ep = gw.local_addr().to_string();
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(gw.run(async move {
@@ -132,9 +135,16 @@ fn bench(c: &mut Criterion) {
 
     let mut means = Vec::new();
     for serializable in [true, false] {
-        let name = if serializable { "serializable" } else { "linearizable" };
+        let name = if serializable {
+            "serializable"
+        } else {
+            "linearizable"
+        };
         let mut g = c.benchmark_group(format!("range/{name}"));
-        for (who, ep) in [("etcd", etcd.endpoint.clone()), ("gateway", gateway_ep.clone())] {
+        for (who, ep) in [
+            ("etcd", etcd.endpoint.clone()),
+            ("gateway", gateway_ep.clone()),
+        ] {
             let mut kv = rt.block_on(async { KvClient::new(channel(&ep).await) });
             let req = RangeRequest {
                 key: Bytes::from_static(b"r/"),
@@ -166,7 +176,10 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("fanout/put_to_all");
     g.sample_size(20);
-    for (who, ep) in [("etcd", etcd.endpoint.clone()), ("gateway", gateway_ep.clone())] {
+    for (who, ep) in [
+        ("etcd", etcd.endpoint.clone()),
+        ("gateway", gateway_ep.clone()),
+    ] {
         let f = rt.block_on(fanout(&ep));
         let mut kv = rt.block_on(async { KvClient::new(channel(&etcd.endpoint).await) });
         let mut total = Duration::ZERO;
@@ -197,7 +210,10 @@ fn bench(c: &mut Criterion) {
                 e
             })
         });
-        assert_eq!(f.received.load(Relaxed) % (STREAMS * WATCHERS_PER_STREAM), 0);
+        assert_eq!(
+            f.received.load(Relaxed) % (STREAMS * WATCHERS_PER_STREAM),
+            0
+        );
         means.push((format!("fanout/{who}"), total / n.max(1)));
     }
     g.finish();

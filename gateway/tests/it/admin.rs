@@ -22,7 +22,11 @@ async fn etcdctl_admin_commands_through_the_gateway() {
     let rev = put(&mut via, "admin", "x").await;
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("snap.db");
-    let (ep, eep, snap_s) = (gw.endpoint.clone(), etcd.endpoint.clone(), snap.display().to_string());
+    let (ep, eep, snap_s) = (
+        gw.endpoint.clone(),
+        etcd.endpoint.clone(),
+        snap.display().to_string(),
+    );
     let out = tokio::task::spawn_blocking(move || {
         [
             run(&ep, &["endpoint", "status", "-w", "json"]),
@@ -57,7 +61,10 @@ async fn etcdctl_admin_commands_through_the_gateway() {
     };
     assert_eq!(h(&out[2].1), h(&out[3].1));
     assert!(out[5].1.contains("Finished defragmenting"), "{:?}", out[5]);
-    assert!(std::fs::metadata(&snap).unwrap().len() > 0, "snapshot streamed through");
+    assert!(
+        std::fs::metadata(&snap).unwrap().len() > 0,
+        "snapshot streamed through"
+    );
     assert!(
         out[7].1.contains("is healthy") || out[7].2.contains("is healthy"),
         "{:?}",

@@ -290,6 +290,8 @@ pub struct WatchStream {
     tx: mpsc::Sender<WatchRequest>,
     pub logs: Arc<Mutex<HashMap<i64, WatcherLog>>>,
     pub end: Arc<Mutex<StreamEnd>>,
+    /// `cancel_reason`s of created+canceled responses with watch id -1.
+    pub refusals: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -305,7 +307,8 @@ impl WatchStream {
         let mut client =
             WatchClient::new(channel(endpoint).await).max_decoding_message_size(usize::MAX);
         let end = Arc::new(Mutex::new(StreamEnd::Open));
-        let (l, e) = (logs.clone(), end.clone());
+        let refusals = Arc::new(Mutex::new(Vec::new()));
+        let (l, e, f) = (logs.clone(), end.clone(), refusals.clone());
         let task = tokio::spawn(async move {
             let mut stream = match client
                 .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -320,6 +323,9 @@ impl WatchStream {
             loop {
                 match stream.message().await {
                     Ok(Some(resp)) => {
+                        if resp.watch_id == -1 && resp.canceled {
+                            f.lock().push(resp.cancel_reason.clone());
+                        }
                         if let Some(log) = l.lock().get_mut(&resp.watch_id) {
                             log.record(&resp);
                         } else if resp.watch_id == -1 && !resp.created {
@@ -344,6 +350,7 @@ impl WatchStream {
             tx,
             logs,
             end,
+            refusals,
             task,
         }
     }
@@ -367,6 +374,11 @@ impl WatchStream {
             })
             .await
             .expect("stream open");
+    }
+
+    /// The first refusal's reason, if any.
+    pub fn raw_refusals(&self) -> Option<String> {
+        self.refusals.lock().first().cloned()
     }
 
     pub fn log(&self, id: i64) -> WatcherLog {

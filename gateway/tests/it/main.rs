@@ -9,5 +9,6 @@ mod http_endpoints;
 mod informer;
 mod kv_vs_etcd;
 mod lifecycle;
+mod prefixes;
 mod support;
 mod watch_guarantees;
