@@ -28,6 +28,16 @@
 //! response waits for the cache to hold it), never re-encode a watch event
 //! per watcher, and never turn an upstream status into a different one:
 //! forwarded requests come back exactly as the store answered.
+//!
+//! # Differences from etcd worth knowing
+//!
+//! - A watch outside the `--prefix`es is refused (created + canceled, watch
+//!   id -1, with a `cancel_reason`) rather than proxied.
+//! - An unknown `sort_target` gets etcd 3.5's InvalidArgument (etcd 3.4
+//!   crashes on it).
+//! - Compactions made directly on the store (not through this gateway)
+//!   are not seen: a watch from a revision the store compacted but the
+//!   ring still holds replays true events instead of a compact cancel.
 
 mod args;
 mod cluster;
