@@ -1,6 +1,14 @@
-//! Process-level tests of the `lookout` binary: etcdctl interop against
-//! real etcd, crash safety.
+//! The `lookout` gateway and binary against real etcd 3.4 and our own
+//! store: one binary, one module per concern.
 
+mod admin;
 mod crash;
 mod etcdctl_session;
+mod harness;
+mod http_endpoints;
+mod informer;
+mod kv_vs_etcd;
+mod lifecycle;
+mod prefixes;
 mod support;
+mod watch_guarantees;
