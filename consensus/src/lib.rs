@@ -17,24 +17,31 @@
 
 pub mod apply;
 pub mod backend;
+mod background;
+pub mod cluster;
 pub mod config;
 pub mod encode;
 pub mod error;
 mod hub;
 pub mod keyindex;
+pub mod log_store;
+mod members;
+pub mod peer;
+mod proposer;
 pub mod request;
 pub mod revision;
 pub mod server;
+mod sm;
 pub mod state;
 pub mod store;
 pub mod validate;
 mod watch;
-mod writer;
 
 pub use apply::{Applied, Applier};
 pub use config::StoreConfig;
 pub use error::{Error, Result};
-pub use request::{Request, Response};
+pub use peer::serve_peer;
+pub use request::{Reply, Request, Response};
 pub use revision::Revision;
 pub use server::{EtcdService, routes, serve, to_status};
 pub use state::MvccState;

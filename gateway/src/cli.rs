@@ -37,6 +37,8 @@ pub enum CliError {
     Signal(std::io::Error),
     #[error("bad duration {0:?} (use e.g. 500ms, 10s, 10m, 1h)")]
     BadDuration(String),
+    #[error("bad flag: {0}")]
+    BadFlag(String),
 }
 
 #[derive(Debug, Parser)]
@@ -73,9 +75,47 @@ pub struct StoreArgs {
     /// Client URLs to advertise (default: the listen URLs).
     #[arg(long, value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
-    /// Peer URLs this member advertises (shown by `member list`).
+    /// Peer URLs this member advertises (its member ID derives from them).
     #[arg(long, value_delimiter = ',', default_value = "http://localhost:2380")]
     pub initial_advertise_peer_urls: Vec<String>,
+    /// URLs to listen on for peer (raft) traffic (default: the advertised
+    /// peer URLs).
+    #[arg(long, value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+    /// Initial cluster, `name=peer-url,...` (default: this member alone).
+    #[arg(long, default_value = "")]
+    pub initial_cluster: String,
+    /// `new` to bootstrap a cluster, `existing` to join one (after
+    /// `etcdctl member add`).
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Token that makes member and cluster IDs unique to this cluster.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Applied entries between snapshots (the raft log is purged behind
+    /// each one).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// Entries kept behind a snapshot for slow followers.
+    #[arg(long = "experimental-snapshot-catchup-entries", default_value_t = 5_000)]
+    pub snapshot_catchup_entries: u64,
+    /// `periodic` (retention is a duration such as 1h or a number of
+    /// hours) or `revision` (retention is a number of revisions).
+    #[arg(long, default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+    /// Auto-compaction retention; 0 disables auto-compaction.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Backend size that raises the NOSPACE alarm (0 = 2 GiB, negative =
+    /// no quota).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
     /// Largest client request the store accepts, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
@@ -204,6 +244,21 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     } else {
         a.advertise_client_urls.clone()
     };
+    let listen_peer = if a.listen_peer_urls.is_empty() {
+        a.initial_advertise_peer_urls.clone()
+    } else {
+        a.listen_peer_urls.clone()
+    };
+    // A lone member needs no peer listener; a cluster member does.
+    let peer_addrs = if a.initial_cluster.is_empty() && a.initial_cluster_state == "new" {
+        if a.listen_peer_urls.is_empty() {
+            Vec::new()
+        } else {
+            listen_peer.iter().map(|u| listen_addr(u)).collect::<Result<_, _>>()?
+        }
+    } else {
+        listen_peer.iter().map(|u| listen_addr(u)).collect::<Result<_, _>>()?
+    };
     let mut cfg = StoreConfig::new(data_dir);
     cfg.name = a.name;
     cfg.client_urls = advertise;
@@ -211,7 +266,54 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     cfg.max_request_bytes = a.max_request_bytes;
     cfg.max_txn_ops = a.max_txn_ops;
     cfg.progress_notify_interval = a.progress_notify_interval;
-    serve_store(cfg, &addrs).await
+    cfg.initial_cluster = lookout_consensus::cluster::parse_initial_cluster(&a.initial_cluster)?;
+    cfg.initial_cluster_new = a.initial_cluster_state == "new";
+    cfg.cluster_token = a.initial_cluster_token;
+    cfg.heartbeat_interval = Duration::from_millis(a.heartbeat_interval);
+    cfg.election_timeout = Duration::from_millis(a.election_timeout);
+    if a.election_timeout < 5 * a.heartbeat_interval {
+        return Err(CliError::BadFlag(
+            "--election-timeout must be at least 5 times --heartbeat-interval".into(),
+        ));
+    }
+    // etcd: the minimum lease TTL follows the election timeout.
+    cfg.min_lease_ttl = ((a.election_timeout as i64 * 3 + 1999) / 2000).max(1);
+    cfg.snapshot_count = a.snapshot_count;
+    cfg.snapshot_catchup_entries = a.snapshot_catchup_entries;
+    cfg.quota_backend_bytes = match a.quota_backend_bytes {
+        0 => lookout_consensus::config::DEFAULT_QUOTA_BYTES,
+        n if n < 0 => u64::MAX,
+        n => n as u64,
+    };
+    cfg.auto_compaction =
+        parse_auto_compaction(&a.auto_compaction_mode, &a.auto_compaction_retention)?;
+    serve_member(cfg, &addrs, &peer_addrs).await
+}
+
+/// etcd's `--auto-compaction-mode` / `--auto-compaction-retention`: a
+/// periodic retention without a unit is in hours; 0 disables.
+fn parse_auto_compaction(
+    mode: &str,
+    retention: &str,
+) -> Result<Option<lookout_consensus::config::AutoCompaction>, CliError> {
+    use lookout_consensus::config::AutoCompaction;
+    let bad = || CliError::BadFlag(format!("--auto-compaction-retention {retention:?}"));
+    if retention.trim() == "0" || retention.is_empty() {
+        return Ok(None);
+    }
+    match mode {
+        "revision" => {
+            let n: i64 = retention.parse().map_err(|_| bad())?;
+            Ok((n > 0).then_some(AutoCompaction::Revision(n)))
+        }
+        _ => {
+            let d = match retention.parse::<u64>() {
+                Ok(h) => Duration::from_secs(h * 3600),
+                Err(_) => parse_duration(retention).map_err(|_| bad())?,
+            };
+            Ok(Some(AutoCompaction::Periodic(d)))
+        }
+    }
 }
 
 /// Runs `lookout dev`: a one-node store on 127.0.0.1:2379.
@@ -227,6 +329,10 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CliError> {
 }
 
 async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError> {
+    serve_member(cfg, addrs, &[]).await
+}
+
+async fn bind_all(addrs: &[String]) -> Result<Vec<TcpListener>, CliError> {
     let mut listeners = Vec::new();
     for addr in addrs {
         let l = TcpListener::bind(addr)
@@ -237,9 +343,33 @@ async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError>
             })?;
         listeners.push(l);
     }
-    let store = Store::open(cfg)?;
+    Ok(listeners)
+}
+
+/// Serves one store member: the etcd API on `addrs`, the peer protocol
+/// on `peer_addrs`, until SIGTERM/Ctrl-C.
+async fn serve_member(
+    cfg: StoreConfig,
+    addrs: &[String],
+    peer_addrs: &[String],
+) -> Result<(), CliError> {
+    let listeners = bind_all(addrs).await?;
+    let peer_listeners = bind_all(peer_addrs).await?;
+    let store = Store::start(cfg).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
+    for l in peer_listeners {
+        let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(addr = %local, "serving peer protocol");
+        let mut rx = stop_rx.clone();
+        let store = store.clone();
+        servers.spawn(async move {
+            lookout_consensus::serve_peer(l, store, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        });
+    }
     for l in listeners {
         let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %local, member = %format!("{:x}", store.member_id()), "serving etcd v3 gRPC");
@@ -260,7 +390,8 @@ async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError>
         Some(r) = servers.join_next() => {
             // A server ended on its own: that is an error worth reporting.
             let _ = stop_tx.send(true);
-            store.close();
+            let closing = store.clone();
+            let _ = tokio::task::spawn_blocking(move || closing.close()).await;
             return match r {
                 Ok(res) => res.map_err(CliError::from),
                 Err(e) => Err(CliError::Signal(std::io::Error::other(e))),
