@@ -18,8 +18,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod checker;
+pub mod cluster;
 pub mod etcd;
 pub mod etcd_restart;
+pub mod linearizability;
 pub mod lookout;
 pub mod session;
 pub mod tcp_proxy;
