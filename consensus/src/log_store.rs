@@ -241,3 +241,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tx.commit().map_err(logs_w)
     }
 }
+
+#[cfg(test)]
+mod conformance {
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::*;
+    use crate::sm::{Shared, StateMachine};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let shared = Shared::open(dir.path()).expect("state file");
+            let log = LogStore::open(dir.path(), shared.db()).expect("log file");
+            Ok((dir, log, StateMachine { shared }))
+        }
+    }
+
+    /// openraft's own storage conformance suite against both stores.
+    #[test]
+    fn openraft_storage_suite() {
+        Suite::test_all(Builder).unwrap();
+    }
+}

@@ -154,7 +154,7 @@ impl Cluster {
                 let mut c = Command::new(bin);
                 c.arg("store");
                 if std::env::var_os("RUST_LOG").is_none() {
-                    c.env("RUST_LOG", "info");
+                    c.env("RUST_LOG", "info,openraft=warn");
                 }
                 c
             }
