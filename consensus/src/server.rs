@@ -337,6 +337,22 @@ impl pb::lease_server::Lease for EtcdService {
 
 // === impl Cluster ===
 
+/// Client URLs as the Cluster API lists them: `http://host:port` becomes
+/// `host:port`. etcdctl dials listed URLs for per-endpoint calls
+/// (`endpoint status --cluster`, `defrag --cluster`) with the whole URL as
+/// the HTTP/2 `:authority`; Go's server tolerates that, the h2 crate
+/// rejects it as malformed. A bare `host:port` works for every etcd client.
+fn dial_form(mut members: Vec<pb::Member>) -> Vec<pb::Member> {
+    for m in &mut members {
+        for u in &mut m.client_ur_ls {
+            if let Some(rest) = u.strip_prefix("http://") {
+                *u = rest.trim_end_matches('/').to_string();
+            }
+        }
+    }
+    members
+}
+
 fn unsupported(what: &'static str) -> Status {
     to_status(Error::Unsupported(what.into()))
 }
@@ -348,7 +364,10 @@ impl pb::cluster_server::Cluster for EtcdService {
         self.store
             .member_add(r.peer_ur_ls, r.is_learner)
             .await
-            .map(Response::new)
+            .map(|mut a| {
+                a.members = dial_form(a.members);
+                Response::new(a)
+            })
             .map_err(to_status)
     }
 
@@ -359,7 +378,10 @@ impl pb::cluster_server::Cluster for EtcdService {
         self.store
             .member_remove(r.into_inner().id)
             .await
-            .map(Response::new)
+            .map(|mut a| {
+                a.members = dial_form(a.members);
+                Response::new(a)
+            })
             .map_err(to_status)
     }
 
@@ -371,12 +393,17 @@ impl pb::cluster_server::Cluster for EtcdService {
         self.store
             .member_update(r.id, r.peer_ur_ls)
             .await
-            .map(Response::new)
+            .map(|mut a| {
+                a.members = dial_form(a.members);
+                Response::new(a)
+            })
             .map_err(to_status)
     }
 
     async fn member_list(&self, _r: Request<pb::MemberListRequest>) -> Rpc<pb::MemberListResponse> {
-        Ok(Response::new(self.store.member_list().await))
+        let mut l = self.store.member_list().await;
+        l.members = dial_form(l.members);
+        Ok(Response::new(l))
     }
 
     async fn member_promote(
@@ -386,7 +413,10 @@ impl pb::cluster_server::Cluster for EtcdService {
         self.store
             .member_promote(r.into_inner().id)
             .await
-            .map(Response::new)
+            .map(|mut a| {
+                a.members = dial_form(a.members);
+                Response::new(a)
+            })
             .map_err(to_status)
     }
 }

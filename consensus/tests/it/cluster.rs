@@ -385,7 +385,9 @@ async fn watches_on_every_member_see_identical_events() {
         }
         seen.push(events);
     }
-    assert!(seen[0].len() >= 150, "{} events", seen[0].len());
+    // Deletes of absent keys make no event; the lease expiry makes some.
+    assert!(seen[0].len() >= 130, "{} events", seen[0].len());
+    assert!(seen[0].iter().any(|e| e.1 == 1), "no delete seen");
     assert_eq!(seen[0], seen[1], "member 0 vs member 1");
     assert_eq!(seen[0], seen[2], "member 0 vs member 2");
 }
