@@ -166,10 +166,15 @@ impl PeerClients {
     }
 }
 
-/// Whether a failed call certainly never reached the peer's handler.
+/// Whether a failed call certainly never reached the peer's handler: the
+/// connection could not be made. A connection lost mid-call ("connection
+/// reset", "broken pipe") may have delivered it and is not retried.
 fn never_sent(s: &Status) -> bool {
     let m = s.message().to_ascii_lowercase();
-    s.code() == tonic::Code::Unavailable && (m.contains("connect") || m.contains("refused"))
+    s.code() == tonic::Code::Unavailable
+        && (m.contains("tcp connect error")
+            || m.contains("error trying to connect")
+            || m.contains("connection refused"))
 }
 
 fn log_mismatch(s: &Status) {

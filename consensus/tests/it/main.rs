@@ -3,6 +3,7 @@
 
 mod cluster;
 mod leases;
+mod linearizable;
 mod membership;
 mod mvcc;
 mod rebuild;
