@@ -30,9 +30,9 @@ const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    /// The state machine's file: made durable before the log is purged,
-    /// since a purged entry can no longer replay an unsynced apply.
-    sm_db: Arc<Database>,
+    /// The state machine: its file is made durable before the log is
+    /// purged, since a purged entry can no longer replay an unsynced apply.
+    sm: Arc<crate::sm::Shared>,
 }
 
 impl Debug for LogStore {
@@ -58,7 +58,7 @@ impl LogStore {
     ///
     /// # Errors
     /// Any redb or I/O failure.
-    pub fn open(dir: &Path, sm_db: Arc<Database>) -> crate::Result<Self> {
+    pub(crate) fn open(dir: &Path, sm: Arc<crate::sm::Shared>) -> crate::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let db = Database::create(dir.join("raft-log.redb"))?;
         let tx = db.begin_write()?;
@@ -69,7 +69,7 @@ impl LogStore {
         tx.commit()?;
         Ok(Self {
             db: Arc::new(db),
-            sm_db,
+            sm,
         })
     }
 
@@ -227,8 +227,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Every apply up to `log_id` must survive a crash before the
         // entries that could replay it go.
-        let sm = self.sm_db.begin_write().map_err(logs_w)?;
-        sm.commit().map_err(logs_w)?;
+        {
+            let _file = self.sm.file_lock.lock().expect("file lock");
+            let sm = self.sm.db().begin_write().map_err(logs_w)?;
+            sm.commit().map_err(logs_w)?;
+        }
         let bytes = bincode::serialize(&Some(log_id)).map_err(logs_w)?;
         let tx = self.db.begin_write().map_err(logs_w)?;
         {
@@ -255,7 +258,7 @@ mod conformance {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().expect("tempdir");
             let shared = Shared::open(dir.path()).expect("state file");
-            let log = LogStore::open(dir.path(), shared.db()).expect("log file");
+            let log = LogStore::open(dir.path(), shared.clone()).expect("log file");
             Ok((dir, log, StateMachine { shared }))
         }
     }

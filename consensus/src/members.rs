@@ -379,6 +379,19 @@ impl Store {
         }
     }
 
+    /// etcd's Defragment of this member: the MVCC file is rewritten
+    /// without the space freed by compaction. Returns (before, after)
+    /// file sizes.
+    ///
+    /// # Errors
+    /// Storage failure (the old file stays in use).
+    pub async fn defragment(&self) -> Result<(u64, u64)> {
+        let shared = self.shared().clone();
+        tokio::task::spawn_blocking(move || crate::sm::defragment(&shared))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
     /// Number of raised alarms (for tests and status).
     pub fn alarm_count(&self) -> usize {
         let st = self.snapshot();

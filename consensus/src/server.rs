@@ -444,7 +444,7 @@ impl pb::maintenance_server::Maintenance for EtcdService {
     }
 
     async fn defragment(&self, _r: Request<pb::DefragmentRequest>) -> Rpc<pb::DefragmentResponse> {
-        // redb reuses freed pages itself; there is nothing to rewrite.
+        self.store.defragment().await.map_err(to_status)?;
         Ok(Response::new(pb::DefragmentResponse {
             header: self.store.header(self.store.revision()),
         }))

@@ -113,6 +113,54 @@ impl Shared {
     }
 }
 
+/// Rewrites the MVCC file compactly (etcd's defragment): every table is
+/// copied into a fresh file, which atomically replaces the old one;
+/// readers still on the old file finish there. Applies wait meanwhile.
+pub(crate) fn defragment(sh: &Shared) -> Result<(u64, u64)> {
+    let path = sh.dir.join("lookout.redb");
+    let tmp = sh.dir.join("lookout.redb.defrag");
+    let _file = sh.file_lock.lock().expect("file lock");
+    let before = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(&tmp);
+    let old = sh.db();
+    let new = Database::create(&tmp)?;
+    {
+        let r = old.begin_read()?;
+        let w = new.begin_write()?;
+        {
+            let mut kv = w.open_table(KV)?;
+            for row in r.open_table(KV)?.iter()? {
+                let (k, v) = row?;
+                kv.insert(k.value(), v.value())?;
+            }
+            let mut leases = w.open_table(LEASES)?;
+            for row in r.open_table(LEASES)?.iter()? {
+                let (k, v) = row?;
+                leases.insert(k.value(), v.value())?;
+            }
+            let mut alarms = w.open_table(ALARMS)?;
+            for row in r.open_table(ALARMS)?.iter()? {
+                let (k, v) = row?;
+                alarms.insert(k.value(), v.value())?;
+            }
+            let mut raft_sm = w.open_table(RAFT_SM)?;
+            for row in r.open_table(RAFT_SM)?.iter()? {
+                let (k, v) = row?;
+                raft_sm.insert(k.value(), v.value())?;
+            }
+        }
+        w.commit()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    if let Ok(d) = std::fs::File::open(&sh.dir) {
+        let _ = d.sync_all();
+    }
+    sh.db.store(Arc::new(new));
+    let after = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    tracing::info!(before, after, "defragmented");
+    Ok((before, after))
+}
+
 fn read_membership(db: &Database) -> Result<StoredMembership> {
     let tx = db.begin_read()?;
     let t = tx.open_table(RAFT_SM)?;

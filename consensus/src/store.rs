@@ -141,7 +141,7 @@ impl Store {
         let member_id = cluster::member_id(&cfg.peer_urls, &cfg.cluster_token);
         let cluster_id = cluster::derive_id("cluster", &[&cfg.cluster_token]);
         let shared = Shared::open(&cfg.data_dir)?;
-        let log = LogStore::open(&cfg.data_dir, shared.db.load_full())?;
+        let log = LogStore::open(&cfg.data_dir, shared.clone())?;
         let peers = Arc::new(PeerClients::new(cluster_id));
         let sm = StateMachine {
             shared: shared.clone(),

@@ -7,6 +7,7 @@ mod linearizable;
 mod membership;
 mod mvcc;
 mod rebuild;
+mod space;
 mod support;
 mod vs_etcd;
 mod watch;
