@@ -391,3 +391,127 @@ async fn watches_on_every_member_see_identical_events() {
     assert_eq!(seen[0], seen[1], "member 0 vs member 1");
     assert_eq!(seen[0], seen[2], "member 0 vs member 2");
 }
+
+/// Keep-alives sent to a follower reach the leader, which owns expiry; a
+/// lease nobody keeps alive expires (decided by the leader) everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_through_a_follower_hold_a_lease() {
+    use lookout_proto::pb::{
+        LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest,
+        lease_client::LeaseClient,
+    };
+    let mut c = Cluster::start(program(), 3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await;
+    let follower = c.members[(leader + 1) % 3].endpoint.clone();
+    let mut lease = LeaseClient::new(channel(&follower, Duration::from_secs(10)).await);
+    let mut kvc = kv(&follower).await;
+    let held = lease
+        .lease_grant(LeaseGrantRequest { ttl: 2, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let dropped = lease
+        .lease_grant(LeaseGrantRequest { ttl: 2, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    for (k, l) in [("held", held), ("dropped", dropped)] {
+        kvc.put(PutRequest {
+            key: k.into(),
+            value: "v".into(),
+            lease: l,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut responses = lease
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // Four seconds of keep-alives every 500 ms (twice the TTL).
+    for _ in 0..8 {
+        tx.send(LeaseKeepAliveRequest { id: held }).await.unwrap();
+        let r = responses.next().await.unwrap().unwrap();
+        assert_eq!(r.ttl, 2);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ttl = lease
+        .lease_time_to_live(LeaseTimeToLiveRequest { id: held, keys: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ttl.ttl >= 1 && ttl.keys.len() == 1, "{ttl:?}");
+    let count = |k: &'static str| {
+        let mut kvc = kvc.clone();
+        async move {
+            kvc.range(RangeRequest {
+                key: k.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .count
+        }
+    };
+    assert_eq!(count("held").await, 1);
+    assert_eq!(count("dropped").await, 0);
+    let gone = lease
+        .lease_time_to_live(LeaseTimeToLiveRequest { id: dropped, keys: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(gone.ttl, -1);
+}
+
+/// With the quorum gone, writes fail with etcd's Unavailable errors and
+/// serializable reads are still served locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_writes_fail_like_etcd() {
+    let mut c = Cluster::start(program(), 3, &["--election-timeout=500", "--heartbeat-interval=50"]).await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await;
+    let mut client = kv(&c.members[(leader + 1) % 3].endpoint).await;
+    client
+        .put(PutRequest {
+            key: "q".into(),
+            value: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let survivor = (leader + 1) % 3;
+    for i in 0..3 {
+        if i != survivor {
+            c.kill9(i);
+        }
+    }
+    let mut client = KvClient::new(channel(&c.members[survivor].endpoint, Duration::from_secs(30)).await);
+    let err = client
+        .put(PutRequest {
+            key: "q".into(),
+            value: "2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        ["etcdserver: no leader", "etcdserver: request timed out"].contains(&err.message()),
+        "{err:?}"
+    );
+    let r = client
+        .range(RangeRequest {
+            key: "q".into(),
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.kvs[0].value.as_ref(), b"1");
+}
