@@ -10,9 +10,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use lookout_proto::mvccpb::{Event, KeyValue, event::EventType};
 use lookout_proto::pb::{
-    AlarmMember, AlarmResponse, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
-    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare, request_op, response_op,
+    AlarmMember, AlarmResponse, CompactionResponse, Compare, DeleteRangeRequest,
+    DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    compare, request_op, response_op,
 };
 use prost::Message;
 use redb::{Table, WriteTransaction};

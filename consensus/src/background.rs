@@ -61,7 +61,8 @@ async fn bootstrap(w: Weak<Inner>) {
     let cfg = &store.inner.cfg;
     let raft = store.raft().clone();
     if cfg.initial_cluster_new {
-        let members = cluster::initial_members(&cfg.effective_initial_cluster(), &cfg.cluster_token);
+        let members =
+            cluster::initial_members(&cfg.effective_initial_cluster(), &cfg.cluster_token);
         if !members.contains_key(&store.member_id()) {
             tracing::error!(
                 member = %format!("{:x}", store.member_id()),
@@ -98,7 +99,10 @@ async fn follow_metrics(w: Weak<Inner>) {
         };
         let Some(store) = upgrade(&w) else { return };
         store.inner.term.store(term, Ordering::Relaxed);
-        store.inner.leader.store(leader.unwrap_or(0), Ordering::Relaxed);
+        store
+            .inner
+            .leader
+            .store(leader.unwrap_or(0), Ordering::Relaxed);
         let leading = state == ServerState::Leader;
         if leading && !was_leader {
             tracing::info!(term, "became leader; leases get a fresh TTL");
@@ -189,7 +193,9 @@ async fn publish_loop(w: Weak<Inner>) {
 /// compact to `current - retention`.
 async fn auto_compaction(w: Weak<Inner>, ac: AutoCompaction) {
     let tick = match ac {
-        AutoCompaction::Periodic(r) => (r / 10).clamp(Duration::from_millis(100), Duration::from_secs(3600)),
+        AutoCompaction::Periodic(r) => {
+            (r / 10).clamp(Duration::from_millis(100), Duration::from_secs(3600))
+        }
         AutoCompaction::Revision(_) => Duration::from_secs(300),
     };
     // Revisions seen at each tick, to know what was current `retention` ago.
@@ -206,7 +212,9 @@ async fn auto_compaction(w: Weak<Inner>, ac: AutoCompaction) {
         }
         let target = match ac {
             AutoCompaction::Periodic(r) => {
-                let Some(cutoff) = now.checked_sub(r) else { continue };
+                let Some(cutoff) = now.checked_sub(r) else {
+                    continue;
+                };
                 let old: Vec<Instant> = seen.range(..=cutoff).map(|(t, _)| *t).collect();
                 let target = old.last().and_then(|t| seen.get(t)).copied();
                 // Keep the newest entry at or before the cutoff only.

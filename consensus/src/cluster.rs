@@ -154,7 +154,10 @@ mod tests {
             a,
             member_id(&["http://127.0.0.1:2380".into()], "etcd-cluster")
         );
-        assert_ne!(a, member_id(&["http://127.0.0.1:2381".into()], "etcd-cluster"));
+        assert_ne!(
+            a,
+            member_id(&["http://127.0.0.1:2381".into()], "etcd-cluster")
+        );
         assert_ne!(a, member_id(&["http://127.0.0.1:2380".into()], "other"));
     }
 
@@ -164,7 +167,10 @@ mod tests {
         assert_eq!(
             c,
             vec![
-                ("a".to_string(), vec!["http://x:1".to_string(), "http://x:3".into()]),
+                (
+                    "a".to_string(),
+                    vec!["http://x:1".to_string(), "http://x:3".into()]
+                ),
                 ("b".to_string(), vec!["http://y:2".to_string()]),
             ]
         );

@@ -111,9 +111,7 @@ impl Error {
             | Error::NoLeader
             | Error::NotLeader
             | Error::Timeout
-            | Error::UnhealthyCluster => {
-                Code::Unavailable
-            }
+            | Error::UnhealthyCluster => Code::Unavailable,
             Error::Unsupported(_) => Code::Unimplemented,
             Error::Storage(_) | Error::Internal(_) => Code::Internal,
         }

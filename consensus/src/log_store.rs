@@ -12,6 +12,10 @@
 //! writer per file, so an append's fsync would stall every apply queued
 //! behind it (and an apply would delay the next append).
 
+// openraft's trait fixes the error type (StorageError is large); boxing it
+// is not an option for the trait methods, so helpers return it as is.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -41,7 +45,11 @@ impl Debug for LogStore {
     }
 }
 
-fn io(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+fn io(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
@@ -73,7 +81,10 @@ impl LogStore {
         })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
         let tx = self.db.begin_read().map_err(logs_r)?;
         let t = tx.open_table(META).map_err(logs_r)?;
         match t.get(key).map_err(logs_r)? {
@@ -82,7 +93,12 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &str, v: &T, durable: bool) -> Result<(), StorageError> {
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        v: &T,
+        durable: bool,
+    ) -> Result<(), StorageError> {
         let bytes = bincode::serialize(v).map_err(logs_w)?;
         let mut tx = self.db.begin_write().map_err(logs_w)?;
         if !durable {
@@ -169,17 +185,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta("vote")
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not synced: it is an optimisation (replay on restart without
-        // waiting for a leader) and becomes durable with the next append.
-        self.put_meta("committed", &committed, false)
-    }
+    // save_committed / read_committed keep openraft's defaults (nothing
+    // stored): recording the commit index would cost a redb commit on
+    // RaftCore's path for every batch, and a restarted member learns it
+    // from the leader (a lone member elects itself at once).
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
-    }
-
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -238,8 +253,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut m = tx.open_table(META).map_err(logs_w)?;
             m.insert("purged", bytes.as_slice()).map_err(logs_w)?;
             let mut t = tx.open_table(LOG).map_err(logs_w)?;
-            t.retain_in::<u64, _>((Bound::Unbounded, Bound::Included(log_id.index)), |_, _| false)
-                .map_err(logs_w)?;
+            t.retain_in::<u64, _>((Bound::Unbounded, Bound::Included(log_id.index)), |_, _| {
+                false
+            })
+            .map_err(logs_w)?;
         }
         tx.commit().map_err(logs_w)
     }

@@ -45,15 +45,22 @@ impl Store {
             return Err(Error::NotLeader);
         }
         match f {
-            Forward::Propose(reqs) => self.write_local(reqs).await.map(ForwardOk::Replies),
+            Forward::Propose(reqs) => Ok(ForwardOk::Replies(
+                self.inner.proposer.propose_all(self, reqs).await,
+            )),
             Forward::ReadIndex => self.read_index_local().await.map(ForwardOk::Index),
             Forward::KeepAlive(id) => Ok(ForwardOk::Ttl(self.keep_alive_local(id))),
             Forward::TimeToLive(id) => Ok(ForwardOk::Ttl(self.time_to_live_local(id))),
-            Forward::MemberAdd { peer_urls, learner } => {
-                self.member_add_local(peer_urls, learner).await.map(ForwardOk::Member)
+            Forward::MemberAdd { peer_urls, learner } => self
+                .member_add_local(peer_urls, learner)
+                .await
+                .map(ForwardOk::Member),
+            Forward::MemberRemove(id) => {
+                self.member_remove_local(id).await.map(|_| ForwardOk::Done)
             }
-            Forward::MemberRemove(id) => self.member_remove_local(id).await.map(|_| ForwardOk::Done),
-            Forward::MemberPromote(id) => self.member_promote_local(id).await.map(|_| ForwardOk::Done),
+            Forward::MemberPromote(id) => {
+                self.member_promote_local(id).await.map(|_| ForwardOk::Done)
+            }
             Forward::MemberUpdate { id, peer_urls } => {
                 let mut node = self.node_of(id).ok_or(Error::MemberNotFound)?;
                 node.peer_urls = peer_urls;
@@ -111,9 +118,12 @@ impl Store {
         } else {
             // A voter that has not started yet counts towards the quorum
             // at once, exactly as etcd's member add.
-            raft.change_membership(ChangeMembers::AddVoters(BTreeMap::from([(id, node)])), false)
-                .await
-                .map_err(membership_error)?;
+            raft.change_membership(
+                ChangeMembers::AddVoters(BTreeMap::from([(id, node)])),
+                false,
+            )
+            .await
+            .map_err(membership_error)?;
         }
         tracing::info!(member = %format!("{id:x}"), learner, "member added");
         Ok(id)
@@ -191,7 +201,11 @@ impl Store {
             name: n.name,
             peer_ur_ls: n.peer_urls,
             client_ur_ls: n.client_urls,
-            is_learner: !self.membership().membership().voter_ids().any(|v| v == self.member_id()),
+            is_learner: !self
+                .membership()
+                .membership()
+                .voter_ids()
+                .any(|v| v == self.member_id()),
         }
     }
 
@@ -204,8 +218,18 @@ impl Store {
 
     /// # Errors
     /// Peer URL or ID already in use, no leader, timeout.
-    pub async fn member_add(&self, peer_urls: Vec<String>, learner: bool) -> Result<MemberAddResponse> {
-        let id = match self.to_leader(Forward::MemberAdd { peer_urls: peer_urls.clone(), learner }).await? {
+    pub async fn member_add(
+        &self,
+        peer_urls: Vec<String>,
+        learner: bool,
+    ) -> Result<MemberAddResponse> {
+        let id = match self
+            .to_leader(Forward::MemberAdd {
+                peer_urls: peer_urls.clone(),
+                learner,
+            })
+            .await?
+        {
             ForwardOk::Member(id) => id,
             other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
         };
@@ -238,7 +262,8 @@ impl Store {
     /// Unknown member, a voter, a learner not caught up, no leader, timeout.
     pub async fn member_promote(&self, id: NodeId) -> Result<MemberPromoteResponse> {
         self.to_leader(Forward::MemberPromote(id)).await?;
-        self.wait_member(|ms| ms.iter().any(|m| m.id == id && !m.is_learner)).await;
+        self.wait_member(|ms| ms.iter().any(|m| m.id == id && !m.is_learner))
+            .await;
         Ok(MemberPromoteResponse {
             header: self.header(self.revision()),
             members: self.members(),
@@ -247,8 +272,13 @@ impl Store {
 
     /// # Errors
     /// Unknown member, no leader, timeout.
-    pub async fn member_update(&self, id: NodeId, peer_urls: Vec<String>) -> Result<MemberUpdateResponse> {
-        self.to_leader(Forward::MemberUpdate { id, peer_urls }).await?;
+    pub async fn member_update(
+        &self,
+        id: NodeId,
+        peer_urls: Vec<String>,
+    ) -> Result<MemberUpdateResponse> {
+        self.to_leader(Forward::MemberUpdate { id, peer_urls })
+            .await?;
         Ok(MemberUpdateResponse {
             header: self.header(self.revision()),
             members: self.members(),

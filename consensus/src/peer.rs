@@ -19,13 +19,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lookout_proto::peer::{PeerReply, PeerRequest, peer_client::PeerClient, peer_server};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::AnyError;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::AnyError;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -51,18 +53,28 @@ pub(crate) enum Forward {
     ReadIndex,
     KeepAlive(i64),
     TimeToLive(i64),
-    MemberAdd { peer_urls: Vec<String>, learner: bool },
+    MemberAdd {
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
     MemberRemove(NodeId),
     MemberPromote(NodeId),
-    MemberUpdate { id: NodeId, peer_urls: Vec<String> },
+    MemberUpdate {
+        id: NodeId,
+        peer_urls: Vec<String>,
+    },
     /// A started member announces its name and client URLs.
-    Publish { id: NodeId, node: MemberNode },
+    Publish {
+        id: NodeId,
+        node: MemberNode,
+    },
 }
 
 /// The leader's answer to a [`Forward`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum ForwardOk {
-    Replies(Vec<Reply>),
+    /// One result per forwarded request, in order.
+    Replies(Vec<Result<Reply>>),
     Index(u64),
     Ttl(i64),
     Member(NodeId),
@@ -238,9 +250,9 @@ impl PeerConn {
         let req = self.clients.envelope(q, ttl);
         let reply = match tokio::time::timeout(ttl, send(c, req)).await {
             Err(_) => {
-                return Err(RPCError::Network(NetworkError::new(&AnyError::error(format!(
-                    "no answer in {ttl:?}"
-                )))));
+                return Err(RPCError::Network(NetworkError::new(&AnyError::error(
+                    format!("no answer in {ttl:?}"),
+                ))));
             }
             Ok(Err(s)) => {
                 log_mismatch(&s);
@@ -287,8 +299,10 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.call(&rpc, option.hard_ttl(), |mut c, r| async move { c.vote(r).await })
-            .await
+        self.call(&rpc, option.hard_ttl(), |mut c, r| async move {
+            c.vote(r).await
+        })
+        .await
     }
 }
 

@@ -27,8 +27,10 @@ const MAX_BATCH: usize = 1024;
 const MAX_BATCH_BYTES: usize = 2 << 20;
 /// Most requests waiting; beyond it writers get etcd's "too many requests".
 const MAX_PENDING: usize = 16 * 1024;
-/// Batches submitted at once.
-const MAX_IN_FLIGHT: usize = 4;
+/// Batches submitted at once. openraft fsyncs each entry on its own, one
+/// after the other: two in flight keep the leader appending batch k+1
+/// while batch k replicates, without splitting batches further.
+const MAX_IN_FLIGHT: usize = 2;
 
 struct Proposal {
     req: Request,
@@ -88,20 +90,68 @@ impl Proposer {
             }
         };
         if start {
-            let (p, s) = (self.clone(), store.clone());
-            tokio::spawn(async move { p.run(&s).await });
+            // The proposer that starts a submitter runs its first batch
+            // itself (no hand-off on a lightly loaded store); what queued
+            // meanwhile is submitted by a task, so this caller can answer.
+            if self.run_one(store).await {
+                let (p, s) = (self.clone(), store.clone());
+                tokio::spawn(async move { p.run(&s).await });
+            }
         }
         rx.await.map_err(|_| Error::Stopped)?
     }
 
+    /// Queues a follower's forwarded batch (kept together, and merged with
+    /// whatever else is queued here) and waits for every reply.
+    pub async fn propose_all(
+        self: &Arc<Self>,
+        store: &Store,
+        reqs: Vec<Request>,
+    ) -> Vec<Result<Reply>> {
+        let mut rxs = Vec::with_capacity(reqs.len());
+        let start = {
+            let mut q = self.queue.lock();
+            if q.pending.len() + reqs.len() > MAX_PENDING {
+                return reqs.iter().map(|_| Err(Error::TooManyRequests)).collect();
+            }
+            for req in reqs {
+                let (done, rx) = oneshot::channel();
+                let size = request_size(&req);
+                q.pending.push_back(Proposal { req, size, done });
+                rxs.push(rx);
+            }
+            if q.in_flight < MAX_IN_FLIGHT {
+                q.in_flight += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if start {
+            let (p, s) = (self.clone(), store.clone());
+            tokio::spawn(async move { p.run(&s).await });
+        }
+        let mut out = Vec::with_capacity(rxs.len());
+        for rx in rxs {
+            out.push(rx.await.unwrap_or(Err(Error::Stopped)));
+        }
+        out
+    }
+
     /// Submits batches until the queue is empty.
     async fn run(&self, store: &Store) {
-        loop {
+        while self.run_one(store).await {}
+    }
+
+    /// Submits one batch; false (and the submitter slot released) when
+    /// nothing was queued.
+    async fn run_one(&self, store: &Store) -> bool {
+        {
             let batch: Vec<Proposal> = {
                 let mut q = self.queue.lock();
                 if q.pending.is_empty() {
                     q.in_flight -= 1;
-                    return;
+                    return false;
                 }
                 let mut bytes = 0;
                 let mut n = 0;
@@ -118,7 +168,7 @@ impl Proposer {
             match store.submit(reqs).await {
                 Ok(replies) if replies.len() == batch.len() => {
                     for (p, r) in batch.into_iter().zip(replies) {
-                        let _ = p.done.send(Ok(r));
+                        let _ = p.done.send(r);
                     }
                 }
                 Ok(replies) => {
@@ -137,6 +187,13 @@ impl Proposer {
                     }
                 }
             }
+        }
+        let mut q = self.queue.lock();
+        if q.pending.is_empty() {
+            q.in_flight -= 1;
+            false
+        } else {
+            true
         }
     }
 }

@@ -4,8 +4,8 @@
 //! nondeterministic choice (lease IDs, TTLs, expiry) made by the proposer.
 
 use lookout_proto::pb::{
-    AlarmResponse, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+    AlarmResponse, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -53,11 +53,14 @@ impl Request {
 
 fn txn_has_put(t: &TxnRequest) -> bool {
     use lookout_proto::pb::request_op::Request as Op;
-    t.success.iter().chain(&t.failure).any(|op| match &op.request {
-        Some(Op::RequestPut(_)) => true,
-        Some(Op::RequestTxn(t)) => txn_has_put(t),
-        _ => false,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(Op::RequestPut(_)) => true,
+            Some(Op::RequestTxn(t)) => txn_has_put(t),
+            _ => false,
+        })
 }
 
 /// What applying a [`Request`] answers. Headers carry only the revision;

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
+};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use crate::apply::Applier;
@@ -165,7 +167,9 @@ fn read_membership(db: &Database) -> Result<StoredMembership> {
     let tx = db.begin_read()?;
     let t = tx.open_table(RAFT_SM)?;
     Ok(match t.get(MEMBERSHIP_KEY)? {
-        Some(v) => bincode::deserialize(v.value()).map_err(|e| crate::Error::Storage(e.to_string()))?,
+        Some(v) => {
+            bincode::deserialize(v.value()).map_err(|e| crate::Error::Storage(e.to_string()))?
+        }
         None => StoredMembership::default(),
     })
 }
@@ -180,7 +184,12 @@ fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 }
 
 fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::error(e.to_string())).into()
+    StorageIOError::new(
+        ErrorSubject::Snapshot(None),
+        verb,
+        AnyError::error(e.to_string()),
+    )
+    .into()
 }
 
 /// openraft's state machine handle.
@@ -191,10 +200,18 @@ pub(crate) struct StateMachine {
 
 impl StateMachine {
     fn apply_entries(&self, entries: &[Entry]) -> Result<Vec<BatchReply>> {
-        let sh = &self.shared;
         // Held for the whole apply so a snapshot install or defragment
         // never swaps the file under an open write transaction.
-        let _file = sh.file_lock.lock().expect("file lock");
+        let guard = self.shared.file_lock.lock().expect("file lock");
+        self.apply_locked(entries, guard)
+    }
+
+    fn apply_locked(
+        &self,
+        entries: &[Entry],
+        _file: std::sync::MutexGuard<'_, ()>,
+    ) -> Result<Vec<BatchReply>> {
+        let sh = &self.shared;
         let db = sh.db();
         let mut working = MvccState::clone(&sh.state.load());
         let mut txn = db.begin_write()?;
@@ -218,7 +235,9 @@ impl StateMachine {
                                 events.push((a.revision, a.events));
                             }
                             match (&a.response, req) {
-                                (Ok(Response::LeaseGrant(g)), _) => leases.push((g.id, Some(g.ttl))),
+                                (Ok(Response::LeaseGrant(g)), _) => {
+                                    leases.push((g.id, Some(g.ttl)))
+                                }
                                 (Ok(Response::LeaseRevoke(_)), Request::LeaseRevoke { id }) => {
                                     leases.push((*id, None))
                                 }
@@ -276,7 +295,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let st = self.shared.state.load();
-        Ok((st.applied_log, StoredMembership::clone(&self.shared.membership.load())))
+        Ok((
+            st.applied_log,
+            StoredMembership::clone(&self.shared.membership.load()),
+        ))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchReply>, StorageError>
@@ -285,9 +307,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        // An apply is CPU work plus a redb commit without fsync: it runs
+        // right here unless a whole-file operation (snapshot install,
+        // defragment, purge's sync) holds the file, in which case it
+        // waits off the async workers.
+        if let Ok(guard) = self.shared.file_lock.try_lock() {
+            return self
+                .apply_locked(&entries, guard)
+                .map_err(|e| sm_err(ErrorVerb::Write, e));
+        }
         let sm = self.clone();
-        // Applies are CPU work plus a redb commit without fsync; off the
-        // async workers so a waiting file lock never stalls them.
         tokio::task::spawn_blocking(move || sm.apply_entries(&entries))
             .await
             .map_err(|e| sm_err(ErrorVerb::Write, e))?
@@ -302,7 +331,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         let n = self.shared.snapshots_installed.load(Ordering::Relaxed);
-        let path = self.shared.dir.join("snap").join(format!("recv-{n}-{}.part", std::process::id()));
+        let path = self
+            .shared
+            .dir
+            .join("snap")
+            .join(format!("recv-{n}-{}.part", std::process::id()));
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -401,13 +434,18 @@ fn build(sh: &Shared) -> Result<(SnapshotMeta, PathBuf)> {
     let membership: StoredMembership = {
         let t = tx.open_table(RAFT_SM)?;
         match t.get(MEMBERSHIP_KEY)? {
-            Some(v) => bincode::deserialize(v.value()).map_err(|e| crate::Error::Storage(e.to_string()))?,
+            Some(v) => {
+                bincode::deserialize(v.value()).map_err(|e| crate::Error::Storage(e.to_string()))?
+            }
             None => StoredMembership::default(),
         }
     };
     let n = sh.snapshots_built.fetch_add(1, Ordering::Relaxed);
     let id = match &meta.applied {
-        Some(l) => format!("{}-{}-{}-{n}", l.leader_id.term, l.leader_id.node_id, l.index),
+        Some(l) => format!(
+            "{}-{}-{}-{n}",
+            l.leader_id.term, l.leader_id.node_id, l.index
+        ),
         None => format!("none-{n}"),
     };
     let dir = sh.dir.join("snap");
@@ -425,11 +463,21 @@ fn build(sh: &Shared) -> Result<(SnapshotMeta, PathBuf)> {
     }
     for row in tx.open_table(LEASES)?.iter()? {
         let (k, v) = row?;
-        put_row(&mut w, TAG_LEASE, &k.value().to_be_bytes(), &v.value().to_be_bytes())?;
+        put_row(
+            &mut w,
+            TAG_LEASE,
+            &k.value().to_be_bytes(),
+            &v.value().to_be_bytes(),
+        )?;
     }
     for row in tx.open_table(ALARMS)?.iter()? {
         let (k, v) = row?;
-        put_row(&mut w, TAG_ALARM, &k.value().to_be_bytes(), &v.value().to_be_bytes())?;
+        put_row(
+            &mut w,
+            TAG_ALARM,
+            &k.value().to_be_bytes(),
+            &v.value().to_be_bytes(),
+        )?;
     }
     for row in tx.open_table(RAFT_SM)?.iter()? {
         let (k, v) = row?;
@@ -439,7 +487,9 @@ fn build(sh: &Shared) -> Result<(SnapshotMeta, PathBuf)> {
     let crc = w.crc.clone().finalize();
     let mut inner = w.inner;
     inner.write_all(&crc.to_be_bytes())?;
-    let f = inner.into_inner().map_err(|e| crate::Error::Storage(e.to_string()))?;
+    let f = inner
+        .into_inner()
+        .map_err(|e| crate::Error::Storage(e.to_string()))?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&part, &path)?;
@@ -565,7 +615,8 @@ fn install(sh: &Shared, meta: &SnapshotMeta, mut file: std::fs::File) -> Result<
             };
             match tag {
                 TAG_KV => {
-                    let key = u128::from_be_bytes(k.as_slice().try_into().map_err(|_| bad("kv key"))?);
+                    let key =
+                        u128::from_be_bytes(k.as_slice().try_into().map_err(|_| bad("kv key"))?);
                     kv.insert(key, v.as_slice())?;
                 }
                 TAG_LEASE => {
@@ -602,7 +653,9 @@ fn install(sh: &Shared, meta: &SnapshotMeta, mut file: std::fs::File) -> Result<
     sh.refresh_leases();
     sh.snapshots_installed.fetch_add(1, Ordering::Relaxed);
     drop(_file);
-    let f = copy.into_inner().map_err(|e| crate::Error::Storage(e.to_string()))?;
+    let f = copy
+        .into_inner()
+        .map_err(|e| crate::Error::Storage(e.to_string()))?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&keep_part, &keep)?;

@@ -216,7 +216,10 @@ impl Store {
 
     /// Snapshots this member has installed from a leader.
     pub fn snapshots_installed(&self) -> u64 {
-        self.inner.shared.snapshots_installed.load(Ordering::Relaxed)
+        self.inner
+            .shared
+            .snapshots_installed
+            .load(Ordering::Relaxed)
     }
 
     /// The current leader's member ID, if one is known.
@@ -356,11 +359,38 @@ impl Store {
         }
     }
 
-    /// Proposes one batch (called by the proposer).
-    pub(crate) async fn submit(&self, reqs: Vec<Request>) -> Result<Vec<Reply>> {
-        match self.to_leader(Forward::Propose(reqs)).await? {
-            ForwardOk::Replies(r) => Ok(r),
-            other => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+    /// Proposes one batch (called by the proposer): as one raft entry
+    /// when this member leads, else forwarded to the leader (whose own
+    /// proposer merges it with its queue).
+    pub(crate) async fn submit(&self, reqs: Vec<Request>) -> Result<Vec<Result<Reply>>> {
+        let deadline = Instant::now() + self.inner.cfg.request_timeout();
+        loop {
+            let (leader, node) = self.wait_leader(deadline).await?;
+            let res = if leader == self.inner.member_id {
+                match self.write_local(reqs.clone()).await {
+                    Ok(r) => Ok(ForwardOk::Replies(r.into_iter().map(Ok).collect())),
+                    Err(Error::NotLeader) => Err(ForwardError::Retry),
+                    Err(e) => Err(ForwardError::Answer(e)),
+                }
+            } else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.inner
+                    .peers
+                    .forward(leader, &node, &Forward::Propose(reqs.clone()), left)
+                    .await
+            };
+            match res {
+                Ok(ForwardOk::Replies(r)) => return Ok(r),
+                Ok(other) => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+                Err(ForwardError::Answer(e)) => return Err(e),
+                Err(ForwardError::Unknown) => return Err(Error::Timeout),
+                Err(ForwardError::Retry) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::Timeout);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
     }
 

@@ -2,7 +2,9 @@
 //! function that turns flags into a library configuration and runs it.
 //!
 //! ```text
-//!   lookout store --name n --data-dir d --listen-client-urls ...  -> one store node
+//!   lookout store --name n --data-dir d --listen-client-urls ...  -> one store member
+//!     (a one-member raft cluster; with --initial-cluster a=http://..,b=..,c=..
+//!      and --listen-peer-urls, one member of a 3- or 5-member cluster)
 //!   lookout dev [--data-dir ./lookout-data]                       -> store on 127.0.0.1:2379
 //! ```
 //!
@@ -52,6 +54,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start; boxing the large store flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one store node (etcd's flag names).
@@ -103,7 +107,10 @@ pub struct StoreArgs {
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_count: u64,
     /// Entries kept behind a snapshot for slow followers.
-    #[arg(long = "experimental-snapshot-catchup-entries", default_value_t = 5_000)]
+    #[arg(
+        long = "experimental-snapshot-catchup-entries",
+        default_value_t = 5_000
+    )]
     pub snapshot_catchup_entries: u64,
     /// `periodic` (retention is a duration such as 1h or a number of
     /// hours) or `revision` (retention is a number of revisions).
@@ -254,10 +261,16 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
         if a.listen_peer_urls.is_empty() {
             Vec::new()
         } else {
-            listen_peer.iter().map(|u| listen_addr(u)).collect::<Result<_, _>>()?
+            listen_peer
+                .iter()
+                .map(|u| listen_addr(u))
+                .collect::<Result<_, _>>()?
         }
     } else {
-        listen_peer.iter().map(|u| listen_addr(u)).collect::<Result<_, _>>()?
+        listen_peer
+            .iter()
+            .map(|u| listen_addr(u))
+            .collect::<Result<_, _>>()?
     };
     let mut cfg = StoreConfig::new(data_dir);
     cfg.name = a.name;
@@ -445,5 +458,40 @@ mod tests {
         assert_eq!(a.max_txn_ops, 3);
         assert_eq!(a.max_request_bytes, 1536 * 1024);
         assert_eq!(a.listen_client_urls, vec!["http://localhost:2379"]);
+        assert_eq!(a.heartbeat_interval, 100);
+        assert_eq!(a.election_timeout, 1000);
+        assert_eq!(a.initial_cluster_state, "new");
+    }
+
+    #[test]
+    fn cluster_flags_parse_like_etcd() {
+        let c = Cli::try_parse_from([
+            "lookout",
+            "store",
+            "--name=a",
+            "--initial-cluster=a=http://127.0.0.1:1,b=http://127.0.0.1:2",
+            "--initial-cluster-state=existing",
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=1000",
+            "--quota-backend-bytes=-1",
+        ])
+        .unwrap();
+        let Command::Store(a) = c.command else {
+            panic!("store")
+        };
+        assert_eq!(a.initial_cluster_state, "existing");
+        assert_eq!(a.quota_backend_bytes, -1);
+        assert_eq!(
+            parse_auto_compaction(&a.auto_compaction_mode, &a.auto_compaction_retention).unwrap(),
+            Some(lookout_consensus::config::AutoCompaction::Revision(1000))
+        );
+        assert_eq!(
+            parse_auto_compaction("periodic", "2").unwrap(),
+            Some(lookout_consensus::config::AutoCompaction::Periodic(
+                Duration::from_secs(7200)
+            ))
+        );
+        assert_eq!(parse_auto_compaction("periodic", "0").unwrap(), None);
+        assert!(Cli::try_parse_from(["lookout", "store", "--initial-cluster-state=old"]).is_err());
     }
 }

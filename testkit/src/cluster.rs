@@ -78,7 +78,10 @@ pub async fn status(endpoint: &str) -> Option<StatusResponse> {
         .connect()
         .await
         .ok()?;
-    let r = MaintenanceClient::new(ch).status(StatusRequest {}).await.ok()?;
+    let r = MaintenanceClient::new(ch)
+        .status(StatusRequest {})
+        .await
+        .ok()?;
     Some(r.into_inner())
 }
 
@@ -197,7 +200,9 @@ impl Cluster {
             seen = Some(s.leader);
         }
         let leader = seen?;
-        ids.into_iter().find(|(_, id)| *id == leader).map(|(i, _)| i)
+        ids.into_iter()
+            .find(|(_, id)| *id == leader)
+            .map(|(i, _)| i)
     }
 
     /// Waits until all running members agree on a leader; its index.
@@ -240,7 +245,11 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         while status(&ep).await.is_none() {
             if !self.members[i].is_running() || Instant::now() >= deadline {
-                panic!("member {} did not come back:\n{}", self.members[i].name, self.members[i].log_text());
+                panic!(
+                    "member {} did not come back:\n{}",
+                    self.members[i].name,
+                    self.members[i].log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -25,7 +25,10 @@ pub enum Input {
     Put(String),
     /// Compare-and-swap: write `new` if the value equals `expect` (`None`:
     /// the key is absent).
-    Cas { expect: Option<String>, new: String },
+    Cas {
+        expect: Option<String>,
+        new: String,
+    },
 }
 
 /// What an operation answered.
@@ -61,10 +64,8 @@ fn step(state: &State, input: &Input, output: &Output) -> Option<State> {
     let mut next = State::new();
     for v in state {
         match (input, output) {
-            (Input::Get, Output::Get(got)) => {
-                if got == v {
-                    next.insert(v.clone());
-                }
+            (Input::Get, Output::Get(got)) if got == v => {
+                next.insert(v.clone());
             }
             (Input::Get, Output::Unknown) => {
                 next.insert(v.clone());
@@ -76,15 +77,11 @@ fn step(state: &State, input: &Input, output: &Output) -> Option<State> {
                 next.insert(Some(new.clone()));
                 next.insert(v.clone());
             }
-            (Input::Cas { expect, new }, Output::Cas(true)) => {
-                if v == expect {
-                    next.insert(Some(new.clone()));
-                }
+            (Input::Cas { expect, new }, Output::Cas(true)) if v == expect => {
+                next.insert(Some(new.clone()));
             }
-            (Input::Cas { expect, .. }, Output::Cas(false)) => {
-                if v != expect {
-                    next.insert(v.clone());
-                }
+            (Input::Cas { expect, .. }, Output::Cas(false)) if v != expect => {
+                next.insert(v.clone());
             }
             (Input::Cas { expect, new }, Output::Unknown) => {
                 if v == expect {
@@ -281,7 +278,16 @@ mod tests {
             // Concurrent put and get: the get may see either value.
             op(0, Input::Put(s("b")), Output::Put, 21, Some(40)),
             op(1, Input::Get, Output::Get(Some(s("a"))), 22, Some(30)),
-            op(2, Input::Cas { expect: Some(s("b")), new: s("c") }, Output::Cas(true), 41, Some(50)),
+            op(
+                2,
+                Input::Cas {
+                    expect: Some(s("b")),
+                    new: s("c"),
+                },
+                Output::Cas(true),
+                41,
+                Some(50),
+            ),
             op(1, Input::Get, Output::Get(Some(s("c"))), 51, Some(60)),
         ];
         assert!(check(&h).is_ok());
@@ -312,8 +318,26 @@ mod tests {
     fn two_successful_swaps_from_the_same_value_are_rejected() {
         let h = vec![
             op(0, Input::Put(s("a")), Output::Put, 0, Some(10)),
-            op(1, Input::Cas { expect: Some(s("a")), new: s("x") }, Output::Cas(true), 20, Some(40)),
-            op(2, Input::Cas { expect: Some(s("a")), new: s("y") }, Output::Cas(true), 21, Some(41)),
+            op(
+                1,
+                Input::Cas {
+                    expect: Some(s("a")),
+                    new: s("x"),
+                },
+                Output::Cas(true),
+                20,
+                Some(40),
+            ),
+            op(
+                2,
+                Input::Cas {
+                    expect: Some(s("a")),
+                    new: s("y"),
+                },
+                Output::Cas(true),
+                21,
+                Some(41),
+            ),
         ];
         assert!(check(&h).is_err());
     }

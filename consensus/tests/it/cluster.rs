@@ -48,16 +48,20 @@ pub async fn converged_hashes(c: &mut Cluster) -> (i64, Vec<(String, u32)>) {
             eps.push((m.name.clone(), m.endpoint.clone()));
         }
     }
-    let rev = wait_for("every member at the same revision", Duration::from_secs(60), || {
-        let eps = eps.clone();
-        async move {
-            let mut revs = Vec::new();
-            for (_, ep) in &eps {
-                revs.push(status(ep).await?.header?.revision);
+    let rev = wait_for(
+        "every member at the same revision",
+        Duration::from_secs(60),
+        || {
+            let eps = eps.clone();
+            async move {
+                let mut revs = Vec::new();
+                for (_, ep) in &eps {
+                    revs.push(status(ep).await?.header?.revision);
+                }
+                (revs.iter().all(|r| *r == revs[0]) && revs[0] > 1).then_some(revs[0])
             }
-            (revs.iter().all(|r| *r == revs[0]) && revs[0] > 1).then_some(revs[0])
-        }
-    })
+        },
+    )
     .await;
     let mut hashes = Vec::new();
     for (name, ep) in &eps {
@@ -145,10 +149,14 @@ async fn leader_failover(n: usize) {
 
     let before = acked_len(&acked).await;
     let a = acked.clone();
-    wait_for("writes after the new leader", Duration::from_secs(60), || {
-        let a = a.clone();
-        async move { (acked_len(&a).await >= before + 200).then_some(()) }
-    })
+    wait_for(
+        "writes after the new leader",
+        Duration::from_secs(60),
+        || {
+            let a = a.clone();
+            async move { (acked_len(&a).await >= before + 200).then_some(()) }
+        },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     for h in handles {
@@ -379,7 +387,9 @@ async fn watches_on_every_member_see_identical_events() {
                     String::from_utf8(kv.key.to_vec()).unwrap(),
                     String::from_utf8(kv.value.to_vec()).unwrap()
                         + "|"
-                        + &e.prev_kv.map(|p| p.mod_revision.to_string()).unwrap_or_default(),
+                        + &e.prev_kv
+                            .map(|p| p.mod_revision.to_string())
+                            .unwrap_or_default(),
                 ));
             }
         }
@@ -397,8 +407,7 @@ async fn watches_on_every_member_see_identical_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alives_through_a_follower_hold_a_lease() {
     use lookout_proto::pb::{
-        LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest,
-        lease_client::LeaseClient,
+        LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest, lease_client::LeaseClient,
     };
     let mut c = Cluster::start(program(), 3, &[]).await;
     let leader = c.wait_leader(Duration::from_secs(30)).await;
@@ -441,7 +450,10 @@ async fn keep_alives_through_a_follower_hold_a_lease() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let ttl = lease
-        .lease_time_to_live(LeaseTimeToLiveRequest { id: held, keys: true })
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: held,
+            keys: true,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -462,7 +474,10 @@ async fn keep_alives_through_a_follower_hold_a_lease() {
     assert_eq!(count("held").await, 1);
     assert_eq!(count("dropped").await, 0);
     let gone = lease
-        .lease_time_to_live(LeaseTimeToLiveRequest { id: dropped, keys: false })
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: dropped,
+            keys: false,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -473,7 +488,12 @@ async fn keep_alives_through_a_follower_hold_a_lease() {
 /// serializable reads are still served locally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_quorum_writes_fail_like_etcd() {
-    let mut c = Cluster::start(program(), 3, &["--election-timeout=500", "--heartbeat-interval=50"]).await;
+    let mut c = Cluster::start(
+        program(),
+        3,
+        &["--election-timeout=500", "--heartbeat-interval=50"],
+    )
+    .await;
     let leader = c.wait_leader(Duration::from_secs(30)).await;
     let mut client = kv(&c.members[(leader + 1) % 3].endpoint).await;
     client
@@ -490,7 +510,8 @@ async fn without_quorum_writes_fail_like_etcd() {
             c.kill9(i);
         }
     }
-    let mut client = KvClient::new(channel(&c.members[survivor].endpoint, Duration::from_secs(30)).await);
+    let mut client =
+        KvClient::new(channel(&c.members[survivor].endpoint, Duration::from_secs(30)).await);
     let err = client
         .put(PutRequest {
             key: "q".into(),

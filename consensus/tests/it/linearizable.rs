@@ -177,7 +177,10 @@ async fn history_with_a_leader_kill_is_linearizable() {
         .count();
     assert!(h.len() > 100, "only {} operations", h.len());
     assert!(after_kill > 10, "no completed operation after the kill");
-    eprintln!("{} operations, {unknown} unknown, {after_kill} completed after the kill", h.len());
+    eprintln!(
+        "{} operations, {unknown} unknown, {after_kill} completed after the kill",
+        h.len()
+    );
     if let Err(e) = check(&h) {
         panic!("not linearizable ({} ops, {unknown} unknown): {e}", h.len());
     }

@@ -34,7 +34,8 @@ async fn wait_published(c: &mut Cluster, names: &[&str]) {
             let ok = lines.len() == want.len()
                 && want.iter().all(|n| {
                     lines.iter().any(|l| {
-                        l.contains(&format!(", {n}, ")) && l.contains(", started, ")
+                        l.contains(&format!(", {n}, "))
+                            && l.contains(", started, ")
                             && l.contains(", 127.0.0.1:")
                             && !l.trim_end().ends_with(',')
                     })
@@ -122,31 +123,41 @@ async fn member_remove_then_add_fresh_member_keeps_accepting_writes() {
     // Add a fresh member the etcd way and start it with what etcdctl printed.
     let new = c.plan_member("m3");
     let peer = c.members[new].peer_url.clone();
-    let out = run(&ep, &["member", "add", "m3", &format!("--peer-urls={peer}")]);
+    let out = run(
+        &ep,
+        &["member", "add", "m3", &format!("--peer-urls={peer}")],
+    );
     let initial = out
         .lines()
         .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
         .map(|v| v.trim_matches('"').to_string())
         .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in {out}"));
-    assert!(out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{out}");
+    assert!(
+        out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
     c.start_existing(new, &initial).await;
 
     // The new member catches up, publishes itself, and takes writes.
     let new_ep = c.members[new].endpoint.clone();
     let mut via_new = kv(&new_ep).await;
-    wait_for("a write through the new member", Duration::from_secs(30), || {
-        let mut via_new = via_new.clone();
-        async move {
-            via_new
-                .put(PutRequest {
-                    key: "after".into(),
-                    value: "2".into(),
-                    ..Default::default()
-                })
-                .await
-                .ok()
-        }
-    })
+    wait_for(
+        "a write through the new member",
+        Duration::from_secs(30),
+        || {
+            let mut via_new = via_new.clone();
+            async move {
+                via_new
+                    .put(PutRequest {
+                        key: "after".into(),
+                        value: "2".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()
+            }
+        },
+    )
     .await;
     client
         .put(PutRequest {

@@ -451,7 +451,10 @@ async fn status_and_hash_describe_this_member() {
     // Raft's own entries (the initial membership, the leader's first
     // blank entry) come before the put, as in etcd.
     assert!(s.raft_applied_index >= 1, "{s:?}");
-    assert!(s.raft_index >= s.raft_applied_index && s.raft_term >= 1, "{s:?}");
+    assert!(
+        s.raft_index >= s.raft_applied_index && s.raft_term >= 1,
+        "{s:?}"
+    );
     let h1 = c
         .maint
         .hash_kv(lookout_proto::pb::HashKvRequest { revision: 0 })

@@ -53,15 +53,21 @@ async fn quota_raises_nospace_and_defrag_after_compaction_reclaims_it() {
     let out = etcdctl(&srv.endpoint, &["alarm", "list"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("alarm:NOSPACE"), "{text}");
-    let s = c.kv.put(crate::support::put("small", "1")).await.unwrap_err();
+    let s =
+        c.kv.put(crate::support::put("small", "1"))
+            .await
+            .unwrap_err();
     assert_eq!(s.code(), tonic::Code::ResourceExhausted);
     let st = c.maint.status(StatusRequest {}).await.unwrap().into_inner();
-    assert!(st.errors.iter().any(|e| e.contains("NOSPACE")), "{:?}", st.errors);
+    assert!(
+        st.errors.iter().any(|e| e.contains("NOSPACE")),
+        "{:?}",
+        st.errors
+    );
 
     // Deletes and compaction still work; defrag gives the space back.
-    let del = c
-        .kv
-        .delete_range(DeleteRangeRequest {
+    let del =
+        c.kv.delete_range(DeleteRangeRequest {
             key: "big/".into(),
             range_end: prefix_end("big/"),
             ..Default::default()
@@ -80,7 +86,11 @@ async fn quota_raises_nospace_and_defrag_after_compaction_reclaims_it() {
     let before = srv.store.db_size();
     let out = etcdctl(&srv.endpoint, &["defrag"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("Finished defragmenting"), "{text}");
     let after = srv.store.db_size();
     assert!(after * 2 < before, "defrag: {before} -> {after} bytes");
@@ -88,8 +98,8 @@ async fn quota_raises_nospace_and_defrag_after_compaction_reclaims_it() {
     // Disarm, and writes are accepted again.
     let out = etcdctl(&srv.endpoint, &["alarm", "disarm"]);
     assert!(out.status.success());
-    let text = String::from_utf8_lossy(&etcdctl(&srv.endpoint, &["alarm", "list"]).stdout)
-        .into_owned();
+    let text =
+        String::from_utf8_lossy(&etcdctl(&srv.endpoint, &["alarm", "list"]).stdout).into_owned();
     assert!(text.trim().is_empty(), "{text}");
     c.kv.put(crate::support::put("small", "1")).await.unwrap();
     let r = c.kv.range(get("small")).await.unwrap().into_inner();
@@ -116,7 +126,9 @@ async fn periodic_auto_compaction_keeps_the_retention_window() {
     .await;
     let mut c = connect(&srv.endpoint).await;
     for i in 0..20 {
-        c.kv.put(crate::support::put("ac", &i.to_string())).await.unwrap();
+        c.kv.put(crate::support::put("ac", &i.to_string()))
+            .await
+            .unwrap();
     }
     let first = srv.store.revision();
     // Within a few retention periods the leader compacts to a revision
