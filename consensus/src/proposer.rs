@@ -90,13 +90,11 @@ impl Proposer {
             }
         };
         if start {
-            // The proposer that starts a submitter runs its first batch
-            // itself (no hand-off on a lightly loaded store); what queued
-            // meanwhile is submitted by a task, so this caller can answer.
-            if self.run_one(store).await {
-                let (p, s) = (self.clone(), store.clone());
-                tokio::spawn(async move { p.run(&s).await });
-            }
+            // Always a task of its own: the caller's future is dropped when
+            // its client goes away, and a batch (with other callers'
+            // requests and the submitter slot) must never go with it.
+            let (p, s) = (self.clone(), store.clone());
+            tokio::spawn(async move { p.run(&s).await });
         }
         rx.await.map_err(|_| Error::Stopped)?
     }

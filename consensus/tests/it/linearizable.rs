@@ -176,7 +176,25 @@ async fn history_with_a_leader_kill_is_linearizable() {
         .filter(|o| o.call > 2_500_000_000 && o.output != Output::Unknown)
         .count();
     assert!(h.len() > 100, "only {} operations", h.len());
-    assert!(after_kill > 10, "no completed operation after the kill");
+    if after_kill <= 10 {
+        let logs: Vec<String> = c
+            .members
+            .iter()
+            .map(|m| {
+                let t = m.log_text();
+                let tail: Vec<&str> = t.lines().rev().take(40).collect();
+                format!(
+                    "--- {}:\n{}",
+                    m.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect();
+        panic!(
+            "only {after_kill} operations completed after the kill\n{}",
+            logs.join("\n")
+        );
+    }
     eprintln!(
         "{} operations, {unknown} unknown, {after_kill} completed after the kill",
         h.len()
