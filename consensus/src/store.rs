@@ -87,13 +87,16 @@ fn raft_config(cfg: &StoreConfig) -> Result<openraft::Config> {
     let c = openraft::Config {
         cluster_name: cfg.cluster_token.clone(),
         heartbeat_interval: hb,
-        // openraft refuses votes while the old leader's lease runs, and the
-        // lease is election_timeout_max: a wide random range would only
-        // make the first candidate fail and retry a whole timeout later.
-        // Candidates still fire at different moments: each checks its
-        // timer on its own tick (every 1.5 heartbeats, unsynchronised).
-        election_timeout_min: et,
-        election_timeout_max: et + 1,
+        // A follower of a live leader campaigns only after the leader's
+        // lease (= election_timeout_max) plus one election timeout without
+        // hearing from it, and refuses votes during the lease. Half the
+        // flag for each makes `--election-timeout` what it is in etcd: how
+        // long followers wait before campaigning. The range is narrow
+        // because a wide one only makes the first candidate fail the lease
+        // and retry later; candidates still fire at different moments, as
+        // each checks its timer on its own unsynchronised tick.
+        election_timeout_min: (et / 2).max(2),
+        election_timeout_max: (et / 2).max(2) + 1,
         install_snapshot_timeout: (et * 2).max(1000),
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_count.max(1)),
