@@ -2,7 +2,11 @@
 //! never needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/mvccpb/kv.proto", "proto/etcdserverpb/rpc.proto"];
+    let files = [
+        "proto/mvccpb/kv.proto",
+        "proto/etcdserverpb/rpc.proto",
+        "proto/lookout/peer.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -2,7 +2,9 @@
 //! function that turns flags into a library configuration and runs it.
 //!
 //! ```text
-//!   lookout store --name n --data-dir d --listen-client-urls ...  -> one store node
+//!   lookout store --name n --data-dir d --listen-client-urls ...  -> one store member
+//!     (a one-member raft cluster; with --initial-cluster a=http://..,b=..,c=..
+//!      and --listen-peer-urls, one member of a 3- or 5-member cluster)
 //!   lookout gateway --listen-addr a --endpoints h1:p1,h2:p2        -> watch-cache gateway
 //!   lookout dev [--data-dir ./lookout-data]                       -> store on an internal
 //!                      loopback port + gateway on 127.0.0.1:2379, one process
@@ -42,6 +44,8 @@ pub enum CliError {
     BadDuration(String),
     #[error("gateway: {0}")]
     Gateway(#[from] GatewayError),
+    #[error("bad flag: {0}")]
+    BadFlag(String),
 }
 
 #[derive(Debug, Parser)]
@@ -55,6 +59,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start; boxing the large store flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one store node (etcd's flag names).
@@ -82,9 +88,50 @@ pub struct StoreArgs {
     /// Client URLs to advertise (default: the listen URLs).
     #[arg(long, value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
-    /// Peer URLs this member advertises (shown by `member list`).
+    /// Peer URLs this member advertises (its member ID derives from them).
     #[arg(long, value_delimiter = ',', default_value = "http://localhost:2380")]
     pub initial_advertise_peer_urls: Vec<String>,
+    /// URLs to listen on for peer (raft) traffic (default: the advertised
+    /// peer URLs).
+    #[arg(long, value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+    /// Initial cluster, `name=peer-url,...` (default: this member alone).
+    #[arg(long, default_value = "")]
+    pub initial_cluster: String,
+    /// `new` to bootstrap a cluster, `existing` to join one (after
+    /// `etcdctl member add`).
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Token that makes member and cluster IDs unique to this cluster.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Applied entries between snapshots (the raft log is purged behind
+    /// each one).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// Entries kept behind a snapshot for slow followers.
+    #[arg(
+        long = "experimental-snapshot-catchup-entries",
+        default_value_t = 5_000
+    )]
+    pub snapshot_catchup_entries: u64,
+    /// `periodic` (retention is a duration such as 1h or a number of
+    /// hours) or `revision` (retention is a number of revisions).
+    #[arg(long, default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+    /// Auto-compaction retention; 0 disables auto-compaction.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Backend size that raises the NOSPACE alarm (0 = 2 GiB, negative =
+    /// no quota).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
     /// Largest client request the store accepts, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
@@ -214,6 +261,27 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     } else {
         a.advertise_client_urls.clone()
     };
+    let listen_peer = if a.listen_peer_urls.is_empty() {
+        a.initial_advertise_peer_urls.clone()
+    } else {
+        a.listen_peer_urls.clone()
+    };
+    // A lone member needs no peer listener; a cluster member does.
+    let peer_addrs = if a.initial_cluster.is_empty() && a.initial_cluster_state == "new" {
+        if a.listen_peer_urls.is_empty() {
+            Vec::new()
+        } else {
+            listen_peer
+                .iter()
+                .map(|u| listen_addr(u))
+                .collect::<Result<_, _>>()?
+        }
+    } else {
+        listen_peer
+            .iter()
+            .map(|u| listen_addr(u))
+            .collect::<Result<_, _>>()?
+    };
     let mut cfg = StoreConfig::new(data_dir);
     cfg.name = a.name;
     cfg.client_urls = advertise;
@@ -221,7 +289,54 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     cfg.max_request_bytes = a.max_request_bytes;
     cfg.max_txn_ops = a.max_txn_ops;
     cfg.progress_notify_interval = a.progress_notify_interval;
-    serve_store(cfg, &addrs).await
+    cfg.initial_cluster = lookout_consensus::cluster::parse_initial_cluster(&a.initial_cluster)?;
+    cfg.initial_cluster_new = a.initial_cluster_state == "new";
+    cfg.cluster_token = a.initial_cluster_token;
+    cfg.heartbeat_interval = Duration::from_millis(a.heartbeat_interval);
+    cfg.election_timeout = Duration::from_millis(a.election_timeout);
+    if a.election_timeout < 5 * a.heartbeat_interval {
+        return Err(CliError::BadFlag(
+            "--election-timeout must be at least 5 times --heartbeat-interval".into(),
+        ));
+    }
+    // etcd: the minimum lease TTL follows the election timeout.
+    cfg.min_lease_ttl = ((a.election_timeout as i64 * 3 + 1999) / 2000).max(1);
+    cfg.snapshot_count = a.snapshot_count;
+    cfg.snapshot_catchup_entries = a.snapshot_catchup_entries;
+    cfg.quota_backend_bytes = match a.quota_backend_bytes {
+        0 => lookout_consensus::config::DEFAULT_QUOTA_BYTES,
+        n if n < 0 => u64::MAX,
+        n => n as u64,
+    };
+    cfg.auto_compaction =
+        parse_auto_compaction(&a.auto_compaction_mode, &a.auto_compaction_retention)?;
+    serve_member(cfg, &addrs, &peer_addrs).await
+}
+
+/// etcd's `--auto-compaction-mode` / `--auto-compaction-retention`: a
+/// periodic retention without a unit is in hours; 0 disables.
+fn parse_auto_compaction(
+    mode: &str,
+    retention: &str,
+) -> Result<Option<lookout_consensus::config::AutoCompaction>, CliError> {
+    use lookout_consensus::config::AutoCompaction;
+    let bad = || CliError::BadFlag(format!("--auto-compaction-retention {retention:?}"));
+    if retention.trim() == "0" || retention.is_empty() {
+        return Ok(None);
+    }
+    match mode {
+        "revision" => {
+            let n: i64 = retention.parse().map_err(|_| bad())?;
+            Ok((n > 0).then_some(AutoCompaction::Revision(n)))
+        }
+        _ => {
+            let d = match retention.parse::<u64>() {
+                Ok(h) => Duration::from_secs(h * 3600),
+                Err(_) => parse_duration(retention).map_err(|_| bad())?,
+            };
+            Ok(Some(AutoCompaction::Periodic(d)))
+        }
+    }
 }
 
 /// Runs `lookout gateway` until SIGTERM/Ctrl-C.
@@ -336,7 +451,7 @@ async fn bind(addr: &str) -> Result<TcpListener, CliError> {
         })
 }
 
-async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError> {
+async fn bind_all(addrs: &[String]) -> Result<Vec<TcpListener>, CliError> {
     let mut listeners = Vec::new();
     for addr in addrs {
         let l = TcpListener::bind(addr)
@@ -347,9 +462,33 @@ async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError>
             })?;
         listeners.push(l);
     }
-    let store = Store::open(cfg)?;
+    Ok(listeners)
+}
+
+/// Serves one store member: the etcd API on `addrs`, the peer protocol
+/// on `peer_addrs`, until SIGTERM/Ctrl-C.
+async fn serve_member(
+    cfg: StoreConfig,
+    addrs: &[String],
+    peer_addrs: &[String],
+) -> Result<(), CliError> {
+    let listeners = bind_all(addrs).await?;
+    let peer_listeners = bind_all(peer_addrs).await?;
+    let store = Store::start(cfg).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
+    for l in peer_listeners {
+        let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(addr = %local, "serving peer protocol");
+        let mut rx = stop_rx.clone();
+        let store = store.clone();
+        servers.spawn(async move {
+            lookout_consensus::serve_peer(l, store, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        });
+    }
     for l in listeners {
         let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %local, member = %format!("{:x}", store.member_id()), "serving etcd v3 gRPC");
@@ -370,7 +509,8 @@ async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError>
         Some(r) = servers.join_next() => {
             // A server ended on its own: that is an error worth reporting.
             let _ = stop_tx.send(true);
-            store.close();
+            let closing = store.clone();
+            let _ = tokio::task::spawn_blocking(move || closing.close()).await;
             return match r {
                 Ok(res) => res.map_err(CliError::from),
                 Err(e) => Err(CliError::Signal(std::io::Error::other(e))),
@@ -446,5 +586,40 @@ mod tests {
         assert_eq!(a.max_txn_ops, 3);
         assert_eq!(a.max_request_bytes, 1536 * 1024);
         assert_eq!(a.listen_client_urls, vec!["http://localhost:2379"]);
+        assert_eq!(a.heartbeat_interval, 100);
+        assert_eq!(a.election_timeout, 1000);
+        assert_eq!(a.initial_cluster_state, "new");
+    }
+
+    #[test]
+    fn cluster_flags_parse_like_etcd() {
+        let c = Cli::try_parse_from([
+            "lookout",
+            "store",
+            "--name=a",
+            "--initial-cluster=a=http://127.0.0.1:1,b=http://127.0.0.1:2",
+            "--initial-cluster-state=existing",
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=1000",
+            "--quota-backend-bytes=-1",
+        ])
+        .unwrap();
+        let Command::Store(a) = c.command else {
+            panic!("store")
+        };
+        assert_eq!(a.initial_cluster_state, "existing");
+        assert_eq!(a.quota_backend_bytes, -1);
+        assert_eq!(
+            parse_auto_compaction(&a.auto_compaction_mode, &a.auto_compaction_retention).unwrap(),
+            Some(lookout_consensus::config::AutoCompaction::Revision(1000))
+        );
+        assert_eq!(
+            parse_auto_compaction("periodic", "2").unwrap(),
+            Some(lookout_consensus::config::AutoCompaction::Periodic(
+                Duration::from_secs(7200)
+            ))
+        );
+        assert_eq!(parse_auto_compaction("periodic", "0").unwrap(), None);
+        assert!(Cli::try_parse_from(["lookout", "store", "--initial-cluster-state=old"]).is_err());
     }
 }

@@ -19,4 +19,11 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// The store-to-store (peer) protocol: versioned envelopes around raft
+/// messages and forwarded requests.
+#[allow(clippy::all, missing_debug_implementations, rust_2018_idioms)]
+pub mod peer {
+    tonic::include_proto!("lookout.peer");
+}
+
 pub use etcdserverpb as pb;

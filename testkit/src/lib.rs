@@ -18,9 +18,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod checker;
+pub mod cluster;
 pub mod etcd;
 pub mod etcd_restart;
 pub mod grpc_proxy;
+pub mod linearizability;
 pub mod lookout;
 pub mod lookout_stack;
 pub mod session;
