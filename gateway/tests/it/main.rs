@@ -4,6 +4,7 @@
 mod crash;
 mod etcdctl_session;
 mod http_client;
+mod http_etcd_compat;
 mod http_v1;
 mod http_watch;
 mod support;
