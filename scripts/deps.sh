@@ -19,6 +19,14 @@ if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; th
     fi
 fi
 
+# The etcd-client crate (a dev-dependency: the gateway's third-party client
+# test) compiles its .proto files with a system protoc at build time.
+if ! command -v protoc >/dev/null 2>&1; then
+    echo "installing protobuf-compiler from Debian (for the etcd-client dev-dependency)" >&2
+    sudo_if_needed apt-get update -qq
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest" >&2
     cargo install cargo-nextest --locked

@@ -107,6 +107,10 @@ pub(crate) struct CacheInner {
     pub(crate) registry: RwLock<Registry>,
     /// Revision through which every batch has been pushed to the streams.
     pub(crate) fanout_rev: AtomicI64,
+    /// The newest upstream compaction revision the cache has learned (a
+    /// forwarded Compact, or a relist forced by one): events at or below it
+    /// go out without `prev_kv`, as etcd can no longer read it.
+    pub(crate) compacted: AtomicI64,
     /// Same revision, for waiters.
     applied: watch::Sender<i64>,
     ready: AtomicBool,
@@ -142,6 +146,7 @@ impl CacheInner {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             registry: RwLock::new(Registry::default()),
             fanout_rev: AtomicI64::new(0),
+            compacted: AtomicI64::new(0),
             applied: watch::channel(0).0,
             ready: AtomicBool::new(false),
             metrics: Arc::new(CacheMetrics::default()),
@@ -277,6 +282,23 @@ impl Cache {
                 });
             }
         }
+    }
+
+    /// Tells the cache the upstream compacted at `revision` (the gateway
+    /// forwarded a successful `Compact`): the history ring drops what lies
+    /// below it, so watches from a compacted revision are cancelled with
+    /// `compact_revision` exactly as etcd cancels them, instead of being
+    /// replayed from the ring, and events at or below it lose `prev_kv` (etcd
+    /// reads it at revision - 1, which no longer exists). Compactions made by
+    /// other clients directly on the store are not seen here (etcd announces
+    /// them to nobody).
+    pub fn note_compaction(&self, revision: i64) {
+        self.inner.compacted.fetch_max(revision, Release);
+        self.inner.history.write().compact(revision);
+        self.inner
+            .metrics
+            .ring_start
+            .store(self.inner.history.read().start(), Relaxed);
     }
 
     /// A linearizable read point: learns the upstream's current revision with
@@ -483,7 +505,12 @@ impl Applier {
         // When the upstream did not say where it compacted, the truthful
         // floor is the first revision the cache can serve again.
         let relisting = inner.is_ready();
-        let compact = if compact > 0 { compact } else { revision + 1 };
+        let compact = if compact > 0 {
+            inner.compacted.fetch_max(compact, Release);
+            compact
+        } else {
+            revision + 1
+        };
         let reg = inner.registry.write();
         {
             let mut h = inner.history.write();

@@ -116,6 +116,24 @@ impl EtcdUpstream {
             .unwrap_or_default()
     }
 
+    /// The channel to the endpoint in use (connecting, with backoff and
+    /// rotation, if there is none), for calls the [`Upstream`] trait does
+    /// not cover: the gateway forwards Maintenance and Cluster requests on it.
+    ///
+    /// # Errors
+    /// Unavailable when no endpoint can be reached.
+    pub async fn channel(&self) -> Result<Channel, Status> {
+        self.conn.channel().await.map(|(_, ch)| ch)
+    }
+
+    /// Drops the channel in use and moves to the next endpoint when
+    /// `status` (from a call made on [`EtcdUpstream::channel`]) says the
+    /// endpoint failed; a semantic error leaves it in use.
+    pub fn report_failure(&self, status: &Status) {
+        let generation = self.conn.current.lock().generation;
+        self.conn.failed(generation, status);
+    }
+
     fn unary<'a, T, F, Fut>(&'a self, f: F) -> UpstreamFuture<'a, T>
     where
         T: Send + 'a,

@@ -85,6 +85,23 @@ impl History {
         self.last = self.last.max(rev);
     }
 
+    /// The upstream compacted at `rev`: revisions below it no longer exist
+    /// there, so the ring stops serving them too, and a watch from below is
+    /// cancelled with `compact_revision = rev` as etcd would. Never moves
+    /// past the applied revision (`last + 1`), so the ring stays complete.
+    pub(crate) fn compact(&mut self, rev: i64) {
+        let rev = rev.min(self.last + 1);
+        if rev <= self.start {
+            return;
+        }
+        while self.events.front().is_some_and(|e| e.revision() < rev) {
+            let e = self.events.pop_front().expect("front exists");
+            self.bytes -= e.weight();
+        }
+        self.start = rev;
+        self.floor_report = rev;
+    }
+
     fn evict(&mut self) {
         while self.events.len() > self.max_events || self.bytes > self.max_bytes {
             let Some(rev) = self.events.front().map(|e| e.revision()) else {
@@ -173,6 +190,27 @@ mod tests {
         // Revision 14 evicts both events of revision 12 together.
         h.append(&[ev(14, "d", 1)], 14);
         assert_eq!((h.len(), h.start()), (2, 13));
+    }
+
+    #[test]
+    fn compaction_trims_the_ring_and_reports_its_revision() {
+        let mut h = History::new(usize::MAX, usize::MAX);
+        h.reset(1, 0);
+        for r in 2..=6 {
+            h.append(&[ev(r, "k", 1)], r);
+        }
+        h.compact(4);
+        assert_eq!((h.len(), h.start(), h.last()), (3, 4, 6));
+        assert_eq!(h.cursor(3), Cursor::FellOff(4));
+        assert_eq!(h.cursor(4), Cursor::At(0));
+        // An older compaction changes nothing; one past the applied
+        // revision stops at last + 1.
+        h.compact(2);
+        assert_eq!(h.start(), 4);
+        h.compact(100);
+        assert_eq!((h.len(), h.start(), h.bytes()), (0, 7, 0));
+        assert_eq!(h.cursor(6), Cursor::FellOff(7));
+        assert_eq!(h.cursor(7), Cursor::At(0));
     }
 
     #[test]

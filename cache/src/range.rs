@@ -28,14 +28,15 @@ use crate::snapshot::Snapshot;
 ///
 /// # Errors
 /// [`CacheError::EmptyKey`] for an empty key, [`CacheError::InvalidSortOption`]
-/// for an unknown sort order or target.
+/// for an unknown sort target.
 pub fn validate_range(req: &RangeRequest) -> Result<(), CacheError> {
     if req.key.is_empty() {
         return Err(CacheError::EmptyKey);
     }
-    if SortOrder::try_from(req.sort_order).is_err()
-        || SortTarget::try_from(req.sort_target).is_err()
-    {
+    // etcd 3.4 accepts an unknown sort order (and then sorts nothing); an
+    // unknown sort target makes it dereference a nil sorter and crash, so
+    // refuse it with the error etcd 3.5 gives.
+    if SortTarget::try_from(req.sort_target).is_err() {
         return Err(CacheError::InvalidSortOption);
     }
     Ok(())
@@ -86,13 +87,16 @@ pub fn evaluate_range(snap: &Snapshot, req: &RangeRequest) -> Result<RangeRespon
         });
     }
 
+    // An unknown order still fetches everything before the limit (etcd
+    // tests `sort_order != NONE`) but sorts nothing: keys stay in key order.
+    let unknown_order = SortOrder::try_from(req.sort_order).is_err();
     let order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
     let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
     let filtered = req.min_mod_revision != 0
         || req.max_mod_revision != 0
         || req.min_create_revision != 0
         || req.max_create_revision != 0;
-    let fetch_all = order != SortOrder::None || filtered;
+    let fetch_all = order != SortOrder::None || unknown_order || filtered;
 
     let (mut kvs, count): (Vec<&KeyValue>, usize) = if req.limit > 0 && !fetch_all {
         // Key order is the map's order: take one more than the limit to know
@@ -116,7 +120,7 @@ pub fn evaluate_range(snap: &Snapshot, req: &RangeRequest) -> Result<RangeRespon
         });
     }
 
-    let order = if target != SortTarget::Key && order == SortOrder::None {
+    let order = if target != SortTarget::Key && order == SortOrder::None && !unknown_order {
         SortOrder::Ascend
     } else {
         order
@@ -334,10 +338,19 @@ mod tests {
         ));
         q.revision = 9;
         assert!(evaluate_range(&s, &q).is_ok());
-        q.sort_order = 7;
+        q.sort_target = 9;
         assert!(matches!(
             evaluate_range(&s, &q),
             Err(CacheError::InvalidSortOption)
         ));
+        // An unknown order is accepted and sorts nothing, as in etcd 3.4.
+        let mut q = req("a", b"e");
+        q.sort_order = 7;
+        q.sort_target = SortTarget::Value as i32;
+        q.limit = 2;
+        let r = evaluate_range(&s, &q).unwrap();
+        let keys: Vec<&[u8]> = r.kvs.iter().map(|kv| &kv.key[..]).collect();
+        assert_eq!(keys, [&b"a"[..], b"b"]);
+        assert!(r.more);
     }
 }

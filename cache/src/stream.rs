@@ -632,7 +632,11 @@ impl WatchFrames {
         // (or was dropped for overflow, which sends watchers to the ring).
         let fanout = cache.fanout_rev.load(Acquire);
         let fb = &mut self.builder;
-        fb.begin(cache.header(0), cfg.max_frame_bytes);
+        fb.begin(
+            cache.header(0),
+            cfg.max_frame_bytes,
+            cache.compacted.load(Acquire),
+        );
 
         while let Some(p) = st.queue.pop_front() {
             match p {
@@ -893,6 +897,8 @@ struct FrameBuilder {
     max: usize,
     bytes: usize,
     events: u64,
+    /// The store's compaction revision as far as the cache knows it.
+    compacted: i64,
 }
 
 #[derive(Debug)]
@@ -904,8 +910,9 @@ struct OpenFrame {
 }
 
 impl FrameBuilder {
-    fn begin(&mut self, header: ResponseHeader, max: usize) {
+    fn begin(&mut self, header: ResponseHeader, max: usize, compacted: i64) {
         self.header = header;
+        self.compacted = compacted;
         self.max = max.max(1);
         self.bytes = 0;
         self.events = 0;
@@ -921,7 +928,17 @@ impl FrameBuilder {
     }
 
     fn push(&mut self, id: i64, w: &mut Watcher, ev: &Arc<CachedEvent>, out: &mut Vec<WatchFrame>) {
-        let len = ev.encoded_len(w.spec.prev_kv);
+        // etcd reads prev_kv at revision - 1 when it sends; below the
+        // store's compaction that read fails and the event goes without it.
+        let prev_kv = w.spec.prev_kv && ev.revision() > self.compacted;
+        if self
+            .open
+            .get(&id)
+            .is_some_and(|f| f.prev_kv != prev_kv && !f.events.is_empty())
+        {
+            self.close(id, false, out);
+        }
+        let len = ev.encoded_len(prev_kv);
         if let Some(f) = self.open.get(&id)
             && !f.events.is_empty()
             && f.bytes + len > self.max
@@ -936,7 +953,7 @@ impl FrameBuilder {
         let f = self.open.entry(id).or_insert_with(|| OpenFrame {
             events: Vec::new(),
             bytes: 0,
-            prev_kv: w.spec.prev_kv,
+            prev_kv,
             fragment_ok: w.fragment,
         });
         f.events.push(ev.clone());

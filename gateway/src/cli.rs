@@ -3,11 +3,13 @@
 //!
 //! ```text
 //!   lookout store --name n --data-dir d --listen-client-urls ...  -> one store node
-//!   lookout dev [--data-dir ./lookout-data]                       -> store on 127.0.0.1:2379
+//!   lookout gateway --listen-addr a --endpoints h1:p1,h2:p2        -> watch-cache gateway
+//!   lookout dev [--data-dir ./lookout-data]                       -> store on an internal
+//!                      loopback port + gateway on 127.0.0.1:2379, one process
 //! ```
 //!
-//! New modes (the gateway) are new variants of [`Command`]; `dev` will
-//! grow a gateway in front of its store.
+//! Each mode is a variant of [`Command`]; the gateway's flags and its
+//! configuration live in the library (`lookout_gateway::GatewayArgs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use lookout_consensus::config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS};
 use lookout_consensus::{Store, StoreConfig};
+use lookout_gateway::{GatewayArgs, GatewayConfig, GatewayError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -37,6 +40,8 @@ pub enum CliError {
     Signal(std::io::Error),
     #[error("bad duration {0:?} (use e.g. 500ms, 10s, 10m, 1h)")]
     BadDuration(String),
+    #[error("gateway: {0}")]
+    Gateway(#[from] GatewayError),
 }
 
 #[derive(Debug, Parser)]
@@ -54,7 +59,11 @@ pub struct Cli {
 pub enum Command {
     /// Run one store node (etcd's flag names).
     Store(StoreArgs),
-    /// Run a one-node store on 127.0.0.1:2379 for development.
+    /// Run a watch-cache gateway in front of a store or etcd cluster
+    /// (etcd grpc-proxy's flag names).
+    Gateway(GatewayArgs),
+    /// Run a one-node store and a gateway in front of it on 127.0.0.1:2379,
+    /// in one process, for development.
     Dev(DevArgs),
 }
 
@@ -151,6 +160,7 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Store(a) => run_store(a).await,
+            Command::Gateway(a) => run_gateway(a).await,
             Command::Dev(a) => run_dev(a).await,
         }
     });
@@ -214,16 +224,116 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     serve_store(cfg, &addrs).await
 }
 
-/// Runs `lookout dev`: a one-node store on 127.0.0.1:2379.
+/// Runs `lookout gateway` until SIGTERM/Ctrl-C.
 ///
 /// # Errors
-/// As [`run_store`].
+/// Bad flags, a listener that cannot bind, or a server failure.
+pub async fn run_gateway(a: GatewayArgs) -> Result<(), CliError> {
+    let addr = a.listen()?;
+    let listener = bind(&addr).await?;
+    let (signal_tx, signal_rx) = tokio::sync::oneshot::channel();
+    let signal = tokio::spawn(async move {
+        let r = shutdown_signal().await;
+        let _ = signal_tx.send(());
+        r
+    });
+    let result = lookout_gateway::run_gateway(a.to_config(), listener, async move {
+        let _ = signal_rx.await;
+    })
+    .await;
+    signal.abort();
+    result.map_err(CliError::from)
+}
+
+/// Runs `lookout dev`: a one-node store on an internal loopback port and a
+/// gateway in front of it on `--listen-client-urls` (127.0.0.1:2379), so
+/// clients get the cache's reads and watches and the store's writes.
+///
+/// # Errors
+/// As [`run_store`] and [`run_gateway`].
 pub async fn run_dev(a: DevArgs) -> Result<(), CliError> {
     let addr = listen_addr(&a.listen_client_urls)?;
+    let gateway_listener = bind(&addr).await?;
+    let store_listener = bind("127.0.0.1:0").await?;
+    let store_addr = store_listener
+        .local_addr()
+        .map_err(|source| CliError::Listen {
+            addr: "127.0.0.1:0".into(),
+            source,
+        })?;
     let mut cfg = StoreConfig::new(a.data_dir);
     cfg.name = "dev".into();
-    cfg.client_urls = vec![a.listen_client_urls];
-    serve_store(cfg, &[addr]).await
+    cfg.client_urls = vec![format!("http://{store_addr}")];
+    let store = Store::open(cfg)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut store_task = tokio::spawn(lookout_consensus::serve(
+        store_listener,
+        store.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    tracing::info!(store = %store_addr, "dev store serving on an internal port");
+
+    let mut gcfg = GatewayConfig::new([store_addr.to_string()]);
+    gcfg.advertise_client_url = Some(a.listen_client_urls.clone());
+    gcfg.shutdown_timeout = Duration::from_secs(5);
+    let (gw_stop_tx, gw_stop_rx) = watch::channel(false);
+    let mut gateway = tokio::spawn(lookout_gateway::run_gateway(
+        gcfg,
+        gateway_listener,
+        stopped(gw_stop_rx),
+    ));
+
+    let early = tokio::select! {
+        r = shutdown_signal() => {
+            r?;
+            None
+        }
+        r = &mut gateway => Some(r.map_err(|e| CliError::Signal(std::io::Error::other(e)))
+            .and_then(|r| r.map_err(CliError::from))),
+        r = &mut store_task => Some(r.map_err(|e| CliError::Signal(std::io::Error::other(e)))
+            .and_then(|r| r.map_err(CliError::from))),
+    };
+    tracing::info!("shutting down");
+    // The gateway first: its clients' streams end while the store still
+    // answers, then the store.
+    let _ = gw_stop_tx.send(true);
+    if !gateway.is_finished() {
+        match tokio::time::timeout(Duration::from_secs(10), &mut gateway).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gateway stopped with an error"),
+            Ok(_) => {}
+            Err(_) => gateway.abort(),
+        }
+    }
+    let _ = stop_tx.send(true);
+    if !store_task.is_finished()
+        && tokio::time::timeout(Duration::from_secs(5), &mut store_task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("store streams did not finish in 5s; closing anyway");
+        store_task.abort();
+    }
+    let closing = store.clone();
+    tokio::task::spawn_blocking(move || closing.close())
+        .await
+        .map_err(|e| CliError::Signal(std::io::Error::other(e)))?;
+    tracing::info!("stopped");
+    match early {
+        Some(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, CliError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| CliError::Listen {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError> {
@@ -308,6 +418,28 @@ mod tests {
         );
         assert_eq!(listen_addr("http://127.0.0.1:1/").unwrap(), "127.0.0.1:1");
         assert!(listen_addr("https://x:1").is_err());
+    }
+
+    #[test]
+    fn gateway_subcommand_takes_grpc_proxy_flags() {
+        let c = Cli::try_parse_from([
+            "lookout",
+            "gateway",
+            "--listen-addr=127.0.0.1:0",
+            "--endpoints=127.0.0.1:1,127.0.0.1:2",
+            "--prefix=/a/",
+        ])
+        .unwrap();
+        let Command::Gateway(a) = c.command else {
+            panic!("gateway")
+        };
+        assert_eq!(a.endpoints.len(), 2);
+        assert_eq!(a.to_config().prefixes.len(), 1);
+        let d = Cli::try_parse_from(["lookout", "dev"]).unwrap();
+        let Command::Dev(d) = d.command else {
+            panic!("dev")
+        };
+        assert_eq!(d.listen_client_urls, "http://127.0.0.1:2379");
     }
 
     #[test]

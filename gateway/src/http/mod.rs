@@ -28,6 +28,8 @@
 mod api;
 mod body;
 mod error;
+mod gateway_api;
+pub(crate) mod ops;
 mod serve;
 mod text;
 mod v1;
@@ -43,6 +45,8 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use tokio::sync::watch as signal;
+
+pub(crate) use gateway_api::GatewayApi;
 
 pub use api::{ApiResult, EtcdApi, KeepAlives, WatchEvent, WatchReplies, WatchReply};
 pub use error::{HttpError, http_status};

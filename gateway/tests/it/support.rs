@@ -28,3 +28,42 @@ pub async fn start_store(dir: &Path, port: Option<u16>) -> LookoutProcess {
     let log = dir.join(format!("lookout-{port}.log"));
     LookoutProcess::spawn(&lookout_bin(), &args, &endpoint, &log).await
 }
+
+/// Starts `lookout gateway` on a free loopback port in front of
+/// `endpoints`, with `/metrics` on another, and waits until its cache has
+/// listed the store. Extra flags go last.
+pub async fn start_gateway(dir: &Path, endpoints: &[&str], extra: &[&str]) -> LookoutProcess {
+    start_gateway_on(dir, endpoints, free_port(), extra).await
+}
+
+/// As [`start_gateway`] on a given port (a restarted gateway keeps its address).
+pub async fn start_gateway_on(
+    dir: &Path,
+    endpoints: &[&str],
+    port: u16,
+    extra: &[&str],
+) -> LookoutProcess {
+    let endpoint = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "gateway".to_string(),
+        "--listen-addr".into(),
+        endpoint.clone(),
+        "--endpoints".into(),
+        endpoints.join(","),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let log = dir.join(format!("gateway-{port}.log"));
+    let gw = LookoutProcess::spawn(&lookout_bin(), &args, &endpoint, &log).await;
+    lookout_testkit::wait_for(
+        "gateway cache synced",
+        std::time::Duration::from_secs(30),
+        || {
+            let ep = endpoint.clone();
+            async move { crate::harness::health_ok(&ep).await.then_some(()) }
+        },
+    )
+    .await;
+    gw
+}

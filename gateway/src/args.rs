@@ -1,0 +1,149 @@
+//! `lookout gateway` flags (clap), named as etcd grpc-proxy names them,
+//! turned into a [`GatewayConfig`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Args;
+
+use crate::config::GatewayConfig;
+use crate::error::GatewayError;
+
+/// `lookout gateway` flags.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Address to serve the etcd v3 API on.
+    #[arg(long, default_value = "127.0.0.1:23790")]
+    pub listen_addr: String,
+    /// The store's client endpoints, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+    /// Client URL MemberList advertises (default: `http://` + the listen address).
+    #[arg(long)]
+    pub advertise_client_url: Option<String>,
+    /// Also serve /metrics and /health here (host:port or http://host:port).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Cache only keys under this prefix (repeatable; default: all keys).
+    #[arg(long = "prefix")]
+    pub prefixes: Vec<String>,
+    /// History ring bound in events.
+    #[arg(long, default_value_t = 100_000)]
+    pub history_events: usize,
+    /// History ring bound in bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub history_bytes: usize,
+    /// How long a linearizable read waits for the cache before Unavailable.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub read_timeout: Duration,
+    /// How long a write's response waits for the cache to apply it.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub write_wait_timeout: Duration,
+    /// Interval of progress notifications to idle `progress_notify` watchers.
+    #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
+    pub progress_notify_interval: Duration,
+    /// Largest request accepted from a client, in bytes.
+    #[arg(long, default_value_t = i32::MAX as usize)]
+    pub max_recv_bytes: usize,
+    /// How long SIGTERM waits for connections to close.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl GatewayArgs {
+    /// The configuration these flags describe.
+    pub fn to_config(&self) -> GatewayConfig {
+        let mut c = GatewayConfig::new(self.endpoints.iter().cloned());
+        c.advertise_client_url = self.advertise_client_url.clone();
+        c.metrics_addr = self.metrics_addr.clone();
+        c.prefixes = self
+            .prefixes
+            .iter()
+            .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+            .collect();
+        c.cache.history_events = self.history_events;
+        c.cache.history_bytes = self.history_bytes;
+        c.cache.progress_notify_interval = self.progress_notify_interval;
+        c.read_timeout = self.read_timeout;
+        c.write_wait_timeout = self.write_wait_timeout;
+        c.max_recv_bytes = self.max_recv_bytes;
+        c.shutdown_timeout = self.shutdown_timeout;
+        c
+    }
+
+    /// `--listen-addr` as a socket address string (`localhost` -> 127.0.0.1).
+    ///
+    /// # Errors
+    /// [`GatewayError::BadFlag`] for anything but host:port.
+    pub fn listen(&self) -> Result<String, GatewayError> {
+        crate::server::host_port(&self.listen_addr, "--listen-addr")
+    }
+}
+
+/// Parses Go-style durations as etcd's flags take them ("10m", "500ms").
+///
+/// # Errors
+/// [`GatewayError::BadFlag`] for anything else.
+pub fn parse_duration(s: &str) -> Result<Duration, GatewayError> {
+    let bad = || GatewayError::BadFlag {
+        what: "duration",
+        value: s.to_string(),
+        hint: "use e.g. 500ms, 10s, 10m, 1h",
+    };
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(bad)?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !(secs >= 0.0 && secs.is_finite()) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gw: GatewayArgs,
+    }
+
+    #[test]
+    fn flags_use_grpc_proxy_names() {
+        let c = Cli::try_parse_from([
+            "x",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--endpoints",
+            "a:1,b:2",
+            "--prefix",
+            "/cilium/",
+            "--prefix",
+            "/calico/",
+            "--metrics-addr",
+            "http://127.0.0.1:6633",
+            "--read-timeout",
+            "250ms",
+        ])
+        .unwrap();
+        let cfg = c.gw.to_config();
+        assert_eq!(cfg.upstream.endpoints, vec!["a:1", "b:2"]);
+        assert_eq!(cfg.prefixes.len(), 2);
+        assert_eq!(cfg.read_timeout, Duration::from_millis(250));
+        assert_eq!(cfg.metrics_addr.as_deref(), Some("http://127.0.0.1:6633"));
+        assert_eq!(c.gw.listen().unwrap(), "127.0.0.1:0");
+        assert!(parse_duration("10").is_err());
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+    }
+}

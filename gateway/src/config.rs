@@ -1,0 +1,110 @@
+//! [`GatewayConfig`]: everything `run_gateway` needs, independent of how it
+//! was spelled on the command line.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use lookout_cache::{CacheConfig, EtcdUpstreamConfig, KeyRange};
+
+/// How one gateway runs. `GatewayConfig::new(endpoints)` gives the defaults
+/// `lookout gateway` uses.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The store's client endpoints (`host:port` or `http://host:port`).
+    pub upstream: EtcdUpstreamConfig,
+    /// Cache tuning: history ring bounds, queue budgets, key ranges
+    /// (`ranges` is set from [`GatewayConfig::prefixes`]).
+    pub cache: CacheConfig,
+    /// Prefixes to cache; empty caches every key. Requests outside them are
+    /// forwarded (reads) or refused (watches).
+    pub prefixes: Vec<Bytes>,
+    /// The URL MemberList advertises for this gateway (default: `http://`
+    /// plus the bound listen address).
+    pub advertise_client_url: Option<String>,
+    /// Where to serve `/metrics` and `/health` besides the client port.
+    pub metrics_addr: Option<String>,
+    /// Longest a linearizable read waits for the cache to reach the store's
+    /// revision before answering Unavailable.
+    pub read_timeout: Duration,
+    /// Longest a write's response waits for the cache to apply it (the
+    /// write has happened either way; past this the response goes out and
+    /// a counter records it).
+    pub write_wait_timeout: Duration,
+    /// Longest SIGTERM/Ctrl-C waits for connections to finish.
+    pub shutdown_timeout: Duration,
+    /// Largest request message accepted from a client (etcd grpc-proxy's
+    /// `--max-recv-bytes`); the store applies its own smaller limits.
+    pub max_recv_bytes: usize,
+}
+
+impl GatewayConfig {
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            upstream: EtcdUpstreamConfig::new(endpoints),
+            cache: CacheConfig::default(),
+            prefixes: Vec::new(),
+            advertise_client_url: None,
+            metrics_addr: None,
+            read_timeout: Duration::from_secs(5),
+            write_wait_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            max_recv_bytes: i32::MAX as usize,
+        }
+    }
+
+    /// The cache configuration with the key ranges from `prefixes`.
+    pub(crate) fn cache_config(&self, member_id: u64) -> CacheConfig {
+        let mut c = self.cache.clone();
+        c.ranges = if self.prefixes.is_empty() {
+            vec![KeyRange::all()]
+        } else {
+            self.prefixes
+                .iter()
+                .cloned()
+                .map(KeyRange::prefix)
+                .collect()
+        };
+        c.member_id = Some(member_id);
+        c
+    }
+}
+
+/// A member ID for this gateway: FNV-1a of its advertised URL, so the same
+/// gateway keeps its ID across restarts and two gateways differ. Never 0
+/// (etcd treats 0 as "no member").
+pub(crate) fn member_id(advertise_url: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in advertise_url.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_ids_are_stable_and_distinct() {
+        assert_eq!(
+            member_id("http://127.0.0.1:23790"),
+            member_id("http://127.0.0.1:23790")
+        );
+        assert_ne!(
+            member_id("http://127.0.0.1:23790"),
+            member_id("http://127.0.0.1:23791")
+        );
+        assert_ne!(member_id(""), 0);
+    }
+
+    #[test]
+    fn prefixes_become_cache_ranges() {
+        let mut c = GatewayConfig::new(["127.0.0.1:2379"]);
+        assert_eq!(c.cache_config(7).ranges, vec![KeyRange::all()]);
+        c.prefixes = vec![Bytes::from_static(b"a/"), Bytes::from_static(b"b/")];
+        let cc = c.cache_config(7);
+        assert_eq!(cc.ranges[1], KeyRange::prefix(Bytes::from_static(b"b/")));
+        assert_eq!(cc.member_id, Some(7));
+    }
+}

@@ -1,0 +1,50 @@
+//! The gateway's one error type, mapped to a `tonic::Status` once, here.
+
+use lookout_cache::CacheError;
+
+/// Everything the gateway itself can fail with. Cache and upstream errors
+/// keep their own status (etcd's code and message) through [`CacheError`].
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// A listener could not be bound.
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// A flag value that is not an address, URL or duration we understand.
+    #[error("bad {what} {value:?}: {hint}")]
+    BadFlag {
+        what: &'static str,
+        value: String,
+        hint: &'static str,
+    },
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("metrics server: {0}")]
+    Http(std::io::Error),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+    /// The gateway is stopping; clients should use another endpoint.
+    #[error("lookout: gateway is shutting down")]
+    ShuttingDown,
+    /// A watch on keys this gateway does not cache (its `--prefix` flags).
+    #[error("lookout: key range is outside the prefixes this gateway caches")]
+    OutOfScope,
+}
+
+impl From<GatewayError> for tonic::Status {
+    fn from(e: GatewayError) -> Self {
+        match e {
+            GatewayError::Cache(c) => c.into(),
+            GatewayError::ShuttingDown => tonic::Status::unavailable(e.to_string()),
+            GatewayError::OutOfScope => tonic::Status::invalid_argument(e.to_string()),
+            other => {
+                // Startup failures never reach a client; keep a sane code anyway.
+                tonic::Status::internal(other.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The KV service: Range from the cache (or upstream when the cache cannot
+//! answer exactly), writes forwarded and held until the cache has them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use lookout_cache::{CacheError, KeyRange, validate_range};
+use lookout_proto::pb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_server::Kv,
+};
+use tonic::{Request, Response, Status};
+
+use crate::server::Shared;
+
+#[derive(Debug, Clone)]
+pub(crate) struct KvService {
+    shared: Arc<Shared>,
+}
+
+impl KvService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    async fn forward_range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
+        let s = &self.shared;
+        s.metrics.ranges_forwarded.fetch_add(1, Relaxed);
+        let mut resp = s.cache.upstream().range(req).await?;
+        s.restamp(&mut resp.header);
+        Ok(resp)
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        let s = &self.shared;
+        // etcd checks the request before anything else: a bad one gets
+        // InvalidArgument even while the store is unreachable.
+        validate_range(&req)?;
+        let range = KeyRange::from_request(&req.key, &req.range_end);
+        // A read at another revision than the cache's current one: the store
+        // answers it (old data, compacted, or "future revision") exactly.
+        let other_rev = req.revision > 0 && req.revision != s.cache.revision();
+        if !s.cache.covers(&range) || other_rev {
+            return self.forward_range(req).await.map(Response::new);
+        }
+        let snap = s.read_snapshot(req.serializable).await?;
+        match s.cache.range_at(&snap, &req) {
+            Ok(resp) => {
+                s.metrics.ranges_cached.fetch_add(1, Relaxed);
+                Ok(Response::new(resp))
+            }
+            // The cache moved past the asked revision meanwhile.
+            Err(CacheError::RevisionNotCached { .. }) => {
+                self.forward_range(req).await.map(Response::new)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let s = &self.shared;
+        s.metrics.forwarded.fetch_add(1, Relaxed);
+        let mut resp = s.cache.upstream().put(request.into_inner()).await?;
+        s.after_write(resp.header.as_ref()).await;
+        s.restamp(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let s = &self.shared;
+        s.metrics.forwarded.fetch_add(1, Relaxed);
+        let mut resp = s
+            .cache
+            .upstream()
+            .delete_range(request.into_inner())
+            .await?;
+        s.after_write(resp.header.as_ref()).await;
+        s.restamp(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        let s = &self.shared;
+        if let Some(r) = crate::txn::from_cache(s, &req).await {
+            return r.map(Response::new);
+        }
+        s.metrics.forwarded.fetch_add(1, Relaxed);
+        let mut resp = s.cache.upstream().txn(req).await?;
+        s.after_write(resp.header.as_ref()).await;
+        s.restamp(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        let s = &self.shared;
+        s.metrics.forwarded.fetch_add(1, Relaxed);
+        let mut resp = s.cache.upstream().compact(req).await?;
+        s.after_write(resp.header.as_ref()).await;
+        // The store dropped everything below req.revision: so does the ring,
+        // so a watch from there is cancelled with compact_revision as etcd
+        // would, not replayed.
+        s.cache.note_compaction(req.revision);
+        s.restamp(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+}

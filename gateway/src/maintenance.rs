@@ -1,0 +1,175 @@
+//! The Maintenance service: `Status` answers for this gateway (the cache's
+//! revision, the gateway's member id, the store's version, leader and raft
+//! figures); everything else is forwarded to the store, as etcd
+//! grpc-proxy forwards it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use lookout_proto::pb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    maintenance_client::MaintenanceClient, maintenance_server::Maintenance,
+};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::server::Shared;
+
+/// How long the store's Status is reused (Status is polled by health
+/// checkers; one upstream call per poll would be a storm with many).
+const STATUS_TTL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub(crate) struct MaintenanceService {
+    shared: Arc<Shared>,
+}
+
+impl MaintenanceService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    async fn client(&self) -> Result<MaintenanceClient<Channel>, Status> {
+        let ch = self.shared.upstream.channel().await?;
+        self.shared.metrics.forwarded.fetch_add(1, Relaxed);
+        Ok(MaintenanceClient::new(ch)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
+    /// Runs a forwarded call; a failed endpoint makes the upstream rotate.
+    fn done<T>(&self, r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+        if let Err(s) = &r {
+            self.shared.upstream.report_failure(s);
+        }
+        r
+    }
+
+    /// The store's Status, at most `STATUS_TTL` old; `Err` with the last
+    /// known one when the store cannot be asked now.
+    async fn upstream_status(&self) -> Result<StatusResponse, (String, Option<StatusResponse>)> {
+        let cached = self
+            .shared
+            .upstream_status
+            .lock()
+            .expect("status lock")
+            .clone();
+        if let Some((at, st)) = &cached
+            && at.elapsed() < STATUS_TTL
+        {
+            return Ok(st.clone());
+        }
+        let last = cached.map(|(_, s)| s);
+        let ask = async {
+            let ch = self.shared.upstream.channel().await?;
+            MaintenanceClient::new(ch).status(StatusRequest {}).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), ask).await {
+            Ok(Ok(r)) => {
+                let st = r.into_inner();
+                *self.shared.upstream_status.lock().expect("status lock") =
+                    Some((Instant::now(), st.clone()));
+                Ok(st)
+            }
+            Ok(Err(e)) => Err((format!("lookout: store status: {}", e.message()), last)),
+            Err(_) => Err(("lookout: store status: timed out".into(), last)),
+        }
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
+        let r = self.client().await?.alarm(request.into_inner()).await;
+        self.done(r)
+    }
+
+    /// The gateway's own status: header at the cache's revision with the
+    /// gateway's member id, the store's version, leader and raft figures
+    /// (so `etcdctl endpoint status` reads sensibly), and `errors` saying
+    /// what is wrong (cache not synced, store unreachable).
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let s = &self.shared;
+        let mut errors = Vec::new();
+        if !s.cache.is_ready() {
+            errors.push("lookout: cache not synced with the store yet".to_string());
+        }
+        let up = match self.upstream_status().await {
+            Ok(st) => st,
+            Err((e, last)) => {
+                errors.push(e);
+                last.unwrap_or_default()
+            }
+        };
+        let version = if up.version.is_empty() {
+            "3.4.0".to_string()
+        } else {
+            up.version
+        };
+        Ok(Response::new(StatusResponse {
+            header: Some(s.cache.header(s.cache.revision())),
+            version,
+            db_size: up.db_size,
+            leader: up.leader,
+            raft_index: up.raft_index,
+            raft_term: up.raft_term,
+            raft_applied_index: up.raft_applied_index,
+            errors,
+            db_size_in_use: up.db_size_in_use,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        request: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        let r = self.client().await?.defragment(request.into_inner()).await;
+        self.done(r)
+    }
+
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let r = self.client().await?.hash(request.into_inner()).await;
+        self.done(r)
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let r = self.client().await?.hash_kv(request.into_inner()).await;
+        self.done(r)
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let r = self.client().await?.snapshot(request.into_inner()).await;
+        let up = self.done(r)?.into_inner();
+        Ok(Response::new(up.boxed()))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let r = self.client().await?.move_leader(request.into_inner()).await;
+        self.done(r)
+    }
+}

@@ -1,0 +1,312 @@
+//! The gateway's own counters and the Prometheus text rendering of them
+//! together with the cache's [`CacheMetrics`].
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use lookout_cache::CacheMetrics;
+
+/// Counters of request handling. Plain atomics: a relaxed add per request.
+#[derive(Debug, Default)]
+pub struct GatewayMetrics {
+    /// Ranges answered from the cache.
+    pub ranges_cached: AtomicU64,
+    /// Ranges forwarded (old revision, keys outside the cached prefixes).
+    pub ranges_forwarded: AtomicU64,
+    /// Read-only txns answered from the cache.
+    pub txns_cached: AtomicU64,
+    /// Writes and other requests forwarded to the store.
+    pub forwarded: AtomicU64,
+    /// Linearizable reads that gave up waiting for the cache (Unavailable).
+    pub read_timeouts: AtomicU64,
+    /// Write responses sent before the cache applied the write (bound hit).
+    pub write_wait_timeouts: AtomicU64,
+    /// Gauge: open LeaseKeepAlive streams (each holds one upstream stream).
+    pub keepalive_streams: AtomicI64,
+    /// Gauge: open Watch RPCs.
+    pub watch_rpcs: AtomicI64,
+    /// The HTTP/JSON API's numbers (open HTTP watch streams and more).
+    pub http: std::sync::Arc<crate::http::HttpMetrics>,
+}
+
+/// One metric family in Prometheus text format.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}
+
+/// Renders every metric as Prometheus text (version 0.0.4).
+pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: bool) -> String {
+    let mut o = String::with_capacity(4096);
+    let i = |a: &AtomicI64| a.load(Relaxed) as f64;
+    let u = |a: &AtomicU64| a.load(Relaxed) as f64;
+    let gauge = "gauge";
+    let counter = "counter";
+    family(
+        &mut o,
+        "lookout_ready",
+        gauge,
+        "1 once the cache has listed the store.",
+        &[("", f64::from(u8::from(ready)))],
+    );
+    family(
+        &mut o,
+        "lookout_watchers",
+        gauge,
+        "Watchers registered.",
+        &[("", i(&c.watchers))],
+    );
+    family(
+        &mut o,
+        "lookout_watch_groups",
+        gauge,
+        "Distinct watch groups (range, filters, prev_kv).",
+        &[("", i(&c.groups))],
+    );
+    family(
+        &mut o,
+        "lookout_watch_streams",
+        gauge,
+        "Open cache watch streams.",
+        &[("", i(&c.streams))],
+    );
+    family(
+        &mut o,
+        "lookout_watch_rpcs",
+        gauge,
+        "Open Watch RPCs.",
+        &[("", i(&g.watch_rpcs))],
+    );
+    family(
+        &mut o,
+        "lookout_events_in_total",
+        counter,
+        "Events received from the upstream watch.",
+        &[("", u(&c.events_in))],
+    );
+    family(
+        &mut o,
+        "lookout_events_out_total",
+        counter,
+        "Events delivered to watchers (one per watcher per event).",
+        &[("", u(&c.events_out))],
+    );
+    family(
+        &mut o,
+        "lookout_watch_responses_total",
+        counter,
+        "WatchResponse frames handed out.",
+        &[("", u(&c.deliveries))],
+    );
+    family(
+        &mut o,
+        "lookout_cache_revision",
+        gauge,
+        "Revision the cache has applied.",
+        &[("", i(&c.cache_revision))],
+    );
+    family(
+        &mut o,
+        "lookout_upstream_revision",
+        gauge,
+        "Newest revision the upstream reported.",
+        &[("", i(&c.upstream_revision))],
+    );
+    family(
+        &mut o,
+        "lookout_cache_revision_lag",
+        gauge,
+        "Revisions the cache trails the upstream by.",
+        &[("", c.lag() as f64)],
+    );
+    family(
+        &mut o,
+        "lookout_ring_events",
+        gauge,
+        "Events held in the history ring.",
+        &[("", i(&c.ring_events))],
+    );
+    family(
+        &mut o,
+        "lookout_ring_bytes",
+        gauge,
+        "Bytes held in the history ring.",
+        &[("", i(&c.ring_bytes))],
+    );
+    family(
+        &mut o,
+        "lookout_ring_start_revision",
+        gauge,
+        "Oldest revision the ring serves.",
+        &[("", i(&c.ring_start))],
+    );
+    family(
+        &mut o,
+        "lookout_list_duration_seconds",
+        "summary",
+        "Full lists of the cached ranges (initial and relists).",
+        &[
+            ("_sum", u(&c.list_latency_us_total) / 1e6),
+            ("_count", u(&c.lists)),
+        ],
+    );
+    family(
+        &mut o,
+        "lookout_list_last_duration_seconds",
+        gauge,
+        "Duration of the last list.",
+        &[("", u(&c.list_latency_us_last) / 1e6)],
+    );
+    family(
+        &mut o,
+        "lookout_relists_total",
+        counter,
+        "Relists after history was lost upstream.",
+        &[("", u(&c.relists))],
+    );
+    family(
+        &mut o,
+        "lookout_upstream_watches_total",
+        counter,
+        "Upstream watch (re)connections.",
+        &[("", u(&c.upstream_watches))],
+    );
+    family(
+        &mut o,
+        "lookout_upstream_errors_total",
+        counter,
+        "Upstream watch streams that broke.",
+        &[("", u(&c.upstream_errors))],
+    );
+    family(
+        &mut o,
+        "lookout_slow_switches_total",
+        counter,
+        "Streams that fell behind their byte budget and read the ring.",
+        &[("", u(&c.slow_switches))],
+    );
+    family(
+        &mut o,
+        "lookout_compact_cancels_total",
+        counter,
+        "Watchers cancelled with compact_revision.",
+        &[("", u(&c.compact_cancels))],
+    );
+    family(
+        &mut o,
+        "lookout_splices_total",
+        counter,
+        "Watchers served by an upstream watch spliced in.",
+        &[("", u(&c.splices))],
+    );
+    family(
+        &mut o,
+        "lookout_progress_regressions_total",
+        counter,
+        "Events that arrived below an announced progress revision.",
+        &[("", u(&c.progress_regressions))],
+    );
+    family(
+        &mut o,
+        "lookout_gateway_ranges_total",
+        counter,
+        "Range requests by where they were answered.",
+        &[
+            ("{source=\"cache\"}", u(&g.ranges_cached)),
+            ("{source=\"upstream\"}", u(&g.ranges_forwarded)),
+        ],
+    );
+    family(
+        &mut o,
+        "lookout_gateway_cached_txns_total",
+        counter,
+        "Read-only txns answered from the cache.",
+        &[("", u(&g.txns_cached))],
+    );
+    family(
+        &mut o,
+        "lookout_gateway_forwarded_total",
+        counter,
+        "Requests forwarded to the store.",
+        &[("", u(&g.forwarded))],
+    );
+    family(
+        &mut o,
+        "lookout_gateway_read_timeouts_total",
+        counter,
+        "Linearizable reads that timed out waiting for the cache.",
+        &[("", u(&g.read_timeouts))],
+    );
+    family(
+        &mut o,
+        "lookout_gateway_write_wait_timeouts_total",
+        counter,
+        "Write responses sent before the cache had applied the write.",
+        &[("", u(&g.write_wait_timeouts))],
+    );
+    family(
+        &mut o,
+        "lookout_gateway_read_index_probes_total",
+        counter,
+        "Store revision probes for linearizable reads (shared by concurrent reads).",
+        &[("", probes as f64)],
+    );
+    family(
+        &mut o,
+        "lookout_gateway_keepalive_streams",
+        gauge,
+        "Open LeaseKeepAlive streams.",
+        &[("", i(&g.keepalive_streams))],
+    );
+    family(
+        &mut o,
+        "lookout_http_watch_streams",
+        gauge,
+        "Open HTTP watch streams (/v1/watch, /v3/watch).",
+        &[("", i(&g.http.watch_streams))],
+    );
+    family(
+        &mut o,
+        "lookout_http_watch_events_total",
+        counter,
+        "Events written to HTTP watch streams.",
+        &[("", u(&g.http.watch_events))],
+    );
+    family(
+        &mut o,
+        "lookout_http_requests_total",
+        counter,
+        "HTTP/JSON API requests answered.",
+        &[("", u(&g.http.requests))],
+    );
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let c = CacheMetrics::default();
+        c.cache_revision.store(5, Relaxed);
+        c.upstream_revision.store(9, Relaxed);
+        let g = GatewayMetrics::default();
+        g.ranges_cached.store(3, Relaxed);
+        let t = render(&c, &g, 0, true);
+        assert!(
+            t.contains("# TYPE lookout_cache_revision_lag gauge\nlookout_cache_revision_lag 4\n")
+        );
+        assert!(t.contains("lookout_gateway_ranges_total{source=\"cache\"} 3\n"));
+        assert!(t.contains("lookout_list_duration_seconds_count 0\n"));
+        // Every sample line is "name[{labels}] value".
+        for l in t.lines().filter(|l| !l.starts_with('#')) {
+            let (name, v) = l.rsplit_once(' ').unwrap();
+            assert!(name.starts_with("lookout_"), "{l}");
+            v.parse::<f64>().unwrap();
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! [`Gateway`] and [`run_gateway`]: the cache, the gRPC services, the HTTP
+//! port, and the shutdown sequence.
+//!
+//! ```text
+//!   Gateway::start ─> EtcdUpstream + Cache::start (lists in the background)
+//!   Gateway::run   ─> tonic (gRPC + /metrics,/health over HTTP/1.1) on the client listener
+//!                  └> axum (/metrics, /health) on --metrics-addr
+//!   shutdown ─> stop accepting, end watch and keep-alive streams (Unavailable,
+//!               so clients resume elsewhere), drain; abort after shutdown_timeout
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use lookout_cache::{Cache, CacheError, EtcdUpstream, Snapshot};
+use lookout_proto::pb::{
+    ResponseHeader, StatusResponse, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tonic::Status;
+
+use crate::config::{GatewayConfig, member_id};
+use crate::error::GatewayError;
+use crate::metrics::GatewayMetrics;
+use crate::readindex::ReadIndex;
+
+/// State every service shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) cache: Cache,
+    /// The typed upstream (the cache holds it as `dyn Upstream`): its
+    /// channel carries the forwarded Maintenance and Cluster calls.
+    pub(crate) upstream: Arc<EtcdUpstream>,
+    pub(crate) config: GatewayConfig,
+    pub(crate) member_id: u64,
+    pub(crate) advertise_url: String,
+    pub(crate) metrics: GatewayMetrics,
+    /// Flips to true on shutdown: long-lived streams end on it.
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// The store's last Status, reused for a few seconds by our Status.
+    /// A std mutex: held only to copy the value, never across an await.
+    pub(crate) upstream_status: std::sync::Mutex<Option<(Instant, StatusResponse)>>,
+    /// Coalesces the revision probes of concurrent linearizable reads.
+    pub(crate) read_index: Arc<ReadIndex>,
+}
+
+impl Shared {
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Waits (bounded by the read timeout) for the cache's first list.
+    pub(crate) async fn ready(&self) -> Result<(), Status> {
+        if self.is_shutting_down() {
+            return Err(GatewayError::ShuttingDown.into());
+        }
+        if self.cache.is_ready() {
+            return Ok(());
+        }
+        self.cache
+            .wait_ready(self.config.read_timeout)
+            .await
+            .map(|_| ())
+            .map_err(Status::from)
+    }
+
+    /// The snapshot a read is served from: the current one for a
+    /// serializable read; for a linearizable one, one at or after the
+    /// store's current revision (one cheap upstream probe shared with the
+    /// reads arriving meanwhile, then a bounded wait, never a fallback read
+    /// upstream).
+    pub(crate) async fn read_snapshot(&self, serializable: bool) -> Result<Arc<Snapshot>, Status> {
+        self.ready().await?;
+        if serializable {
+            return Ok(self.cache.snapshot());
+        }
+        let rev = self
+            .read_index
+            .current_revision(self.cache.upstream())
+            .await?;
+        self.cache
+            .metrics()
+            .upstream_revision
+            .fetch_max(rev, Relaxed);
+        match self
+            .cache
+            .wait_for_revision(rev, self.config.read_timeout)
+            .await
+        {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                if matches!(e, CacheError::Timeout { .. }) {
+                    self.metrics.read_timeouts.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, "linearizable read timed out");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Holds a write's response until the cache has applied its revision,
+    /// so the client's next read through this gateway sees the write.
+    /// Bounded: the write happened either way, so past the bound the
+    /// response goes out and a counter records it.
+    pub(crate) async fn after_write(&self, header: Option<&ResponseHeader>) {
+        let Some(rev) = header.map(|h| h.revision) else {
+            return;
+        };
+        if self.cache.revision() >= rev {
+            return;
+        }
+        if let Err(e) = self
+            .cache
+            .wait_for_revision(rev, self.config.write_wait_timeout)
+            .await
+        {
+            self.metrics.write_wait_timeouts.fetch_add(1, Relaxed);
+            tracing::warn!(revision = rev, error = %e, "write answered before the cache applied it");
+        }
+    }
+
+    /// Forwarded responses carry the store's member id; clients talking to
+    /// this gateway see the gateway's, as in every cached response.
+    pub(crate) fn restamp(&self, header: &mut Option<ResponseHeader>) {
+        if let Some(h) = header {
+            h.member_id = self.member_id;
+        }
+    }
+
+    /// A future that resolves once shutdown starts.
+    pub(crate) fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+}
+
+/// A started gateway: the cache is listing, nothing is served until
+/// [`Gateway::run`].
+#[derive(Debug)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    metrics_listener: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl Gateway {
+    /// Binds the metrics port (if configured) and starts the cache on
+    /// `listener`'s behalf. Call within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`GatewayError::Bind`] or [`GatewayError::BadFlag`] for the metrics
+    /// address; the listener's own address cannot be read.
+    pub async fn start(config: GatewayConfig, listener: TcpListener) -> Result<Self, GatewayError> {
+        let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+            addr: "client listener".into(),
+            source,
+        })?;
+        let metrics_listener = match &config.metrics_addr {
+            Some(a) => {
+                let addr = host_port(a, "--metrics-addr")?;
+                Some(
+                    TcpListener::bind(&addr)
+                        .await
+                        .map_err(|source| GatewayError::Bind { addr, source })?,
+                )
+            }
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let advertise_url = config
+            .advertise_client_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{local_addr}"));
+        let member_id = member_id(&advertise_url);
+        let upstream = Arc::new(EtcdUpstream::new(config.upstream.clone()));
+        let cache = Cache::start(upstream.clone(), config.cache_config(member_id));
+        let shared = Arc::new(Shared {
+            cache,
+            upstream,
+            config,
+            member_id,
+            advertise_url,
+            metrics: GatewayMetrics::default(),
+            shutdown: watch::channel(false).0,
+            upstream_status: std::sync::Mutex::new(None),
+            read_index: Arc::new(ReadIndex::default()),
+        });
+        Ok(Self {
+            shared,
+            listener,
+            local_addr,
+            metrics_listener,
+            metrics_addr,
+        })
+    }
+
+    /// The client (gRPC) address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The `--metrics-addr` address actually bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.shared.cache
+    }
+
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.shared.metrics
+    }
+
+    /// This gateway's member id (headers, MemberList, Status).
+    pub fn member_id(&self) -> u64 {
+        self.shared.member_id
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, ends every
+    /// watch and keep-alive stream with Unavailable (clients resume on
+    /// another endpoint) and waits at most `shutdown_timeout` for
+    /// connections to close.
+    ///
+    /// # Errors
+    /// The gRPC or HTTP server failed.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), GatewayError> {
+        let Gateway {
+            shared,
+            listener,
+            local_addr,
+            metrics_listener,
+            metrics_addr,
+        } = self;
+        let max_recv = shared.config.max_recv_bytes;
+        let mut routes = tonic::service::Routes::builder();
+        routes
+            .add_service(
+                KvServer::new(crate::kv::KvService::new(shared.clone()))
+                    .max_decoding_message_size(max_recv),
+            )
+            .add_service(crate::watch::WatchServer::new(shared.clone(), max_recv))
+            .add_service(
+                LeaseServer::new(crate::lease::LeaseService::new(shared.clone()))
+                    .max_decoding_message_size(max_recv),
+            )
+            .add_service(
+                MaintenanceServer::new(crate::maintenance::MaintenanceService::new(shared.clone()))
+                    .max_decoding_message_size(max_recv),
+            )
+            .add_service(
+                ClusterServer::new(crate::cluster::ClusterService::new(shared.clone()))
+                    .max_decoding_message_size(max_recv),
+            );
+        // etcd serves /metrics and /health on its client port too; curl
+        // speaks HTTP/1.1 there, gRPC clients HTTP/2.
+        // The HTTP/JSON API (etcd's /v3 paths, the readable /v1) shares
+        // the port too, served from the cache like the gRPC services.
+        let http_api = crate::http::router(
+            crate::http::GatewayApi::new(shared.clone()),
+            crate::http::HttpConfig {
+                max_request_bytes: max_recv
+                    .min(crate::http::HttpConfig::default().max_request_bytes),
+                ..Default::default()
+            },
+            shared.metrics.http.clone(),
+            shared.shutdown.subscribe(),
+        );
+        let router = crate::http::with_fallback(
+            routes
+                .routes()
+                .into_axum_router()
+                .merge(crate::http::ops::router(shared.clone()))
+                .merge(http_api),
+        );
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        });
+        let grpc = tonic::transport::Server::builder()
+            .accept_http1(true)
+            // etcd allows unbounded streams per connection; clients
+            // multiplex many watches over one connection.
+            .max_concurrent_streams(Some(u32::MAX))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+            .add_routes(tonic::service::Routes::from(router))
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        let mut grpc = tokio::spawn(grpc);
+        let mut http = metrics_listener.map(|l| {
+            let app = crate::http::ops::router(shared.clone());
+            tokio::spawn(
+                axum::serve(l, app)
+                    .with_graceful_shutdown(stopped(stop_rx.clone()))
+                    .into_future(),
+            )
+        });
+        tracing::info!(
+            addr = %local_addr,
+            metrics = ?metrics_addr,
+            advertise = %shared.advertise_url,
+            member = %format!("{:x}", shared.member_id),
+            "gateway serving etcd v3 gRPC and HTTP/JSON"
+        );
+
+        let early = tokio::select! {
+            _ = shutdown => None,
+            r = &mut grpc => Some(r),
+        };
+        if let Some(r) = early {
+            // The server ended by itself: report why, stop the rest.
+            shared.shutdown.send_replace(true);
+            shared.cache.shutdown();
+            if let Some(h) = http.take() {
+                h.abort();
+            }
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(GatewayError::Signal(std::io::Error::other(e))),
+            };
+        }
+        tracing::info!("gateway shutting down");
+        shared.shutdown.send_replace(true);
+        shared.cache.shutdown();
+        stop_tx.send_replace(true);
+        let timeout = shared.config.shutdown_timeout;
+        let drain = async {
+            let g = (&mut grpc).await;
+            if let Some(h) = http.as_mut() {
+                let _ = h.await;
+            }
+            g
+        };
+        match tokio::time::timeout(timeout, drain).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e.into()),
+            Ok(Err(e)) => return Err(GatewayError::Signal(std::io::Error::other(e))),
+            Err(_) => {
+                tracing::warn!(
+                    ?timeout,
+                    "connections did not close in time; closing anyway"
+                );
+                grpc.abort();
+                if let Some(h) = http {
+                    h.abort();
+                }
+            }
+        }
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+/// Runs a gateway on `listener` until `shutdown` resolves (see
+/// [`Gateway::run`]).
+///
+/// # Errors
+/// As [`Gateway::start`] and [`Gateway::run`].
+pub async fn run_gateway(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GatewayError> {
+    Gateway::start(config, listener).await?.run(shutdown).await
+}
+
+/// "http://host:port", "host:port" -> "host:port".
+pub(crate) fn host_port(s: &str, what: &'static str) -> Result<String, GatewayError> {
+    let rest = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+    if rest.contains("://") || rest.contains('/') || !rest.contains(':') {
+        return Err(GatewayError::BadFlag {
+            what,
+            value: s.to_string(),
+            hint: "use host:port or http://host:port",
+        });
+    }
+    Ok(rest.replacen("localhost:", "127.0.0.1:", 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_take_etcd_spellings() {
+        assert_eq!(
+            host_port("http://localhost:6633", "x").unwrap(),
+            "127.0.0.1:6633"
+        );
+        assert_eq!(host_port("127.0.0.1:1/", "x").unwrap(), "127.0.0.1:1");
+        assert!(host_port("https://a:1", "x").is_err());
+        assert!(host_port("nohost", "x").is_err());
+    }
+}

@@ -1,0 +1,241 @@
+//! Read-only transactions answered from one cache snapshot, exactly as
+//! etcd 3.4 evaluates them (`etcdserver/apply.go`: `applyCompare`,
+//! `compareKV`): a compare over a range holds only if it holds for every
+//! key; over no key it is evaluated against an empty key-value, except a
+//! VALUE compare, which then fails.
+//!
+//! ```text
+//!   TxnRequest ─ reads only, within the cached prefixes, no revision ─> snapshot
+//!        │                                       compares ─> branch ─> ranges
+//!        └─ anything else (writes, nested txns, revisions, > 128 ops) ─> upstream
+//! ```
+
+use std::cmp::Ordering;
+use std::ops::Bound;
+use std::sync::atomic::Ordering::Relaxed;
+
+use lookout_cache::{KeyRange, Snapshot, evaluate_range, validate_range};
+use lookout_proto::mvccpb::KeyValue;
+use lookout_proto::pb::{
+    Compare, ResponseOp, TxnRequest, TxnResponse,
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    request_op, response_op,
+};
+use tonic::Status;
+
+use crate::server::Shared;
+
+/// etcd's default `--max-txn-ops`. Larger txns go to the store, which
+/// answers with its own limit.
+const MAX_TXN_OPS: usize = 128;
+
+/// `Some(answer)` when the txn only reads keys the cache holds; `None` when
+/// it must go to the store.
+pub(crate) async fn from_cache(
+    shared: &Shared,
+    req: &TxnRequest,
+) -> Option<Result<TxnResponse, Status>> {
+    if !shared.cache.is_ready() || !eligible(shared, req) {
+        return None;
+    }
+    // etcd serves a read-only txn without the read index when every range
+    // in it is serializable.
+    let serializable = ops(req).all(|r| r.serializable);
+    let snap = match shared.read_snapshot(serializable).await {
+        Ok(s) => s,
+        Err(e) => return Some(Err(e)),
+    };
+    let succeeded = req.compare.iter().all(|c| compare(&snap, c));
+    let branch = if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    };
+    let mut responses = Vec::with_capacity(branch.len());
+    for op in branch {
+        let Some(request_op::Request::RequestRange(r)) = &op.request else {
+            return None;
+        };
+        // The nested header carries only the revision, as etcd's does.
+        let resp = evaluate_range(&snap, r).ok()?;
+        responses.push(ResponseOp {
+            response: Some(response_op::Response::ResponseRange(resp)),
+        });
+    }
+    shared.metrics.txns_cached.fetch_add(1, Relaxed);
+    Some(Ok(TxnResponse {
+        header: Some(shared.cache.header(snap.revision())),
+        succeeded,
+        responses,
+    }))
+}
+
+/// Every range of both branches (only meaningful once `eligible`).
+fn ops(req: &TxnRequest) -> impl Iterator<Item = &lookout_proto::pb::RangeRequest> {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .filter_map(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => Some(r),
+            _ => None,
+        })
+}
+
+fn eligible(shared: &Shared, req: &TxnRequest) -> bool {
+    let n = req
+        .compare
+        .len()
+        .max(req.success.len())
+        .max(req.failure.len());
+    if n > MAX_TXN_OPS {
+        return false;
+    }
+    let covered = |key: &bytes::Bytes, end: &bytes::Bytes| {
+        shared.cache.covers(&KeyRange::from_request(key, end))
+    };
+    let compares_ok = req
+        .compare
+        .iter()
+        .all(|c| !c.key.is_empty() && covered(&c.key, &c.range_end));
+    let ops_ok = req
+        .success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                r.revision == 0 && validate_range(r).is_ok() && covered(&r.key, &r.range_end)
+            }
+            _ => false,
+        });
+    compares_ok && ops_ok
+}
+
+/// etcd's `applyCompare`.
+fn compare(snap: &Snapshot, c: &Compare) -> bool {
+    let range = KeyRange::from_request(&c.key, &c.range_end);
+    let mut any = false;
+    if !range.is_empty() {
+        let bounds = (
+            Bound::Included(range.start().as_ref()),
+            match range.end() {
+                Some(e) => Bound::Excluded(e.as_ref()),
+                None => Bound::Unbounded,
+            },
+        );
+        for (_, kv) in snap.data().range::<_, [u8]>(bounds) {
+            any = true;
+            if !compare_kv(c, kv) {
+                return false;
+            }
+        }
+    }
+    if any {
+        return true;
+    }
+    // No key: nil and empty values are indistinguishable, so a VALUE
+    // compare fails; the others compare against zeros.
+    if c.target == CompareTarget::Value as i32 {
+        return false;
+    }
+    compare_kv(c, &KeyValue::default())
+}
+
+/// etcd's `compareKV`: a target union of the wrong kind compares against
+/// zero (or the empty value); an unknown result is true.
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let int =
+        |pick: fn(&TargetUnion) -> Option<i64>| c.target_union.as_ref().and_then(pick).unwrap_or(0);
+    let ord = match CompareTarget::try_from(c.target) {
+        Ok(CompareTarget::Value) => {
+            let want = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v.as_ref(),
+                _ => &[][..],
+            };
+            kv.value.as_ref().cmp(want)
+        }
+        Ok(CompareTarget::Create) => kv.create_revision.cmp(&int(|t| match t {
+            TargetUnion::CreateRevision(v) => Some(*v),
+            _ => None,
+        })),
+        Ok(CompareTarget::Mod) => kv.mod_revision.cmp(&int(|t| match t {
+            TargetUnion::ModRevision(v) => Some(*v),
+            _ => None,
+        })),
+        Ok(CompareTarget::Version) => kv.version.cmp(&int(|t| match t {
+            TargetUnion::Version(v) => Some(*v),
+            _ => None,
+        })),
+        Ok(CompareTarget::Lease) => kv.lease.cmp(&int(|t| match t {
+            TargetUnion::Lease(v) => Some(*v),
+            _ => None,
+        })),
+        Err(_) => Ordering::Equal,
+    };
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ord == Ordering::Equal,
+        Ok(CompareResult::NotEqual) => ord != Ordering::Equal,
+        Ok(CompareResult::Greater) => ord == Ordering::Greater,
+        Ok(CompareResult::Less) => ord == Ordering::Less,
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn kv(value: &str, version: i64) -> KeyValue {
+        KeyValue {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            version,
+            create_revision: 2,
+            mod_revision: 5,
+            lease: 0,
+        }
+    }
+
+    fn cmp(target: CompareTarget, result: CompareResult, u: Option<TargetUnion>) -> Compare {
+        Compare {
+            result: result as i32,
+            target: target as i32,
+            key: Bytes::from_static(b"k"),
+            target_union: u,
+            range_end: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn compares_like_etcd() {
+        use CompareResult::*;
+        use CompareTarget::*;
+        let k = kv("b", 3);
+        let v = |s: &'static str| Some(TargetUnion::Value(Bytes::from_static(s.as_bytes())));
+        assert!(compare_kv(&cmp(Value, Equal, v("b")), &k));
+        assert!(compare_kv(&cmp(Value, Greater, v("a")), &k));
+        assert!(compare_kv(&cmp(Value, Less, v("c")), &k));
+        assert!(compare_kv(
+            &cmp(Version, Equal, Some(TargetUnion::Version(3))),
+            &k
+        ));
+        assert!(compare_kv(
+            &cmp(Mod, Greater, Some(TargetUnion::ModRevision(4))),
+            &k
+        ));
+        assert!(compare_kv(
+            &cmp(Create, NotEqual, Some(TargetUnion::CreateRevision(1))),
+            &k
+        ));
+        // Wrong union kind: compared against zero.
+        assert!(compare_kv(
+            &cmp(Version, Greater, Some(TargetUnion::ModRevision(100))),
+            &k
+        ));
+        assert!(compare_kv(&cmp(Lease, Equal, None), &k));
+        // Unknown result: true.
+        let mut c = cmp(Version, Equal, Some(TargetUnion::Version(99)));
+        c.result = 42;
+        assert!(compare_kv(&c, &k));
+    }
+}
