@@ -1,5 +1,7 @@
-//! A small real HTTP/1.1 client (hyper) for the HTTP API tests, and an
-//! in-process `lookout store` serving gRPC + HTTP on one loopback port.
+//! A small real HTTP/1.1 client (hyper) for the HTTP API tests, and the
+//! two servers they run against: an in-process `lookout store` serving
+//! gRPC + HTTP on one loopback port, and an in-process gateway in front of
+//! one ([`Backend`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -274,4 +276,102 @@ pub fn b64(s: &str) -> String {
 pub fn b64_bytes(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// What an HTTP test runs against: the store itself, or a gateway (cache)
+/// in front of a store. Same HTTP layer, different [`lookout_gateway::http::EtcdApi`].
+#[derive(Debug)]
+pub enum Backend {
+    Store(TestStore),
+    Gateway {
+        gw: crate::harness::TestGateway,
+        store: TestStore,
+    },
+}
+
+impl Backend {
+    pub async fn store() -> Self {
+        Self::Store(TestStore::start().await)
+    }
+
+    pub async fn gateway() -> Self {
+        let store = TestStore::start().await;
+        let gw = crate::harness::TestGateway::start(&[&store.addr]).await;
+        Self::Gateway { gw, store }
+    }
+
+    /// The HTTP (and gRPC) address clients use.
+    pub fn addr(&self) -> &str {
+        match self {
+            Self::Store(s) => &s.addr,
+            Self::Gateway { gw, .. } => &gw.endpoint,
+        }
+    }
+
+    /// Open HTTP watch streams, as the server counts them.
+    pub async fn http_watch_streams(&self) -> i64 {
+        match self {
+            Self::Store(s) => s.watch_streams(),
+            Self::Gateway { gw, .. } => metric(&gw.endpoint, "lookout_http_watch_streams").await,
+        }
+    }
+
+    /// What an open watch holds below the HTTP layer: the cache's watcher
+    /// gauge on the gateway; on the store (which exports no watcher count)
+    /// the runtime's live tasks, each watch stream being one.
+    pub async fn watch_load(&self) -> i64 {
+        match self {
+            Self::Store(_) => tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as i64,
+            Self::Gateway { gw, .. } => metric(&gw.endpoint, "lookout_watchers").await,
+        }
+    }
+
+    /// Stops the serving side gracefully; returns once it has stopped.
+    pub async fn stop(self) {
+        match self {
+            Self::Store(mut s) => {
+                s.stop();
+                tokio::time::timeout(STEP, &mut s.server)
+                    .await
+                    .expect("store server drains in time")
+                    .expect("server task")
+                    .expect("server result");
+            }
+            Self::Gateway { gw, store } => {
+                gw.stop().await.expect("gateway stops cleanly");
+                drop(store);
+            }
+        }
+    }
+}
+
+/// One sample of the gateway's /metrics.
+pub async fn metric(addr: &str, name: &str) -> i64 {
+    let r = call(addr, "GET", "/metrics", &[], "").await;
+    let text = r.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}")) as i64
+}
+
+/// Runs an async test case once against the store and once against a
+/// gateway in front of a store.
+#[macro_export]
+macro_rules! on_both {
+    ($($name:ident => $case:ident;)*) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn store() {
+                super::$case($crate::http_client::Backend::store().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn gateway() {
+                super::$case($crate::http_client::Backend::gateway().await).await;
+            }
+        }
+    )*};
 }

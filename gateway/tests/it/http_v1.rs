@@ -4,12 +4,16 @@
 use lookout_gateway::http::HttpConfig;
 use lookout_proto::pb::{RangeRequest, kv_client::KvClient};
 
-use crate::http_client::{TestStore, b64_bytes, call, post};
+use crate::http_client::{Backend, TestStore, b64_bytes, call, post};
+use crate::on_both;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn put_get_list_delete_with_text_and_binary() {
-    let s = TestStore::start().await;
-    let a = &s.addr;
+on_both! {
+    kv_round_trip => put_get_list_delete_with_text_and_binary;
+    shared_port => grpc_and_http_share_the_port;
+}
+
+async fn put_get_list_delete_with_text_and_binary(s: Backend) {
+    let a = s.addr();
 
     let r = call(a, "PUT", "/v1/kv/app/a", &[], "hello").await;
     assert_eq!((r.status, r.json()["revision"].as_i64()), (200, Some(2)));
@@ -207,13 +211,11 @@ async fn bad_requests_get_json_errors_with_etcds_statuses() {
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_and_http_share_the_port() {
-    let s = TestStore::start().await;
-    let r = call(&s.addr, "PUT", "/v1/kv/shared", &[], "over http").await;
+async fn grpc_and_http_share_the_port(s: Backend) {
+    let r = call(s.addr(), "PUT", "/v1/kv/shared", &[], "over http").await;
     assert_eq!(r.status, 200);
     // An HTTP/2 gRPC client on the same listener reads what HTTP wrote.
-    let mut kv = KvClient::connect(format!("http://{}", s.addr))
+    let mut kv = KvClient::connect(format!("http://{}", s.addr()))
         .await
         .expect("grpc connect");
     let got = kv
@@ -227,7 +229,7 @@ async fn grpc_and_http_share_the_port() {
     assert_eq!(got.kvs[0].value.as_ref(), b"over http");
     // An unknown gRPC method is gRPC's Unimplemented, not an HTTP 404 page.
     let mut raw = tonic::client::Grpc::new(
-        tonic::transport::Channel::from_shared(format!("http://{}", s.addr))
+        tonic::transport::Channel::from_shared(format!("http://{}", s.addr()))
             .unwrap()
             .connect()
             .await

@@ -1,14 +1,25 @@
 //! HTTP watches over loopback with a real client: NDJSON streams that stay
 //! open across writes, SSE resume by Last-Event-ID, etcd's `/v3/watch`,
-//! disconnects freeing the watcher, shutdown ending streams.
+//! disconnects freeing the watcher, shutdown ending streams. Every case
+//! runs against `lookout store` and against a gateway in front of one.
 
 use std::time::Duration;
 
-use lookout_gateway::http::HttpConfig;
 use lookout_testkit::wait_for;
 use serde_json::{Value, json};
 
-use crate::http_client::{Lines, TestStore, b64, call, post};
+use crate::http_client::{Backend, Lines, b64, call, post};
+use crate::on_both;
+
+on_both! {
+    ndjson_stays_open => ndjson_watch_stays_open_across_puts_and_deletes;
+    progress_lines => idle_watch_writes_progress_lines_with_the_revision;
+    sse_resume => sse_resume_gets_exactly_the_missed_events;
+    compacted_start => compacted_start_is_cancelled_with_the_compact_revision;
+    v3_watch => etcd_v3_watch_streams_result_lines;
+    disconnects => disconnected_clients_are_freed;
+    shutdown => shutdown_ends_open_streams;
+}
 
 /// Reads lines until `n` events arrived; returns them (control lines are
 /// checked by the caller through `skip`).
@@ -37,10 +48,8 @@ fn brief(e: &Value) -> (String, String, i64) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ndjson_watch_stays_open_across_puts_and_deletes() {
-    let s = TestStore::start().await;
-    let a = &s.addr;
+async fn ndjson_watch_stays_open_across_puts_and_deletes(s: Backend) {
+    let a = s.addr();
     call(a, "PUT", "/v1/kv/app/before", &[], "0").await; // rev 2
     let mut w = Lines::open(a, "GET", "/v1/watch/app/?prefix=true", &[], "").await;
     assert_eq!(w.status, 200);
@@ -101,16 +110,11 @@ async fn ndjson_watch_stays_open_across_puts_and_deletes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_watch_writes_progress_lines_with_the_revision() {
-    let http = HttpConfig {
-        progress_interval: Duration::from_millis(100),
-        ..Default::default()
-    };
-    let s = TestStore::start_with(http, |_| {}).await;
-    let a = &s.addr;
+async fn idle_watch_writes_progress_lines_with_the_revision(s: Backend) {
+    let a = s.addr();
     call(a, "PUT", "/v1/kv/elsewhere", &[], "x").await; // 2
-    let mut w = Lines::open(a, "GET", "/v1/watch/quiet", &[], "").await;
+    let path = "/v1/watch/quiet?progress_interval_ms=100";
+    let mut w = Lines::open(a, "GET", path, &[], "").await;
     assert_eq!(w.next_json().await["type"], "CREATED");
     call(a, "PUT", "/v1/kv/elsewhere", &[], "y").await; // 3, not watched
     // Bounded: a progress line at revision 3 comes within a few intervals.
@@ -126,10 +130,8 @@ async fn idle_watch_writes_progress_lines_with_the_revision() {
     panic!("no progress at revision 3: {seen:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sse_resume_gets_exactly_the_missed_events() {
-    let s = TestStore::start().await;
-    let a = &s.addr;
+async fn sse_resume_gets_exactly_the_missed_events(s: Backend) {
+    let a = s.addr();
     let sse = [("accept", "text/event-stream")];
     let mut w = Lines::open(a, "GET", "/v1/watch/job/?prefix=true", &sse, "").await;
     assert_eq!(w.headers.get("content-type").unwrap(), "text/event-stream");
@@ -168,7 +170,7 @@ async fn sse_resume_gets_exactly_the_missed_events() {
     wait_for(
         "the dropped stream to be freed",
         Duration::from_secs(10),
-        || async { (s.watch_streams() == 0).then_some(()) },
+        || async { (s.http_watch_streams().await == 0).then_some(()) },
     )
     .await;
 
@@ -216,10 +218,8 @@ async fn sse_resume_gets_exactly_the_missed_events() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compacted_start_is_cancelled_with_the_compact_revision() {
-    let s = TestStore::start().await;
-    let a = &s.addr;
+async fn compacted_start_is_cancelled_with_the_compact_revision(s: Backend) {
+    let a = s.addr();
     for i in 0..4 {
         call(a, "PUT", "/v1/kv/c", &[], i.to_string()).await; // 2..5
     }
@@ -239,10 +239,8 @@ async fn compacted_start_is_cancelled_with_the_compact_revision() {
     assert_eq!(cancel["compact_revision"], 4, "{lines:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_v3_watch_streams_result_lines() {
-    let s = TestStore::start().await;
-    let a = &s.addr;
+async fn etcd_v3_watch_streams_result_lines(s: Backend) {
+    let a = s.addr();
     let body = format!(
         r#"{{"create_request":{{"key":"{}","range_end":"{}","prev_kv":true}}}}"#,
         b64("p/"),
@@ -280,20 +278,15 @@ async fn etcd_v3_watch_streams_result_lines() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disconnected_clients_are_freed() {
-    let s = TestStore::start().await;
-    let a = &s.addr;
-    let tasks = || {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    };
+async fn disconnected_clients_are_freed(s: Backend) {
+    let a = s.addr();
     call(a, "PUT", "/v1/kv/warm", &[], "up").await;
-    let baseline = wait_for("idle task count", Duration::from_secs(10), || async {
-        let n = tasks();
+    // What watches hold below HTTP (cache watchers, or the store's stream
+    // tasks), once nothing else is moving.
+    let baseline = wait_for("a steady baseline", Duration::from_secs(10), || async {
+        let n = s.watch_load().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        (tasks() == n).then_some(n)
+        (s.watch_load().await == n).then_some(n)
     })
     .await;
     let mut streams = Vec::new();
@@ -309,10 +302,9 @@ async fn disconnected_clients_are_freed() {
         assert_eq!(v3.next_json().await["result"]["created"], true);
         streams.push(v3);
     }
-    assert_eq!(s.watch_streams(), 20);
-    // Each stream holds tasks: its connection, the store's watch stream,
-    // and for /v3 the request pump.
-    assert!(tasks() >= baseline + 40, "{} vs {baseline}", tasks());
+    assert_eq!(s.http_watch_streams().await, 20);
+    let held = s.watch_load().await;
+    assert!(held >= baseline + 20, "{held} vs {baseline}");
     // Mid-stream: one event delivered, then every client hangs up.
     call(a, "PUT", "/v1/kv/d/0", &[], "x").await;
     assert_eq!(events(&mut streams[0], 1).await[0]["key"], "d/0");
@@ -320,26 +312,22 @@ async fn disconnected_clients_are_freed() {
     wait_for(
         "all 20 HTTP watch streams freed",
         Duration::from_secs(10),
-        || async { (s.watch_streams() == 0).then_some(()) },
+        || async { (s.http_watch_streams().await == 0).then_some(()) },
     )
     .await;
-    // The store's watch tasks are gone too, not only the HTTP side.
+    // Freed below HTTP too: the watchers, not only the sockets.
     wait_for(
-        "the store's watch streams to end",
+        "the backend's watchers freed",
         Duration::from_secs(10),
-        || async { (tasks() <= baseline).then_some(()) },
+        || async { (s.watch_load().await <= baseline).then_some(()) },
     )
     .await;
-    // Writes after the disconnects still work (nothing blocks on the dead
-    // streams).
     let r = call(a, "PUT", "/v1/kv/d/0", &[], "y").await;
     assert_eq!(r.status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_ends_open_streams() {
-    let mut s = TestStore::start().await;
-    let a = s.addr.clone();
+async fn shutdown_ends_open_streams(s: Backend) {
+    let a = s.addr().to_string();
     let mut w = Lines::open(&a, "GET", "/v1/watch/k", &[], "").await;
     assert_eq!(w.next_json().await["type"], "CREATED");
     let mut v3 = Lines::open(
@@ -351,11 +339,11 @@ async fn shutdown_ends_open_streams() {
     )
     .await;
     assert!(v3.next_json().await["result"]["created"].as_bool().unwrap());
-    s.stop();
+    let stopping = tokio::spawn(s.stop());
     assert_eq!(w.next_line().await, None);
     assert_eq!(v3.next_line().await, None);
-    let ended = tokio::time::timeout(Duration::from_secs(10), &mut s.server)
+    tokio::time::timeout(Duration::from_secs(10), stopping)
         .await
-        .expect("server drained in time");
-    assert!(ended.unwrap().is_ok());
+        .expect("server stopped in time")
+        .expect("stop task");
 }
