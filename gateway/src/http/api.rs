@@ -246,3 +246,41 @@ impl EtcdApi for Store {
             .boxed())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lookout_cache::EventKind;
+    use lookout_proto::mvccpb::KeyValue;
+
+    #[test]
+    fn cached_events_encode_once_for_every_watcher() {
+        let kv = KeyValue {
+            key: Bytes::from_static(b"k"),
+            create_revision: 2,
+            mod_revision: 3,
+            version: 2,
+            value: Bytes::from_static(b"v"),
+            lease: 0,
+        };
+        let prev = KeyValue {
+            mod_revision: 2,
+            version: 1,
+            ..kv.clone()
+        };
+        let ev = Arc::new(CachedEvent::new(EventKind::Put, &kv, Some(&prev)));
+        // Two watchers' deliveries share one buffer per form.
+        assert_eq!(ev.line().as_ptr(), ev.line().as_ptr());
+        assert_eq!(ev.etcd_json(true).as_ptr(), ev.etcd_json(true).as_ptr());
+        // And the forms are what the store's uncached events give.
+        let plain = ev.to_event(false);
+        assert_eq!(ev.line(), plain.line());
+        assert_eq!(ev.etcd_json(false), plain.etcd_json(false));
+        assert_eq!(ev.etcd_json(true), ev.to_event(true).etcd_json(true));
+        assert!(
+            std::str::from_utf8(&ev.etcd_json(true))
+                .unwrap()
+                .contains("prev_kv")
+        );
+    }
+}

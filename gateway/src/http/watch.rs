@@ -331,6 +331,15 @@ struct Control<'a> {
     cancel_reason: &'a str,
 }
 
+/// The last line of a stream the backend broke (resume from the last
+/// revision + 1, possibly elsewhere).
+#[derive(Serialize)]
+struct ErrorLine<'a> {
+    r#type: &'static str,
+    error: &'a str,
+    code: i32,
+}
+
 impl<E: WatchEvent> V1Watch<E> {
     async fn step(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
         loop {
@@ -348,7 +357,13 @@ impl<E: WatchEvent> V1Watch<E> {
                     }
                     Some(Err(status)) => {
                         self.done = true;
-                        let line = HttpError::Api(status).stream_line();
+                        let e = HttpError::Api(status);
+                        let line = serde_json::to_vec(&ErrorLine {
+                            r#type: "ERROR",
+                            error: &e.to_string(),
+                            code: e.code() as i32,
+                        })
+                        .expect("plain structs serialize");
                         return Some((Ok(self.frame(&line, None)), self));
                     }
                     None => return None,
