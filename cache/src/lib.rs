@@ -84,7 +84,7 @@ pub use cache::BenchHarness;
 pub use cache::{Cache, CacheConfig};
 pub use error::CacheError;
 pub use etcd::{EtcdUpstream, EtcdUpstreamConfig};
-pub use event::{CachedEvent, EventKind};
+pub use event::{CachedEvent, DERIVED_SLOTS, EventKind};
 pub use frame::{FrameHead, WatchFrame, encode_watch_response};
 pub use keys::{KeyRange, prefix_end};
 pub use metrics::CacheMetrics;

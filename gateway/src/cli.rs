@@ -489,13 +489,20 @@ async fn serve_member(
             .await
         });
     }
+    let http_metrics = std::sync::Arc::new(lookout_gateway::http::HttpMetrics::default());
     for l in listeners {
         let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(addr = %local, member = %format!("{:x}", store.member_id()), "serving etcd v3 gRPC");
+        tracing::info!(addr = %local, member = %format!("{:x}", store.member_id()), "serving etcd v3 gRPC and HTTP/JSON");
         let mut rx = stop_rx.clone();
         let store = store.clone();
+        let http = lookout_gateway::http::HttpConfig {
+            max_request_bytes: store.config().max_request_bytes,
+            ..Default::default()
+        };
+        let metrics = http_metrics.clone();
+        // gRPC and the HTTP/JSON API (curl) share the client port.
         servers.spawn(async move {
-            lookout_consensus::serve(l, store, async move {
+            lookout_gateway::http::serve_store(l, store, http, metrics, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await

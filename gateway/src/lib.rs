@@ -1,9 +1,11 @@
 //! `lookout-gateway`: the etcd v3 gRPC API served from the watch cache,
-//! write forwarding, the HTTP metrics/health port, and the `lookout` binary.
+//! write forwarding, the HTTP/JSON API for curl users ([`http`]), the
+//! HTTP metrics/health port, and the `lookout` binary.
 //!
 //! ```text
-//!  clients (etcdctl, clientv3, etcd-client)
-//!     │ etcd v3 gRPC (+ /metrics, /health over HTTP/1.1 on the same port)
+//!  clients (etcdctl, clientv3, etcd-client, curl)
+//!     │ etcd v3 gRPC + HTTP/JSON (/v3 etcd paths, /v1 readable, /metrics, /health)
+//!     │ on one port: HTTP/2 and HTTP/1.1, routed by path
 //!     v
 //!  run_gateway ─ KV.Range ──────────────> cache snapshot (serializable | linearizable:
 //!              │                          one coalesced revision probe, then a bounded wait)
@@ -44,7 +46,7 @@ mod cluster;
 mod codec;
 mod config;
 mod error;
-mod http;
+pub mod http;
 mod kv;
 mod lease;
 mod maintenance;

@@ -264,10 +264,25 @@ impl Gateway {
             );
         // etcd serves /metrics and /health on its client port too; curl
         // speaks HTTP/1.1 there, gRPC clients HTTP/2.
-        let router = routes
-            .routes()
-            .into_axum_router()
-            .merge(crate::http::router(shared.clone()));
+        // The HTTP/JSON API (etcd's /v3 paths, the readable /v1) shares
+        // the port too, served from the cache like the gRPC services.
+        let http_api = crate::http::router(
+            crate::http::GatewayApi::new(shared.clone()),
+            crate::http::HttpConfig {
+                max_request_bytes: max_recv
+                    .min(crate::http::HttpConfig::default().max_request_bytes),
+                ..Default::default()
+            },
+            shared.metrics.http.clone(),
+            shared.shutdown.subscribe(),
+        );
+        let router = crate::http::with_fallback(
+            routes
+                .routes()
+                .into_axum_router()
+                .merge(crate::http::ops::router(shared.clone()))
+                .merge(http_api),
+        );
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -291,7 +306,7 @@ impl Gateway {
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         let mut grpc = tokio::spawn(grpc);
         let mut http = metrics_listener.map(|l| {
-            let app = crate::http::router(shared.clone());
+            let app = crate::http::ops::router(shared.clone());
             tokio::spawn(
                 axum::serve(l, app)
                     .with_graceful_shutdown(stopped(stop_rx.clone()))
@@ -303,7 +318,7 @@ impl Gateway {
             metrics = ?metrics_addr,
             advertise = %shared.advertise_url,
             member = %format!("{:x}", shared.member_id),
-            "gateway serving etcd v3 gRPC"
+            "gateway serving etcd v3 gRPC and HTTP/JSON"
         );
 
         let early = tokio::select! {

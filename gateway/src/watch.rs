@@ -170,17 +170,23 @@ async fn open(
 /// Maps the client's requests onto the cache stream until the client
 /// closes its side (then the responses keep flowing, as etcd keeps them)
 /// or the stream breaks (then the cache stream closes).
-async fn read_requests(
+///
+/// Generic over the request stream so the HTTP layer's watches (whose
+/// requests come from a JSON body or the URL) share this code.
+pub(crate) async fn read_requests<S>(
     shared: Arc<Shared>,
-    mut inbound: Streaming<WatchRequest>,
+    mut inbound: S,
     handle: WatchHandle,
     local: mpsc::Sender<WatchFrame>,
-) {
+) where
+    S: futures::Stream<Item = Result<WatchRequest, Status>> + Unpin,
+{
+    use futures::StreamExt;
     loop {
-        let msg = match inbound.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return,
-            Err(_) => {
+        let msg = match inbound.next().await {
+            Some(Ok(m)) => m,
+            None => return,
+            Some(Err(_)) => {
                 handle.close();
                 return;
             }
