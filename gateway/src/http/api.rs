@@ -204,7 +204,7 @@ impl EtcdApi for Store {
         &self,
         r: LeaseTimeToLiveRequest,
     ) -> ApiResult<LeaseTimeToLiveResponse> {
-        Ok(Store::lease_time_to_live(self, r).await)
+        Store::lease_time_to_live(self, r).await.map_err(to_status)
     }
 
     async fn lease_leases(&self, _r: LeaseLeasesRequest) -> ApiResult<LeaseLeasesResponse> {
@@ -219,7 +219,7 @@ impl EtcdApi for Store {
         Ok(requests
             .then(move |r| {
                 let store = store.clone();
-                async move { Ok(store.lease_keep_alive(r.id).await) }
+                async move { store.lease_keep_alive(r.id).await.map_err(to_status) }
             })
             .boxed())
     }
