@@ -754,14 +754,33 @@ impl Store {
 
     /// Stops raft and refuses new proposals; makes every apply durable so
     /// the next start replays nothing. Every clone answers
-    /// [`Error::Stopped`] afterwards. Blocking: call it off the async
-    /// workers (`spawn_blocking`).
+    /// [`Error::Stopped`] afterwards. Blocking; safe from a multi-thread
+    /// runtime's worker (it blocks in place) and from plain threads.
     pub fn close(&self) {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;
         }
         let raft = self.inner.raft.clone();
-        let _ = futures::executor::block_on(raft.shutdown());
+        let stop_raft = move || {
+            let _ = futures::executor::block_on(raft.shutdown());
+        };
+        // Raft's core task runs on the caller's runtime when there is one:
+        // blocking a worker thread in place (its queued tasks handed to
+        // another worker) lets that task finish instead of deadlocking.
+        // A current-thread runtime cannot run it while we block, so there
+        // shutdown is only started; the final sync below still runs.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(stop_raft)
+            }
+            Ok(h) => {
+                let raft = self.inner.raft.clone();
+                h.spawn(async move {
+                    let _ = raft.shutdown().await;
+                });
+            }
+            Err(_) => stop_raft(),
+        }
         let _file = self.inner.shared.file_lock.lock().expect("file lock");
         if let Ok(tx) = self.db().begin_write()
             && let Err(e) = tx.commit()
