@@ -41,15 +41,17 @@ pub mod request;
 pub mod revision;
 pub mod server;
 mod sm;
+pub mod snapshot_stream;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod validate;
 mod watch;
 
 pub use apply::{Applied, Applier};
 pub use config::StoreConfig;
 pub use error::{Error, Result};
-pub use peer::serve_peer;
+pub use peer::{serve_peer, serve_peer_tls};
 pub use request::{Reply, Request, Response};
 pub use revision::Revision;
 pub use server::{EtcdService, routes, serve, to_status};

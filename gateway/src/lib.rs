@@ -42,9 +42,11 @@
 //!   ring still holds replays true events instead of a compact cancel.
 
 mod args;
+pub mod authz;
 mod cluster;
 mod codec;
 mod config;
+pub mod config_file;
 mod error;
 pub mod http;
 mod kv;
@@ -53,6 +55,7 @@ mod maintenance;
 mod metrics;
 mod readindex;
 mod server;
+pub mod telemetry;
 mod txn;
 mod watch;
 
