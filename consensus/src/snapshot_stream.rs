@@ -13,8 +13,9 @@
 //!
 //! The file is not etcd's bolt format (etcdctl only writes it; `lookout
 //! snapshot restore` reads it): magic `LOOKOUT-BACKUP1\n`, then rows
-//! `tag u8 | klen u32 | key | vlen u32 | value`, an end tag, then the
-//! 32-byte sha256 of all preceding bytes, as etcd appends one to its
+//! `tag u8 | klen u32 | key | vlen u32 | value`, an end tag, zero padding
+//! to a multiple of 512 bytes (etcdctl 3.4 refuses other lengths), then
+//! the 32-byte sha256 of all preceding bytes, as etcd appends one to its
 //! snapshot stream. A restored member carries no raft log, no membership
 //! and no alarms of the old cluster: it starts a new cluster from its own
 //! `--initial-cluster` (as `etcdctl snapshot restore` does), with the
@@ -80,12 +81,16 @@ pub fn snapshot(store: &Store) -> mpsc::Receiver<Result<SnapshotResponse, Status
                 total += 1 + 4 + 16 + 4 + v.value().len() as u64;
             }
             total += leases.len()? * (1 + 4 + 8 + 4 + 8);
+            // etcdctl 3.4 accepts a snapshot only when its length is a
+            // multiple of 512 plus the 32-byte sha256 (bolt's page rule):
+            // zero padding after the end tag makes ours so.
+            let padded = total.div_ceil(512) * 512;
             let mut w = ChunkSender {
                 tx: &tx,
                 header: header.clone(),
                 buf: Vec::with_capacity(CHUNK),
                 sha: Sha256::new(),
-                total,
+                total: padded,
                 sent: 0,
             };
             w.write_all(BACKUP_MAGIC)?;
@@ -103,10 +108,11 @@ pub fn snapshot(store: &Store) -> mpsc::Receiver<Result<SnapshotResponse, Status
                 )?;
             }
             w.write_all(&[TAG_END])?;
+            w.write_all(&vec![0u8; (padded - total) as usize])?;
             w.flush()?;
-            if w.sent != total {
+            if w.sent != padded {
                 return Err(Error::Internal(format!(
-                    "snapshot size changed while streaming ({} != {total})",
+                    "snapshot size changed while streaming ({} != {padded})",
                     w.sent
                 )));
             }
@@ -117,7 +123,7 @@ pub fn snapshot(store: &Store) -> mpsc::Receiver<Result<SnapshotResponse, Status
                 blob: Bytes::copy_from_slice(&sha),
             }))
             .map_err(|_| Error::Internal("client went away".into()))?;
-            tracing::info!(bytes = total, "snapshot sent");
+            tracing::info!(bytes = padded + 32, "snapshot sent");
             Ok(())
         })();
         if let Err(e) = sent {
