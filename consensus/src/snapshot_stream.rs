@@ -87,7 +87,7 @@ pub fn snapshot(store: &Store) -> mpsc::Receiver<Result<SnapshotResponse, Status
             let padded = total.div_ceil(512) * 512;
             let mut w = ChunkSender {
                 tx: &tx,
-                header: header.clone(),
+                header,
                 buf: Vec::with_capacity(CHUNK),
                 sha: Sha256::new(),
                 total: padded,
@@ -162,7 +162,7 @@ impl Write for ChunkSender<'_> {
         self.sha.update(&blob);
         self.sent += blob.len() as u64;
         let msg = SnapshotResponse {
-            header: self.header.clone(),
+            header: self.header,
             remaining_bytes: self.total.saturating_sub(self.sent),
             blob: blob.into(),
         };

@@ -516,11 +516,13 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<TelemetryG
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(ansi)
+            .with_filter(filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_writer(std::io::stderr)
+            .with_filter(filter)
             .boxed(),
     };
     let mut guard = TelemetryGuard::default();
@@ -543,12 +545,19 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<TelemetryG
                 .build();
             let tracer = provider.tracer("lookout");
             guard.provider = Some(provider);
-            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            // Traces keep their own level: a quiet RUST_LOG for the logs
+            // must not switch off the request spans.
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(tracing_subscriber::EnvFilter::new(
+                        "info,openraft=warn,h2=warn,hyper=warn,tonic=warn,tower=warn",
+                    )),
+            )
         }
         None => None,
     };
     let _ = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init();

@@ -1,5 +1,5 @@
-//! `--auth-config`: bearer tokens (and certificate CNs, see `tls.rs`'s
-//! setup) map to key prefixes; reads, writes, txns and watches outside
+//! `--auth-config`: bearer tokens and client certificate CNs map to key
+//! prefixes; reads, writes, txns and watches outside
 //! them get etcd's permission denied, and a watch group mixing an allowed
 //! and a refused client never leaks events to the refused one.
 
@@ -13,21 +13,19 @@ use tonic::transport::Channel;
 
 use crate::harness::*;
 
-type Authed = InterceptedService<
-    Channel,
-    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
->;
+type Interceptor =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+type Authed = InterceptedService<Channel, Interceptor>;
 
 fn with_token(ch: Channel, token: Option<&str>) -> Authed {
     let token = token.map(|t| format!("Bearer {t}"));
-    let f: Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send> =
-        Box::new(move |mut r: tonic::Request<()>| {
-            if let Some(t) = &token {
-                r.metadata_mut()
-                    .insert("authorization", t.parse().expect("ascii token"));
-            }
-            Ok(r)
-        });
+    let f: Interceptor = Box::new(move |mut r: tonic::Request<()>| {
+        if let Some(t) = &token {
+            r.metadata_mut()
+                .insert("authorization", t.parse().expect("ascii token"));
+        }
+        Ok(r)
+    });
     InterceptedService::new(ch, f)
 }
 
@@ -67,7 +65,7 @@ async fn kv_calls_outside_the_prefixes_are_permission_denied() {
         .into_inner();
     assert_eq!(got.kvs.len(), 1);
     let denied = |r: Result<_, tonic::Status>| {
-        let s = r.err().expect("refused");
+        let s = r.expect_err("refused");
         assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
         assert_eq!(s.message(), "etcdserver: permission denied");
     };
@@ -250,5 +248,54 @@ async fn a_watch_group_mixing_allowed_and_refused_clients_leaks_nothing() {
         bo.events,
         (0..5).map(|i| format!("/bob/{i}")).collect::<Vec<_>>(),
         "bob sees exactly his own prefix, nothing of /alice/"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_cn_selects_the_prefixes() {
+    use crate::tls::{etcdctl_tls, spawn, wait_tls_ready};
+    use lookout_testkit::certs::TestCa;
+    let etcd = EtcdServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = TestCa::new(d, "main");
+    let server = ca.issue_server("server");
+    let alice = ca.issue_client("alice");
+    let carol = ca.issue_client("carol");
+    let auth = d.join("auth.toml");
+    std::fs::write(
+        &auth,
+        "[[clients]]\ncn = \"alice\"\nprefixes = [\"/alice/\", \"probe\"]\n",
+    )
+    .unwrap();
+    let port = lookout_testkit::free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut gw = spawn(
+        d,
+        "gateway",
+        &[
+            "gateway".into(),
+            format!("--listen-addr=127.0.0.1:{port}"),
+            format!("--endpoints={}", etcd.endpoint),
+            format!("--cert-file={}", server.cert.display()),
+            format!("--key-file={}", server.key.display()),
+            format!("--trusted-ca-file={}", ca.ca_file.display()),
+            "--client-cert-auth".into(),
+            format!("--auth-config={}", auth.display()),
+        ],
+    );
+    wait_tls_ready(&url, &ca.ca_file, &alice, &mut gw).await;
+    let ok = etcdctl_tls(&url, &ca.ca_file, Some(&alice), &["put", "/alice/x", "1"]);
+    assert!(ok.status.success(), "{ok:?}");
+    let no = etcdctl_tls(&url, &ca.ca_file, Some(&alice), &["put", "/bob/x", "1"]);
+    assert!(
+        String::from_utf8_lossy(&no.stderr).contains("etcdserver: permission denied"),
+        "{no:?}"
+    );
+    // carol's certificate is valid but her CN is not in the file.
+    let stranger = etcdctl_tls(&url, &ca.ca_file, Some(&carol), &["get", "/alice/x"]);
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("etcdserver: permission denied"),
+        "{stranger:?}"
     );
 }

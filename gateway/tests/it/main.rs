@@ -17,6 +17,7 @@ mod informer;
 mod kv_vs_etcd;
 mod lifecycle;
 mod metrics_scrape;
+mod otlp;
 mod prefixes;
 mod snapshot;
 mod support;
