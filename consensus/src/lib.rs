@@ -17,6 +17,10 @@
 //!                                               (lookout.redb, no fsync: the log replays it)
 //!  leader only (background.rs): lease expiry, auto-compaction -> proposals
 //!  snapshots (sm.rs): redb read txn -> file -> chunks -> follower's redb
+//!  backups (snapshot_stream.rs): Maintenance.Snapshot = one redb read txn
+//!        -> 32 KiB chunks + sha256; `restore` writes a new member's data dir
+//!  TLS (tls.rs): reloading rustls acceptor for client and peer listeners,
+//!        peer clients dial https:// peer URLs with the peer certificate
 //! ```
 //!
 //! It must never depend on the cache or the gateway, never acknowledge a

@@ -442,6 +442,25 @@ mod tests {
     }
 
     #[test]
+    fn common_name_of_a_generated_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = lookout_testkit::certs::TestCa::new(dir.path(), "t");
+        let alice = ca.issue_client("alice");
+        let certs = read_certs(&alice.cert).unwrap();
+        assert_eq!(common_name(&certs[0]).as_deref(), Some("alice"));
+        let ca_cert = read_certs(&ca.ca_file).unwrap();
+        assert_eq!(common_name(&ca_cert[0]).as_deref(), Some("t test CA"));
+        // A server config builds from these files, and refuses a bad key.
+        let server = ca.issue_server("srv");
+        let mut files = TlsFiles::new(&server.cert, &server.key);
+        files.trusted_ca = Some(ca.ca_file.clone());
+        files.client_cert_auth = true;
+        assert!(files.server_config().is_ok());
+        std::fs::write(&server.key, "junk").unwrap();
+        assert!(files.server_config().is_err());
+    }
+
+    #[test]
     fn der_walk_rejects_truncation() {
         assert_eq!(der_tlv(&[0x30, 0x03, 1, 2]), None);
         assert_eq!(

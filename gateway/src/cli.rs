@@ -62,7 +62,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Config file (YAML, or TOML when it ends in .toml) whose keys are
-    /// flag names; precedence: flag > LOOKOUT_<FLAG> env > file > default.
+    /// flag names; precedence: flag > `LOOKOUT_<FLAG>` env > file > default.
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// Log line format on stderr.

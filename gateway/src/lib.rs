@@ -20,6 +20,17 @@
 //!                 upstream: `lookout store` | etcd
 //! ```
 //!
+//! Around every listener (store and gateway): TLS with etcd's flag names
+//! and reloading certificates (`lookout_consensus::tls`), gRPC request
+//! counters and `/metrics` `/health` `/readyz` ([`telemetry`]), per-client
+//! prefixes on the gateway ([`authz`], `--auth-config`), and flags from
+//! `LOOKOUT_<FLAG>` variables or a `--config` file ([`config_file`]).
+//!
+//! ```text
+//!  TCP ─(TLS handshake, refusals logged)─> GrpcMetricsLayer ─> AuthzLayer (gateway,
+//!       optional) ─> gRPC routes | HTTP API | /metrics /health /readyz
+//! ```
+//!
 //! Library first: [`run_gateway`] (or [`Gateway::start`] for tests that
 //! want the cache and the bound addresses) takes a [`GatewayConfig`], a
 //! bound listener and a shutdown future; [`GatewayArgs`] are the clap flags

@@ -97,13 +97,17 @@ async fn etcdctl_over_mtls_to_store_and_gateway_and_refusals_are_logged() {
         &["get", "k", "--print-value-only"],
     );
     assert_eq!(text(&get).trim(), "v1");
-    // Members advertise https:// URLs.
-    let members = etcdctl_tls(&url, &ca.ca_file, Some(&alice), &["member", "list"]);
-    assert!(
-        text(&members).contains(&format!("127.0.0.1:{port}")),
-        "{}",
-        text(&members)
-    );
+    // The member advertises its client URL (published just after start).
+    wait_for(
+        "member list shows the client URL",
+        Duration::from_secs(10),
+        || {
+            let o = etcdctl_tls(&url, &ca.ca_file, Some(&alice), &["member", "list"]);
+            let needle = format!("127.0.0.1:{port}");
+            async move { text(&o).contains(&needle).then_some(()) }
+        },
+    )
+    .await;
 
     // Refused at the handshake: no certificate, expired, foreign CA.
     for client in [None, Some(&expired), Some(&mallory)] {
