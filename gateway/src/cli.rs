@@ -763,4 +763,38 @@ mod tests {
         assert_eq!(parse_auto_compaction("periodic", "0").unwrap(), None);
         assert!(Cli::try_parse_from(["lookout", "store", "--initial-cluster-state=old"]).is_err());
     }
+
+    #[test]
+    fn config_file_values_are_defaults_under_flags() {
+        use clap::{CommandFactory, FromArgMatches};
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("gw.yaml");
+        std::fs::write(
+            &f,
+            "prefix: [/a/, /b/]\nclient-cert-auth: true\ncert-file: c.pem\nkey-file: k.pem\ntrusted-ca-file: ca.pem\nread-timeout: 2s\nlog-format: json\n",
+        )
+        .unwrap();
+        let parse = |extra: &[&str]| {
+            let mut args: Vec<std::ffi::OsString> = vec!["lookout".into(), "gateway".into()];
+            args.push("--config".into());
+            args.push(f.clone().into());
+            args.extend(extra.iter().map(Into::into));
+            let cmd = lookout_gateway::config_file::prepare(Cli::command(), &args).unwrap();
+            Cli::from_arg_matches(&cmd.try_get_matches_from(&args).unwrap()).unwrap()
+        };
+        let c = parse(&[]);
+        assert_eq!(c.log_format, lookout_gateway::telemetry::LogFormat::Json);
+        let Command::Gateway(g) = c.command else {
+            panic!("gateway")
+        };
+        assert_eq!(g.prefixes, vec!["/a/", "/b/"]);
+        assert!(g.client_cert_auth);
+        assert_eq!(g.read_timeout, Duration::from_secs(2));
+        assert!(g.to_checked_config().unwrap().tls.is_some());
+        let Command::Gateway(g) = parse(&["--read-timeout=3s", "--prefix=/c/"]).command else {
+            panic!("gateway")
+        };
+        assert_eq!(g.read_timeout, Duration::from_secs(3));
+        assert_eq!(g.prefixes, vec!["/c/"]);
+    }
 }
