@@ -83,7 +83,7 @@ pub use backoff::Backoff;
 pub use cache::BenchHarness;
 pub use cache::{Cache, CacheConfig};
 pub use error::CacheError;
-pub use etcd::{EtcdUpstream, EtcdUpstreamConfig};
+pub use etcd::{EtcdUpstream, EtcdUpstreamConfig, UpstreamTls};
 pub use event::{CachedEvent, DERIVED_SLOTS, EventKind};
 pub use frame::{FrameHead, WatchFrame, encode_watch_response};
 pub use keys::{KeyRange, prefix_end};

@@ -67,6 +67,11 @@ pub struct StoreConfig {
     pub quota_backend_bytes: u64,
     /// `--auto-compaction-mode` / `--auto-compaction-retention`.
     pub auto_compaction: Option<AutoCompaction>,
+    /// Peer TLS (`--peer-cert-file`, `--peer-key-file`,
+    /// `--peer-trusted-ca-file`, `--peer-client-cert-auth`): the peer
+    /// listener's identity, and this member's client identity towards
+    /// `https://` peer URLs.
+    pub peer_tls: Option<crate::tls::TlsFiles>,
 }
 
 impl StoreConfig {
@@ -90,6 +95,7 @@ impl StoreConfig {
             snapshot_catchup_entries: 5_000,
             quota_backend_bytes: DEFAULT_QUOTA_BYTES,
             auto_compaction: None,
+            peer_tls: None,
         }
     }
 

@@ -17,6 +17,10 @@
 //!                                               (lookout.redb, no fsync: the log replays it)
 //!  leader only (background.rs): lease expiry, auto-compaction -> proposals
 //!  snapshots (sm.rs): redb read txn -> file -> chunks -> follower's redb
+//!  backups (snapshot_stream.rs): Maintenance.Snapshot = one redb read txn
+//!        -> 32 KiB chunks + sha256; `restore` writes a new member's data dir
+//!  TLS (tls.rs): reloading rustls acceptor for client and peer listeners,
+//!        peer clients dial https:// peer URLs with the peer certificate
 //! ```
 //!
 //! It must never depend on the cache or the gateway, never acknowledge a
@@ -41,15 +45,17 @@ pub mod request;
 pub mod revision;
 pub mod server;
 mod sm;
+pub mod snapshot_stream;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod validate;
 mod watch;
 
 pub use apply::{Applied, Applier};
 pub use config::StoreConfig;
 pub use error::{Error, Result};
-pub use peer::serve_peer;
+pub use peer::{serve_peer, serve_peer_tls};
 pub use request::{Reply, Request, Response};
 pub use revision::Revision;
 pub use server::{EtcdService, routes, serve, to_status};

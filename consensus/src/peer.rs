@@ -101,13 +101,18 @@ pub(crate) struct PeerClients {
     // A std Mutex: lookups and inserts only, never held across an await.
     conns: std::sync::Mutex<HashMap<NodeId, (String, PeerClient<Channel>)>>,
     pub cluster_id: u64,
+    /// `--peer-cert-file`/`--peer-key-file` (our client identity) and
+    /// `--peer-trusted-ca-file` (verifies the other members), for
+    /// `https://` peer URLs.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl PeerClients {
-    pub fn new(cluster_id: u64) -> Self {
+    pub fn new(cluster_id: u64, tls: Option<crate::tls::TlsFiles>) -> Self {
         Self {
             conns: Default::default(),
             cluster_id,
+            tls,
         }
     }
 
@@ -126,6 +131,28 @@ impl PeerClients {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
+        // The files are read when the channel is made, so a member whose
+        // URL changes (or a restarted member) picks up rotated files.
+        let ep = match (&self.tls, url.starts_with("https://")) {
+            (Some(t), true) => {
+                let cfg = crate::tls::client_config(
+                    t.trusted_ca.as_deref(),
+                    Some((t.cert.as_path(), t.key.as_path())),
+                );
+                match cfg.map(|c| ep.tls_config(c)) {
+                    Ok(Ok(ep)) => ep,
+                    Ok(Err(e)) => {
+                        tracing::error!(%url, error = %e, "peer TLS configuration refused");
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::error!(%url, error = %e, "cannot read peer TLS files");
+                        return None;
+                    }
+                }
+            }
+            _ => ep,
+        };
         let c = PeerClient::new(ep.connect_lazy())
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
@@ -385,18 +412,37 @@ pub async fn serve_peer(
     store: Store,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_peer_tls(listener, None, store, shutdown).await
+}
+
+/// [`serve_peer`] behind TLS when `tls` is given (`--peer-cert-file` ...):
+/// a member without a valid peer certificate is refused at the handshake.
+///
+/// # Errors
+/// The gRPC server failed.
+pub async fn serve_peer_tls(
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::ReloadingTls>>,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let router = tonic::transport::Server::builder().add_service(
+        peer_server::PeerServer::new(PeerService::new(store))
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE),
+    );
+    if let Some(tls) = tls {
+        return router
+            .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
+            .await;
+    }
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         if let Ok(c) = &conn {
             let _ = c.set_nodelay(true);
         }
         conn
     });
-    tonic::transport::Server::builder()
-        .add_service(
-            peer_server::PeerServer::new(PeerService::new(store))
-                .max_decoding_message_size(MAX_PEER_MESSAGE)
-                .max_encoding_message_size(MAX_PEER_MESSAGE),
-        )
+    router
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

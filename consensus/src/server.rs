@@ -345,7 +345,10 @@ impl pb::lease_server::Lease for EtcdService {
 fn dial_form(mut members: Vec<pb::Member>) -> Vec<pb::Member> {
     for m in &mut members {
         for u in &mut m.client_ur_ls {
-            if let Some(rest) = u.strip_prefix("http://") {
+            if let Some(rest) = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"))
+            {
                 *u = rest.trim_end_matches('/').to_string();
             }
         }
@@ -467,7 +470,8 @@ impl pb::maintenance_server::Maintenance for EtcdService {
     }
 
     async fn snapshot(&self, _r: Request<pb::SnapshotRequest>) -> Rpc<Self::SnapshotStream> {
-        Err(unsupported("Snapshot"))
+        let rx = crate::snapshot_stream::snapshot(&self.store);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn move_leader(&self, r: Request<pb::MoveLeaderRequest>) -> Rpc<pb::MoveLeaderResponse> {

@@ -145,7 +145,7 @@ impl Store {
         let cluster_id = cluster::derive_id("cluster", &[&cfg.cluster_token]);
         let shared = Shared::open(&cfg.data_dir)?;
         let log = LogStore::open(&cfg.data_dir, shared.clone())?;
-        let peers = Arc::new(PeerClients::new(cluster_id));
+        let peers = Arc::new(PeerClients::new(cluster_id, cfg.peer_tls.clone()));
         let sm = StateMachine {
             shared: shared.clone(),
         };

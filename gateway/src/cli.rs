@@ -46,6 +46,10 @@ pub enum CliError {
     Gateway(#[from] GatewayError),
     #[error("bad flag: {0}")]
     BadFlag(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] lookout_consensus::tls::TlsError),
+    #[error("config: {0}")]
+    Config(#[from] lookout_gateway::config_file::ConfigFileError),
 }
 
 #[derive(Debug, Parser)]
@@ -57,6 +61,17 @@ pub enum CliError {
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Config file (YAML, or TOML when it ends in .toml) whose keys are
+    /// flag names; precedence: flag > `LOOKOUT_<FLAG>` env > file > default.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: lookout_gateway::telemetry::LogFormat,
+    /// Export traces over OTLP/gRPC to this collector (e.g.
+    /// http://127.0.0.1:4317); off when unset.
+    #[arg(long, global = true)]
+    pub otlp_endpoint: Option<String>,
 }
 
 // Parsed once at start; boxing the large store flags would buy nothing.
@@ -71,6 +86,28 @@ pub enum Command {
     /// Run a one-node store and a gateway in front of it on 127.0.0.1:2379,
     /// in one process, for development.
     Dev(DevArgs),
+    /// Restore a member's data dir from `etcdctl snapshot save` output.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `lookout snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Check a snapshot file's sha256 and write a new member data dir from
+    /// it; start the member with `lookout store --data-dir DIR` and its
+    /// (new) `--initial-cluster`.
+    Restore(RestoreArgs),
+}
+
+/// `lookout snapshot restore` flags.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The file `etcdctl snapshot save` wrote from a `lookout store`.
+    pub file: PathBuf,
+    /// The member data dir to create (must not exist yet).
+    #[arg(long)]
+    pub data_dir: PathBuf,
 }
 
 /// `lookout store` flags, named as etcd names them.
@@ -141,6 +178,35 @@ pub struct StoreArgs {
     /// Interval of watch progress notifications.
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub progress_notify_interval: Duration,
+    /// Client-side TLS certificate (PEM); with it the client URLs are https.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Client-side TLS key (PEM).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// CA that signs client certificates.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by --trusted-ca-file.
+    #[arg(long)]
+    pub client_cert_auth: bool,
+    /// Peer TLS certificate (PEM), also this member's client identity
+    /// towards the other members.
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS key (PEM).
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA that signs the members' peer certificates.
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Refuse members without a peer certificate signed by
+    /// --peer-trusted-ca-file.
+    #[arg(long)]
+    pub peer_client_cert_auth: bool,
+    /// How often certificate files are checked for changes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
 }
 
 /// `lookout dev` flags.
@@ -178,10 +244,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, CliError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// "http://host:port" -> "host:port" (localhost means IPv4 loopback).
+/// "http://host:port" or "https://host:port" -> "host:port" (localhost
+/// means IPv4 loopback).
 fn listen_addr(url: &str) -> Result<String, CliError> {
     let rest = url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| CliError::BadUrl(url.to_string()))?;
     let hostport = rest.trim_end_matches('/');
     if !hostport.contains(':') || hostport.contains('/') {
@@ -192,8 +260,19 @@ fn listen_addr(url: &str) -> Result<String, CliError> {
 
 /// Entry point called by `main`.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing();
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = match lookout_gateway::config_file::prepare(Cli::command(), &args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lookout: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::from_arg_matches(&cmd.get_matches_from(&args)) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -205,10 +284,27 @@ pub fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
+        // Inside the runtime: the OTLP exporter runs on it.
+        let _telemetry =
+            match lookout_gateway::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref()) {
+                Ok(g) => g,
+                Err(e) => return Err(CliError::BadFlag(e)),
+            };
         match cli.command {
             Command::Store(a) => run_store(a).await,
             Command::Gateway(a) => run_gateway(a).await,
             Command::Dev(a) => run_dev(a).await,
+            Command::Snapshot(SnapshotCommand::Restore(a)) => {
+                let r = lookout_consensus::snapshot_stream::restore(&a.file, &a.data_dir)?;
+                println!(
+                    "restored {} revision records and {} leases at revision {} into {}",
+                    r.kv_records,
+                    r.leases,
+                    r.revision,
+                    a.data_dir.display()
+                );
+                Ok(())
+            }
         }
     });
     match result {
@@ -219,18 +315,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // openraft narrates every membership step at info; operators want
-        // our own lines (leader changes, snapshots) and openraft's warnings.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -312,7 +396,39 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     };
     cfg.auto_compaction =
         parse_auto_compaction(&a.auto_compaction_mode, &a.auto_compaction_retention)?;
-    serve_member(cfg, &addrs, &peer_addrs).await
+    let client_tls = lookout_consensus::tls::TlsFiles::from_flags(
+        a.cert_file.as_deref(),
+        a.key_file.as_deref(),
+        a.trusted_ca_file.as_deref(),
+        a.client_cert_auth,
+        [
+            "--cert-file",
+            "--key-file",
+            "--trusted-ca-file",
+            "--client-cert-auth",
+        ],
+    )?
+    .map(|f| lookout_consensus::tls::TlsFiles {
+        reload_interval: a.tls_reload_interval,
+        ..f
+    });
+    cfg.peer_tls = lookout_consensus::tls::TlsFiles::from_flags(
+        a.peer_cert_file.as_deref(),
+        a.peer_key_file.as_deref(),
+        a.peer_trusted_ca_file.as_deref(),
+        a.peer_client_cert_auth,
+        [
+            "--peer-cert-file",
+            "--peer-key-file",
+            "--peer-trusted-ca-file",
+            "--peer-client-cert-auth",
+        ],
+    )?
+    .map(|f| lookout_consensus::tls::TlsFiles {
+        reload_interval: a.tls_reload_interval,
+        ..f
+    });
+    serve_member(cfg, client_tls, &addrs, &peer_addrs).await
 }
 
 /// etcd's `--auto-compaction-mode` / `--auto-compaction-retention`: a
@@ -354,7 +470,7 @@ pub async fn run_gateway(a: GatewayArgs) -> Result<(), CliError> {
         let _ = signal_tx.send(());
         r
     });
-    let result = lookout_gateway::run_gateway(a.to_config(), listener, async move {
+    let result = lookout_gateway::run_gateway(a.to_checked_config()?, listener, async move {
         let _ = signal_rx.await;
     })
     .await;
@@ -471,11 +587,22 @@ async fn bind_all(addrs: &[String]) -> Result<Vec<TcpListener>, CliError> {
 /// on `peer_addrs`, until SIGTERM/Ctrl-C.
 async fn serve_member(
     cfg: StoreConfig,
+    client_tls: Option<lookout_consensus::tls::TlsFiles>,
     addrs: &[String],
     peer_addrs: &[String],
 ) -> Result<(), CliError> {
+    use lookout_consensus::tls::ReloadingTls;
     let listeners = bind_all(addrs).await?;
     let peer_listeners = bind_all(peer_addrs).await?;
+    // Loaded before anything serves: bad files stop the start here.
+    let client_tls = client_tls
+        .map(|f| ReloadingTls::new(f, "client"))
+        .transpose()?;
+    let peer_tls = cfg
+        .peer_tls
+        .clone()
+        .map(|f| ReloadingTls::new(f, "peer"))
+        .transpose()?;
     let store = Store::start(cfg).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
@@ -484,14 +611,16 @@ async fn serve_member(
         tracing::info!(addr = %local, "serving peer protocol");
         let mut rx = stop_rx.clone();
         let store = store.clone();
+        let tls = peer_tls.clone();
         servers.spawn(async move {
-            lookout_consensus::serve_peer(l, store, async move {
+            lookout_consensus::serve_peer_tls(l, tls, store, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await
         });
     }
     let http_metrics = std::sync::Arc::new(lookout_gateway::http::HttpMetrics::default());
+    let grpc_metrics = std::sync::Arc::new(lookout_gateway::telemetry::GrpcMetrics::default());
     for l in listeners {
         let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %local, member = %format!("{:x}", store.member_id()), "serving etcd v3 gRPC and HTTP/JSON");
@@ -502,9 +631,11 @@ async fn serve_member(
             ..Default::default()
         };
         let metrics = http_metrics.clone();
+        let grpc = grpc_metrics.clone();
+        let tls = client_tls.clone();
         // gRPC and the HTTP/JSON API (curl) share the client port.
         servers.spawn(async move {
-            lookout_gateway::http::serve_store(l, store, http, metrics, async move {
+            lookout_gateway::http::serve_store_tls(l, tls, store, http, metrics, grpc, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await
@@ -559,7 +690,8 @@ mod tests {
             "127.0.0.1:2379"
         );
         assert_eq!(listen_addr("http://127.0.0.1:1/").unwrap(), "127.0.0.1:1");
-        assert!(listen_addr("https://x:1").is_err());
+        assert_eq!(listen_addr("https://x:1").unwrap(), "x:1");
+        assert!(listen_addr("unix://x:1").is_err());
     }
 
     #[test]
@@ -630,5 +762,39 @@ mod tests {
         );
         assert_eq!(parse_auto_compaction("periodic", "0").unwrap(), None);
         assert!(Cli::try_parse_from(["lookout", "store", "--initial-cluster-state=old"]).is_err());
+    }
+
+    #[test]
+    fn config_file_values_are_defaults_under_flags() {
+        use clap::{CommandFactory, FromArgMatches};
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("gw.yaml");
+        std::fs::write(
+            &f,
+            "prefix: [/a/, /b/]\nclient-cert-auth: true\ncert-file: c.pem\nkey-file: k.pem\ntrusted-ca-file: ca.pem\nread-timeout: 2s\nlog-format: json\n",
+        )
+        .unwrap();
+        let parse = |extra: &[&str]| {
+            let mut args: Vec<std::ffi::OsString> = vec!["lookout".into(), "gateway".into()];
+            args.push("--config".into());
+            args.push(f.clone().into());
+            args.extend(extra.iter().map(Into::into));
+            let cmd = lookout_gateway::config_file::prepare(Cli::command(), &args).unwrap();
+            Cli::from_arg_matches(&cmd.try_get_matches_from(&args).unwrap()).unwrap()
+        };
+        let c = parse(&[]);
+        assert_eq!(c.log_format, lookout_gateway::telemetry::LogFormat::Json);
+        let Command::Gateway(g) = c.command else {
+            panic!("gateway")
+        };
+        assert_eq!(g.prefixes, vec!["/a/", "/b/"]);
+        assert!(g.client_cert_auth);
+        assert_eq!(g.read_timeout, Duration::from_secs(2));
+        assert!(g.to_checked_config().unwrap().tls.is_some());
+        let Command::Gateway(g) = parse(&["--read-timeout=3s", "--prefix=/c/"]).command else {
+            panic!("gateway")
+        };
+        assert_eq!(g.read_timeout, Duration::from_secs(3));
+        assert_eq!(g.prefixes, vec!["/c/"]);
     }
 }

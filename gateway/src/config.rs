@@ -35,6 +35,11 @@ pub struct GatewayConfig {
     /// Largest request message accepted from a client (etcd grpc-proxy's
     /// `--max-recv-bytes`); the store applies its own smaller limits.
     pub max_recv_bytes: usize,
+    /// TLS on the client listener (`--cert-file`, `--key-file`,
+    /// `--trusted-ca-file`, `--client-cert-auth`).
+    pub tls: Option<lookout_consensus::tls::TlsFiles>,
+    /// `--auth-config`: per-client key prefixes (see `authz`).
+    pub auth_config: Option<std::path::PathBuf>,
 }
 
 impl GatewayConfig {
@@ -49,6 +54,8 @@ impl GatewayConfig {
             write_wait_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             max_recv_bytes: i32::MAX as usize,
+            tls: None,
+            auth_config: None,
         }
     }
 

@@ -20,6 +20,17 @@
 //!                 upstream: `lookout store` | etcd
 //! ```
 //!
+//! Around every listener (store and gateway): TLS with etcd's flag names
+//! and reloading certificates (`lookout_consensus::tls`), gRPC request
+//! counters and `/metrics` `/health` `/readyz` ([`telemetry`]), per-client
+//! prefixes on the gateway ([`authz`], `--auth-config`), and flags from
+//! `LOOKOUT_<FLAG>` variables or a `--config` file ([`config_file`]).
+//!
+//! ```text
+//!  TCP ─(TLS handshake, refusals logged)─> GrpcMetricsLayer ─> AuthzLayer (gateway,
+//!       optional) ─> gRPC routes | HTTP API | /metrics /health /readyz
+//! ```
+//!
 //! Library first: [`run_gateway`] (or [`Gateway::start`] for tests that
 //! want the cache and the bound addresses) takes a [`GatewayConfig`], a
 //! bound listener and a shutdown future; [`GatewayArgs`] are the clap flags
@@ -42,9 +53,11 @@
 //!   ring still holds replays true events instead of a compact cancel.
 
 mod args;
+pub mod authz;
 mod cluster;
 mod codec;
 mod config;
+pub mod config_file;
 mod error;
 pub mod http;
 mod kv;
@@ -53,6 +66,7 @@ mod maintenance;
 mod metrics;
 mod readindex;
 mod server;
+pub mod telemetry;
 mod txn;
 mod watch;
 

@@ -96,7 +96,12 @@ impl tonic::server::StreamingService<WatchRequest> for WatchRpc {
 
     fn call(&mut self, request: tonic::Request<Streaming<WatchRequest>>) -> Self::Future {
         let shared = self.shared.clone();
-        Box::pin(async move { open(shared, request.into_inner()).await })
+        // Set by the authz layer only when --auth-config is given.
+        let principal = request
+            .extensions()
+            .get::<crate::authz::Principal>()
+            .cloned();
+        Box::pin(async move { open(shared, request.into_inner(), principal).await })
     }
 }
 
@@ -127,11 +132,20 @@ impl Drop for RpcGuard {
 async fn open(
     shared: Arc<Shared>,
     inbound: Streaming<WatchRequest>,
+    principal: Option<crate::authz::Principal>,
 ) -> Result<tonic::Response<FrameStream>, Status> {
     shared.ready().await?;
     let (handle, frames) = shared.cache.open_stream();
     let (local_tx, local) = mpsc::channel(16);
-    let reader = tokio::spawn(read_requests(shared.clone(), inbound, handle, local_tx));
+    let reader = match principal {
+        // Each create is checked before the cache sees it (authz.rs).
+        Some(p) => {
+            let inbound =
+                crate::authz::guard_watch_requests(shared.clone(), p, inbound, local_tx.clone());
+            tokio::spawn(read_requests(shared.clone(), inbound, handle, local_tx))
+        }
+        None => tokio::spawn(read_requests(shared.clone(), inbound, handle, local_tx)),
+    };
     shared.metrics.watch_rpcs.fetch_add(1, Relaxed);
     let out = Outbound {
         frames,
@@ -232,10 +246,16 @@ fn normalize(mut c: WatchCreateRequest) -> WatchCreateRequest {
 /// A created-and-cancelled response for a watch this gateway cannot serve,
 /// with the reason, as etcd answers a watch it refuses.
 fn refusal(shared: &Shared, reason: String) -> WatchFrame {
+    refusal_with_id(shared, -1, reason)
+}
+
+/// [`refusal`] naming the watch id the client asked for (etcd's answer to
+/// a watch outside the caller's permissions).
+pub(crate) fn refusal_with_id(shared: &Shared, watch_id: i64, reason: String) -> WatchFrame {
     WatchFrame::new(
         &FrameHead {
             header: shared.cache.header(shared.cache.revision()),
-            watch_id: -1,
+            watch_id,
             created: true,
             canceled: true,
             cancel_reason: reason,

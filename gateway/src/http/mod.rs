@@ -50,7 +50,7 @@ pub(crate) use gateway_api::GatewayApi;
 
 pub use api::{ApiResult, EtcdApi, KeepAlives, WatchEvent, WatchReplies, WatchReply};
 pub use error::{HttpError, http_status};
-pub use serve::{fallback, serve, serve_store, with_fallback};
+pub use serve::{fallback, serve, serve_store, serve_store_tls, with_fallback};
 pub use text::event_line;
 
 /// Limits and timings of the HTTP layer.

@@ -99,6 +99,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let app = with_fallback(grpc.into_axum_router().merge(http));
+    serve_app(listener, app, shutdown).await
+}
+
+async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     // Small unary answers must not wait for Nagle, as etcd's sockets don't.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         if let Ok(c) = &conn {
@@ -106,11 +114,7 @@ pub async fn serve(
         }
         conn
     });
-    tonic::transport::Server::builder()
-        // curl speaks HTTP/1.1; gRPC clients speak HTTP/2 (h2c) on the
-        // same connection type, told apart by hyper's preface check.
-        .accept_http1(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+    server()
         .add_routes(tonic::service::Routes::from(app))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -128,13 +132,59 @@ pub async fn serve_store(
     metrics: Arc<HttpMetrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_store_tls(
+        listener,
+        None,
+        store,
+        cfg,
+        metrics,
+        Arc::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_store`] behind TLS when `tls` is given, with `/metrics`,
+/// `/health` and `/readyz` and gRPC request counting into `grpc`.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_store_tls(
+    listener: TcpListener,
+    tls: Option<Arc<lookout_consensus::tls::ReloadingTls>>,
+    store: Store,
+    cfg: HttpConfig,
+    metrics: Arc<HttpMetrics>,
+    grpc_metrics: Arc<crate::telemetry::GrpcMetrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = signal::channel(false);
     let grpc = lookout_consensus::routes(&store);
-    let http = router(store, cfg, metrics, stop_rx);
+    let ops =
+        crate::telemetry::store_ops_router(store.clone(), grpc_metrics.clone(), metrics.clone());
+    let http = router(store, cfg, metrics, stop_rx).merge(ops);
     let shutdown = async move {
         shutdown.await;
         // HTTP watch streams end first, so the graceful drain can finish.
         stop_tx.send_replace(true);
     };
-    serve(listener, grpc, http, shutdown).await
+    let app = with_fallback(grpc.into_axum_router().merge(http))
+        .layer(crate::telemetry::GrpcMetricsLayer(grpc_metrics));
+    match tls {
+        Some(t) => {
+            server()
+                .add_routes(tonic::service::Routes::from(app))
+                .serve_with_incoming_shutdown(t.incoming(listener), shutdown)
+                .await
+        }
+        None => serve_app(listener, app, shutdown).await,
+    }
+}
+
+fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        // curl speaks HTTP/1.1; gRPC clients speak HTTP/2 (h2c or h2 over
+        // TLS) on the same port, told apart by hyper's preface check.
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
 }

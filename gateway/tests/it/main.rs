@@ -2,7 +2,10 @@
 //! store: one binary, one module per concern (`http_*`: the HTTP/JSON API).
 
 mod admin;
+mod authz;
+mod config_env;
 mod crash;
+mod drain;
 mod etcdctl_session;
 mod harness;
 mod http_client;
@@ -13,6 +16,10 @@ mod http_watch;
 mod informer;
 mod kv_vs_etcd;
 mod lifecycle;
+mod metrics_scrape;
+mod otlp;
 mod prefixes;
+mod snapshot;
 mod support;
+mod tls;
 mod watch_guarantees;
