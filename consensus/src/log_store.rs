@@ -20,15 +20,25 @@
 //! the entries to replication, which puts the leader's fsync and the
 //! followers' (network + fsync) one after the other; etcd overlaps them
 //! (Raft thesis §10.2.1). Acknowledging early lets openraft count the
-//! leader in the quorum before its copy is on disk, so two rules keep an
-//! entry from taking effect anywhere before a quorum holds it durably:
-//! this member applies (and so answers clients) only entries it has
-//! synced ([`Durability::wait`] in `sm.rs`), and followers are never told
-//! a commit index above what the leader has synced (`peer.rs`), so they
-//! apply only entries durable on the leader and on themselves, and a
-//! quorum including them. Followers still sync before acknowledging.
+//! leader in the quorum before its copy is on disk, so openraft's commit
+//! index can name an entry only `quorum - 1` members hold durably. Two
+//! rules keep such an entry from taking effect anywhere until a full
+//! quorum has it on disk:
 //!
-//! A data dir from before the WAL (`raft-log.redb`) is imported once.
+//! - this member applies (and so answers clients, serves reads and
+//!   publishes watch events for) only entries it has synced
+//!   (`Durability::wait` in `sm.rs`): on the leader that adds its own
+//!   copy to the `quorum - 1` followers that synced before acknowledging;
+//! - followers are never told a commit index above what the leader has
+//!   synced (`peer.rs`), so an entry a follower applies is on the
+//!   leader's disk as well as on the followers' that made the commit.
+//!
+//! A leader that crashes before its fsync loses only entries that never
+//! took effect anywhere: to the cluster they are uncommitted entries (the
+//! commit index is not persisted, see `save_committed`).
+//!
+//! A data dir from before the WAL (`raft-log.redb`) is imported once; the
+//! rename of the finished import to `raft-wal/` is its commit point.
 
 // openraft's trait fixes the error type (StorageError is large); boxing it
 // is not an option for the trait methods, so helpers return it as is.
@@ -302,7 +312,16 @@ impl LogStore {
     ) -> crate::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let wal_dir = dir.join("raft-wal");
-        let fresh = !wal_dir.exists();
+        let legacy = dir.join("raft-log.redb");
+        if legacy.exists() {
+            // The rename below is the import's commit point: with
+            // raft-wal/ present the redb file is only a leftover.
+            if !wal_dir.exists() {
+                legacy::import(&legacy, dir, &wal_dir)?;
+            }
+            std::fs::remove_file(&legacy)?;
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         let purged_of = |b: &[u8]| -> Option<u64> {
             bincode::deserialize::<Meta>(b)
                 .ok()?
@@ -313,27 +332,11 @@ impl LogStore {
         if rec.cut_tail {
             tracing::warn!(dir = %wal_dir.display(), "raft log: cut a torn tail (writes that were never acknowledged)");
         }
-        let mut meta: Meta = match &rec.meta {
+        let meta: Meta = match &rec.meta {
             Some(b) => bincode::deserialize(b).map_err(storage)?,
             None => Meta::default(),
         };
-        let mut records = rec.records;
-        let legacy = dir.join("raft-log.redb");
-        if fresh && legacy.exists() {
-            let (m, recs) = legacy::read(&legacy)?;
-            for (i, b) in &recs {
-                wal.append(*i, b)?;
-            }
-            wal.sync()?;
-            wal.save_meta(&bincode::serialize(&m).map_err(storage)?)?;
-            tracing::info!(
-                entries = recs.len(),
-                "imported raft-log.redb into raft-wal/"
-            );
-            meta = m;
-            records = recs;
-            std::fs::remove_file(&legacy)?;
-        }
+        let records = rec.records;
         let mut mem = Mem {
             first: meta.purged.map_or(0, |p| p.index + 1),
             meta,
@@ -780,6 +783,36 @@ mod legacy {
     /// Log records as the WAL takes them: (index, bincode `Entry`).
     pub(super) type Records = Vec<(u64, Vec<u8>)>;
 
+    /// Writes the log of `path` as a WAL in `dir/raft-wal.import/`, makes
+    /// it durable, then renames it to `wal_dir` (a crash before the
+    /// rename leaves the redb file in charge, and the import runs again).
+    pub(super) fn import(
+        path: &std::path::Path,
+        dir: &std::path::Path,
+        wal_dir: &std::path::Path,
+    ) -> crate::Result<()> {
+        let (meta, recs) = read(path)?;
+        let tmp = dir.join("raft-wal.import");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        {
+            let (wal, _) = crate::wal::Wal::open(&tmp, |_| None)?;
+            for (i, b) in &recs {
+                wal.append(*i, b)?;
+            }
+            wal.sync()?;
+            wal.save_meta(&bincode::serialize(&meta).map_err(storage)?)?;
+        }
+        std::fs::rename(&tmp, wal_dir)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        tracing::info!(
+            entries = recs.len(),
+            "imported raft-log.redb into raft-wal/"
+        );
+        Ok(())
+    }
+
     /// The vote, purged id and every entry.
     pub(super) fn read(path: &std::path::Path) -> crate::Result<(Meta, Records)> {
         let db = Database::open(path)?;
@@ -976,6 +1009,50 @@ mod tests {
             .collect();
         assert_eq!(indexes(&mut log).await, want);
         log.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pre_wal_redb_log_is_imported_once() {
+        use redb::{Database, TableDefinition};
+        const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+        const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+        let d = tempfile::tempdir().unwrap();
+        let vote = Vote::new_committed(4, 2);
+        let purged = LogId::new(CommittedLeaderId::new(1, 2), 9);
+        {
+            let db = Database::create(d.path().join("raft-log.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut log = tx.open_table(LOG).unwrap();
+                for e in entries(4, 2, 10..30) {
+                    log.insert(e.log_id.index, bincode::serialize(&e).unwrap().as_slice())
+                        .unwrap();
+                }
+                let mut meta = tx.open_table(META).unwrap();
+                meta.insert("vote", bincode::serialize(&Some(vote)).unwrap().as_slice())
+                    .unwrap();
+                meta.insert(
+                    "purged",
+                    bincode::serialize(&Some(purged)).unwrap().as_slice(),
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        // A crash in an earlier import left a partial copy: ignored.
+        std::fs::create_dir_all(d.path().join("raft-wal.import")).unwrap();
+        for round in 0..2 {
+            let mut log = open(d.path(), 1);
+            assert!(!d.path().join("raft-log.redb").exists());
+            assert!(!d.path().join("raft-wal.import").exists());
+            assert_eq!(log.read_vote().await.unwrap(), Some(vote), "round {round}");
+            let st = log.get_log_state().await.unwrap();
+            assert_eq!(st.last_purged_log_id, Some(purged));
+            assert_eq!(st.last_log_id.map(|l| l.index), Some(29));
+            let want: Vec<(u64, u64)> = (10..30).map(|i| (4, i)).collect();
+            assert_eq!(indexes(&mut log).await, want);
+            log.stop();
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
