@@ -73,6 +73,7 @@ mod keys;
 mod metrics;
 mod range;
 mod registry;
+mod slots;
 mod snapshot;
 mod splice;
 mod stream;

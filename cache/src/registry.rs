@@ -19,6 +19,7 @@ use crate::event::{CachedEvent, EventKind};
 use crate::index::{GroupId, GroupIndex};
 use crate::keys::KeyRange;
 use crate::metrics::CacheMetrics;
+use crate::slots::IdMap;
 use crate::stream::{Pending, StreamShared};
 
 /// What makes watchers share a group: same range, same filters, same prev_kv.
@@ -61,17 +62,17 @@ struct Member {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     index: GroupIndex,
-    groups: HashMap<GroupId, GroupEntry>,
+    groups: IdMap<GroupId, GroupEntry>,
     by_spec: HashMap<Arc<GroupSpec>, GroupId>,
     /// Open streams, for the rare broadcast (a relist).
-    streams: HashMap<u64, Weak<StreamShared>>,
+    streams: IdMap<u64, Weak<StreamShared>>,
     next_group: GroupId,
 }
 
 /// Buffers the applier reuses from batch to batch.
 #[derive(Debug, Default)]
 pub(crate) struct FanoutScratch {
-    per_group: HashMap<GroupId, Vec<Arc<CachedEvent>>>,
+    per_group: IdMap<GroupId, Vec<Arc<CachedEvent>>>,
 }
 
 impl Registry {

@@ -14,16 +14,17 @@
 //! ends with Unavailable, which etcd clients answer by resuming elsewhere
 //! from their last revision + 1.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use bytes::Bytes;
-use futures::stream::BoxStream;
+use bytes::{Bytes, BytesMut};
+use http_body::Frame;
+use http_body_util::StreamBody;
 use lookout_cache::{CacheError, FrameHead, WatchFrame, WatchFrames, WatchHandle};
 use lookout_proto::pb::{WatchCreateRequest, WatchRequest, watch_request::RequestUnion};
 use tokio::sync::mpsc;
+use tonic::codec::Codec;
 use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::server::NamedService;
 use tonic::{Status, Streaming};
@@ -69,44 +70,44 @@ where
         if req.uri().path() != "/etcdserverpb.Watch/Watch" {
             return Box::pin(async move { Ok(Status::unimplemented("").into_http()) });
         }
-        let rpc = WatchRpc {
-            shared: self.shared.clone(),
-        };
+        let shared = self.shared.clone();
         let max = self.max_decoding;
         Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(WatchCodec).apply_max_message_size_config(Some(max), None);
-            Ok(grpc.streaming(rpc, req).await)
+            // etcd clients never compress; a compressed request is refused
+            // as tonic refuses an encoding it was not configured for.
+            if let Some(enc) = req.headers().get("grpc-encoding")
+                && enc.as_bytes() != b"identity"
+            {
+                return Ok(Status::unimplemented(format!(
+                    "Content is compressed with `{}` which isn't supported",
+                    String::from_utf8_lossy(enc.as_bytes())
+                ))
+                .into_http());
+            }
+            let decoder = WatchCodec.decoder();
+            let inbound = Streaming::new_request(decoder, req.into_body(), None, Some(max));
+            Ok(match open(shared, inbound).await {
+                Ok(body) => {
+                    let mut resp = http::Response::new(body);
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
+                    resp
+                }
+                Err(status) => status.into_http(),
+            })
         })
     }
 }
 
-/// One Watch call.
-#[derive(Debug, Clone)]
-struct WatchRpc {
-    shared: Arc<Shared>,
-}
-
-type FrameStream = BoxStream<'static, Result<WatchFrame, Status>>;
-
-impl tonic::server::StreamingService<WatchRequest> for WatchRpc {
-    type Response = WatchFrame;
-    type ResponseStream = FrameStream;
-    type Future = BoxFuture<tonic::Response<FrameStream>, Status>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<WatchRequest>>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move { open(shared, request.into_inner()).await })
-    }
-}
-
-/// What the response stream owns.
+/// What the response body owns.
 struct Outbound {
     frames: WatchFrames,
     /// Frames the gateway makes itself (refusals the cache cannot queue).
     local: mpsc::Receiver<WatchFrame>,
-    ready: VecDeque<WatchFrame>,
-    buf: Vec<WatchFrame>,
+    /// gRPC messages being gathered into the next DATA chunk.
+    buf: BytesMut,
     done: bool,
     _guard: RpcGuard,
 }
@@ -124,10 +125,51 @@ impl Drop for RpcGuard {
     }
 }
 
+/// A DATA chunk is cut once this many bytes of messages are gathered: large
+/// enough that per-chunk costs (a poll, an HTTP/2 frame header, a syscall
+/// share) vanish next to the bytes, small enough that a stalled client
+/// pins little memory (HTTP/2 holds at most about two chunks past its
+/// window per stream).
+const CHUNK_BYTES: usize = 64 << 10;
+
+/// The response body: gRPC messages written straight from the cache
+/// stream into DATA chunks ([`WatchFrames::next_grpc`]), then trailers.
+/// This skips tonic's per-message encoder and stream plumbing: a delivery
+/// is a 5-byte prefix, a head of a few varints and a copy of the shared
+/// event bytes into the chunk.
+async fn next_chunk(mut o: Outbound) -> Option<(Result<Frame<Bytes>, Infallible>, Outbound)> {
+    if o.done {
+        return None;
+    }
+    loop {
+        while let Ok(f) = o.local.try_recv() {
+            f.write_grpc(&mut o.buf);
+        }
+        if !o.buf.is_empty() {
+            let chunk = o.buf.split().freeze();
+            return Some((Ok(Frame::data(chunk)), o));
+        }
+        tokio::select! {
+            Some(f) = o.local.recv() => f.write_grpc(&mut o.buf),
+            r = o.frames.next_grpc(&mut o.buf, CHUNK_BYTES) => {
+                if r.is_err() {
+                    // The cache closed (shutdown): end with Unavailable so
+                    // clients resume elsewhere from their last revision + 1.
+                    o.done = true;
+                    let mut trailers = http::HeaderMap::new();
+                    let status: Status = GatewayError::ShuttingDown.into();
+                    let _ = status.add_header(&mut trailers);
+                    return Some((Ok(Frame::trailers(trailers)), o));
+                }
+            }
+        }
+    }
+}
+
 async fn open(
     shared: Arc<Shared>,
     inbound: Streaming<WatchRequest>,
-) -> Result<tonic::Response<FrameStream>, Status> {
+) -> Result<tonic::body::Body, Status> {
     shared.ready().await?;
     let (handle, frames) = shared.cache.open_stream();
     let (local_tx, local) = mpsc::channel(16);
@@ -136,35 +178,15 @@ async fn open(
     let out = Outbound {
         frames,
         local,
-        ready: VecDeque::new(),
-        buf: Vec::new(),
+        buf: BytesMut::new(),
         done: false,
         _guard: RpcGuard {
             shared: shared.clone(),
             reader,
         },
     };
-    let stream = futures::stream::unfold(out, |mut o| async move {
-        loop {
-            if let Some(f) = o.ready.pop_front() {
-                return Some((Ok(f), o));
-            }
-            if o.done {
-                return None;
-            }
-            tokio::select! {
-                Some(f) = o.local.recv() => o.ready.push_back(f),
-                r = o.frames.next(&mut o.buf) => match r {
-                    Ok(()) => o.ready.extend(o.buf.drain(..)),
-                    Err(_) => {
-                        o.done = true;
-                        return Some((Err(GatewayError::ShuttingDown.into()), o));
-                    }
-                },
-            }
-        }
-    });
-    Ok(tonic::Response::new(Box::pin(stream)))
+    let stream = futures::stream::unfold(out, next_chunk);
+    Ok(tonic::body::Body::new(StreamBody::new(stream)))
 }
 
 /// Maps the client's requests onto the cache stream until the client

@@ -14,6 +14,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod lite;
 
 use std::sync::Arc;
 use std::time::Duration;
