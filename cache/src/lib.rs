@@ -62,6 +62,7 @@
 
 mod backoff;
 mod cache;
+mod compaction;
 mod error;
 mod etcd;
 mod event;

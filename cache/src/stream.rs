@@ -364,6 +364,15 @@ impl WatchHandle {
     }
 
     fn queue_create_failure(&self) {
+        self.refuse(String::new());
+    }
+
+    /// Answers a create the caller will not pass to the cache (refused by
+    /// the gateway: out of scope, over capacity) as etcd answers a create it
+    /// cannot serve: created + canceled, watch id -1, with `reason`. The
+    /// answer is queued in order with the other creates' answers, which
+    /// clients match to their requests by position.
+    pub fn refuse(&self, reason: String) {
         let fanout = self.cache.fanout_rev.load(Acquire);
         let frame = WatchFrame::new(
             &FrameHead {
@@ -371,6 +380,7 @@ impl WatchHandle {
                 watch_id: -1,
                 created: true,
                 canceled: true,
+                cancel_reason: reason,
                 ..Default::default()
             },
             Vec::new(),

@@ -39,21 +39,25 @@
 //!   are not seen: a watch from a revision the store compacted but the
 //!   ring still holds replays true events instead of a compact cancel.
 
+mod admission;
 mod args;
 mod cluster;
 mod codec;
 mod config;
 mod error;
 mod http;
+mod keepalive;
 mod kv;
 mod lease;
 mod maintenance;
 mod metrics;
 mod readindex;
+mod register;
 mod server;
 mod txn;
 mod watch;
 
+pub use admission::{GateConfig, GateStats};
 pub use args::{GatewayArgs, parse_duration};
 pub use codec::WatchCodec;
 pub use config::GatewayConfig;

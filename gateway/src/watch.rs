@@ -1,14 +1,16 @@
-//! The Watch service, hand-written around [`WatchCodec`] so responses are
-//! the cache's pre-encoded frames. One gRPC stream is one cache stream.
+//! The Watch service, hand-written so responses are the cache's frames
+//! written straight into gRPC DATA chunks. One gRPC stream is one cache
+//! stream.
 //!
 //! ```text
-//!   client ──WatchRequest──> reader task ── create/cancel/progress ──> WatchHandle
-//!                                  └── gateway-made frames (out of scope) ─┐
-//!   client <──WatchFrame bytes── response stream <── WatchFrames::next ────┴─ mpsc
+//!   client ──WatchRequest──> reader task: resume wait ─> catch-up gate ─> compaction
+//!                                         check ─> create / cancel / progress ─> WatchHandle
+//!   client <──DATA chunks (gRPC messages)── response body <── WatchFrames::next_grpc
+//!                                              (created, events, refusals, in order)
 //! ```
 //!
-//! The response stream is polled only as fast as HTTP/2 flow control lets
-//! frames out, so a client that stops reading stops pulling from its cache
+//! The response body is polled only as fast as HTTP/2 flow control lets
+//! chunks out, so a client that stops reading stops pulling from its cache
 //! stream, whose byte budget then moves its watchers to the history ring:
 //! nobody else waits for it. When the cache closes (shutdown) the stream
 //! ends with Unavailable, which etcd clients answer by resuming elsewhere
@@ -21,9 +23,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 use http_body_util::StreamBody;
-use lookout_cache::{CacheError, FrameHead, WatchFrame, WatchFrames, WatchHandle};
+use lookout_cache::{CacheError, WatchFrames, WatchHandle};
 use lookout_proto::pb::{WatchCreateRequest, WatchRequest, watch_request::RequestUnion};
-use tokio::sync::mpsc;
 use tonic::codec::Codec;
 use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::server::NamedService;
@@ -104,8 +105,6 @@ where
 /// What the response body owns.
 struct Outbound {
     frames: WatchFrames,
-    /// Frames the gateway makes itself (refusals the cache cannot queue).
-    local: mpsc::Receiver<WatchFrame>,
     /// gRPC messages being gathered into the next DATA chunk.
     buf: BytesMut,
     done: bool,
@@ -141,29 +140,17 @@ async fn next_chunk(mut o: Outbound) -> Option<(Result<Frame<Bytes>, Infallible>
     if o.done {
         return None;
     }
-    loop {
-        while let Ok(f) = o.local.try_recv() {
-            f.write_grpc(&mut o.buf);
-        }
-        if !o.buf.is_empty() {
-            let chunk = o.buf.split().freeze();
-            return Some((Ok(Frame::data(chunk)), o));
-        }
-        tokio::select! {
-            Some(f) = o.local.recv() => f.write_grpc(&mut o.buf),
-            r = o.frames.next_grpc(&mut o.buf, CHUNK_BYTES) => {
-                if r.is_err() {
-                    // The cache closed (shutdown): end with Unavailable so
-                    // clients resume elsewhere from their last revision + 1.
-                    o.done = true;
-                    let mut trailers = http::HeaderMap::new();
-                    let status: Status = GatewayError::ShuttingDown.into();
-                    let _ = status.add_header(&mut trailers);
-                    return Some((Ok(Frame::trailers(trailers)), o));
-                }
-            }
-        }
+    if o.frames.next_grpc(&mut o.buf, CHUNK_BYTES).await.is_err() {
+        // The cache closed (shutdown): end with Unavailable so clients
+        // resume elsewhere from their last revision + 1.
+        o.done = true;
+        let mut trailers = http::HeaderMap::new();
+        let status: Status = GatewayError::ShuttingDown.into();
+        let _ = status.add_header(&mut trailers);
+        return Some((Ok(Frame::trailers(trailers)), o));
     }
+    let chunk = o.buf.split().freeze();
+    Some((Ok(Frame::data(chunk)), o))
 }
 
 async fn open(
@@ -172,12 +159,10 @@ async fn open(
 ) -> Result<tonic::body::Body, Status> {
     shared.ready().await?;
     let (handle, frames) = shared.cache.open_stream();
-    let (local_tx, local) = mpsc::channel(16);
-    let reader = tokio::spawn(read_requests(shared.clone(), inbound, handle, local_tx));
+    let reader = tokio::spawn(read_requests(shared.clone(), inbound, handle));
     shared.metrics.watch_rpcs.fetch_add(1, Relaxed);
     let out = Outbound {
         frames,
-        local,
         buf: BytesMut::new(),
         done: false,
         _guard: RpcGuard {
@@ -191,12 +176,13 @@ async fn open(
 
 /// Maps the client's requests onto the cache stream until the client
 /// closes its side (then the responses keep flowing, as etcd keeps them)
-/// or the stream breaks (then the cache stream closes).
+/// or the stream breaks (then the cache stream closes). Requests are
+/// handled one at a time, in order, so answers to creates come back in the
+/// order clients expect them.
 async fn read_requests(
     shared: Arc<Shared>,
     mut inbound: Streaming<WatchRequest>,
     handle: WatchHandle,
-    local: mpsc::Sender<WatchFrame>,
 ) {
     loop {
         let msg = match inbound.message().await {
@@ -209,22 +195,8 @@ async fn read_requests(
         };
         match msg.request_union {
             Some(RequestUnion::CreateRequest(c)) => {
-                let c = normalize(c);
-                match handle.create(&c) {
-                    Ok(_) => {}
-                    // The cache queued etcd's own answer for these.
-                    Err(CacheError::EmptyWatchRange | CacheError::DuplicateWatchId) => {}
-                    Err(CacheError::Closed) => return,
-                    Err(e) => {
-                        let reason = match e {
-                            CacheError::OutOfScope => GatewayError::OutOfScope.to_string(),
-                            other => other.to_string(),
-                        };
-                        let frame = refusal(&shared, reason);
-                        if local.send(frame).await.is_err() {
-                            return;
-                        }
-                    }
+                if !create(&shared, &handle, normalize(c)).await {
+                    return;
                 }
             }
             Some(RequestUnion::CancelRequest(c)) => {
@@ -236,6 +208,55 @@ async fn read_requests(
     }
 }
 
+/// One create: wait if the client resumes ahead of this gateway, pass
+/// storm control if it replays history, learn a compaction the store made
+/// behind our back, then create. False when the stream is gone.
+async fn create(shared: &Shared, handle: &WatchHandle, c: WatchCreateRequest) -> bool {
+    let cache = &shared.cache;
+    let start = c.start_revision;
+    // A client resuming here from another gateway asks for the revision
+    // after the last one it saw; if this gateway has not reached it yet,
+    // wait (bounded) so the stream starts from where the client is, never
+    // with a "future revision" failure. Past the bound the watch is created
+    // anyway and its events come as the cache reaches them.
+    if start > 1 && start - 1 > cache.revision() {
+        shared.metrics.resume_waits.fetch_add(1, Relaxed);
+        if cache
+            .wait_for_revision(start - 1, shared.config.read_timeout)
+            .await
+            .is_err()
+        {
+            shared.metrics.resume_wait_timeouts.fetch_add(1, Relaxed);
+        }
+    }
+    let _permit = if start > 0 && start <= cache.revision() {
+        match shared.catchups.enter(&shared.metrics.catchups).await {
+            Ok(p) => Some(p),
+            Err(st) => {
+                handle.refuse(st.message().to_string());
+                return true;
+            }
+        }
+    } else {
+        None
+    };
+    cache.check_compaction(start).await;
+    match handle.create(&c) {
+        Ok(_) => true,
+        // The cache queued etcd's own answer for these.
+        Err(CacheError::EmptyWatchRange | CacheError::DuplicateWatchId) => true,
+        Err(CacheError::Closed) => false,
+        Err(e) => {
+            let reason = match e {
+                CacheError::OutOfScope => GatewayError::OutOfScope.to_string(),
+                other => other.to_string(),
+            };
+            handle.refuse(reason);
+            true
+        }
+    }
+}
+
 /// etcd's spelling rules for a watch key (`v3rpc/watch.go`): an empty key
 /// is `"\0"`, the smallest key.
 fn normalize(mut c: WatchCreateRequest) -> WatchCreateRequest {
@@ -243,21 +264,4 @@ fn normalize(mut c: WatchCreateRequest) -> WatchCreateRequest {
         c.key = Bytes::from_static(&[0]);
     }
     c
-}
-
-/// A created-and-cancelled response for a watch this gateway cannot serve,
-/// with the reason, as etcd answers a watch it refuses.
-fn refusal(shared: &Shared, reason: String) -> WatchFrame {
-    WatchFrame::new(
-        &FrameHead {
-            header: shared.cache.header(shared.cache.revision()),
-            watch_id: -1,
-            created: true,
-            canceled: true,
-            cancel_reason: reason,
-            ..Default::default()
-        },
-        Vec::new(),
-        false,
-    )
 }
