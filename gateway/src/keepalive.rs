@@ -151,7 +151,7 @@ impl KeepAliveHub {
             st.waiting.remove(&resp.id).unwrap_or_default()
         };
         for w in waiters {
-            let _ = w.send(Ok(resp.clone()));
+            let _ = w.send(Ok(resp));
         }
     }
 }
