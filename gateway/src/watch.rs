@@ -194,12 +194,12 @@ async fn read_requests(
             }
         };
         match msg.request_union {
-            Some(RequestUnion::CreateRequest(c))
-                if !create(&shared, &handle, normalize(c)).await =>
-            {
-                return;
+            Some(RequestUnion::CreateRequest(c)) => {
+                let stream_open = create(&shared, &handle, normalize(c)).await;
+                if !stream_open {
+                    return;
+                }
             }
-            Some(RequestUnion::CreateRequest(_)) => {}
             Some(RequestUnion::CancelRequest(c)) => {
                 handle.cancel(c.watch_id);
             }
