@@ -9,6 +9,7 @@ mod http_endpoints;
 mod informer;
 mod kv_vs_etcd;
 mod lifecycle;
+mod many_gateways;
 mod prefixes;
 mod support;
 mod watch_guarantees;
