@@ -35,8 +35,8 @@
 //!
 //! # Many gateways
 //!
-//! Any client may resume on any gateway with `start_revision` = last seen
-//! + 1: a gateway that has not reached it yet waits (bounded by
+//! Any client may resume on any gateway from its last seen revision plus
+//! one: a gateway that has not reached it yet waits (bounded by
 //! `--read-timeout`) rather than failing, and one whose ring holds it checks
 //! with the store that it was not compacted meanwhile (one probe shared by
 //! concurrent creates), so compactions made through another gateway or on
