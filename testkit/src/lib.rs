@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 pub mod checker;
 pub mod etcd;
 pub mod etcd_restart;
+pub mod extra_gateway;
 pub mod grpc_proxy;
 pub mod lookout;
 pub mod lookout_stack;
@@ -27,6 +28,7 @@ pub mod session;
 pub mod tcp_proxy;
 
 pub use etcd::EtcdServer;
+pub use extra_gateway::ExtraGateway;
 pub use grpc_proxy::GrpcProxy;
 pub use lookout::LookoutProcess;
 pub use lookout_stack::LookoutStack;

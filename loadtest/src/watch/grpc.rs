@@ -15,7 +15,7 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 
 use super::lite::{LiteCodec, LiteEvent, LiteResponse};
-use super::{Group, Signals, Stall, StreamLimits, StreamOutcome, WatchTarget};
+use super::{Group, Signals, Stall, StreamLimits, StreamOutcome, Switch, WatchTarget};
 use crate::checker::{WatchCheck, WatchEnd};
 use crate::payload;
 use crate::progress::Counters;
@@ -29,6 +29,8 @@ pub struct StreamSpec {
     pub start_rev: i64,
     pub group: Group,
     pub stall: Option<Stall>,
+    /// Kill this stream mid-run and resume its watchers elsewhere.
+    pub switch: Option<Switch>,
 }
 
 /// Why a stream's receive loop stopped.
@@ -37,6 +39,9 @@ enum Exit {
     Finished,
     /// The stream failed; try to resume.
     Broken(String),
+    /// Time to move to the switch endpoint (the stream is dropped: the
+    /// server sees it reset, as when a client dies).
+    Switch,
 }
 
 struct Stream {
@@ -108,6 +113,27 @@ impl Stream {
         loop {
             match self.receive(&mut conn).await {
                 Exit::Finished => return,
+                Exit::Switch => {
+                    drop(conn);
+                    let Some(sw) = self.spec.switch.take() else {
+                        return;
+                    };
+                    match crate::conn::connect(&sw.endpoint).await {
+                        Ok(ch) => self.spec.channel = ch,
+                        Err(e) => self.out.note_error(format!("switch: {e}")),
+                    }
+                    match self.resume().await {
+                        Some(c) => conn = c,
+                        None => {
+                            for c in &mut self.out.checks {
+                                c.set_end(WatchEnd::Lost {
+                                    reason: "could not resume after the switch".into(),
+                                });
+                            }
+                            return;
+                        }
+                    }
+                }
                 Exit::Broken(e) => {
                     self.out.note_error(&e);
                     match self.resume().await {
@@ -133,7 +159,10 @@ impl Stream {
             if *self.sig.stop.borrow() {
                 return None;
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = super::stopped(&mut self.sig.stop) => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
             backoff = (backoff * 2).min(Duration::from_secs(2));
             self.out.resumes += 1;
             Counters::add(&self.sig.counters.resumes, 1);
@@ -168,8 +197,14 @@ impl Stream {
             self.send_create(&tx, first)?;
         }
         let call = open_watch(&self.spec.channel, UnboundedReceiverStream::new(rx));
-        let stream = tokio::time::timeout_at(deadline, call)
-            .await
+        // The stop signal ends the wait too: a server that never answers
+        // must not keep the task past the run.
+        let opened = tokio::select! {
+            biased;
+            _ = super::stopped(&mut self.sig.stop) => return Err("stopped while opening the stream".into()),
+            r = tokio::time::timeout_at(deadline, call) => r,
+        };
+        let stream = opened
             .map_err(|_| "opening the watch stream timed out".to_string())?
             .map_err(|s| format!("watch: {s}"))?
             .into_inner();
@@ -229,6 +264,7 @@ impl Stream {
     /// The main receive loop, until finished or broken.
     async fn receive(&mut self, conn: &mut Conn) -> Exit {
         let mut stall_at = self.stall_start();
+        let mut switch_at = self.switch_start();
         loop {
             if self.remaining == 0 {
                 return self.finish();
@@ -237,9 +273,13 @@ impl Stream {
                 biased;
                 _ = super::stopped(&mut self.sig.stop) => return Exit::Finished,
                 t = super::next_value(&mut self.sig.target) => self.set_target(t),
-                _ = super::next_value(&mut self.sig.writer_started), if stall_at.is_none() && self.spec.stall.is_some() => {
+                _ = super::next_value(&mut self.sig.writer_started),
+                    if (stall_at.is_none() && self.spec.stall.is_some())
+                        || (switch_at.is_none() && self.spec.switch.is_some()) => {
                     stall_at = self.stall_start();
+                    switch_at = self.switch_start();
                 }
+                _ = sleep_until_opt(switch_at), if switch_at.is_some() => return Exit::Switch,
                 _ = sleep_until_opt(stall_at), if stall_at.is_some() => {
                     // Stop reading: the server's send window to us fills up,
                     // as with a client that is stuck.
@@ -283,6 +323,11 @@ impl Stream {
             self.out.checks.len() as u64,
         );
         Exit::Finished
+    }
+
+    fn switch_start(&self) -> Option<tokio::time::Instant> {
+        let sw = self.spec.switch.as_ref()?;
+        (*self.sig.writer_started.borrow()).map(|t| t + sw.after)
     }
 
     fn stall_start(&self) -> Option<tokio::time::Instant> {
@@ -383,7 +428,10 @@ struct Conn {
 }
 
 /// Opens a Watch stream whose responses go through [`LiteCodec`].
-async fn open_watch(
+///
+/// # Errors
+/// The connection or the call failed.
+pub async fn open_watch(
     channel: &Channel,
     requests: UnboundedReceiverStream<pb::WatchRequest>,
 ) -> Result<tonic::Response<Streaming<LiteResponse>>, tonic::Status> {

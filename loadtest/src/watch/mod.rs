@@ -40,6 +40,16 @@ pub struct Stall {
     pub for_: Duration,
 }
 
+/// Streams that move to another endpoint mid-run, as a client whose
+/// gateway connection was killed resumes on another gateway.
+#[derive(Debug, Clone)]
+pub struct Switch {
+    /// From the writer's start.
+    pub after: Duration,
+    /// Where to resume ("host:port").
+    pub endpoint: String,
+}
+
 /// Signals from the coordinator to every stream task.
 #[derive(Debug, Clone)]
 pub struct Signals {
