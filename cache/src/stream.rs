@@ -659,6 +659,8 @@ impl WatchFrames {
     /// gets one response for them), catches up, answers progress.
     /// Returns (more work pending, stream closed).
     fn produce_locked<S: Sink>(&mut self, sink: &mut S, soft_limit: usize) -> (bool, bool) {
+        // At least one item per pass, whatever the caller asked for.
+        let soft_limit = soft_limit.max(1);
         let cache = &*self.cache;
         let cfg = &cache.config;
         let mut guard = self.shared.state.lock();
@@ -755,7 +757,7 @@ impl WatchFrames {
         } else {
             let hist = cache.history.read();
             // Catch-up gets its own allowance, so a busy queue cannot starve it.
-            let allowance = max.saturating_mul(4).min(soft_limit.max(max));
+            let allowance = max.saturating_mul(4).min(soft_limit);
             let mut cu = CatchUp {
                 hist: &hist,
                 budget: cfg.catchup_scan_budget,

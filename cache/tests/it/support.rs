@@ -173,6 +173,42 @@ impl Recorder {
         self.reading.send_replace(true);
     }
 
+    /// A recorder reading the gateway's way: gRPC messages written into a
+    /// byte buffer by `next_grpc` (a small soft limit, so passes are cut
+    /// often), split and decoded here as a client would.
+    pub fn spawn_grpc(cache: &Cache) -> Self {
+        let (handle, mut frames) = cache.open_stream();
+        let responses = Arc::new(Mutex::new(Responses::default()));
+        let sink = responses.clone();
+        let (reading, _gate) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            let mut buf = bytes::BytesMut::new();
+            while let Ok(n) = frames.next_grpc(&mut buf, 2048).await {
+                let mut r = sink.lock();
+                let mut got = 0;
+                while !buf.is_empty() {
+                    use bytes::Buf;
+                    use prost::Message;
+                    assert_eq!(buf[0], 0, "uncompressed");
+                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                    buf.advance(5);
+                    let msg = buf.split_to(len);
+                    let resp = WatchResponse::decode(msg.freeze()).expect("valid protobuf");
+                    r.by_id.entry(resp.watch_id).or_default().push(resp);
+                    got += 1;
+                }
+                assert_eq!(got, n, "next_grpc counts the messages it wrote");
+            }
+        });
+        Self {
+            handle,
+            responses,
+            requests: Mutex::new(HashMap::new()),
+            reading,
+            task,
+        }
+    }
+
     fn drive(handle: WatchHandle, mut frames: WatchFrames, reading: bool) -> Self {
         let responses = Arc::new(Mutex::new(Responses::default()));
         let sink = responses.clone();
