@@ -69,7 +69,7 @@ impl Default for CacheConfig {
             history_events: 100_000,
             history_bytes: 256 << 20,
             list_page_size: 1000,
-            stream_queue_bytes: 4 << 20,
+            stream_queue_bytes: 1 << 20,
             max_frame_bytes: 1 << 20,
             catchup_scan_budget: 4096,
             progress_notify_interval: Duration::from_secs(600),

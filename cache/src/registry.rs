@@ -20,7 +20,7 @@ use crate::index::{GroupId, GroupIndex};
 use crate::keys::KeyRange;
 use crate::metrics::CacheMetrics;
 use crate::slots::IdMap;
-use crate::stream::{Pending, StreamShared};
+use crate::stream::{ENTRY_COST, Pending, StreamShared};
 
 /// What makes watchers share a group: same range, same filters, same prev_kv.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -173,7 +173,11 @@ impl Registry {
         }
         for (gid, events) in scratch.per_group.drain() {
             let g = &self.groups[&gid];
-            let bytes: usize = events.iter().map(|e| e.encoded_len(g.spec.prev_kv)).sum();
+            let bytes: usize = events
+                .iter()
+                .map(|e| e.encoded_len(g.spec.prev_kv))
+                .sum::<usize>()
+                + ENTRY_COST;
             let shared: Arc<[Arc<CachedEvent>]> = events.into();
             for m in &g.members {
                 m.stream.push_live(

@@ -60,7 +60,9 @@ pub(crate) enum Pending {
         bytes: usize,
     },
     /// A ready frame (created, canceled), in order with its watcher's events.
-    Control { frame: WatchFrame },
+    /// Boxed: a frame is large and rare, and every queue slot is as big as
+    /// the largest variant.
+    Control { frame: Box<WatchFrame> },
     /// The cache relisted at `relist_rev` after the upstream compacted to
     /// `compact_revision`: watchers still below `relist_rev` are cancelled.
     Reset {
@@ -68,6 +70,11 @@ pub(crate) enum Pending {
         compact_revision: i64,
     },
 }
+
+/// What one queued batch costs besides its events' bytes: the queue slot.
+/// Counted against the stream's byte budget, so a burst of tiny batches
+/// (one per put at high rates) is bounded in memory as well as in bytes.
+pub(crate) const ENTRY_COST: usize = std::mem::size_of::<Pending>();
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -302,7 +309,9 @@ impl WatchHandle {
             Vec::new(),
             false,
         );
-        st.queue.push_back(Pending::Control { frame: created });
+        st.queue.push_back(Pending::Control {
+            frame: Box::new(created),
+        });
         let slot = st.watchers.insert(
             id,
             Watcher {
@@ -386,7 +395,9 @@ impl WatchHandle {
             Vec::new(),
             false,
         );
-        self.shared.push_control(Pending::Control { frame });
+        self.shared.push_control(Pending::Control {
+            frame: Box::new(frame),
+        });
     }
 }
 
@@ -412,7 +423,9 @@ pub(crate) fn remove_watcher(
             st.groups.remove(&w.group);
         }
     }
-    st.queue.push_back(Pending::Control { frame });
+    st.queue.push_back(Pending::Control {
+        frame: Box::new(frame),
+    });
     reg.leave(w.group, shared.id, &cache.metrics);
     cache.metrics.watchers.fetch_sub(1, Relaxed);
     drop(st);
@@ -711,7 +724,7 @@ impl WatchFrames {
                 Pending::Control { frame } => {
                     merged.flush(st, &mut pass, sink);
                     merged_out = 0;
-                    sink.frame(frame);
+                    sink.frame(*frame);
                 }
                 Pending::Reset {
                     relist_rev,
@@ -742,6 +755,11 @@ impl WatchFrames {
         }
         merged.flush(st, &mut pass, sink);
         let queue_left = !st.queue.is_empty();
+        // A burst can grow the queue to thousands of slots; give them back
+        // once it is drained so an idle stream stays small.
+        if !queue_left && st.queue.capacity() > 256 {
+            st.queue.shrink_to(16);
+        }
 
         if st.overflowed {
             for (id, w) in st.watchers.iter_mut() {

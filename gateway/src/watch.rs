@@ -140,6 +140,9 @@ async fn next_chunk(mut o: Outbound) -> Option<(Result<Frame<Bytes>, Infallible>
     if o.done {
         return None;
     }
+    // One allocation of about a chunk, not a doubling series: a chunk held
+    // by HTTP/2 for a slow client then pins no slack beyond itself.
+    o.buf.reserve(CHUNK_BYTES + (CHUNK_BYTES >> 3));
     if o.frames.next_grpc(&mut o.buf, CHUNK_BYTES).await.is_err() {
         // The cache closed (shutdown): end with Unavailable so clients
         // resume elsewhere from their last revision + 1.

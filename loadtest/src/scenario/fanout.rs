@@ -359,7 +359,15 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
     let _ = controls
         .writer_started
         .send(Some(tokio::time::Instant::now()));
-    let wrep = writer::run(&writer_chs, &cfg, counters.clone(), ctx.stop.clone()).await;
+    let wrep = writer::run_isolated(
+        &ctx.endpoint,
+        prm.writer_connections.max(1),
+        &cfg,
+        counters.clone(),
+        ctx.stop.clone(),
+        &writer_chs,
+    )
+    .await;
 
     // The last revision every watcher must reach: the prefix's newest, which
     // also covers puts that timed out but were applied.
