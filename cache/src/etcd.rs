@@ -39,6 +39,45 @@ pub struct EtcdUpstreamConfig {
     pub backoff_max: Duration,
     /// Largest response accepted (list pages, watch batches).
     pub max_message_bytes: usize,
+    /// TLS towards the upstream (etcd grpc-proxy's `--cacert`, `--cert`,
+    /// `--key`); with it, endpoints without a scheme are dialled as
+    /// `https://`.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// PEM files for TLS to the upstream, read at every (re)connect so a
+/// rotated client certificate is used from the next connection on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// `--cacert`: CA that signs the upstream's server certificate.
+    pub cacert: Option<std::path::PathBuf>,
+    /// `--cert`: client certificate presented to the upstream.
+    pub cert: Option<std::path::PathBuf>,
+    /// `--key`: its private key.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl UpstreamTls {
+    fn client_config(&self) -> Result<tonic::transport::ClientTlsConfig, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()))
+        };
+        let mut c = tonic::transport::ClientTlsConfig::new().assume_http2(true);
+        if let Some(ca) = &self.cacert {
+            c = c.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                c = c.identity(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => return Err("--cert and --key go together".into()),
+        }
+        Ok(c)
+    }
 }
 
 impl EtcdUpstreamConfig {
@@ -50,6 +89,7 @@ impl EtcdUpstreamConfig {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             max_message_bytes: 256 << 20,
+            tls: None,
         }
     }
 }
@@ -209,13 +249,23 @@ impl Conn {
     }
 
     async fn connect(&self, ep: &str) -> Result<Channel, String> {
+        let scheme = if self.cfg.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let url = if ep.contains("://") {
             ep.to_string()
         } else {
-            format!("http://{ep}")
+            format!("{scheme}://{ep}")
         };
-        Endpoint::from_shared(url)
-            .map_err(|e| e.to_string())?
+        let mut endpoint = Endpoint::from_shared(url).map_err(|e| e.to_string())?;
+        if let Some(tls) = &self.cfg.tls {
+            endpoint = endpoint
+                .tls_config(tls.client_config()?)
+                .map_err(|e| e.to_string())?;
+        }
+        endpoint
             .connect_timeout(self.cfg.connect_timeout)
             .tcp_nodelay(true)
             // Keepalives notice an upstream that vanished without closing

@@ -1,6 +1,8 @@
 //! One upstream event, encoded once and shared by the history ring and every
 //! watcher that receives it.
 
+use std::sync::OnceLock;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use lookout_proto::mvccpb::{Event, KeyValue, event::EventType};
 use prost::Message;
@@ -49,7 +51,14 @@ pub struct CachedEvent {
     /// `events` field headers: `[plain | prev]`, lengths in `head_lens`.
     heads: [u8; 12],
     head_lens: [u8; 2],
+    /// Other encodings front ends derive from the event (the HTTP layer's
+    /// JSON), built on first use and then shared by every watcher. Boxed so
+    /// an event nobody reads over HTTP pays one pointer.
+    derived: OnceLock<Box<[OnceLock<Bytes>; DERIVED_SLOTS]>>,
 }
+
+/// How many derived encodings an event can hold ([`CachedEvent::derived`]).
+pub const DERIVED_SLOTS: usize = 3;
 
 impl CachedEvent {
     /// Encodes `kv` (as the upstream sent it) with the previous value the cache
@@ -87,6 +96,7 @@ impl CachedEvent {
             plain_len: plain_len as u32,
             heads,
             head_lens,
+            derived: OnceLock::new(),
         }
     }
 
@@ -145,6 +155,20 @@ impl CachedEvent {
         Event::decode(&self.body[..self.body_len(prev_kv)]).expect("we encoded it")
     }
 
+    /// Another encoding of this event, built by `build` the first time
+    /// `slot` is asked for and shared by every later caller: a front end
+    /// that writes events in another format (JSON over HTTP) pays the
+    /// encoding once per event, not once per watcher. `slot` names the
+    /// format and must be below [`DERIVED_SLOTS`]; the bytes live as long
+    /// as the event (they are not counted in [`CachedEvent::weight`]).
+    ///
+    /// # Panics
+    /// If `slot >= DERIVED_SLOTS`.
+    pub fn derived(&self, slot: usize, build: impl FnOnce(&Self) -> Bytes) -> Bytes {
+        let slots = self.derived.get_or_init(Default::default);
+        slots[slot].get_or_init(|| build(self)).clone()
+    }
+
     /// Heap bytes this event holds, for the history ring's byte budget.
     pub fn weight(&self) -> usize {
         self.body.len() + std::mem::size_of::<Self>()
@@ -197,5 +221,20 @@ mod tests {
         assert_eq!(ev.revision(), 9);
         let create = CachedEvent::new(EventKind::Put, &kv("n", "x", 10), None);
         assert_eq!(create.encoded(true), create.encoded(false));
+    }
+
+    #[test]
+    fn derived_encodings_are_built_once() {
+        let ev = CachedEvent::new(EventKind::Put, &kv("k", "v", 5), None);
+        let mut builds = 0;
+        for _ in 0..3 {
+            let b = ev.derived(1, |e| {
+                builds += 1;
+                Bytes::from(format!("rev {}", e.revision()))
+            });
+            assert_eq!(b, "rev 5");
+        }
+        assert_eq!(builds, 1);
+        assert_eq!(ev.derived(0, |_| Bytes::from_static(b"other")), "other");
     }
 }

@@ -284,6 +284,18 @@ impl WatchFrame {
         &self.events
     }
 
+    /// Whether the events go out with their `prev_kv`.
+    pub fn prev_kv(&self) -> bool {
+        self.prev_kv
+    }
+
+    /// The per-watcher fields (everything but `events`), decoded from the
+    /// small head alone: for front ends that write another format (JSON)
+    /// and take the events from [`WatchFrame::events`].
+    pub fn head(&self) -> WatchResponse {
+        WatchResponse::decode(self.head.bytes()).expect("heads are valid protobuf")
+    }
+
     /// Size of the encoded `WatchResponse`.
     pub fn encoded_len(&self) -> usize {
         self.head.bytes().len()
@@ -426,6 +438,10 @@ mod tests {
                 let mut again = BytesMut::new();
                 frame.write_grpc(&mut again);
                 assert_eq!(&again[..], &want[..]);
+                let mut head_only = normal.clone();
+                head_only.events.clear();
+                assert_eq!(frame.head(), head_only);
+                assert_eq!(frame.prev_kv(), prev_kv);
             }
         }
     }

@@ -382,11 +382,17 @@ impl WatchHandle {
     /// answer is queued in order with the other creates' answers, which
     /// clients match to their requests by position.
     pub fn refuse(&self, reason: String) {
+        self.refuse_with_id(-1, reason)
+    }
+
+    /// [`WatchHandle::refuse`] naming the watch id the client asked for
+    /// (etcd's answer to a watch outside the caller's permissions).
+    pub fn refuse_with_id(&self, watch_id: i64, reason: String) {
         let fanout = self.cache.fanout_rev.load(Acquire);
         let frame = WatchFrame::new(
             &FrameHead {
                 header: self.cache.header(fanout),
-                watch_id: -1,
+                watch_id,
                 created: true,
                 canceled: true,
                 cancel_reason: reason,

@@ -10,14 +10,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use lookout_proto::mvccpb::{Event, KeyValue, event::EventType};
 use lookout_proto::pb::{
-    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
-    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare, request_op, response_op,
+    AlarmMember, AlarmResponse, CompactionResponse, Compare, DeleteRangeRequest,
+    DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    compare, request_op, response_op,
 };
 use prost::Message;
 use redb::{Table, WriteTransaction};
 
-use crate::backend::{self, KV, LEASES, META_KEY, Meta};
+use crate::backend::{self, ALARMS, KV, LEASES, META_KEY, Meta};
 use crate::error::{Error, Result};
 use crate::keyindex::LiveKv;
 use crate::request::{Request, Response};
@@ -42,6 +43,7 @@ pub struct Applied {
 pub struct Applier<'txn> {
     kv: Table<'txn, u128, &'static [u8]>,
     leases: Table<'txn, i64, i64>,
+    alarms: Table<'txn, u64, u64>,
 }
 
 impl std::fmt::Debug for Applier<'_> {
@@ -57,6 +59,7 @@ impl<'txn> Applier<'txn> {
         Ok(Self {
             kv: txn.open_table(KV)?,
             leases: txn.open_table(LEASES)?,
+            alarms: txn.open_table(ALARMS)?,
         })
     }
 
@@ -67,6 +70,15 @@ impl<'txn> Applier<'txn> {
     /// and discard `state`.
     pub fn apply(&mut self, state: &mut MvccState, index: u64, req: &Request) -> Result<Applied> {
         state.applied_index = index;
+        // etcd's capped applier: while NOSPACE is raised, nothing that
+        // grows the store is applied (deletes and compaction still are).
+        if state.nospace() && req.grows_store() {
+            return Ok(Applied {
+                response: Err(Error::NoSpace),
+                events: Vec::new(),
+                revision: state.rev,
+            });
+        }
         let mut cx = Ctx {
             main: state.rev + 1,
             sub: 0,
@@ -81,6 +93,11 @@ impl<'txn> Applier<'txn> {
             Request::Compact { revision } => cx.compact(*revision).map(Response::Compact),
             Request::LeaseGrant { id, ttl } => cx.lease_grant(*id, *ttl).map(Response::LeaseGrant),
             Request::LeaseRevoke { id } => cx.lease_revoke(*id).map(Response::LeaseRevoke),
+            Request::Alarm {
+                activate,
+                member,
+                alarm,
+            } => cx.alarm(*activate, *member, *alarm).map(Response::Alarm),
         };
         // Storage errors abort the batch; etcd answers pass through.
         let response = match response {
@@ -107,6 +124,7 @@ impl<'txn> Applier<'txn> {
             rev: state.rev,
             compact_rev: state.compact_rev,
             applied_index: state.applied_index,
+            applied: state.applied_log,
         };
         self.kv.insert(META_KEY, meta.encode().as_slice())?;
         Ok(())
@@ -455,6 +473,38 @@ impl Ctx<'_, '_> {
         self.state.compact_rev = at;
         Ok(CompactionResponse {
             header: header(self.state.rev),
+        })
+    }
+
+    fn alarm(&mut self, activate: bool, member: u64, alarm: i32) -> Result<AlarmResponse> {
+        let bit = 1u64 << (alarm.clamp(0, 63) as u32);
+        let members: Vec<u64> = if member == 0 {
+            self.state.alarms.keys().copied().collect()
+        } else {
+            vec![member]
+        };
+        let mut changed = Vec::new();
+        for m in members {
+            let old = self.state.alarms.get(&m).copied().unwrap_or(0);
+            let new = if activate { old | bit } else { old & !bit };
+            if new == old {
+                continue;
+            }
+            changed.push(AlarmMember {
+                member_id: m,
+                alarm,
+            });
+            if new == 0 {
+                self.state.alarms.remove(&m);
+                self.w.alarms.remove(m)?;
+            } else {
+                self.state.alarms.insert(m, new);
+                self.w.alarms.insert(m, new)?;
+            }
+        }
+        Ok(AlarmResponse {
+            header: header(self.state.rev),
+            alarms: changed,
         })
     }
 

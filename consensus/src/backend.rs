@@ -2,10 +2,14 @@
 //! it on start.
 //!
 //! ```text
-//!   kv:     u128 revision (main<<64|sub) -> protobuf KeyValue (version 0 = tombstone)
-//!           u128::MAX (META_KEY)         -> Meta: current rev, compact rev, applied index
-//!   leases: lease ID -> granted TTL (seconds)
+//!   kv:       u128 revision (main<<64|sub) -> protobuf KeyValue (version 0 = tombstone)
+//!             u128::MAX (META_KEY)         -> Meta: current rev, compact rev, applied log id
+//!   leases:   lease ID -> granted TTL (seconds)
+//!   alarms:   member ID -> alarm bits (1 << etcd AlarmType)
+//!   raft_sm:  "membership" -> bincode StoredMembership (last applied one)
 //! ```
+//!
+//! The raft log lives in its own file (see `log_store.rs`).
 //!
 //! The counters live in the kv table under the largest key on purpose:
 //! that key shares the rightmost leaf with the newest revisions, a page
@@ -27,6 +31,10 @@ use crate::state::{LeaseState, MvccState};
 
 pub(crate) const KV: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("kv");
 pub(crate) const LEASES: TableDefinition<'_, i64, i64> = TableDefinition::new("leases");
+pub(crate) const ALARMS: TableDefinition<'_, u64, u64> = TableDefinition::new("alarms");
+pub(crate) const RAFT_SM: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_sm");
+/// Key of the last applied membership in [`RAFT_SM`].
+pub(crate) const MEMBERSHIP_KEY: &str = "membership";
 
 /// Key of the counters record in the kv table (after every revision).
 pub(crate) const META_KEY: u128 = u128::MAX;
@@ -37,14 +45,23 @@ pub struct Meta {
     pub rev: i64,
     pub compact_rev: i64,
     pub applied_index: u64,
+    /// Raft's last applied log id (term, leader node, index); `None`
+    /// before the first entry (whose id is all zeros, so it needs a flag).
+    pub applied: Option<openraft::LogId<u64>>,
 }
 
 impl Meta {
-    pub(crate) fn encode(&self) -> [u8; 24] {
-        let mut b = [0u8; 24];
+    pub(crate) fn encode(&self) -> [u8; 49] {
+        let mut b = [0u8; 49];
         b[..8].copy_from_slice(&self.rev.to_be_bytes());
         b[8..16].copy_from_slice(&self.compact_rev.to_be_bytes());
-        b[16..].copy_from_slice(&self.applied_index.to_be_bytes());
+        b[16..24].copy_from_slice(&self.applied_index.to_be_bytes());
+        if let Some(l) = &self.applied {
+            b[24] = 1;
+            b[25..33].copy_from_slice(&l.leader_id.term.to_be_bytes());
+            b[33..41].copy_from_slice(&l.leader_id.node_id.to_be_bytes());
+            b[41..49].copy_from_slice(&l.index.to_be_bytes());
+        }
         b
     }
 
@@ -52,10 +69,20 @@ impl Meta {
         let n = |r: std::ops::Range<usize>| -> [u8; 8] {
             b.get(r).and_then(|s| s.try_into().ok()).unwrap_or_default()
         };
+        let applied = (b.get(24) == Some(&1)).then(|| {
+            openraft::LogId::new(
+                openraft::CommittedLeaderId::new(
+                    u64::from_be_bytes(n(25..33)),
+                    u64::from_be_bytes(n(33..41)),
+                ),
+                u64::from_be_bytes(n(41..49)),
+            )
+        });
         Self {
             rev: i64::from_be_bytes(n(0..8)),
             compact_rev: i64::from_be_bytes(n(8..16)),
             applied_index: u64::from_be_bytes(n(16..24)),
+            applied,
         }
     }
 }
@@ -79,6 +106,8 @@ pub fn open_db(dir: &Path) -> Result<Database> {
     {
         tx.open_table(KV)?;
         tx.open_table(LEASES)?;
+        tx.open_table(ALARMS)?;
+        tx.open_table(RAFT_SM)?;
     }
     tx.commit()?;
     Ok(db)
@@ -96,8 +125,13 @@ pub fn load_state(db: &Database) -> Result<MvccState> {
         rev: meta.rev.max(1),
         compact_rev: meta.compact_rev,
         applied_index: meta.applied_index,
+        applied_log: meta.applied,
         ..Default::default()
     };
+    for row in tx.open_table(ALARMS)?.iter()? {
+        let (m, bits) = row?;
+        st.alarms.insert(m.value(), bits.value());
+    }
     for row in tx.open_table(LEASES)?.iter()? {
         let (id, ttl) = row?;
         st.leases.insert(

@@ -3,7 +3,7 @@
 //! [`Error::code`] gives etcd's gRPC code; the gRPC edge converts once.
 
 /// Everything the store can answer instead of a response.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     #[error("etcdserver: key is not provided")]
     EmptyKey,
@@ -38,7 +38,36 @@ pub enum Error {
     Stopped,
     /// An operation etcd has and this store does not (yet).
     #[error("{0} is not supported by lookout store")]
-    Unsupported(&'static str),
+    Unsupported(std::borrow::Cow<'static, str>),
+    /// No member is leader (an election is running or quorum is lost).
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The request could not be committed (or confirmed) in time; it may
+    /// or may not have been applied.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// The NOSPACE alarm is raised: writes that grow the store are refused.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// The member asked is not the leader (peers retry elsewhere).
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: unhealthy cluster")]
+    UnhealthyCluster,
+    /// A peer spoke another payload format version, or the raft layer
+    /// failed in a way no etcd error describes.
+    #[error("etcdserver: {0}")]
+    Internal(String),
     /// The disk failed under redb. The batch it hit is not acknowledged.
     #[error("etcdserver: storage error: {0}")]
     Storage(String),
@@ -71,11 +100,20 @@ impl Error {
             | Error::RequestTooLarge => Code::InvalidArgument,
             Error::Compacted | Error::FutureRev | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
-            Error::LeaseExist => Code::FailedPrecondition,
-            Error::TooManyRequests => Code::ResourceExhausted,
-            Error::Stopped => Code::Unavailable,
+            Error::LeaseExist
+            | Error::MemberExist
+            | Error::PeerUrlExist
+            | Error::MemberNotLearner
+            | Error::LearnerNotReady
+            | Error::NotEnoughStartedMembers => Code::FailedPrecondition,
+            Error::TooManyRequests | Error::NoSpace => Code::ResourceExhausted,
+            Error::Stopped
+            | Error::NoLeader
+            | Error::NotLeader
+            | Error::Timeout
+            | Error::UnhealthyCluster => Code::Unavailable,
             Error::Unsupported(_) => Code::Unimplemented,
-            Error::Storage(_) => Code::Internal,
+            Error::Storage(_) | Error::Internal(_) => Code::Internal,
         }
     }
 }
@@ -97,7 +135,9 @@ storage_from!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    prost::DecodeError
+    redb::SetDurabilityError,
+    prost::DecodeError,
+    std::io::Error
 );
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

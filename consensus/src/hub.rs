@@ -105,6 +105,19 @@ impl Hub {
         self.inner.lock().slots.remove(&slot);
     }
 
+    /// The store jumped to `rev` without events (a snapshot was
+    /// installed): every live slot is dropped and told to re-read history
+    /// from the first revision it has not been offered.
+    pub fn reset(&self, rev: i64) {
+        let mut g = self.inner.lock();
+        let from = g.rev + 1;
+        for (id, slot) in g.slots.drain() {
+            slot.lagged.slots.lock().expect("lag list").push((id, from));
+            slot.lagged.notify.notify_one();
+        }
+        g.rev = g.rev.max(rev);
+    }
+
     /// Offers one commit batch's events (grouped by revision, ascending)
     /// to every slot, then advances the hub's revision to `rev`.
     pub fn publish(&self, batch: &[(i64, Vec<Event>)], rev: i64) {

@@ -1,40 +1,62 @@
-//! `lookout-consensus`: the revision store. It owns MVCC on redb (etcd's
-//! revisions, generations, tombstones, compaction), leases, the store's
-//! watch hub, and the store's etcd v3 gRPC services; raft replication
-//! will reuse the same [`Request`] / [`Applier`] state machine.
+//! `lookout-consensus`: the revision store, replicated with raft. It owns
+//! MVCC on redb (etcd's revisions, generations, tombstones, compaction),
+//! leases, the store's watch hub, raft replication through openraft (the
+//! log and state machine stores, snapshots, the peer transport,
+//! membership), and the store's etcd v3 gRPC services. A store started
+//! without an initial cluster is a one-member raft cluster: one code path.
 //!
 //! ```text
-//!  gRPC (server.rs) ──> Store (store.rs) ──validate──> Writer (writer.rs)
-//!        ^                 │ reads: published MvccState      │ Applier::apply x N
-//!        │                 │ (+ redb for history)            │ one redb commit (fsync)
-//!        │                 v                                 v
-//!   watch streams <── watch.rs <── hub.rs <── events, after the commit
+//!  gRPC (server.rs) ─> Store (store.rs) ─validate─> Proposer (proposer.rs): batch
+//!        ^              │                             │ leader: raft.client_write
+//!        │              │ reads: read index, then     │ follower: forward (peer.rs)
+//!        │              │ the applied MvccState       v
+//!        │              │                  openraft: append to raft-log.redb (fsync),
+//!        │              │                  replicate (peer.rs), commit
+//!        │              │                             v
+//!   watch streams <── watch.rs <── hub.rs <── sm.rs: Applier::apply each Request
+//!                                               (lookout.redb, no fsync: the log replays it)
+//!  leader only (background.rs): lease expiry, auto-compaction -> proposals
+//!  snapshots (sm.rs): redb read txn -> file -> chunks -> follower's redb
+//!  backups (snapshot_stream.rs): Maintenance.Snapshot = one redb read txn
+//!        -> 32 KiB chunks + sha256; `restore` writes a new member's data dir
+//!  TLS (tls.rs): reloading rustls acceptor for client and peer listeners,
+//!        peer clients dial https:// peer URLs with the peer certificate
 //! ```
 //!
 //! It must never depend on the cache or the gateway, never acknowledge a
-//! write before its redb commit returned, and never read a clock or a
-//! random source inside `apply` (raft replays it on every member).
+//! write before a quorum made it durable and this member applied it, never
+//! read a clock or a random source inside `apply` (every member replays
+//! it), and never hold a whole snapshot in memory.
 
 pub mod apply;
 pub mod backend;
+mod background;
+pub mod cluster;
 pub mod config;
 pub mod encode;
 pub mod error;
 mod hub;
 pub mod keyindex;
+pub mod log_store;
+mod members;
+pub mod peer;
+mod proposer;
 pub mod request;
 pub mod revision;
 pub mod server;
+mod sm;
+pub mod snapshot_stream;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod validate;
 mod watch;
-mod writer;
 
 pub use apply::{Applied, Applier};
 pub use config::StoreConfig;
 pub use error::{Error, Result};
-pub use request::{Request, Response};
+pub use peer::{serve_peer, serve_peer_tls};
+pub use request::{Reply, Request, Response};
 pub use revision::Revision;
 pub use server::{EtcdService, routes, serve, to_status};
 pub use state::MvccState;

@@ -4,7 +4,7 @@
 //! nondeterministic choice (lease IDs, TTLs, expiry) made by the proposer.
 
 use lookout_proto::pb::{
-    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
+    AlarmResponse, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
     LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 use serde::{Deserialize, Serialize};
@@ -29,18 +29,60 @@ pub enum Request {
     LeaseRevoke {
         id: i64,
     },
+    /// Raise (`activate`) or clear an alarm of one member (etcd's
+    /// AlarmRequest; `alarm` is etcd's AlarmType: 1 NOSPACE, 2 CORRUPT).
+    /// Clearing with `member` 0 clears that alarm on every member.
+    Alarm {
+        activate: bool,
+        member: u64,
+        alarm: i32,
+    },
+}
+
+impl Request {
+    /// Whether etcd's capped applier refuses this request while the
+    /// NOSPACE alarm is raised (it would grow the store).
+    pub fn grows_store(&self) -> bool {
+        match self {
+            Request::Put(_) | Request::LeaseGrant { .. } => true,
+            Request::Txn(t) => txn_has_put(t),
+            _ => false,
+        }
+    }
+}
+
+fn txn_has_put(t: &TxnRequest) -> bool {
+    use lookout_proto::pb::request_op::Request as Op;
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(Op::RequestPut(_)) => true,
+            Some(Op::RequestTxn(t)) => txn_has_put(t),
+            _ => false,
+        })
 }
 
 /// What applying a [`Request`] answers. Headers carry only the revision;
-/// the serving node fills in its cluster/member IDs and term.
-#[derive(Debug, Clone, PartialEq)]
+/// the serving node fills in its cluster/member IDs and term. Serializable
+/// because a leader answers a follower's forwarded writes with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    Put(PutResponse),
-    DeleteRange(DeleteRangeResponse),
-    Txn(TxnResponse),
-    Compact(CompactionResponse),
-    LeaseGrant(LeaseGrantResponse),
-    LeaseRevoke(LeaseRevokeResponse),
+    Put(#[serde(with = "pb_bytes")] PutResponse),
+    DeleteRange(#[serde(with = "pb_bytes")] DeleteRangeResponse),
+    Txn(#[serde(with = "pb_bytes")] TxnResponse),
+    Compact(#[serde(with = "pb_bytes")] CompactionResponse),
+    LeaseGrant(#[serde(with = "pb_bytes")] LeaseGrantResponse),
+    LeaseRevoke(#[serde(with = "pb_bytes")] LeaseRevokeResponse),
+    Alarm(#[serde(with = "pb_bytes")] AlarmResponse),
+}
+
+/// One applied request as its proposer sees it: etcd's answer (or etcd's
+/// error) and the store revision after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub response: crate::Result<Response>,
+    pub revision: i64,
 }
 
 /// serde adapter: a prost message as its protobuf encoding.
@@ -74,6 +116,11 @@ mod tests {
             }),
             Request::LeaseGrant { id: 5, ttl: 10 },
             Request::Compact { revision: 3 },
+            Request::Alarm {
+                activate: true,
+                member: 9,
+                alarm: 1,
+            },
         ];
         for r in reqs {
             let s = serde_json::to_string(&r).unwrap();

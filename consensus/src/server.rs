@@ -306,11 +306,9 @@ impl pb::lease_server::Lease for EtcdService {
         let store = self.store.clone();
         tokio::spawn(async move {
             while let Some(Ok(req)) = requests.next().await {
-                if tx
-                    .send(Ok(store.lease_keep_alive(req.id).await))
-                    .await
-                    .is_err()
-                {
+                let resp = store.lease_keep_alive(req.id).await.map_err(to_status);
+                let failed = resp.is_err();
+                if tx.send(resp).await.is_err() || failed {
                     break;
                 }
             }
@@ -322,9 +320,11 @@ impl pb::lease_server::Lease for EtcdService {
         &self,
         r: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Rpc<pb::LeaseTimeToLiveResponse> {
-        Ok(Response::new(
-            self.store.lease_time_to_live(r.into_inner()).await,
-        ))
+        self.store
+            .lease_time_to_live(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn lease_leases(
@@ -337,39 +337,90 @@ impl pb::lease_server::Lease for EtcdService {
 
 // === impl Cluster ===
 
+/// Client URLs as the Cluster API lists them: `http://host:port` becomes
+/// `host:port`. etcdctl dials listed URLs for per-endpoint calls
+/// (`endpoint status --cluster`, `defrag --cluster`) with the whole URL as
+/// the HTTP/2 `:authority`; Go's server tolerates that, the h2 crate
+/// rejects it as malformed. A bare `host:port` works for every etcd client.
+fn dial_form(mut members: Vec<pb::Member>) -> Vec<pb::Member> {
+    for m in &mut members {
+        for u in &mut m.client_ur_ls {
+            if let Some(rest) = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"))
+            {
+                *u = rest.trim_end_matches('/').to_string();
+            }
+        }
+    }
+    members
+}
+
 fn unsupported(what: &'static str) -> Status {
-    to_status(Error::Unsupported(what))
+    to_status(Error::Unsupported(what.into()))
 }
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for EtcdService {
-    async fn member_add(&self, _r: Request<pb::MemberAddRequest>) -> Rpc<pb::MemberAddResponse> {
-        Err(unsupported("MemberAdd"))
+    async fn member_add(&self, r: Request<pb::MemberAddRequest>) -> Rpc<pb::MemberAddResponse> {
+        let r = r.into_inner();
+        self.store
+            .member_add(r.peer_ur_ls, r.is_learner)
+            .await
+            .map(|mut a| {
+                a.members = dial_form(a.members);
+                Response::new(a)
+            })
+            .map_err(to_status)
     }
 
     async fn member_remove(
         &self,
-        _r: Request<pb::MemberRemoveRequest>,
+        r: Request<pb::MemberRemoveRequest>,
     ) -> Rpc<pb::MemberRemoveResponse> {
-        Err(unsupported("MemberRemove"))
+        self.store
+            .member_remove(r.into_inner().id)
+            .await
+            .map(|mut a| {
+                a.members = dial_form(a.members);
+                Response::new(a)
+            })
+            .map_err(to_status)
     }
 
     async fn member_update(
         &self,
-        _r: Request<pb::MemberUpdateRequest>,
+        r: Request<pb::MemberUpdateRequest>,
     ) -> Rpc<pb::MemberUpdateResponse> {
-        Err(unsupported("MemberUpdate"))
+        let r = r.into_inner();
+        self.store
+            .member_update(r.id, r.peer_ur_ls)
+            .await
+            .map(|mut a| {
+                a.members = dial_form(a.members);
+                Response::new(a)
+            })
+            .map_err(to_status)
     }
 
     async fn member_list(&self, _r: Request<pb::MemberListRequest>) -> Rpc<pb::MemberListResponse> {
-        Ok(Response::new(self.store.member_list().await))
+        let mut l = self.store.member_list().await;
+        l.members = dial_form(l.members);
+        Ok(Response::new(l))
     }
 
     async fn member_promote(
         &self,
-        _r: Request<pb::MemberPromoteRequest>,
+        r: Request<pb::MemberPromoteRequest>,
     ) -> Rpc<pb::MemberPromoteResponse> {
-        Err(unsupported("MemberPromote"))
+        self.store
+            .member_promote(r.into_inner().id)
+            .await
+            .map(|mut a| {
+                a.members = dial_form(a.members);
+                Response::new(a)
+            })
+            .map_err(to_status)
     }
 }
 
@@ -379,8 +430,12 @@ impl pb::cluster_server::Cluster for EtcdService {
 impl pb::maintenance_server::Maintenance for EtcdService {
     type SnapshotStream = BoxStream<pb::SnapshotResponse>;
 
-    async fn alarm(&self, _r: Request<pb::AlarmRequest>) -> Rpc<pb::AlarmResponse> {
-        Ok(Response::new(self.store.alarm().await))
+    async fn alarm(&self, r: Request<pb::AlarmRequest>) -> Rpc<pb::AlarmResponse> {
+        self.store
+            .alarm(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn status(&self, _r: Request<pb::StatusRequest>) -> Rpc<pb::StatusResponse> {
@@ -392,7 +447,7 @@ impl pb::maintenance_server::Maintenance for EtcdService {
     }
 
     async fn defragment(&self, _r: Request<pb::DefragmentRequest>) -> Rpc<pb::DefragmentResponse> {
-        // redb reuses freed pages itself; there is nothing to rewrite.
+        self.store.defragment().await.map_err(to_status)?;
         Ok(Response::new(pb::DefragmentResponse {
             header: self.store.header(self.store.revision()),
         }))
@@ -415,16 +470,21 @@ impl pb::maintenance_server::Maintenance for EtcdService {
     }
 
     async fn snapshot(&self, _r: Request<pb::SnapshotRequest>) -> Rpc<Self::SnapshotStream> {
-        Err(unsupported("Snapshot"))
+        let rx = crate::snapshot_stream::snapshot(&self.store);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn move_leader(&self, r: Request<pb::MoveLeaderRequest>) -> Rpc<pb::MoveLeaderResponse> {
-        // One member: it is already the leader; anyone else is unknown.
-        if r.into_inner().target_id != self.store.member_id() {
+        let target = r.into_inner().target_id;
+        if !self.store.members().iter().any(|m| m.id == target) {
             return Err(to_status(Error::MemberNotFound));
         }
-        Ok(Response::new(pb::MoveLeaderResponse {
-            header: self.store.header(self.store.revision()),
-        }))
+        if self.store.leader_id() == Some(target) {
+            return Ok(Response::new(pb::MoveLeaderResponse {
+                header: self.store.header(self.store.revision()),
+            }));
+        }
+        // openraft 0.9 has no leadership transfer.
+        Err(unsupported("MoveLeader"))
     }
 }

@@ -38,6 +38,22 @@ pub struct MvccState {
     pub compact_rev: i64,
     /// Index of the last applied request (raft's applied index).
     pub applied_index: u64,
+    /// Raft's id of the last applied log entry (`None` before any).
+    pub applied_log: Option<openraft::LogId<u64>>,
+    /// Raised alarms: member ID -> bits (1 << etcd AlarmType).
+    pub alarms: imbl::OrdMap<u64, u64>,
+}
+
+/// etcd's AlarmType NOSPACE.
+pub const ALARM_NOSPACE: i32 = 1;
+
+impl MvccState {
+    /// Whether any member raised the NOSPACE alarm.
+    pub fn nospace(&self) -> bool {
+        self.alarms
+            .values()
+            .any(|bits| bits & (1 << ALARM_NOSPACE) != 0)
+    }
 }
 
 /// A range's result before headers are added.

@@ -1,68 +1,74 @@
-//! The single-node store: a [`Store`] handle over the group-committing
-//! writer (`writer.rs`), the published in-memory snapshot that reads use, the watch
-//! hub, and the lessor's clock.
+//! One store member: a [`Store`] handle over openraft (`cluster.rs`), the
+//! raft log (`log_store.rs`), the replicated state machine (`sm.rs`), the
+//! proposer's batching (`proposer.rs`) and the peer transport (`peer.rs`).
+//! A store started without `--initial-cluster` is a one-member cluster:
+//! the same code path as three or five members.
 //!
 //! ```text
-//!  put/txn/... ──validate──> Writer (one fsynced redb commit per batch)
-//!                              ├─> publish snapshot ──> range/status readers
-//!                              ├─> hub.publish(events) ──> watch streams
-//!                              └─> answer every request of the batch
-//!  lessor tick ──expired lease──> LeaseRevoke proposal
+//!  put/txn/... ──validate──> Proposer ──batch──> leader? raft.client_write
+//!                                               : forward to the leader (peer)
+//!  raft: append (fsync) ─> replicate ─> commit ─> sm.apply on EVERY member
+//!                                                  ├─> publish MvccState ──> reads
+//!                                                  └─> hub.publish ──> watch streams
+//!  linearizable read ──> read index (leader: quorum heartbeat) ──> wait applied ──> local read
+//!  serializable read ──> local published state
+//!  leader only: lease expiry, auto-compaction  (background.rs)
 //! ```
 
-use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use lookout_proto::pb::{
-    AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    HashKvResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse,
-    LeaseLeasesResponse, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse, Member, MemberListResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, ResponseHeader, StatusResponse, TxnRequest, TxnResponse, WatchRequest,
-    WatchResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    WatchRequest, WatchResponse,
 };
+use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTableMetadata};
-use sha2::Digest;
+use redb::{Database, ReadableDatabase};
 use tokio::sync::mpsc;
 
-use crate::apply::Applied;
-use crate::backend::{self, KV, LEASES};
+use crate::backend::{self, KV};
+use crate::cluster::{self, Batch, MemberNode, NodeId, Raft};
 use crate::config::{MAX_LEASE_TTL, StoreConfig};
 use crate::error::{Error, Result};
 use crate::hub::Hub;
-use crate::request::{Request, Response};
+use crate::log_store::LogStore;
+use crate::peer::{Forward, ForwardError, ForwardOk, Network, PeerClients};
+use crate::proposer::Proposer;
+use crate::request::{Reply, Request, Response};
+use crate::sm::{Shared, StateMachine};
 use crate::state::MvccState;
 use crate::validate;
-use crate::writer::Writer;
 
 /// Version reported by Maintenance Status: etcd 3.4's API.
 pub const VERSION: &str = "3.4.0";
-/// How often the lessor looks for expired leases.
-const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
 /// Shared by every clone of [`Store`].
-struct Inner {
-    cfg: StoreConfig,
-    db: Arc<Database>,
-    /// The last committed state; swapped whole by the writer.
-    state: Arc<ArcSwap<MvccState>>,
-    hub: Arc<Hub>,
-    writer: Arc<Writer>,
-    /// Lease expiry deadlines: proposer-side clock, never part of `apply`.
-    // A std Mutex: short map operations, never held across an await.
-    expiry: std::sync::Mutex<HashMap<i64, Instant>>,
-    member_id: u64,
-    cluster_id: u64,
+pub(crate) struct Inner {
+    pub cfg: StoreConfig,
+    pub member_id: NodeId,
+    pub cluster_id: u64,
+    pub shared: Arc<Shared>,
+    pub raft: Raft,
+    pub log: LogStore,
+    pub peers: Arc<PeerClients>,
+    pub proposer: Arc<Proposer>,
+    /// Raft term and leader as last seen in openraft's metrics (kept in
+    /// atomics so every response header reads them without a lock).
+    pub term: AtomicU64,
+    pub leader: AtomicU64,
+    pub closed: AtomicBool,
 }
 
-/// Handle to a running store node. Cheap to clone; every method is safe
+/// Handle to a running store member. Cheap to clone; every method is safe
 /// to call from many tasks at once.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Store {
@@ -70,72 +76,118 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("name", &self.inner.cfg.name)
             .field("member_id", &format_args!("{:x}", self.inner.member_id))
-            .field("revision", &self.inner.state.load().rev)
+            .field("revision", &self.revision())
             .finish()
     }
 }
 
-/// Deterministic 64-bit ID from a label and strings (etcd derives member
-/// IDs from URLs and cluster IDs from member IDs the same way).
-fn derive_id(label: &str, parts: &[&str]) -> u64 {
-    let mut h = sha2::Sha256::new();
-    h.update(label.as_bytes());
-    for p in parts {
-        h.update([0]);
-        h.update(p.as_bytes());
-    }
-    let d = h.finalize();
-    u64::from_be_bytes(d[..8].try_into().expect("8 bytes")).max(1)
+fn raft_config(cfg: &StoreConfig) -> Result<openraft::Config> {
+    let hb = cfg.heartbeat_interval.as_millis().max(1) as u64;
+    let et = cfg.election_timeout.as_millis().max(2) as u64;
+    let c = openraft::Config {
+        cluster_name: cfg.cluster_token.clone(),
+        heartbeat_interval: hb,
+        // A follower of a live leader campaigns only after the leader's
+        // lease (= election_timeout_max) plus one election timeout without
+        // hearing from it, and refuses votes during the lease. Half the
+        // flag for each makes `--election-timeout` what it is in etcd: how
+        // long followers wait before campaigning. The range is narrow
+        // because a wide one only makes the first candidate fail the lease
+        // and retry later; candidates still fire at different moments, as
+        // each checks its timer on its own unsynchronised tick.
+        election_timeout_min: (et / 2).max(2),
+        election_timeout_max: (et / 2).max(2) + 1,
+        install_snapshot_timeout: (et * 2).max(1000),
+        max_payload_entries: 64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_count.max(1)),
+        snapshot_max_chunk_size: 1 << 20,
+        max_in_snapshot_log_to_keep: cfg.snapshot_catchup_entries,
+        purge_batch_size: 256,
+        replication_lag_threshold: cfg.snapshot_count.max(1),
+        ..Default::default()
+    };
+    c.validate()
+        .map_err(|e| Error::Internal(format!("raft configuration: {e}")))
 }
 
 impl Store {
-    /// Opens the store in `cfg.data_dir`, rebuilds the in-memory index and
-    /// starts the lease expiry task. Every lease gets
-    /// a fresh TTL, as after an etcd restart. Must run inside a tokio
-    /// runtime.
+    /// Opens the member's files in `cfg.data_dir`, rebuilds the in-memory
+    /// index, starts raft (bootstrapping a new cluster when the data dir is
+    /// fresh and `initial_cluster_new`), and the leader-side background
+    /// tasks. Every lease gets a fresh TTL, as after an etcd restart.
+    /// Must run inside a tokio runtime; does not wait for a leader.
     ///
     /// # Errors
-    /// The data dir or redb file cannot be opened or read.
+    /// The data dir or redb files cannot be opened or read, or the flags
+    /// make no valid raft configuration.
     pub fn open(cfg: StoreConfig) -> Result<Store> {
-        let db = Arc::new(backend::open_db(&cfg.data_dir)?);
-        let state = backend::load_state(&db)?;
-        let mut peer: Vec<&str> = cfg.peer_urls.iter().map(String::as_str).collect();
-        peer.sort_unstable();
-        let mut parts = vec![cfg.name.as_str()];
-        parts.extend(peer);
-        let member_id = derive_id("member", &parts);
-        let cluster_id = derive_id("cluster", &[&format!("{member_id:x}")]);
-        let now = Instant::now();
-        let expiry = state
-            .leases
-            .values()
-            .map(|l| (l.id, now + Duration::from_secs(l.ttl as u64)))
-            .collect();
-        tracing::info!(
-            data_dir = %cfg.data_dir.display(),
-            revision = state.rev,
-            compact_revision = state.compact_rev,
-            keys = state.keys.len(),
-            leases = state.leases.len(),
-            "store opened"
-        );
-        let hub = Arc::new(Hub::new(state.rev));
-        let state = Arc::new(ArcSwap::from_pointee(state));
-        let writer = Arc::new(Writer::new(db.clone(), state.clone(), hub.clone()));
-        let store = Store {
+        // Raft::new only awaits this store's own storage calls, so it can
+        // be driven here without the runtime's help (tests call `open`
+        // from current-thread runtimes).
+        let store = futures::executor::block_on(Self::build(cfg))?;
+        store.start_background();
+        Ok(store)
+    }
+
+    /// [`Store::open`] for async callers.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub async fn start(cfg: StoreConfig) -> Result<Store> {
+        let store = Self::build(cfg).await?;
+        store.start_background();
+        Ok(store)
+    }
+
+    async fn build(cfg: StoreConfig) -> Result<Store> {
+        let rcfg = Arc::new(raft_config(&cfg)?);
+        let member_id = cluster::member_id(&cfg.peer_urls, &cfg.cluster_token);
+        let cluster_id = cluster::derive_id("cluster", &[&cfg.cluster_token]);
+        let shared = Shared::open(&cfg.data_dir)?;
+        let log = LogStore::open(&cfg.data_dir, shared.clone())?;
+        let peers = Arc::new(PeerClients::new(cluster_id, cfg.peer_tls.clone()));
+        let sm = StateMachine {
+            shared: shared.clone(),
+        };
+        let raft = Raft::new(
+            member_id,
+            rcfg,
+            Network {
+                clients: peers.clone(),
+            },
+            log.clone(),
+            sm,
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("raft: {e}")))?;
+        {
+            let st = shared.state.load();
+            tracing::info!(
+                data_dir = %cfg.data_dir.display(),
+                member = %format!("{member_id:x}"),
+                revision = st.rev,
+                compact_revision = st.compact_rev,
+                applied_index = st.applied_index,
+                keys = st.keys.len(),
+                leases = st.leases.len(),
+                "store opened"
+            );
+        }
+        Ok(Store {
             inner: Arc::new(Inner {
                 cfg,
-                db,
-                state,
-                hub,
-                writer,
-                expiry: std::sync::Mutex::new(expiry),
                 member_id,
                 cluster_id,
+                shared,
+                raft,
+                log,
+                peers,
+                proposer: Arc::new(Proposer::default()),
+                term: AtomicU64::new(0),
+                leader: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
             }),
-        };
-        tokio::spawn(expiry_loop(Arc::downgrade(&store.inner)));
-        Ok(store)
+        })
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -150,31 +202,60 @@ impl Store {
         self.inner.cluster_id
     }
 
-    /// The last committed state (an O(1) snapshot).
+    /// The openraft handle (for the peer service and tests).
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The last applied state (an O(1) snapshot).
     pub fn snapshot(&self) -> Arc<MvccState> {
-        self.inner.state.load_full()
+        self.inner.shared.state.load_full()
     }
 
-    /// Current store revision.
+    /// Current store revision (as applied on this member).
     pub fn revision(&self) -> i64 {
-        self.inner.state.load().rev
+        self.inner.shared.state.load().rev
     }
 
-    pub(crate) fn db(&self) -> &Database {
-        &self.inner.db
+    /// Snapshots this member has installed from a leader.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.inner
+            .shared
+            .snapshots_installed
+            .load(Ordering::Relaxed)
+    }
+
+    /// The current leader's member ID, if one is known.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        match self.inner.leader.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader_id() == Some(self.inner.member_id)
+    }
+
+    pub(crate) fn db(&self) -> Arc<Database> {
+        self.inner.shared.db()
     }
 
     pub(crate) fn hub(&self) -> &Arc<Hub> {
-        &self.inner.hub
+        &self.inner.shared.hub
     }
 
-    /// A response header for `rev` with this member's IDs.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// A response header for `rev` with this member's IDs and raft term.
     pub fn header(&self, rev: i64) -> Option<ResponseHeader> {
         Some(ResponseHeader {
             cluster_id: self.inner.cluster_id,
             member_id: self.inner.member_id,
             revision: rev,
-            raft_term: 1,
+            raft_term: self.inner.term.load(Ordering::Relaxed),
         })
     }
 
@@ -190,29 +271,234 @@ impl Store {
         Ok(())
     }
 
-    /// Proposes one write and waits until it is durable.
+    // === proposing ===
+
+    /// Proposes one write through raft and waits until this member has
+    /// applied it (so a read that follows sees it).
     ///
     /// # Errors
-    /// etcd's answer for the request, [`Error::Stopped`] when the writer is
-    /// gone, or a storage failure.
-    pub async fn propose(&self, req: Request) -> Result<Applied> {
-        self.inner.writer.propose(req).await
+    /// [`Error::NoLeader`] or [`Error::Timeout`] when it cannot be
+    /// committed in time, [`Error::Stopped`] after `close`; etcd's answer
+    /// for the request itself is inside [`Reply::response`].
+    pub async fn propose(&self, req: Request) -> Result<Reply> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(Error::Stopped);
+        }
+        let reply = self.inner.proposer.propose(self, req).await?;
+        // A follower gets its answer from the leader, possibly before it
+        // applied the entry itself: wait, so read-your-writes holds here.
+        self.wait_applied_rev(reply.revision).await?;
+        Ok(reply)
+    }
+
+    async fn wait_applied_rev(&self, rev: i64) -> Result<()> {
+        if self.revision() >= rev {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.inner.cfg.request_timeout();
+        let mut m = self.inner.raft.metrics();
+        while self.revision() < rev {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout);
+            }
+            // Applies publish metrics after the state, so a change wakes us.
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), m.changed()).await;
+        }
+        Ok(())
+    }
+
+    /// Waits (until `deadline`) for a known leader.
+    async fn wait_leader(&self, deadline: Instant) -> Result<(NodeId, MemberNode)> {
+        let mut m = self.inner.raft.metrics();
+        loop {
+            if self.inner.closed.load(Ordering::Relaxed) {
+                return Err(Error::Stopped);
+            }
+            {
+                let cur = m.borrow_and_update();
+                if let Some(l) = cur.current_leader
+                    && let Some(node) = cur.membership_config.membership().get_node(&l)
+                {
+                    return Ok((l, node.clone()));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::NoLeader);
+            }
+            let _ = tokio::time::timeout(left, m.changed()).await;
+        }
+    }
+
+    /// Sends `f` to the leader (or handles it here when this member is
+    /// the leader), retrying while that is safe, until the request timeout.
+    pub(crate) async fn to_leader(&self, f: Forward) -> Result<ForwardOk> {
+        let deadline = Instant::now() + self.inner.cfg.request_timeout();
+        loop {
+            let (leader, node) = self.wait_leader(deadline).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let res = if leader == self.inner.member_id {
+                match self.handle_forward(f.clone()).await {
+                    Err(Error::NotLeader) => Err(ForwardError::Retry),
+                    Err(e) => Err(ForwardError::Answer(e)),
+                    Ok(ok) => Ok(ok),
+                }
+            } else {
+                self.inner.peers.forward(leader, &node, &f, left).await
+            };
+            match res {
+                Ok(ok) => return Ok(ok),
+                Err(ForwardError::Answer(e)) => return Err(e),
+                Err(ForwardError::Unknown) => return Err(Error::Timeout),
+                Err(ForwardError::Retry) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::Timeout);
+                    }
+                    // Give the election (or the metrics) a moment to move.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Proposes one batch (called by the proposer): as one raft entry
+    /// when this member leads, else forwarded to the leader (whose own
+    /// proposer merges it with its queue).
+    pub(crate) async fn submit(&self, reqs: Vec<Request>) -> Result<Vec<Result<Reply>>> {
+        let deadline = Instant::now() + self.inner.cfg.request_timeout();
+        loop {
+            let (leader, node) = self.wait_leader(deadline).await?;
+            let res = if leader == self.inner.member_id {
+                match self.write_local(reqs.clone()).await {
+                    Ok(r) => Ok(ForwardOk::Replies(r.into_iter().map(Ok).collect())),
+                    Err(Error::NotLeader) => Err(ForwardError::Retry),
+                    Err(e) => Err(ForwardError::Answer(e)),
+                }
+            } else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.inner
+                    .peers
+                    .forward(leader, &node, &Forward::Propose(reqs.clone()), left)
+                    .await
+            };
+            match res {
+                Ok(ForwardOk::Replies(r)) => return Ok(r),
+                Ok(other) => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+                Err(ForwardError::Answer(e)) => return Err(e),
+                Err(ForwardError::Unknown) => return Err(Error::Timeout),
+                Err(ForwardError::Retry) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::Timeout);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// The leader's side of a proposal: one raft entry.
+    pub(crate) async fn write_local(&self, reqs: Vec<Request>) -> Result<Vec<Reply>> {
+        let write = self.inner.raft.client_write(Batch(reqs));
+        match tokio::time::timeout(self.inner.cfg.request_timeout(), write).await {
+            Err(_) => Err(Error::Timeout),
+            Ok(Ok(resp)) => Ok(resp.data.0),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(Error::NotLeader)
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(Error::Internal(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
+        }
+    }
+
+    /// Makes a linearizable read safe: confirms the leader's read index
+    /// with a quorum and waits until this member applied up to it.
+    ///
+    /// # Errors
+    /// No leader or timeout.
+    pub async fn read_index(&self) -> Result<()> {
+        let index = match self.to_leader(Forward::ReadIndex).await? {
+            ForwardOk::Index(i) => i,
+            other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+        };
+        if self.snapshot().applied_index >= index {
+            return Ok(());
+        }
+        self.inner
+            .raft
+            .wait(Some(self.inner.cfg.request_timeout()))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map_err(|_| Error::Timeout)?;
+        Ok(())
+    }
+
+    /// The leader's read index (only valid on the leader).
+    pub(crate) async fn read_index_local(&self) -> Result<u64> {
+        match self.inner.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(_)) => Err(Error::NotLeader),
+            Err(RaftError::Fatal(_)) => Err(Error::Stopped),
+        }
+    }
+
+    /// The NOSPACE quota check etcd makes before proposing a write that
+    /// grows the store: over quota raises the alarm and refuses.
+    async fn check_quota(&self, cost: usize) -> Result<()> {
+        if self.snapshot().nospace() {
+            return Err(Error::NoSpace);
+        }
+        let quota = self.inner.cfg.quota_backend_bytes;
+        if quota == u64::MAX {
+            return Ok(());
+        }
+        let size = self.db_size();
+        if size.saturating_add(cost as u64) > quota {
+            tracing::warn!(size, quota, "backend quota exceeded; raising NOSPACE");
+            let _ = self
+                .propose(Request::Alarm {
+                    activate: true,
+                    member: self.inner.member_id,
+                    alarm: crate::state::ALARM_NOSPACE,
+                })
+                .await;
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Size of the MVCC file in bytes.
+    pub fn db_size(&self) -> u64 {
+        std::fs::metadata(self.inner.cfg.data_dir.join("lookout.redb"))
+            .map(|m| m.len())
+            .unwrap_or(0)
     }
 
     // === KV ===
 
     /// # Errors
-    /// Empty key, future or compacted revision, storage failure.
+    /// Empty key, future or compacted revision, no leader or timeout (for
+    /// a linearizable read), storage failure.
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
         validate::check_range(&req)?;
+        if !req.serializable {
+            self.read_index().await?;
+        }
+        self.range_local(&req)
+    }
+
+    fn range_local(&self, req: &RangeRequest) -> Result<RangeResponse> {
         let st = self.snapshot();
         let res = if req.revision <= 0 || req.revision == st.rev {
-            st.range(&req, &mut |_| Ok(None))?
+            st.range(req, &mut |_| Ok(None))?
         } else {
             // Historic: one read transaction for every record.
-            let tx = self.inner.db.begin_read()?;
+            let db = self.db();
+            let tx = db.begin_read()?;
             let kv = tx.open_table(KV)?;
-            st.range(&req, &mut |rev| backend::read_rev(&kv, rev))?
+            st.range(req, &mut |rev| backend::read_rev(&kv, rev))?
         };
         // etcd's header is the store's current revision, even for a read
         // at an older one.
@@ -232,19 +518,24 @@ impl Store {
     /// As [`Store::range`].
     pub async fn range_encoded(&self, req: RangeRequest) -> Result<bytes::Bytes> {
         validate::check_range(&req)?;
+        if !req.serializable {
+            self.read_index().await?;
+        }
         let st = self.snapshot();
         if crate::encode::fast_path(&req, &st) {
             let header = self.header(st.rev).unwrap_or_default();
             return Ok(crate::encode::current_range(&req, &st, &header));
         }
-        Ok(self.range(req).await?.encode_to_vec().into())
+        Ok(self.range_local(&req)?.encode_to_vec().into())
     }
 
     /// # Errors
-    /// See [`validate::check_put`], lease not found, storage failure.
+    /// See [`validate::check_put`], lease not found, no space, storage
+    /// failure, no leader or timeout.
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
         validate::check_put(&req)?;
         self.check_size(&req)?;
+        self.check_quota(req.encoded_len()).await?;
         match self.propose(Request::Put(req)).await?.response? {
             Response::Put(mut r) => {
                 self.fill(&mut r.header);
@@ -255,7 +546,7 @@ impl Store {
     }
 
     /// # Errors
-    /// Empty key, storage failure.
+    /// Empty key, storage failure, no leader or timeout.
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
         validate::check_delete(&req)?;
         self.check_size(&req)?;
@@ -269,11 +560,18 @@ impl Store {
     }
 
     /// # Errors
-    /// Too many ops, duplicate keys, a failing nested request, storage.
+    /// Too many ops, duplicate keys, a failing nested request, no space,
+    /// storage, no leader or timeout.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
         validate::check_txn(&req, self.inner.cfg.max_txn_ops)?;
         self.check_size(&req)?;
-        match self.propose(Request::Txn(req)).await?.response? {
+        let r = Request::Txn(req);
+        if r.grows_store()
+            && let Request::Txn(t) = &r
+        {
+            self.check_quota(t.encoded_len()).await?;
+        }
+        match self.propose(r).await?.response? {
             Response::Txn(mut r) => {
                 self.fill(&mut r.header);
                 Ok(r)
@@ -282,10 +580,10 @@ impl Store {
         }
     }
 
-    /// Physical compaction; returns once the data is gone from redb.
+    /// Physical compaction; returns once this member dropped the data.
     ///
     /// # Errors
-    /// Compacted or future revision, storage failure.
+    /// Compacted or future revision, storage failure, no leader or timeout.
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
         match self
             .propose(Request::Compact {
@@ -305,11 +603,13 @@ impl Store {
     // === Lease ===
 
     /// # Errors
-    /// TTL too large, ID already in use, storage failure.
+    /// TTL too large, ID already in use, no space, storage failure, no
+    /// leader or timeout.
     pub async fn lease_grant(&self, req: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
         if req.ttl > MAX_LEASE_TTL {
             return Err(Error::LeaseTtlTooLarge);
         }
+        self.check_quota(16).await?;
         let ttl = req.ttl.max(self.inner.cfg.min_lease_ttl);
         let id = if req.id != 0 {
             req.id
@@ -328,11 +628,6 @@ impl Store {
             .response?
         {
             Response::LeaseGrant(mut r) => {
-                self.inner
-                    .expiry
-                    .lock()
-                    .expect("expiry map")
-                    .insert(id, Instant::now() + Duration::from_secs(ttl as u64));
                 self.fill(&mut r.header);
                 Ok(r)
             }
@@ -343,11 +638,10 @@ impl Store {
     /// Revokes a lease, deleting its keys in one revision.
     ///
     /// # Errors
-    /// Lease not found, storage failure.
+    /// Lease not found, storage failure, no leader or timeout.
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
         match self.propose(Request::LeaseRevoke { id }).await?.response? {
             Response::LeaseRevoke(mut r) => {
-                self.inner.expiry.lock().expect("expiry map").remove(&id);
                 self.fill(&mut r.header);
                 Ok(r)
             }
@@ -355,47 +649,76 @@ impl Store {
         }
     }
 
-    /// One keep-alive: renews the lease to its full TTL. An unknown lease
-    /// answers TTL 0, as etcd does.
-    pub async fn lease_keep_alive(&self, id: i64) -> LeaseKeepAliveResponse {
+    /// The leader's side of a keep-alive: renews to the full TTL; an
+    /// unknown lease answers TTL 0, as etcd does.
+    pub(crate) fn keep_alive_local(&self, id: i64) -> i64 {
         let st = self.snapshot();
-        let mut exp = self.inner.expiry.lock().expect("expiry map");
-        let ttl = match (st.leases.get(&id), exp.get_mut(&id)) {
+        let mut exp = self.inner.shared.expiry.lock().expect("expiry map");
+        match (st.leases.get(&id), exp.get_mut(&id)) {
             (Some(l), Some(deadline)) => {
                 *deadline = Instant::now() + Duration::from_secs(l.ttl as u64);
                 l.ttl
             }
+            (Some(l), None) => {
+                exp.insert(id, Instant::now() + Duration::from_secs(l.ttl as u64));
+                l.ttl
+            }
             _ => 0,
-        };
-        LeaseKeepAliveResponse {
-            header: self.header(st.rev),
-            id,
-            ttl,
         }
     }
 
-    /// Remaining TTL (whole seconds, rounded down) and optionally the keys;
-    /// an unknown lease answers TTL -1, as etcd 3.4.
-    pub async fn lease_time_to_live(&self, req: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
+    /// The leader's remaining TTL of a lease (whole seconds, rounded down).
+    pub(crate) fn time_to_live_local(&self, id: i64) -> i64 {
+        self.inner
+            .shared
+            .expiry
+            .lock()
+            .expect("expiry map")
+            .get(&id)
+            .map_or(0, |d| {
+                d.saturating_duration_since(Instant::now()).as_secs() as i64
+            })
+    }
+
+    /// One keep-alive, answered by the leader (which owns lease expiry).
+    ///
+    /// # Errors
+    /// No leader or timeout.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        let ttl = match self.to_leader(Forward::KeepAlive(id)).await? {
+            ForwardOk::Ttl(t) => t,
+            other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+        };
+        Ok(LeaseKeepAliveResponse {
+            header: self.header(self.revision()),
+            id,
+            ttl,
+        })
+    }
+
+    /// Remaining TTL (from the leader) and optionally the keys; an unknown
+    /// lease answers TTL -1, as etcd 3.4.
+    ///
+    /// # Errors
+    /// No leader or timeout.
+    pub async fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        let remaining = match self.to_leader(Forward::TimeToLive(req.id)).await? {
+            ForwardOk::Ttl(t) => t,
+            other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+        };
         let st = self.snapshot();
         let Some(l) = st.leases.get(&req.id) else {
-            return LeaseTimeToLiveResponse {
+            return Ok(LeaseTimeToLiveResponse {
                 header: self.header(st.rev),
                 id: req.id,
                 ttl: -1,
                 ..Default::default()
-            };
-        };
-        let remaining = self
-            .inner
-            .expiry
-            .lock()
-            .expect("expiry map")
-            .get(&req.id)
-            .map_or(0, |d| {
-                d.saturating_duration_since(Instant::now()).as_secs() as i64
             });
-        LeaseTimeToLiveResponse {
+        };
+        Ok(LeaseTimeToLiveResponse {
             header: self.header(st.rev),
             id: req.id,
             ttl: remaining,
@@ -405,7 +728,7 @@ impl Store {
             } else {
                 Vec::new()
             },
-        }
+        })
     }
 
     pub async fn lease_leases(&self) -> LeaseLeasesResponse {
@@ -429,133 +752,44 @@ impl Store {
         rx
     }
 
-    // === Maintenance and Cluster ===
-
-    /// # Errors
-    /// Storage failure while measuring the file.
-    pub async fn status(&self) -> Result<StatusResponse> {
-        let st = self.snapshot();
-        let path = self.inner.cfg.data_dir.join("lookout.redb");
-        let db_size = std::fs::metadata(&path)
-            .map(|m| m.len() as i64)
-            .unwrap_or(0);
-        let tx = self.inner.db.begin_read()?;
-        let mut in_use = 0u64;
-        {
-            let s = tx.open_table(KV)?.stats()?;
-            in_use += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
-            let s = tx.open_table(LEASES)?.stats()?;
-            in_use += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
-        }
-        Ok(StatusResponse {
-            header: self.header(st.rev),
-            version: VERSION.into(),
-            db_size,
-            leader: self.inner.member_id,
-            raft_index: st.applied_index,
-            raft_term: 1,
-            raft_applied_index: st.applied_index,
-            errors: Vec::new(),
-            db_size_in_use: (in_use as i64).min(db_size),
-            is_learner: false,
-        })
-    }
-
-    /// CRC-32 over every MVCC record up to `revision` (0 = current).
-    ///
-    /// # Errors
-    /// Future or compacted revision, storage failure.
-    pub async fn hash_kv(&self, revision: i64) -> Result<HashKvResponse> {
-        let st = self.snapshot();
-        let rev = st.read_rev(revision)?;
-        let tx = self.inner.db.begin_read()?;
-        let kv = tx.open_table(KV)?;
-        let mut h = crc32fast::Hasher::new();
-        for row in kv.range(..=crate::revision::Revision::last_key(rev))? {
-            let (k, v) = row?;
-            h.update(&k.value().to_be_bytes());
-            h.update(v.value());
-        }
-        Ok(HashKvResponse {
-            header: self.header(st.rev),
-            hash: h.finalize(),
-            compact_revision: st.compact_rev,
-        })
-    }
-
-    pub async fn alarm(&self) -> AlarmResponse {
-        AlarmResponse {
-            header: self.header(self.revision()),
-            alarms: Vec::new(),
-        }
-    }
-
-    /// This member as the Cluster API lists it.
-    pub fn member(&self) -> Member {
-        Member {
-            id: self.inner.member_id,
-            name: self.inner.cfg.name.clone(),
-            peer_ur_ls: self.inner.cfg.peer_urls.clone(),
-            client_ur_ls: self.inner.cfg.client_urls.clone(),
-            is_learner: false,
-        }
-    }
-
-    pub async fn member_list(&self) -> MemberListResponse {
-        MemberListResponse {
-            header: self.header(self.revision()),
-            members: vec![self.member()],
-        }
-    }
-
-    /// Stops accepting writes and waits for the batch being committed.
-    /// Every clone answers [`Error::Stopped`] afterwards.
+    /// Stops raft and refuses new proposals; makes every apply durable so
+    /// the next start replays nothing. Every clone answers
+    /// [`Error::Stopped`] afterwards. Blocking; safe from a multi-thread
+    /// runtime's worker (it blocks in place) and from plain threads.
     pub fn close(&self) {
-        self.inner.writer.close();
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let raft = self.inner.raft.clone();
+        let stop_raft = move || {
+            let _ = futures::executor::block_on(raft.shutdown());
+        };
+        // Raft's core task runs on the caller's runtime when there is one:
+        // blocking a worker thread in place (its queued tasks handed to
+        // another worker) lets that task finish instead of deadlocking.
+        // A current-thread runtime cannot run it while we block, so there
+        // shutdown is only started; the final sync below still runs.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(stop_raft)
+            }
+            Ok(h) => {
+                let raft = self.inner.raft.clone();
+                h.spawn(async move {
+                    let _ = raft.shutdown().await;
+                });
+            }
+            Err(_) => stop_raft(),
+        }
+        let _file = self.inner.shared.file_lock.lock().expect("file lock");
+        if let Ok(tx) = self.db().begin_write()
+            && let Err(e) = tx.commit()
+        {
+            tracing::warn!(error = %e, "final sync of the store failed");
+        }
     }
 }
 
 fn unexpected(r: Response) -> Error {
     Error::Storage(format!("unexpected response kind: {r:?}"))
-}
-
-/// Proposes a revoke for every lease past its deadline.
-async fn expiry_loop(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(EXPIRY_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        let store = Store { inner };
-        let now = Instant::now();
-        let due: Vec<i64> = {
-            let mut exp = store.inner.expiry.lock().expect("expiry map");
-            let due: Vec<i64> = exp
-                .iter()
-                .filter(|(_, d)| **d <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            // Removed before proposing so a slow revoke is not proposed twice.
-            for id in &due {
-                exp.remove(id);
-            }
-            due
-        };
-        for id in due {
-            match store.propose(Request::LeaseRevoke { id }).await {
-                Ok(_) => tracing::debug!(lease = id, "lease expired"),
-                Err(Error::Stopped) => return,
-                Err(e) => {
-                    tracing::warn!(lease = id, error = %e, "lease expiry failed; retrying");
-                    store
-                        .inner
-                        .expiry
-                        .lock()
-                        .expect("expiry map")
-                        .insert(id, Instant::now());
-                }
-            }
-        }
-        drop(store);
-    }
 }

@@ -1,6 +1,7 @@
 //! `lookout gateway` flags (clap), named as etcd grpc-proxy names them,
 //! turned into a [`GatewayConfig`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -74,10 +75,79 @@ pub struct GatewayArgs {
     /// Retry hint (`grpc-retry-pushback-ms`) sent with a refusal.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub storm_retry_after: Duration,
+    /// TLS certificate (PEM) of this gateway's listener.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// TLS key (PEM) of this gateway's listener.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// CA that signs client certificates.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by --trusted-ca-file.
+    #[arg(long)]
+    pub client_cert_auth: bool,
+    /// How often certificate files are checked for changes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Client certificate (PEM) presented to the upstream (grpc-proxy's name).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Its key (PEM).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// CA that signs the upstream's certificate; with it (or --cert) the
+    /// upstream is dialled over TLS.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Per-client authorization: client certificate CN or bearer token ->
+    /// allowed key prefixes (YAML or TOML; see the README).
+    #[arg(long)]
+    pub auth_config: Option<PathBuf>,
 }
 
 impl GatewayArgs {
-    /// The configuration these flags describe.
+    /// The configuration these flags describe, with the TLS flags checked.
+    ///
+    /// # Errors
+    /// [`GatewayError::Tls`] for half-given TLS flags.
+    pub fn to_checked_config(&self) -> Result<GatewayConfig, GatewayError> {
+        let mut c = self.to_config();
+        c.tls = lookout_consensus::tls::TlsFiles::from_flags(
+            self.cert_file.as_deref(),
+            self.key_file.as_deref(),
+            self.trusted_ca_file.as_deref(),
+            self.client_cert_auth,
+            [
+                "--cert-file",
+                "--key-file",
+                "--trusted-ca-file",
+                "--client-cert-auth",
+            ],
+        )?
+        .map(|f| lookout_consensus::tls::TlsFiles {
+            reload_interval: self.tls_reload_interval,
+            ..f
+        });
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(GatewayError::BadFlag {
+                what: "flags",
+                value: "--cert/--key".into(),
+                hint: "--cert and --key go together",
+            });
+        }
+        if self.cacert.is_some() || self.cert.is_some() {
+            c.upstream.tls = Some(lookout_cache::UpstreamTls {
+                cacert: self.cacert.clone(),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            });
+        }
+        c.auth_config = self.auth_config.clone();
+        Ok(c)
+    }
+
+    /// The configuration these flags describe (without TLS).
     pub fn to_config(&self) -> GatewayConfig {
         let mut c = GatewayConfig::new(self.endpoints.iter().cloned());
         c.advertise_client_url = self.advertise_client_url.clone();

@@ -2,7 +2,9 @@
 //! function that turns flags into a library configuration and runs it.
 //!
 //! ```text
-//!   lookout store --name n --data-dir d --listen-client-urls ...  -> one store node
+//!   lookout store --name n --data-dir d --listen-client-urls ...  -> one store member
+//!     (a one-member raft cluster; with --initial-cluster a=http://..,b=..,c=..
+//!      and --listen-peer-urls, one member of a 3- or 5-member cluster)
 //!   lookout gateway --listen-addr a --endpoints h1:p1,h2:p2        -> watch-cache gateway
 //!   lookout dev [--data-dir ./lookout-data]                       -> store on an internal
 //!                      loopback port + gateway on 127.0.0.1:2379, one process
@@ -42,6 +44,12 @@ pub enum CliError {
     BadDuration(String),
     #[error("gateway: {0}")]
     Gateway(#[from] GatewayError),
+    #[error("bad flag: {0}")]
+    BadFlag(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] lookout_consensus::tls::TlsError),
+    #[error("config: {0}")]
+    Config(#[from] lookout_gateway::config_file::ConfigFileError),
 }
 
 #[derive(Debug, Parser)]
@@ -53,8 +61,21 @@ pub enum CliError {
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Config file (YAML, or TOML when it ends in .toml) whose keys are
+    /// flag names; precedence: flag > `LOOKOUT_<FLAG>` env > file > default.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: lookout_gateway::telemetry::LogFormat,
+    /// Export traces over OTLP/gRPC to this collector (e.g.
+    /// http://127.0.0.1:4317); off when unset.
+    #[arg(long, global = true)]
+    pub otlp_endpoint: Option<String>,
 }
 
+// Parsed once at start; boxing the large store flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one store node (etcd's flag names).
@@ -65,6 +86,28 @@ pub enum Command {
     /// Run a one-node store and a gateway in front of it on 127.0.0.1:2379,
     /// in one process, for development.
     Dev(DevArgs),
+    /// Restore a member's data dir from `etcdctl snapshot save` output.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `lookout snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Check a snapshot file's sha256 and write a new member data dir from
+    /// it; start the member with `lookout store --data-dir DIR` and its
+    /// (new) `--initial-cluster`.
+    Restore(RestoreArgs),
+}
+
+/// `lookout snapshot restore` flags.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The file `etcdctl snapshot save` wrote from a `lookout store`.
+    pub file: PathBuf,
+    /// The member data dir to create (must not exist yet).
+    #[arg(long)]
+    pub data_dir: PathBuf,
 }
 
 /// `lookout store` flags, named as etcd names them.
@@ -82,9 +125,50 @@ pub struct StoreArgs {
     /// Client URLs to advertise (default: the listen URLs).
     #[arg(long, value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
-    /// Peer URLs this member advertises (shown by `member list`).
+    /// Peer URLs this member advertises (its member ID derives from them).
     #[arg(long, value_delimiter = ',', default_value = "http://localhost:2380")]
     pub initial_advertise_peer_urls: Vec<String>,
+    /// URLs to listen on for peer (raft) traffic (default: the advertised
+    /// peer URLs).
+    #[arg(long, value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+    /// Initial cluster, `name=peer-url,...` (default: this member alone).
+    #[arg(long, default_value = "")]
+    pub initial_cluster: String,
+    /// `new` to bootstrap a cluster, `existing` to join one (after
+    /// `etcdctl member add`).
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Token that makes member and cluster IDs unique to this cluster.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Applied entries between snapshots (the raft log is purged behind
+    /// each one).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// Entries kept behind a snapshot for slow followers.
+    #[arg(
+        long = "experimental-snapshot-catchup-entries",
+        default_value_t = 5_000
+    )]
+    pub snapshot_catchup_entries: u64,
+    /// `periodic` (retention is a duration such as 1h or a number of
+    /// hours) or `revision` (retention is a number of revisions).
+    #[arg(long, default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+    /// Auto-compaction retention; 0 disables auto-compaction.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Backend size that raises the NOSPACE alarm (0 = 2 GiB, negative =
+    /// no quota).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
     /// Largest client request the store accepts, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
@@ -94,6 +178,35 @@ pub struct StoreArgs {
     /// Interval of watch progress notifications.
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub progress_notify_interval: Duration,
+    /// Client-side TLS certificate (PEM); with it the client URLs are https.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Client-side TLS key (PEM).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// CA that signs client certificates.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by --trusted-ca-file.
+    #[arg(long)]
+    pub client_cert_auth: bool,
+    /// Peer TLS certificate (PEM), also this member's client identity
+    /// towards the other members.
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS key (PEM).
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA that signs the members' peer certificates.
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Refuse members without a peer certificate signed by
+    /// --peer-trusted-ca-file.
+    #[arg(long)]
+    pub peer_client_cert_auth: bool,
+    /// How often certificate files are checked for changes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
 }
 
 /// `lookout dev` flags.
@@ -131,10 +244,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, CliError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// "http://host:port" -> "host:port" (localhost means IPv4 loopback).
+/// "http://host:port" or "https://host:port" -> "host:port" (localhost
+/// means IPv4 loopback).
 fn listen_addr(url: &str) -> Result<String, CliError> {
     let rest = url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| CliError::BadUrl(url.to_string()))?;
     let hostport = rest.trim_end_matches('/');
     if !hostport.contains(':') || hostport.contains('/') {
@@ -145,8 +260,19 @@ fn listen_addr(url: &str) -> Result<String, CliError> {
 
 /// Entry point called by `main`.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing();
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = match lookout_gateway::config_file::prepare(Cli::command(), &args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lookout: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::from_arg_matches(&cmd.get_matches_from(&args)) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -158,10 +284,27 @@ pub fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
+        // Inside the runtime: the OTLP exporter runs on it.
+        let _telemetry =
+            match lookout_gateway::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref()) {
+                Ok(g) => g,
+                Err(e) => return Err(CliError::BadFlag(e)),
+            };
         match cli.command {
             Command::Store(a) => run_store(a).await,
             Command::Gateway(a) => run_gateway(a).await,
             Command::Dev(a) => run_dev(a).await,
+            Command::Snapshot(SnapshotCommand::Restore(a)) => {
+                let r = lookout_consensus::snapshot_stream::restore(&a.file, &a.data_dir)?;
+                println!(
+                    "restored {} revision records and {} leases at revision {} into {}",
+                    r.kv_records,
+                    r.leases,
+                    r.revision,
+                    a.data_dir.display()
+                );
+                Ok(())
+            }
         }
     });
     match result {
@@ -172,16 +315,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -214,6 +347,27 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     } else {
         a.advertise_client_urls.clone()
     };
+    let listen_peer = if a.listen_peer_urls.is_empty() {
+        a.initial_advertise_peer_urls.clone()
+    } else {
+        a.listen_peer_urls.clone()
+    };
+    // A lone member needs no peer listener; a cluster member does.
+    let peer_addrs = if a.initial_cluster.is_empty() && a.initial_cluster_state == "new" {
+        if a.listen_peer_urls.is_empty() {
+            Vec::new()
+        } else {
+            listen_peer
+                .iter()
+                .map(|u| listen_addr(u))
+                .collect::<Result<_, _>>()?
+        }
+    } else {
+        listen_peer
+            .iter()
+            .map(|u| listen_addr(u))
+            .collect::<Result<_, _>>()?
+    };
     let mut cfg = StoreConfig::new(data_dir);
     cfg.name = a.name;
     cfg.client_urls = advertise;
@@ -221,7 +375,86 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     cfg.max_request_bytes = a.max_request_bytes;
     cfg.max_txn_ops = a.max_txn_ops;
     cfg.progress_notify_interval = a.progress_notify_interval;
-    serve_store(cfg, &addrs).await
+    cfg.initial_cluster = lookout_consensus::cluster::parse_initial_cluster(&a.initial_cluster)?;
+    cfg.initial_cluster_new = a.initial_cluster_state == "new";
+    cfg.cluster_token = a.initial_cluster_token;
+    cfg.heartbeat_interval = Duration::from_millis(a.heartbeat_interval);
+    cfg.election_timeout = Duration::from_millis(a.election_timeout);
+    if a.election_timeout < 5 * a.heartbeat_interval {
+        return Err(CliError::BadFlag(
+            "--election-timeout must be at least 5 times --heartbeat-interval".into(),
+        ));
+    }
+    // etcd: the minimum lease TTL follows the election timeout.
+    cfg.min_lease_ttl = ((a.election_timeout as i64 * 3 + 1999) / 2000).max(1);
+    cfg.snapshot_count = a.snapshot_count;
+    cfg.snapshot_catchup_entries = a.snapshot_catchup_entries;
+    cfg.quota_backend_bytes = match a.quota_backend_bytes {
+        0 => lookout_consensus::config::DEFAULT_QUOTA_BYTES,
+        n if n < 0 => u64::MAX,
+        n => n as u64,
+    };
+    cfg.auto_compaction =
+        parse_auto_compaction(&a.auto_compaction_mode, &a.auto_compaction_retention)?;
+    let client_tls = lookout_consensus::tls::TlsFiles::from_flags(
+        a.cert_file.as_deref(),
+        a.key_file.as_deref(),
+        a.trusted_ca_file.as_deref(),
+        a.client_cert_auth,
+        [
+            "--cert-file",
+            "--key-file",
+            "--trusted-ca-file",
+            "--client-cert-auth",
+        ],
+    )?
+    .map(|f| lookout_consensus::tls::TlsFiles {
+        reload_interval: a.tls_reload_interval,
+        ..f
+    });
+    cfg.peer_tls = lookout_consensus::tls::TlsFiles::from_flags(
+        a.peer_cert_file.as_deref(),
+        a.peer_key_file.as_deref(),
+        a.peer_trusted_ca_file.as_deref(),
+        a.peer_client_cert_auth,
+        [
+            "--peer-cert-file",
+            "--peer-key-file",
+            "--peer-trusted-ca-file",
+            "--peer-client-cert-auth",
+        ],
+    )?
+    .map(|f| lookout_consensus::tls::TlsFiles {
+        reload_interval: a.tls_reload_interval,
+        ..f
+    });
+    serve_member(cfg, client_tls, &addrs, &peer_addrs).await
+}
+
+/// etcd's `--auto-compaction-mode` / `--auto-compaction-retention`: a
+/// periodic retention without a unit is in hours; 0 disables.
+fn parse_auto_compaction(
+    mode: &str,
+    retention: &str,
+) -> Result<Option<lookout_consensus::config::AutoCompaction>, CliError> {
+    use lookout_consensus::config::AutoCompaction;
+    let bad = || CliError::BadFlag(format!("--auto-compaction-retention {retention:?}"));
+    if retention.trim() == "0" || retention.is_empty() {
+        return Ok(None);
+    }
+    match mode {
+        "revision" => {
+            let n: i64 = retention.parse().map_err(|_| bad())?;
+            Ok((n > 0).then_some(AutoCompaction::Revision(n)))
+        }
+        _ => {
+            let d = match retention.parse::<u64>() {
+                Ok(h) => Duration::from_secs(h * 3600),
+                Err(_) => parse_duration(retention).map_err(|_| bad())?,
+            };
+            Ok(Some(AutoCompaction::Periodic(d)))
+        }
+    }
 }
 
 /// Runs `lookout gateway` until SIGTERM/Ctrl-C.
@@ -237,7 +470,7 @@ pub async fn run_gateway(a: GatewayArgs) -> Result<(), CliError> {
         let _ = signal_tx.send(());
         r
     });
-    let result = lookout_gateway::run_gateway(a.to_config(), listener, async move {
+    let result = lookout_gateway::run_gateway(a.to_checked_config()?, listener, async move {
         let _ = signal_rx.await;
     })
     .await;
@@ -336,7 +569,7 @@ async fn bind(addr: &str) -> Result<TcpListener, CliError> {
         })
 }
 
-async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError> {
+async fn bind_all(addrs: &[String]) -> Result<Vec<TcpListener>, CliError> {
     let mut listeners = Vec::new();
     for addr in addrs {
         let l = TcpListener::bind(addr)
@@ -347,16 +580,62 @@ async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError>
             })?;
         listeners.push(l);
     }
-    let store = Store::open(cfg)?;
+    Ok(listeners)
+}
+
+/// Serves one store member: the etcd API on `addrs`, the peer protocol
+/// on `peer_addrs`, until SIGTERM/Ctrl-C.
+async fn serve_member(
+    cfg: StoreConfig,
+    client_tls: Option<lookout_consensus::tls::TlsFiles>,
+    addrs: &[String],
+    peer_addrs: &[String],
+) -> Result<(), CliError> {
+    use lookout_consensus::tls::ReloadingTls;
+    let listeners = bind_all(addrs).await?;
+    let peer_listeners = bind_all(peer_addrs).await?;
+    // Loaded before anything serves: bad files stop the start here.
+    let client_tls = client_tls
+        .map(|f| ReloadingTls::new(f, "client"))
+        .transpose()?;
+    let peer_tls = cfg
+        .peer_tls
+        .clone()
+        .map(|f| ReloadingTls::new(f, "peer"))
+        .transpose()?;
+    let store = Store::start(cfg).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
-    for l in listeners {
+    for l in peer_listeners {
         let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(addr = %local, member = %format!("{:x}", store.member_id()), "serving etcd v3 gRPC");
+        tracing::info!(addr = %local, "serving peer protocol");
         let mut rx = stop_rx.clone();
         let store = store.clone();
+        let tls = peer_tls.clone();
         servers.spawn(async move {
-            lookout_consensus::serve(l, store, async move {
+            lookout_consensus::serve_peer_tls(l, tls, store, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        });
+    }
+    let http_metrics = std::sync::Arc::new(lookout_gateway::http::HttpMetrics::default());
+    let grpc_metrics = std::sync::Arc::new(lookout_gateway::telemetry::GrpcMetrics::default());
+    for l in listeners {
+        let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(addr = %local, member = %format!("{:x}", store.member_id()), "serving etcd v3 gRPC and HTTP/JSON");
+        let mut rx = stop_rx.clone();
+        let store = store.clone();
+        let http = lookout_gateway::http::HttpConfig {
+            max_request_bytes: store.config().max_request_bytes,
+            ..Default::default()
+        };
+        let metrics = http_metrics.clone();
+        let grpc = grpc_metrics.clone();
+        let tls = client_tls.clone();
+        // gRPC and the HTTP/JSON API (curl) share the client port.
+        servers.spawn(async move {
+            lookout_gateway::http::serve_store_tls(l, tls, store, http, metrics, grpc, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await
@@ -370,7 +649,8 @@ async fn serve_store(cfg: StoreConfig, addrs: &[String]) -> Result<(), CliError>
         Some(r) = servers.join_next() => {
             // A server ended on its own: that is an error worth reporting.
             let _ = stop_tx.send(true);
-            store.close();
+            let closing = store.clone();
+            let _ = tokio::task::spawn_blocking(move || closing.close()).await;
             return match r {
                 Ok(res) => res.map_err(CliError::from),
                 Err(e) => Err(CliError::Signal(std::io::Error::other(e))),
@@ -410,7 +690,8 @@ mod tests {
             "127.0.0.1:2379"
         );
         assert_eq!(listen_addr("http://127.0.0.1:1/").unwrap(), "127.0.0.1:1");
-        assert!(listen_addr("https://x:1").is_err());
+        assert_eq!(listen_addr("https://x:1").unwrap(), "x:1");
+        assert!(listen_addr("unix://x:1").is_err());
     }
 
     #[test]
@@ -446,5 +727,74 @@ mod tests {
         assert_eq!(a.max_txn_ops, 3);
         assert_eq!(a.max_request_bytes, 1536 * 1024);
         assert_eq!(a.listen_client_urls, vec!["http://localhost:2379"]);
+        assert_eq!(a.heartbeat_interval, 100);
+        assert_eq!(a.election_timeout, 1000);
+        assert_eq!(a.initial_cluster_state, "new");
+    }
+
+    #[test]
+    fn cluster_flags_parse_like_etcd() {
+        let c = Cli::try_parse_from([
+            "lookout",
+            "store",
+            "--name=a",
+            "--initial-cluster=a=http://127.0.0.1:1,b=http://127.0.0.1:2",
+            "--initial-cluster-state=existing",
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=1000",
+            "--quota-backend-bytes=-1",
+        ])
+        .unwrap();
+        let Command::Store(a) = c.command else {
+            panic!("store")
+        };
+        assert_eq!(a.initial_cluster_state, "existing");
+        assert_eq!(a.quota_backend_bytes, -1);
+        assert_eq!(
+            parse_auto_compaction(&a.auto_compaction_mode, &a.auto_compaction_retention).unwrap(),
+            Some(lookout_consensus::config::AutoCompaction::Revision(1000))
+        );
+        assert_eq!(
+            parse_auto_compaction("periodic", "2").unwrap(),
+            Some(lookout_consensus::config::AutoCompaction::Periodic(
+                Duration::from_secs(7200)
+            ))
+        );
+        assert_eq!(parse_auto_compaction("periodic", "0").unwrap(), None);
+        assert!(Cli::try_parse_from(["lookout", "store", "--initial-cluster-state=old"]).is_err());
+    }
+
+    #[test]
+    fn config_file_values_are_defaults_under_flags() {
+        use clap::{CommandFactory, FromArgMatches};
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("gw.yaml");
+        std::fs::write(
+            &f,
+            "prefix: [/a/, /b/]\nclient-cert-auth: true\ncert-file: c.pem\nkey-file: k.pem\ntrusted-ca-file: ca.pem\nread-timeout: 2s\nlog-format: json\n",
+        )
+        .unwrap();
+        let parse = |extra: &[&str]| {
+            let mut args: Vec<std::ffi::OsString> = vec!["lookout".into(), "gateway".into()];
+            args.push("--config".into());
+            args.push(f.clone().into());
+            args.extend(extra.iter().map(Into::into));
+            let cmd = lookout_gateway::config_file::prepare(Cli::command(), &args).unwrap();
+            Cli::from_arg_matches(&cmd.try_get_matches_from(&args).unwrap()).unwrap()
+        };
+        let c = parse(&[]);
+        assert_eq!(c.log_format, lookout_gateway::telemetry::LogFormat::Json);
+        let Command::Gateway(g) = c.command else {
+            panic!("gateway")
+        };
+        assert_eq!(g.prefixes, vec!["/a/", "/b/"]);
+        assert!(g.client_cert_auth);
+        assert_eq!(g.read_timeout, Duration::from_secs(2));
+        assert!(g.to_checked_config().unwrap().tls.is_some());
+        let Command::Gateway(g) = parse(&["--read-timeout=3s", "--prefix=/c/"]).command else {
+            panic!("gateway")
+        };
+        assert_eq!(g.read_timeout, Duration::from_secs(3));
+        assert_eq!(g.prefixes, vec!["/c/"]);
     }
 }

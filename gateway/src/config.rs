@@ -48,6 +48,11 @@ pub struct GatewayConfig {
     pub lists: GateConfig,
     /// Storm control for watch creates that replay history.
     pub catchups: GateConfig,
+    /// TLS on the client listener (`--cert-file`, `--key-file`,
+    /// `--trusted-ca-file`, `--client-cert-auth`).
+    pub tls: Option<lookout_consensus::tls::TlsFiles>,
+    /// `--auth-config`: per-client key prefixes (see `authz`).
+    pub auth_config: Option<std::path::PathBuf>,
 }
 
 impl GatewayConfig {
@@ -76,6 +81,8 @@ impl GatewayConfig {
                 max_wait: Duration::from_secs(10),
                 retry_after: Duration::from_secs(1),
             },
+            tls: None,
+            auth_config: None,
         }
     }
 

@@ -30,6 +30,12 @@ pub enum GatewayError {
     /// The gateway is stopping; clients should use another endpoint.
     #[error("lookout: gateway is shutting down")]
     ShuttingDown,
+    /// The TLS files of a listener are not usable.
+    #[error("TLS: {0}")]
+    Tls(#[from] lookout_consensus::tls::TlsError),
+    /// `--auth-config` could not be loaded.
+    #[error("auth config: {0}")]
+    Authz(#[from] crate::authz::AuthzError),
     /// A watch on keys this gateway does not cache (its `--prefix` flags).
     #[error("lookout: key range is outside the prefixes this gateway caches")]
     OutOfScope,

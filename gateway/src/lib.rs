@@ -1,9 +1,11 @@
 //! `lookout-gateway`: the etcd v3 gRPC API served from the watch cache,
-//! write forwarding, the HTTP metrics/health port, and the `lookout` binary.
+//! write forwarding, the HTTP/JSON API for curl users ([`http`]), the
+//! HTTP metrics/health port, and the `lookout` binary.
 //!
 //! ```text
-//!  clients (etcdctl, clientv3, etcd-client)
-//!     │ etcd v3 gRPC (+ /metrics, /health over HTTP/1.1 on the same port)
+//!  clients (etcdctl, clientv3, etcd-client, curl)
+//!     │ etcd v3 gRPC + HTTP/JSON (/v3 etcd paths, /v1 readable, /metrics, /health)
+//!     │ on one port: HTTP/2 and HTTP/1.1, routed by path
 //!     v
 //!  run_gateway ─ KV.Range ─ [list gate] ─> cache snapshot (serializable | linearizable:
 //!              │                          one coalesced revision probe, then a bounded wait)
@@ -20,6 +22,17 @@
 //!                          │ one list + one watch (+ one keep-alive stream)
 //!                          v
 //!                 upstream: `lookout store` | etcd
+//! ```
+//!
+//! Around every listener (store and gateway): TLS with etcd's flag names
+//! and reloading certificates (`lookout_consensus::tls`), gRPC request
+//! counters and `/metrics` `/health` `/readyz` ([`telemetry`]), per-client
+//! prefixes on the gateway ([`authz`], `--auth-config`), and flags from
+//! `LOOKOUT_<FLAG>` variables or a `--config` file ([`config_file`]).
+//!
+//! ```text
+//!  TCP ─(TLS handshake, refusals logged)─> GrpcMetricsLayer ─> AuthzLayer (gateway,
+//!       optional) ─> gRPC routes | HTTP API | /metrics /health /readyz
 //! ```
 //!
 //! Library first: [`run_gateway`] (or [`Gateway::start`] for tests that
@@ -62,11 +75,13 @@
 
 mod admission;
 mod args;
+pub mod authz;
 mod cluster;
 mod codec;
 mod config;
+pub mod config_file;
 mod error;
-mod http;
+pub mod http;
 mod keepalive;
 mod kv;
 mod lease;
@@ -75,6 +90,7 @@ mod metrics;
 mod readindex;
 mod register;
 mod server;
+pub mod telemetry;
 mod txn;
 mod watch;
 

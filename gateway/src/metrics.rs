@@ -48,6 +48,8 @@ pub struct GatewayMetrics {
     pub catchups: GateStats,
     /// Gauge: open Watch RPCs.
     pub watch_rpcs: AtomicI64,
+    /// The HTTP/JSON API's numbers (open HTTP watch streams and more).
+    pub http: std::sync::Arc<crate::http::HttpMetrics>,
 }
 
 /// One metric family in Prometheus text format.
@@ -355,6 +357,27 @@ pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: b
             &[("", i(&st.queued))],
         );
     }
+    family(
+        &mut o,
+        "lookout_http_watch_streams",
+        gauge,
+        "Open HTTP watch streams (/v1/watch, /v3/watch).",
+        &[("", i(&g.http.watch_streams))],
+    );
+    family(
+        &mut o,
+        "lookout_http_watch_events_total",
+        counter,
+        "Events written to HTTP watch streams.",
+        &[("", u(&g.http.watch_events))],
+    );
+    family(
+        &mut o,
+        "lookout_http_requests_total",
+        counter,
+        "HTTP/JSON API requests answered.",
+        &[("", u(&g.http.requests))],
+    );
     o
 }
 

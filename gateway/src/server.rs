@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) keepalive: KeepAliveHub,
     /// The `--resolver-prefix` registration lease (0: none yet).
     pub(crate) resolver_lease: std::sync::atomic::AtomicI64,
+    /// gRPC started/handled counters (`grpc_server_*_total`).
+    pub(crate) grpc: Arc<crate::telemetry::GrpcMetrics>,
 }
 
 impl Shared {
@@ -160,6 +162,9 @@ pub struct Gateway {
     local_addr: SocketAddr,
     metrics_listener: Option<TcpListener>,
     metrics_addr: Option<SocketAddr>,
+    /// The client listener's TLS (reloads its files while serving).
+    tls: Option<Arc<lookout_consensus::tls::ReloadingTls>>,
+    authz: Option<Arc<crate::authz::Authz>>,
 }
 
 impl Gateway {
@@ -186,10 +191,22 @@ impl Gateway {
             None => None,
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let tls = match &config.tls {
+            Some(f) => Some(lookout_consensus::tls::ReloadingTls::new(
+                f.clone(),
+                "client",
+            )?),
+            None => None,
+        };
+        let authz = match &config.auth_config {
+            Some(p) => Some(Arc::new(crate::authz::Authz::load(p)?)),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let advertise_url = config
             .advertise_client_url
             .clone()
-            .unwrap_or_else(|| format!("http://{local_addr}"));
+            .unwrap_or_else(|| format!("{scheme}://{local_addr}"));
         let member_id = member_id(&advertise_url);
         let upstream = Arc::new(EtcdUpstream::new(config.upstream.clone()));
         let cache = Cache::start(upstream.clone(), config.cache_config(member_id));
@@ -207,6 +224,7 @@ impl Gateway {
             keepalive: KeepAliveHub::default(),
             resolver_lease: std::sync::atomic::AtomicI64::new(0),
             config,
+            grpc: Arc::default(),
         });
         Ok(Self {
             shared,
@@ -214,6 +232,8 @@ impl Gateway {
             local_addr,
             metrics_listener,
             metrics_addr,
+            tls,
+            authz,
         })
     }
 
@@ -254,14 +274,21 @@ impl Gateway {
             local_addr,
             metrics_listener,
             metrics_addr,
+            tls,
+            authz,
         } = self;
         let max_recv = shared.config.max_recv_bytes;
         let mut routes = tonic::service::Routes::builder();
-        routes
-            .add_service(
-                KvServer::new(crate::kv::KvService::new(shared.clone()))
+        let kv = crate::kv::KvService::new(shared.clone());
+        if authz.is_some() {
+            routes.add_service(
+                KvServer::new(crate::authz::AuthzKv { inner: kv })
                     .max_decoding_message_size(max_recv),
-            )
+            );
+        } else {
+            routes.add_service(KvServer::new(kv).max_decoding_message_size(max_recv));
+        }
+        routes
             .add_service(crate::watch::WatchServer::new(shared.clone(), max_recv))
             .add_service(
                 LeaseServer::new(crate::lease::LeaseService::new(shared.clone()))
@@ -277,22 +304,36 @@ impl Gateway {
             );
         // etcd serves /metrics and /health on its client port too; curl
         // speaks HTTP/1.1 there, gRPC clients HTTP/2.
-        let router = routes
-            .routes()
-            .into_axum_router()
-            .merge(crate::http::router(shared.clone()));
+        // The HTTP/JSON API (etcd's /v3 paths, the readable /v1) shares
+        // the port too, served from the cache like the gRPC services.
+        let http_api = crate::http::router(
+            crate::http::GatewayApi::new(shared.clone()),
+            crate::http::HttpConfig {
+                max_request_bytes: max_recv
+                    .min(crate::http::HttpConfig::default().max_request_bytes),
+                ..Default::default()
+            },
+            shared.metrics.http.clone(),
+            shared.shutdown.subscribe(),
+        );
+        let router = crate::http::with_fallback(
+            routes
+                .routes()
+                .into_axum_router()
+                .merge(crate::http::ops::router(shared.clone()))
+                .merge(http_api),
+        );
+        let router = match authz {
+            Some(a) => router.layer(crate::authz::AuthzLayer(a)),
+            None => router,
+        };
+        let router = router.layer(crate::telemetry::GrpcMetricsLayer(shared.grpc.clone()));
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-            if let Ok(s) = &s {
-                let _ = s.set_nodelay(true);
-            }
-            s
-        });
-        let grpc = tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .accept_http1(true)
             // etcd allows unbounded streams per connection; clients
             // multiplex many watches over one connection.
@@ -300,9 +341,24 @@ impl Gateway {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
-            .add_routes(tonic::service::Routes::from(router))
-            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
-        let mut grpc = tokio::spawn(grpc);
+            .add_routes(tonic::service::Routes::from(router));
+        let mut grpc = match &tls {
+            // The TLS acceptor does its own accepting (and nodelay).
+            Some(t) => tokio::spawn(
+                server.serve_with_incoming_shutdown(t.incoming(listener), stopped(stop_rx.clone())),
+            ),
+            None => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+                    if let Ok(s) = &s {
+                        let _ = s.set_nodelay(true);
+                    }
+                    s
+                });
+                tokio::spawn(
+                    server.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+                )
+            }
+        };
         // Aborted with `run` (a killed gateway stops renewing and drops out
         // of MemberList when its lease expires); revoked on a clean stop.
         let registration = shared
@@ -311,7 +367,7 @@ impl Gateway {
             .clone()
             .map(|p| AbortOnDrop(tokio::spawn(crate::register::run(shared.clone(), p))));
         let mut http = metrics_listener.map(|l| {
-            let app = crate::http::router(shared.clone());
+            let app = crate::http::ops::router(shared.clone());
             tokio::spawn(
                 axum::serve(l, app)
                     .with_graceful_shutdown(stopped(stop_rx.clone()))
@@ -323,7 +379,7 @@ impl Gateway {
             metrics = ?metrics_addr,
             advertise = %shared.advertise_url,
             member = %format!("{:x}", shared.member_id),
-            "gateway serving etcd v3 gRPC"
+            "gateway serving etcd v3 gRPC and HTTP/JSON"
         );
 
         let early = tokio::select! {
@@ -401,9 +457,13 @@ pub async fn run_gateway(
     Gateway::start(config, listener).await?.run(shutdown).await
 }
 
-/// "http://host:port", "host:port" -> "host:port".
+/// "http://host:port", "https://host:port", "host:port" -> "host:port".
 pub(crate) fn host_port(s: &str, what: &'static str) -> Result<String, GatewayError> {
-    let rest = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .unwrap_or(s)
+        .trim_end_matches('/');
     if rest.contains("://") || rest.contains('/') || !rest.contains(':') {
         return Err(GatewayError::BadFlag {
             what,
@@ -425,7 +485,7 @@ mod tests {
             "127.0.0.1:6633"
         );
         assert_eq!(host_port("127.0.0.1:1/", "x").unwrap(), "127.0.0.1:1");
-        assert!(host_port("https://a:1", "x").is_err());
+        assert_eq!(host_port("https://a:1", "x").unwrap(), "a:1");
         assert!(host_port("nohost", "x").is_err());
     }
 }

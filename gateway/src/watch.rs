@@ -3,8 +3,8 @@
 //! stream.
 //!
 //! ```text
-//!   client ──WatchRequest──> reader task: resume wait ─> catch-up gate ─> compaction
-//!                                         check ─> create / cancel / progress ─> WatchHandle
+//!   client ──WatchRequest──> reader task: permission check ─> resume wait ─> catch-up gate
+//!                            ─> compaction check ─> create / cancel / progress ─> WatchHandle
 //!   client <──DATA chunks (gRPC messages)── response body <── WatchFrames::next_grpc
 //!                                              (created, events, refusals, in order)
 //! ```
@@ -85,9 +85,11 @@ where
                 ))
                 .into_http());
             }
+            // Set by the authz layer only when --auth-config is given.
+            let principal = req.extensions().get::<crate::authz::Principal>().cloned();
             let decoder = WatchCodec.decoder();
             let inbound = Streaming::new_request(decoder, req.into_body(), None, Some(max));
-            Ok(match open(shared, inbound).await {
+            Ok(match open(shared, inbound, principal).await {
                 Ok(body) => {
                     let mut resp = http::Response::new(body);
                     resp.headers_mut().insert(
@@ -159,10 +161,11 @@ async fn next_chunk(mut o: Outbound) -> Option<(Result<Frame<Bytes>, Infallible>
 async fn open(
     shared: Arc<Shared>,
     inbound: Streaming<WatchRequest>,
+    principal: Option<crate::authz::Principal>,
 ) -> Result<tonic::body::Body, Status> {
     shared.ready().await?;
     let (handle, frames) = shared.cache.open_stream();
-    let reader = tokio::spawn(read_requests(shared.clone(), inbound, handle));
+    let reader = tokio::spawn(read_requests(shared.clone(), inbound, handle, principal));
     shared.metrics.watch_rpcs.fetch_add(1, Relaxed);
     let out = Outbound {
         frames,
@@ -182,23 +185,41 @@ async fn open(
 /// or the stream breaks (then the cache stream closes). Requests are
 /// handled one at a time, in order, so answers to creates come back in the
 /// order clients expect them.
-async fn read_requests(
+///
+/// Generic over the request stream so the HTTP layer's watches (whose
+/// requests come from a JSON body or the URL) share this code. With a
+/// `principal` (--auth-config), a create outside its permissions never
+/// reaches the cache (so no shared group ever serves it) and is answered
+/// with etcd's created+canceled refusal, in order with the other answers.
+pub(crate) async fn read_requests<S>(
     shared: Arc<Shared>,
-    mut inbound: Streaming<WatchRequest>,
+    mut inbound: S,
     handle: WatchHandle,
-) {
+    principal: Option<crate::authz::Principal>,
+) where
+    S: futures::Stream<Item = Result<WatchRequest, Status>> + Unpin,
+{
+    use futures::StreamExt;
     loop {
-        let msg = match inbound.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return,
-            Err(_) => {
+        let msg = match inbound.next().await {
+            Some(Ok(m)) => m,
+            None => return,
+            Some(Err(_)) => {
                 handle.close();
                 return;
             }
         };
         match msg.request_union {
             Some(RequestUnion::CreateRequest(c)) => {
-                let stream_open = create(&shared, &handle, normalize(c)).await;
+                let c = normalize(c);
+                if let Some(p) = &principal
+                    && !crate::authz::watch_allowed(p, &c)
+                {
+                    tracing::debug!(principal = ?p, "watch refused: permission denied");
+                    handle.refuse_with_id(c.watch_id, crate::authz::PERMISSION_DENIED.to_string());
+                    continue;
+                }
+                let stream_open = create(&shared, &handle, c).await;
                 if !stream_open {
                     return;
                 }

@@ -17,11 +17,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod certs;
 pub mod checker;
+pub mod cluster;
 pub mod etcd;
 pub mod etcd_restart;
 pub mod extra_gateway;
 pub mod grpc_proxy;
+pub mod linearizability;
 pub mod lookout;
 pub mod lookout_stack;
 pub mod session;

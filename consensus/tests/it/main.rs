@@ -1,9 +1,13 @@
 //! Integration tests of the store: in-process servers on 127.0.0.1:0
 //! driven over gRPC, and the same probes against a real etcd 3.4.
 
+mod cluster;
 mod leases;
+mod linearizable;
+mod membership;
 mod mvcc;
 mod rebuild;
+mod space;
 mod support;
 mod vs_etcd;
 mod watch;

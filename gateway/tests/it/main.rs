@@ -1,15 +1,26 @@
 //! The `lookout` gateway and binary against real etcd 3.4 and our own
-//! store: one binary, one module per concern.
+//! store: one binary, one module per concern (`http_*`: the HTTP/JSON API).
 
 mod admin;
+mod authz;
+mod config_env;
 mod crash;
+mod drain;
 mod etcdctl_session;
 mod harness;
+mod http_client;
 mod http_endpoints;
+mod http_etcd_compat;
+mod http_v1;
+mod http_watch;
 mod informer;
 mod kv_vs_etcd;
 mod lifecycle;
 mod many_gateways;
+mod metrics_scrape;
+mod otlp;
 mod prefixes;
+mod snapshot;
 mod support;
+mod tls;
 mod watch_guarantees;

@@ -3,9 +3,12 @@
 //! Two wire shapes are understood, chosen with `--http-api`:
 //!
 //! - `lookout`: `GET /v1/watch/<prefix>?prefix=true&rev=N`, one JSON object
-//!   per line with `type`, `key`, `value`, `mod_revision` (Lookout's gateway;
-//!   its exact field spelling may still change, so [`parse_line`] is
-//!   deliberately tolerant: nested `kv`, numbers as strings, base64 or text);
+//!   per line: events `{"type":"PUT"|"DELETE","key":..,"value":..,
+//!   "mod_revision":N,...}` with keys and values as text, a field that is
+//!   not UTF-8 in base64 and flagged (`key_encoding` / `value_encoding`:
+//!   `"base64"`); control lines `{"type":"CREATED"|"PROGRESS","revision":N}`
+//!   and `{"type":"CANCELED","compact_revision":N,"cancel_reason":..}`.
+//!   [`parse_line`] stays tolerant (nested `kv`, numbers as strings);
 //! - `etcd`: etcd's own grpc-gateway, `POST /v3/watch` with a JSON
 //!   `create_request`, answered by `{"result": WatchResponse}` lines with
 //!   base64 keys and values.
@@ -349,10 +352,8 @@ pub fn parse_line(line: &[u8], api: HttpApi, prefix: &[u8]) -> Line {
         return Line::Error(err.to_string());
     }
     let obj = v.get("result").unwrap_or(&v);
-    let base64_hint = api == HttpApi::Etcd
-        || ["encoding", "value_encoding", "key_encoding"]
-            .iter()
-            .any(|f| obj.get(*f).and_then(Value::as_str) == Some("base64"));
+    let base64_hint =
+        api == HttpApi::Etcd || obj.get("encoding").and_then(Value::as_str) == Some("base64");
     let mut events = Vec::new();
     if let Some(list) = obj.get("events").and_then(Value::as_array) {
         for e in list {
@@ -370,7 +371,10 @@ pub fn parse_line(line: &[u8], api: HttpApi, prefix: &[u8]) -> Line {
     if !events.is_empty() {
         return Line::Events(events);
     }
-    if obj.get("canceled").and_then(Value::as_bool) == Some(true) {
+    let typ = obj.get("type").and_then(Value::as_str);
+    if obj.get("canceled").and_then(Value::as_bool) == Some(true)
+        || typ.is_some_and(|t| t.eq_ignore_ascii_case("canceled"))
+    {
         return Line::Canceled {
             compact_revision: obj.get("compact_revision").and_then(as_i64).unwrap_or(0),
             reason: obj
@@ -380,7 +384,9 @@ pub fn parse_line(line: &[u8], api: HttpApi, prefix: &[u8]) -> Line {
                 .to_string(),
         };
     }
-    if obj.get("created").and_then(Value::as_bool) == Some(true) {
+    if obj.get("created").and_then(Value::as_bool) == Some(true)
+        || typ.is_some_and(|t| t.eq_ignore_ascii_case("created"))
+    {
         return Line::Created;
     }
     Line::Other
@@ -394,9 +400,18 @@ fn parse_event(e: &Value, base64_hint: bool, prefix: &[u8]) -> Option<HttpEvent>
         Some(Value::Number(n)) => n.as_i64() == Some(1),
         Some(_) => false,
     };
-    let key = bytes_of(kv.get("key")?, base64_hint, |k| k.starts_with(prefix))?;
+    // Lookout flags each field it had to base64 (`key_encoding`,
+    // `value_encoding`); text fields stay text.
+    let flagged = |f: &str| kv.get(f).and_then(Value::as_str) == Some("base64");
+    let key = bytes_of(
+        kv.get("key")?,
+        base64_hint || flagged("key_encoding"),
+        |k| k.starts_with(prefix),
+    )?;
     let value = match kv.get("value") {
-        Some(v) => bytes_of(v, base64_hint, |v| payload::decode(v).is_some())?,
+        Some(v) => bytes_of(v, base64_hint || flagged("value_encoding"), |v| {
+            payload::decode(v).is_some()
+        })?,
         None => Vec::new(),
     };
     Some(HttpEvent {
@@ -515,6 +530,51 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn lookout_flags_and_control_lines() {
+        let b = base64::engine::general_purpose::STANDARD;
+        let v = payload::encode_at(2, 3, 30);
+        // A text key beside a flagged binary-looking value.
+        let line = format!(
+            r#"{{"type":"PUT","key":"p/k","value":"{}","value_encoding":"base64","mod_revision":8}}"#,
+            b.encode(&v)
+        );
+        match parse_line(line.as_bytes(), HttpApi::Lookout, b"p/") {
+            Line::Events(e) => {
+                assert_eq!(e[0].key, b"p/k");
+                assert_eq!(e[0].value, v.to_vec());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse_line(
+                br#"{"type":"CANCELED","compact_revision":5}"#,
+                HttpApi::Lookout,
+                b"p/"
+            ),
+            Line::Canceled {
+                compact_revision: 5,
+                reason: String::new()
+            }
+        );
+        assert_eq!(
+            parse_line(
+                br#"{"type":"CREATED","revision":3}"#,
+                HttpApi::Lookout,
+                b"p/"
+            ),
+            Line::Created
+        );
+        assert_eq!(
+            parse_line(
+                br#"{"type":"PROGRESS","revision":9}"#,
+                HttpApi::Lookout,
+                b"p/"
+            ),
+            Line::Other
+        );
     }
 
     #[test]

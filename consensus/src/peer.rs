@@ -1,0 +1,448 @@
+//! The peer transport: openraft's network over gRPC (`lookout.peer.Peer`)
+//! on the members' peer URLs, and the requests a follower forwards to the
+//! leader.
+//!
+//! ```text
+//!  RaftCore ──RaftNetwork──> PeerConn ──gRPC PeerRequest{version, cluster, bincode}──>
+//!      peer server (serve_peer) ──> Raft::append_entries / vote / install_snapshot
+//!  Store on a follower ──Forward──> leader's Store::handle_forward
+//! ```
+//!
+//! Every message carries [`PEER_VERSION`]; a member refuses other versions
+//! (and other clusters) with FAILED_PRECONDITION, and the sender logs the
+//! mismatch as an error instead of retrying silently forever.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lookout_proto::peer::{PeerReply, PeerRequest, peer_client::PeerClient, peer_server};
+use openraft::AnyError;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
+use tonic::{Response, Status};
+
+use crate::cluster::{MemberNode, NodeId, TypeConfig};
+use crate::error::{Error, Result};
+use crate::request::{Reply, Request};
+use crate::store::Store;
+
+/// Version of the payload encoding inside peer messages.
+pub const PEER_VERSION: u32 = 1;
+/// Largest peer message accepted (append batches are bounded well below).
+const MAX_PEER_MESSAGE: usize = 256 << 20;
+
+/// A request a follower hands to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Forward {
+    /// Requests batched by the follower; the leader proposes them as one entry.
+    Propose(Vec<Request>),
+    /// The leader's read index, confirmed by a quorum.
+    ReadIndex,
+    KeepAlive(i64),
+    TimeToLive(i64),
+    MemberAdd {
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
+    MemberRemove(NodeId),
+    MemberPromote(NodeId),
+    MemberUpdate {
+        id: NodeId,
+        peer_urls: Vec<String>,
+    },
+    /// A started member announces its name and client URLs.
+    Publish {
+        id: NodeId,
+        node: MemberNode,
+    },
+}
+
+/// The leader's answer to a [`Forward`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ForwardOk {
+    /// One result per forwarded request, in order.
+    Replies(Vec<Result<Reply>>),
+    Index(u64),
+    Ttl(i64),
+    Member(NodeId),
+    Done,
+}
+
+/// Outcome of a forward as the forwarder sees it.
+#[derive(Debug)]
+pub(crate) enum ForwardError {
+    /// Nothing was done: safe to retry (the peer was not reachable, or it
+    /// is not the leader).
+    Retry,
+    /// The request may have been done; the caller must not repeat it.
+    Unknown,
+    /// The leader answered with an etcd error.
+    Answer(Error),
+}
+
+// === client side ===
+
+/// Cached gRPC channels to peers (one per member and URL).
+#[derive(Debug, Default)]
+pub(crate) struct PeerClients {
+    // A std Mutex: lookups and inserts only, never held across an await.
+    conns: std::sync::Mutex<HashMap<NodeId, (String, PeerClient<Channel>)>>,
+    pub cluster_id: u64,
+    /// `--peer-cert-file`/`--peer-key-file` (our client identity) and
+    /// `--peer-trusted-ca-file` (verifies the other members), for
+    /// `https://` peer URLs.
+    pub tls: Option<crate::tls::TlsFiles>,
+}
+
+impl PeerClients {
+    pub fn new(cluster_id: u64, tls: Option<crate::tls::TlsFiles>) -> Self {
+        Self {
+            conns: Default::default(),
+            cluster_id,
+            tls,
+        }
+    }
+
+    /// A client for `id` at its first peer URL (connects lazily).
+    pub fn get(&self, id: NodeId, node: &MemberNode) -> Option<PeerClient<Channel>> {
+        let url = node.peer_urls.first()?.clone();
+        let mut conns = self.conns.lock().expect("peer conns");
+        if let Some((u, c)) = conns.get(&id)
+            && *u == url
+        {
+            return Some(c.clone());
+        }
+        let ep = tonic::transport::Endpoint::from_shared(url.clone())
+            .ok()?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        // The files are read when the channel is made, so a member whose
+        // URL changes (or a restarted member) picks up rotated files.
+        let ep = match (&self.tls, url.starts_with("https://")) {
+            (Some(t), true) => {
+                let cfg = crate::tls::client_config(
+                    t.trusted_ca.as_deref(),
+                    Some((t.cert.as_path(), t.key.as_path())),
+                );
+                match cfg.map(|c| ep.tls_config(c)) {
+                    Ok(Ok(ep)) => ep,
+                    Ok(Err(e)) => {
+                        tracing::error!(%url, error = %e, "peer TLS configuration refused");
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::error!(%url, error = %e, "cannot read peer TLS files");
+                        return None;
+                    }
+                }
+            }
+            _ => ep,
+        };
+        let c = PeerClient::new(ep.connect_lazy())
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        conns.insert(id, (url, c.clone()));
+        Some(c)
+    }
+
+    fn envelope<T: Serialize>(&self, v: &T, timeout: Duration) -> tonic::Request<PeerRequest> {
+        let payload = bincode::serialize(v).unwrap_or_default();
+        let mut r = tonic::Request::new(PeerRequest {
+            version: PEER_VERSION,
+            cluster_id: self.cluster_id,
+            payload: payload.into(),
+        });
+        r.set_timeout(timeout);
+        r
+    }
+
+    /// Sends `f` to the leader `id`.
+    pub async fn forward(
+        &self,
+        id: NodeId,
+        node: &MemberNode,
+        f: &Forward,
+        timeout: Duration,
+    ) -> Result<ForwardOk, ForwardError> {
+        let Some(mut c) = self.get(id, node) else {
+            return Err(ForwardError::Retry);
+        };
+        let req = self.envelope(f, timeout);
+        let res = tokio::time::timeout(timeout, c.forward(req)).await;
+        let reply = match res {
+            Err(_) => return Err(ForwardError::Unknown),
+            Ok(Err(s)) => {
+                return Err(if never_sent(&s) {
+                    ForwardError::Retry
+                } else {
+                    log_mismatch(&s);
+                    ForwardError::Unknown
+                });
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        match decode::<Result<ForwardOk>>(&reply) {
+            Ok(Ok(ok)) => Ok(ok),
+            Ok(Err(Error::NotLeader)) => Err(ForwardError::Retry),
+            Ok(Err(e)) => Err(ForwardError::Answer(e)),
+            Err(_) => Err(ForwardError::Unknown),
+        }
+    }
+}
+
+/// Whether a failed call certainly never reached the peer's handler: the
+/// connection could not be made. A connection lost mid-call ("connection
+/// reset", "broken pipe") may have delivered it and is not retried.
+fn never_sent(s: &Status) -> bool {
+    let m = s.message().to_ascii_lowercase();
+    s.code() == tonic::Code::Unavailable
+        && (m.contains("tcp connect error")
+            || m.contains("error trying to connect")
+            || m.contains("connection refused"))
+}
+
+fn log_mismatch(s: &Status) {
+    if s.code() == tonic::Code::FailedPrecondition {
+        tracing::error!(error = %s.message(), "peer refused our message");
+    }
+}
+
+fn decode<T: DeserializeOwned>(r: &PeerReply) -> Result<T, Status> {
+    if r.version != PEER_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "peer answered in format version {}, this member speaks {PEER_VERSION}",
+            r.version
+        )));
+    }
+    bincode::deserialize(&r.payload).map_err(|e| Status::internal(format!("bad peer payload: {e}")))
+}
+
+/// openraft's network factory.
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    pub clients: Arc<PeerClients>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerConn {
+        PeerConn {
+            target,
+            client: self.clients.get(target, node),
+            clients: self.clients.clone(),
+        }
+    }
+}
+
+/// One peer as openraft talks to it.
+#[derive(Debug)]
+pub(crate) struct PeerConn {
+    target: NodeId,
+    client: Option<PeerClient<Channel>>,
+    clients: Arc<PeerClients>,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, MemberNode, RaftError<NodeId, E>>;
+
+impl PeerConn {
+    async fn call<Q, A, E, F, Fut>(&mut self, q: &Q, ttl: Duration, send: F) -> Result<A, RpcErr<E>>
+    where
+        Q: Serialize,
+        A: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+        F: FnOnce(PeerClient<Channel>, tonic::Request<PeerRequest>) -> Fut,
+        Fut: Future<Output = Result<Response<PeerReply>, Status>>,
+    {
+        let Some(c) = self.client.clone() else {
+            return Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(
+                "member has no peer URL",
+            ))));
+        };
+        let req = self.clients.envelope(q, ttl);
+        let reply = match tokio::time::timeout(ttl, send(c, req)).await {
+            Err(_) => {
+                return Err(RPCError::Network(NetworkError::new(&AnyError::error(
+                    format!("no answer in {ttl:?}"),
+                ))));
+            }
+            Ok(Err(s)) => {
+                log_mismatch(&s);
+                return Err(RPCError::Unreachable(Unreachable::new(&s)));
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        match decode::<Result<A, RaftError<NodeId, E>>>(&reply) {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(s) => {
+                log_mismatch(&s);
+                Err(RPCError::Unreachable(Unreachable::new(&s)))
+            }
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.call(&rpc, option.hard_ttl(), |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        self.call(&rpc, option.hard_ttl(), |mut c, r| async move {
+            c.install_snapshot(r).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.call(&rpc, option.hard_ttl(), |mut c, r| async move {
+            c.vote(r).await
+        })
+        .await
+    }
+}
+
+// === server side ===
+
+/// The peer gRPC service of one member.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    store: Store,
+}
+
+impl PeerService {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    fn open<T: DeserializeOwned>(&self, r: tonic::Request<PeerRequest>) -> Result<T, Status> {
+        let r = r.into_inner();
+        if r.version != PEER_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "peer message format version {} is not supported (this member speaks {PEER_VERSION})",
+                r.version
+            )));
+        }
+        if r.cluster_id != self.store.cluster_id() {
+            return Err(Status::failed_precondition(format!(
+                "peer belongs to cluster {:x}, this member to {:x}",
+                r.cluster_id,
+                self.store.cluster_id()
+            )));
+        }
+        bincode::deserialize(&r.payload)
+            .map_err(|e| Status::invalid_argument(format!("bad peer payload: {e}")))
+    }
+}
+
+fn seal<T: Serialize>(v: &T) -> Result<Response<PeerReply>, Status> {
+    let payload = bincode::serialize(v).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(PeerReply {
+        version: PEER_VERSION,
+        payload: payload.into(),
+    }))
+}
+
+#[tonic::async_trait]
+impl peer_server::Peer for PeerService {
+    async fn append_entries(
+        &self,
+        r: tonic::Request<PeerRequest>,
+    ) -> Result<Response<PeerReply>, Status> {
+        let req: AppendEntriesRequest<TypeConfig> = self.open(r)?;
+        seal(&self.store.raft().append_entries(req).await)
+    }
+
+    async fn vote(&self, r: tonic::Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let req: VoteRequest<NodeId> = self.open(r)?;
+        seal(&self.store.raft().vote(req).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        r: tonic::Request<PeerRequest>,
+    ) -> Result<Response<PeerReply>, Status> {
+        let req: InstallSnapshotRequest<TypeConfig> = self.open(r)?;
+        seal(&self.store.raft().install_snapshot(req).await)
+    }
+
+    async fn forward(&self, r: tonic::Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let f: Forward = self.open(r)?;
+        seal(&self.store.handle_forward(f).await)
+    }
+}
+
+/// Serves the peer protocol for `store` on `listener` until `shutdown`.
+///
+/// # Errors
+/// The gRPC server failed.
+pub async fn serve_peer(
+    listener: TcpListener,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    serve_peer_tls(listener, None, store, shutdown).await
+}
+
+/// [`serve_peer`] behind TLS when `tls` is given (`--peer-cert-file` ...):
+/// a member without a valid peer certificate is refused at the handshake.
+///
+/// # Errors
+/// The gRPC server failed.
+pub async fn serve_peer_tls(
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::ReloadingTls>>,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let router = tonic::transport::Server::builder().add_service(
+        peer_server::PeerServer::new(PeerService::new(store))
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE),
+    );
+    if let Some(tls) = tls {
+        return router
+            .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
+            .await;
+    }
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    });
+    router
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

@@ -1,0 +1,197 @@
+//! Group commit in front of raft: concurrent writes are batched into one
+//! log entry ([`Batch`](crate::cluster::Batch)), because openraft appends
+//! and fsyncs every client write on its own.
+//!
+//! ```text
+//!  propose(req) ──push──> queue ──> up to MAX_IN_FLIGHT submitters, each:
+//!      take everything queued (<= MAX_BATCH requests / MAX_BATCH_BYTES)
+//!      Store::submit(batch): leader -> raft.client_write; follower -> forward
+//!      answer every request of the batch, then take the next batch
+//! ```
+//!
+//! Several batches in flight let the leader fsync batch k+1 while batch k
+//! replicates. Order between batches is raft's log order.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::request::{Reply, Request};
+use crate::store::Store;
+
+/// Most requests in one log entry.
+const MAX_BATCH: usize = 1024;
+/// Most encoded request bytes in one log entry (a peer message carries
+/// up to 64 entries).
+const MAX_BATCH_BYTES: usize = 2 << 20;
+/// Most requests waiting; beyond it writers get etcd's "too many requests".
+const MAX_PENDING: usize = 16 * 1024;
+/// Batches submitted at once. openraft fsyncs each entry on its own, one
+/// after the other: two in flight keep the leader appending batch k+1
+/// while batch k replicates, without splitting batches further.
+const MAX_IN_FLIGHT: usize = 2;
+
+struct Proposal {
+    req: Request,
+    size: usize,
+    done: oneshot::Sender<Result<Reply>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: std::collections::VecDeque<Proposal>,
+    in_flight: usize,
+}
+
+/// See the module doc.
+#[derive(Default)]
+pub(crate) struct Proposer {
+    // parking_lot Mutex: pushes and pops only, never held across an await.
+    queue: parking_lot::Mutex<Queue>,
+}
+
+impl std::fmt::Debug for Proposer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Proposer")
+    }
+}
+
+fn request_size(req: &Request) -> usize {
+    use prost::Message;
+    match req {
+        Request::Put(p) => p.encoded_len(),
+        Request::DeleteRange(d) => d.encoded_len(),
+        Request::Txn(t) => t.encoded_len(),
+        _ => 16,
+    }
+}
+
+impl Proposer {
+    /// Queues `req` and waits for its reply.
+    ///
+    /// # Errors
+    /// Too many queued requests, or the batch's failure (no leader,
+    /// timeout, stopped).
+    pub async fn propose(self: &Arc<Self>, store: &Store, req: Request) -> Result<Reply> {
+        let (done, rx) = oneshot::channel();
+        let start = {
+            let mut q = self.queue.lock();
+            if q.pending.len() >= MAX_PENDING {
+                return Err(Error::TooManyRequests);
+            }
+            let size = request_size(&req);
+            q.pending.push_back(Proposal { req, size, done });
+            if q.in_flight < MAX_IN_FLIGHT {
+                q.in_flight += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if start {
+            // Always a task of its own: the caller's future is dropped when
+            // its client goes away, and a batch (with other callers'
+            // requests and the submitter slot) must never go with it.
+            let (p, s) = (self.clone(), store.clone());
+            tokio::spawn(async move { p.run(&s).await });
+        }
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Queues a follower's forwarded batch (kept together, and merged with
+    /// whatever else is queued here) and waits for every reply.
+    pub async fn propose_all(
+        self: &Arc<Self>,
+        store: &Store,
+        reqs: Vec<Request>,
+    ) -> Vec<Result<Reply>> {
+        let mut rxs = Vec::with_capacity(reqs.len());
+        let start = {
+            let mut q = self.queue.lock();
+            if q.pending.len() + reqs.len() > MAX_PENDING {
+                return reqs.iter().map(|_| Err(Error::TooManyRequests)).collect();
+            }
+            for req in reqs {
+                let (done, rx) = oneshot::channel();
+                let size = request_size(&req);
+                q.pending.push_back(Proposal { req, size, done });
+                rxs.push(rx);
+            }
+            if q.in_flight < MAX_IN_FLIGHT {
+                q.in_flight += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if start {
+            let (p, s) = (self.clone(), store.clone());
+            tokio::spawn(async move { p.run(&s).await });
+        }
+        let mut out = Vec::with_capacity(rxs.len());
+        for rx in rxs {
+            out.push(rx.await.unwrap_or(Err(Error::Stopped)));
+        }
+        out
+    }
+
+    /// Submits batches until the queue is empty.
+    async fn run(&self, store: &Store) {
+        while self.run_one(store).await {}
+    }
+
+    /// Submits one batch; false (and the submitter slot released) when
+    /// nothing was queued.
+    async fn run_one(&self, store: &Store) -> bool {
+        {
+            let batch: Vec<Proposal> = {
+                let mut q = self.queue.lock();
+                if q.pending.is_empty() {
+                    q.in_flight -= 1;
+                    return false;
+                }
+                let mut bytes = 0;
+                let mut n = 0;
+                for p in q.pending.iter() {
+                    if n > 0 && (n >= MAX_BATCH || bytes + p.size > MAX_BATCH_BYTES) {
+                        break;
+                    }
+                    bytes += p.size;
+                    n += 1;
+                }
+                q.pending.drain(..n).collect()
+            };
+            let reqs: Vec<Request> = batch.iter().map(|p| p.req.clone()).collect();
+            match store.submit(reqs).await {
+                Ok(replies) if replies.len() == batch.len() => {
+                    for (p, r) in batch.into_iter().zip(replies) {
+                        let _ = p.done.send(r);
+                    }
+                }
+                Ok(replies) => {
+                    let e = Error::Internal(format!(
+                        "{} replies for a batch of {}",
+                        replies.len(),
+                        batch.len()
+                    ));
+                    for p in batch {
+                        let _ = p.done.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for p in batch {
+                        let _ = p.done.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        let mut q = self.queue.lock();
+        if q.pending.is_empty() {
+            q.in_flight -= 1;
+            false
+        } else {
+            true
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! The replicated state machine: openraft's [`RaftStateMachine`] over the
+//! MVCC store file (`lookout.redb`), and snapshots as files.
+//!
+//! ```text
+//!  committed entries ──> apply: clone MvccState, Applier::apply each Request,
+//!                        one redb commit WITHOUT fsync (the raft log replays it)
+//!                        ──> publish state ──> hub.publish(events) (every member)
+//!  build_snapshot: redb read txn ──stream rows──> snap/<id>.snap (+ crc, fsync)
+//!  install_snapshot: received file ──stream rows──> one durable redb txn
+//!                    ──> reload state ──> every live watcher re-reads history
+//! ```
+//!
+//! Applying is deterministic (no clock, no randomness), so every member
+//! that applies the same log holds the same revisions and publishes the
+//! same watch events in the same order. Nothing here ever holds a whole
+//! snapshot in memory: rows stream between redb and the file.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+
+use crate::apply::Applier;
+use crate::backend::{self, ALARMS, KV, LEASES, MEMBERSHIP_KEY, RAFT_SM};
+use crate::cluster::{
+    BatchReply, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::error::Result;
+use crate::hub::Hub;
+use crate::request::{Reply, Request, Response};
+use crate::state::MvccState;
+
+/// First bytes of a snapshot file; the trailing digit is the format version.
+const SNAP_MAGIC: &[u8; 14] = b"LOOKOUT-SNAP1\n";
+
+/// What the store and the state machine share.
+pub(crate) struct Shared {
+    /// The data dir (holds `lookout.redb`, `raft-log.redb`, `snap/`).
+    pub dir: PathBuf,
+    /// The MVCC file. Swappable so a defragment can replace the file
+    /// while readers finish on the old one.
+    pub db: ArcSwap<Database>,
+    /// The last applied state; swapped whole after each apply commit.
+    pub state: ArcSwap<MvccState>,
+    pub hub: Arc<Hub>,
+    /// The membership of the last applied membership entry.
+    pub membership: ArcSwap<StoredMembership>,
+    /// Lease deadlines (this member's clock; only the leader acts on them).
+    // A std Mutex: short map operations, never held across an await.
+    pub expiry: std::sync::Mutex<HashMap<i64, Instant>>,
+    /// Serialises whole-file operations (snapshot install, defragment)
+    /// against applies. A std Mutex: held inside blocking sections only.
+    pub file_lock: std::sync::Mutex<()>,
+    pub snapshots_installed: AtomicU64,
+    pub snapshots_built: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("dir", &self.dir).finish()
+    }
+}
+
+impl Shared {
+    /// Opens the MVCC file in `dir` and rebuilds the in-memory state.
+    ///
+    /// # Errors
+    /// The file cannot be opened or read.
+    pub fn open(dir: &Path) -> Result<Arc<Self>> {
+        let db = backend::open_db(dir)?;
+        let state = backend::load_state(&db)?;
+        let membership = read_membership(&db)?;
+        std::fs::create_dir_all(dir.join("snap"))?;
+        let now = Instant::now();
+        let expiry = state
+            .leases
+            .values()
+            .map(|l| (l.id, now + Duration::from_secs(l.ttl as u64)))
+            .collect();
+        Ok(Arc::new(Self {
+            dir: dir.to_path_buf(),
+            hub: Arc::new(Hub::new(state.rev)),
+            db: ArcSwap::from_pointee(db),
+            state: ArcSwap::from_pointee(state),
+            membership: ArcSwap::from_pointee(membership),
+            expiry: std::sync::Mutex::new(expiry),
+            file_lock: std::sync::Mutex::new(()),
+            snapshots_installed: AtomicU64::new(0),
+            snapshots_built: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn db(&self) -> Arc<Database> {
+        self.db.load_full()
+    }
+
+    /// Every lease gets a fresh full TTL (a new leader does this, as etcd).
+    pub fn refresh_leases(&self) {
+        let st = self.state.load();
+        let now = Instant::now();
+        let mut exp = self.expiry.lock().expect("expiry map");
+        exp.clear();
+        for l in st.leases.values() {
+            exp.insert(l.id, now + Duration::from_secs(l.ttl as u64));
+        }
+    }
+}
+
+/// Rewrites the MVCC file compactly (etcd's defragment): every table is
+/// copied into a fresh file, which atomically replaces the old one;
+/// readers still on the old file finish there. Applies wait meanwhile.
+pub(crate) fn defragment(sh: &Shared) -> Result<(u64, u64)> {
+    let path = sh.dir.join("lookout.redb");
+    let tmp = sh.dir.join("lookout.redb.defrag");
+    let _file = sh.file_lock.lock().expect("file lock");
+    let before = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(&tmp);
+    let old = sh.db();
+    let new = Database::create(&tmp)?;
+    {
+        let r = old.begin_read()?;
+        let w = new.begin_write()?;
+        {
+            let mut kv = w.open_table(KV)?;
+            for row in r.open_table(KV)?.iter()? {
+                let (k, v) = row?;
+                kv.insert(k.value(), v.value())?;
+            }
+            let mut leases = w.open_table(LEASES)?;
+            for row in r.open_table(LEASES)?.iter()? {
+                let (k, v) = row?;
+                leases.insert(k.value(), v.value())?;
+            }
+            let mut alarms = w.open_table(ALARMS)?;
+            for row in r.open_table(ALARMS)?.iter()? {
+                let (k, v) = row?;
+                alarms.insert(k.value(), v.value())?;
+            }
+            let mut raft_sm = w.open_table(RAFT_SM)?;
+            for row in r.open_table(RAFT_SM)?.iter()? {
+                let (k, v) = row?;
+                raft_sm.insert(k.value(), v.value())?;
+            }
+        }
+        w.commit()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    if let Ok(d) = std::fs::File::open(&sh.dir) {
+        let _ = d.sync_all();
+    }
+    sh.db.store(Arc::new(new));
+    let after = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    tracing::info!(before, after, "defragmented");
+    Ok((before, after))
+}
+
+fn read_membership(db: &Database) -> Result<StoredMembership> {
+    let tx = db.begin_read()?;
+    let t = tx.open_table(RAFT_SM)?;
+    Ok(match t.get(MEMBERSHIP_KEY)? {
+        Some(v) => {
+            bincode::deserialize(v.value()).map_err(|e| crate::Error::Storage(e.to_string()))?
+        }
+        None => StoredMembership::default(),
+    })
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::new(
+        ErrorSubject::StateMachine,
+        verb,
+        AnyError::error(e.to_string()),
+    )
+    .into()
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::new(
+        ErrorSubject::Snapshot(None),
+        verb,
+        AnyError::error(e.to_string()),
+    )
+    .into()
+}
+
+/// openraft's state machine handle.
+#[derive(Debug, Clone)]
+pub(crate) struct StateMachine {
+    pub shared: Arc<Shared>,
+}
+
+impl StateMachine {
+    fn apply_entries(&self, entries: &[Entry]) -> Result<Vec<BatchReply>> {
+        // Held for the whole apply so a snapshot install or defragment
+        // never swaps the file under an open write transaction.
+        let guard = self.shared.file_lock.lock().expect("file lock");
+        self.apply_locked(entries, guard)
+    }
+
+    fn apply_locked(
+        &self,
+        entries: &[Entry],
+        _file: std::sync::MutexGuard<'_, ()>,
+    ) -> Result<Vec<BatchReply>> {
+        let sh = &self.shared;
+        let db = sh.db();
+        let mut working = MvccState::clone(&sh.state.load());
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        let mut replies = Vec::with_capacity(entries.len());
+        let mut events = Vec::new();
+        let mut leases: Vec<(i64, Option<i64>)> = Vec::new();
+        let mut membership = None;
+        {
+            let mut ap = Applier::new(&txn)?;
+            for e in entries {
+                working.applied_log = Some(e.log_id);
+                working.applied_index = e.log_id.index;
+                match &e.payload {
+                    EntryPayload::Blank => replies.push(BatchReply::default()),
+                    EntryPayload::Normal(batch) => {
+                        let mut out = Vec::with_capacity(batch.0.len());
+                        for req in &batch.0 {
+                            let a = ap.apply(&mut working, e.log_id.index, req)?;
+                            if !a.events.is_empty() {
+                                events.push((a.revision, a.events));
+                            }
+                            match (&a.response, req) {
+                                (Ok(Response::LeaseGrant(g)), _) => {
+                                    leases.push((g.id, Some(g.ttl)))
+                                }
+                                (Ok(Response::LeaseRevoke(_)), Request::LeaseRevoke { id }) => {
+                                    leases.push((*id, None))
+                                }
+                                _ => {}
+                            }
+                            out.push(Reply {
+                                response: a.response,
+                                revision: a.revision,
+                            });
+                        }
+                        replies.push(BatchReply(out));
+                    }
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
+                        replies.push(BatchReply::default());
+                    }
+                }
+            }
+            ap.finish(&working)?;
+        }
+        if let Some(m) = &membership {
+            let bytes = bincode::serialize(m).map_err(|e| crate::Error::Storage(e.to_string()))?;
+            txn.open_table(RAFT_SM)?
+                .insert(MEMBERSHIP_KEY, bytes.as_slice())?;
+        }
+        txn.commit()?;
+        let rev = working.rev;
+        sh.state.store(Arc::new(working));
+        // Published on every member at apply, so a follower's watchers see
+        // what the leader's see, in the same order.
+        sh.hub.publish(&events, rev);
+        if let Some(m) = membership {
+            sh.membership.store(Arc::new(m));
+        }
+        if !leases.is_empty() {
+            let now = Instant::now();
+            let mut exp = sh.expiry.lock().expect("expiry map");
+            for (id, ttl) in leases {
+                match ttl {
+                    Some(ttl) => {
+                        exp.insert(id, now + Duration::from_secs(ttl as u64));
+                    }
+                    None => {
+                        exp.remove(&id);
+                    }
+                }
+            }
+        }
+        Ok(replies)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let st = self.shared.state.load();
+        Ok((
+            st.applied_log,
+            StoredMembership::clone(&self.shared.membership.load()),
+        ))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchReply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // An apply is CPU work plus a redb commit without fsync: it runs
+        // right here unless a whole-file operation (snapshot install,
+        // defragment, purge's sync) holds the file, in which case it
+        // waits off the async workers.
+        if let Ok(guard) = self.shared.file_lock.try_lock() {
+            return self
+                .apply_locked(&entries, guard)
+                .map_err(|e| sm_err(ErrorVerb::Write, e));
+        }
+        let sm = self.clone();
+        tokio::task::spawn_blocking(move || sm.apply_entries(&entries))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?
+            .map_err(|e| sm_err(ErrorVerb::Write, e))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapBuilder {
+        SnapBuilder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let n = self.shared.snapshots_installed.load(Ordering::Relaxed);
+        let path = self
+            .shared
+            .dir
+            .join("snap")
+            .join(format!("recv-{n}-{}.part", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        // The name is not needed later: install reads through the handle
+        // and keeps a copy; the receive file is unlinked right away so a
+        // crash leaves nothing behind.
+        let _ = std::fs::remove_file(&path);
+        Ok(Box::new(tokio::fs::File::from_std(f)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        let file = snapshot.into_std().await;
+        tokio::task::spawn_blocking(move || install(&shared, &meta, file))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?
+            .map_err(|e| snap_err(ErrorVerb::Write, e))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        current_snapshot(&self.shared.dir).map_err(|e| snap_err(ErrorVerb::Read, e))
+    }
+}
+
+/// Builds a snapshot file from one redb read transaction.
+#[derive(Debug)]
+pub(crate) struct SnapBuilder {
+    shared: Arc<Shared>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let shared = self.shared.clone();
+        let (meta, path) = tokio::task::spawn_blocking(move || build(&shared))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(f),
+        })
+    }
+}
+
+// === snapshot files ===
+
+const TAG_END: u8 = 0;
+const TAG_KV: u8 = 1;
+const TAG_LEASE: u8 = 2;
+const TAG_ALARM: u8 = 3;
+const TAG_RAFT_SM: u8 = 4;
+
+/// Writer that keeps a running CRC of everything written.
+struct CrcWriter<W: Write> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn put_row(w: &mut impl Write, tag: u8, k: &[u8], v: &[u8]) -> std::io::Result<()> {
+    w.write_all(&[tag])?;
+    w.write_all(&(k.len() as u32).to_be_bytes())?;
+    w.write_all(k)?;
+    w.write_all(&(v.len() as u32).to_be_bytes())?;
+    w.write_all(v)
+}
+
+fn build(sh: &Shared) -> Result<(SnapshotMeta, PathBuf)> {
+    let db = sh.db();
+    let tx = db.begin_read()?;
+    let kv = tx.open_table(KV)?;
+    let meta = backend::read_meta(&kv)?;
+    let membership: StoredMembership = {
+        let t = tx.open_table(RAFT_SM)?;
+        match t.get(MEMBERSHIP_KEY)? {
+            Some(v) => {
+                bincode::deserialize(v.value()).map_err(|e| crate::Error::Storage(e.to_string()))?
+            }
+            None => StoredMembership::default(),
+        }
+    };
+    let n = sh.snapshots_built.fetch_add(1, Ordering::Relaxed);
+    let id = match &meta.applied {
+        Some(l) => format!(
+            "{}-{}-{}-{n}",
+            l.leader_id.term, l.leader_id.node_id, l.index
+        ),
+        None => format!("none-{n}"),
+    };
+    let dir = sh.dir.join("snap");
+    let part = dir.join(format!("{id}.part"));
+    let path = dir.join(format!("{id}.snap"));
+    let f = std::fs::File::create(&part)?;
+    let mut w = CrcWriter {
+        inner: BufWriter::with_capacity(1 << 20, f),
+        crc: crc32fast::Hasher::new(),
+    };
+    w.write_all(SNAP_MAGIC)?;
+    for row in kv.iter()? {
+        let (k, v) = row?;
+        put_row(&mut w, TAG_KV, &k.value().to_be_bytes(), v.value())?;
+    }
+    for row in tx.open_table(LEASES)?.iter()? {
+        let (k, v) = row?;
+        put_row(
+            &mut w,
+            TAG_LEASE,
+            &k.value().to_be_bytes(),
+            &v.value().to_be_bytes(),
+        )?;
+    }
+    for row in tx.open_table(ALARMS)?.iter()? {
+        let (k, v) = row?;
+        put_row(
+            &mut w,
+            TAG_ALARM,
+            &k.value().to_be_bytes(),
+            &v.value().to_be_bytes(),
+        )?;
+    }
+    for row in tx.open_table(RAFT_SM)?.iter()? {
+        let (k, v) = row?;
+        put_row(&mut w, TAG_RAFT_SM, k.value().as_bytes(), v.value())?;
+    }
+    w.write_all(&[TAG_END])?;
+    let crc = w.crc.clone().finalize();
+    let mut inner = w.inner;
+    inner.write_all(&crc.to_be_bytes())?;
+    let f = inner
+        .into_inner()
+        .map_err(|e| crate::Error::Storage(e.to_string()))?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&part, &path)?;
+    let smeta = SnapshotMeta {
+        last_log_id: meta.applied,
+        last_membership: membership,
+        snapshot_id: id,
+    };
+    set_current(&sh.dir, &smeta, &path)?;
+    tracing::info!(snapshot = %smeta.snapshot_id, "built snapshot");
+    Ok((smeta, path))
+}
+
+/// Records `path` as the current snapshot (atomically) and deletes older
+/// snapshot files.
+fn set_current(dir: &Path, meta: &SnapshotMeta, path: &Path) -> Result<()> {
+    let snap = dir.join("snap");
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bytes =
+        bincode::serialize(&(meta, &name)).map_err(|e| crate::Error::Storage(e.to_string()))?;
+    let tmp = snap.join("current.meta.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, snap.join("current.meta"))?;
+    if let Ok(d) = std::fs::File::open(&snap) {
+        let _ = d.sync_all();
+    }
+    // Older files may still be streaming to a follower through an open
+    // handle; unlinking leaves those readers their data.
+    for e in std::fs::read_dir(&snap)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.ends_with(".snap") && n != name {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
+fn current_snapshot(dir: &Path) -> std::io::Result<Option<Snapshot<TypeConfig>>> {
+    let snap = dir.join("snap");
+    let bytes = match std::fs::read(snap.join("current.meta")) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let (meta, name): (SnapshotMeta, String) =
+        bincode::deserialize(&bytes).map_err(std::io::Error::other)?;
+    let f = std::fs::File::open(snap.join(name))?;
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(tokio::fs::File::from_std(f)),
+    }))
+}
+
+fn read_exact_vec(r: &mut impl Read, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut v = vec![0u8; n];
+    r.read_exact(&mut v)?;
+    Ok(v)
+}
+
+fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
+}
+
+fn bad(what: &str) -> crate::Error {
+    crate::Error::Storage(format!("snapshot file: {what}"))
+}
+
+/// Replaces the store's content with the snapshot file's, in one durable
+/// transaction, then reloads the in-memory state.
+fn install(sh: &Shared, meta: &SnapshotMeta, mut file: std::fs::File) -> Result<()> {
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    // Keep a copy as this member's current snapshot (it may have to send
+    // it on); written while the rows are read.
+    let dir = sh.dir.join("snap");
+    let n = sh.snapshots_built.fetch_add(1, Ordering::Relaxed);
+    let keep = dir.join(format!("installed-{}-{n}.snap", meta.snapshot_id));
+    let keep_part = dir.join(format!("installed-{}-{n}.part", meta.snapshot_id));
+    let mut copy = BufWriter::new(std::fs::File::create(&keep_part)?);
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut crc = crc32fast::Hasher::new();
+    let mut take = |r: &mut BufReader<std::fs::File>, n: usize| -> Result<Vec<u8>> {
+        let v = read_exact_vec(r, n).map_err(|_| bad("truncated"))?;
+        crc.update(&v);
+        copy.write_all(&v)?;
+        Ok(v)
+    };
+    if take(&mut r, SNAP_MAGIC.len())? != SNAP_MAGIC {
+        return Err(bad("unknown format (not LOOKOUT-SNAP1)"));
+    }
+    let _file = sh.file_lock.lock().expect("file lock");
+    let db = sh.db();
+    let txn = db.begin_write()?;
+    txn.delete_table(KV)?;
+    txn.delete_table(LEASES)?;
+    txn.delete_table(ALARMS)?;
+    txn.delete_table(RAFT_SM)?;
+    {
+        let mut kv = txn.open_table(KV)?;
+        let mut leases = txn.open_table(LEASES)?;
+        let mut alarms = txn.open_table(ALARMS)?;
+        let mut raft_sm = txn.open_table(RAFT_SM)?;
+        loop {
+            let tag = take(&mut r, 1)?[0];
+            if tag == TAG_END {
+                break;
+            }
+            let kl = u32::from_be_bytes(take(&mut r, 4)?.try_into().map_err(|_| bad("len"))?);
+            let k = take(&mut r, kl as usize)?;
+            let vl = u32::from_be_bytes(take(&mut r, 4)?.try_into().map_err(|_| bad("len"))?);
+            let v = take(&mut r, vl as usize)?;
+            let u64_of = |b: &[u8]| -> Result<u64> {
+                Ok(u64::from_be_bytes(b.try_into().map_err(|_| bad("u64"))?))
+            };
+            match tag {
+                TAG_KV => {
+                    let key =
+                        u128::from_be_bytes(k.as_slice().try_into().map_err(|_| bad("kv key"))?);
+                    kv.insert(key, v.as_slice())?;
+                }
+                TAG_LEASE => {
+                    leases.insert(u64_of(&k)? as i64, u64_of(&v)? as i64)?;
+                }
+                TAG_ALARM => {
+                    alarms.insert(u64_of(&k)?, u64_of(&v)?)?;
+                }
+                TAG_RAFT_SM => {
+                    let key = String::from_utf8(k).map_err(|_| bad("raft_sm key"))?;
+                    raft_sm.insert(key.as_str(), v.as_slice())?;
+                }
+                _ => return Err(bad("unknown row tag")),
+            }
+        }
+    }
+    let want = crc.finalize();
+    let got = read_u32(&mut r).map_err(|_| bad("missing checksum"))?;
+    if want != got {
+        // Dropping the transaction aborts it: the store is untouched.
+        return Err(bad("checksum mismatch"));
+    }
+    copy.write_all(&got.to_be_bytes())?;
+    txn.commit()?;
+    let state = backend::load_state(&db)?;
+    let membership = read_membership(&db)?;
+    let old_rev = sh.state.load().rev;
+    let rev = state.rev;
+    sh.state.store(Arc::new(state));
+    sh.membership.store(Arc::new(membership));
+    // Watchers skipped the installed revisions: each re-reads them from
+    // history (or is cancelled with compact_revision if they are gone).
+    sh.hub.reset(rev);
+    sh.refresh_leases();
+    sh.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+    drop(_file);
+    let f = copy
+        .into_inner()
+        .map_err(|e| crate::Error::Storage(e.to_string()))?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&keep_part, &keep)?;
+    set_current(&sh.dir, meta, &keep)?;
+    tracing::info!(
+        snapshot = %meta.snapshot_id,
+        from_revision = old_rev,
+        revision = rev,
+        "installed snapshot"
+    );
+    Ok(())
+}

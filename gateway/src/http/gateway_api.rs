@@ -1,0 +1,220 @@
+//! [`EtcdApi`] for the gateway: the same code paths as its gRPC services
+//! (reads from the cache, linearizable by default; writes forwarded and
+//! held until the cache has them; Status and MemberList answered here),
+//! and watches on cache streams whose frames carry the shared
+//! `Arc<CachedEvent>`s, so an event's JSON is built once for every HTTP
+//! watcher.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use lookout_cache::{CachedEvent, WatchFrame, WatchFrames};
+use lookout_proto::pb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    WatchRequest, cluster_server::Cluster, kv_server::Kv, lease_server::Lease,
+    maintenance_server::Maintenance,
+};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use super::{ApiResult, EtcdApi, KeepAlives, WatchReplies, WatchReply};
+use crate::cluster::ClusterService;
+use crate::error::GatewayError;
+use crate::kv::KvService;
+use crate::lease::LeaseService;
+use crate::maintenance::MaintenanceService;
+use crate::server::Shared;
+
+/// The gateway's services behind the HTTP layer.
+#[derive(Debug, Clone)]
+pub(crate) struct GatewayApi {
+    shared: Arc<Shared>,
+    kv: KvService,
+    lease: LeaseService,
+    maintenance: MaintenanceService,
+    cluster: ClusterService,
+}
+
+impl GatewayApi {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            kv: KvService::new(shared.clone()),
+            lease: LeaseService::new(shared.clone()),
+            maintenance: MaintenanceService::new(shared.clone()),
+            cluster: ClusterService::new(shared.clone()),
+            shared,
+        }
+    }
+}
+
+fn inner<T>(r: Result<Response<T>, Status>) -> ApiResult<T> {
+    r.map(Response::into_inner)
+}
+
+impl EtcdApi for GatewayApi {
+    type Event = Arc<CachedEvent>;
+
+    async fn range(&self, r: RangeRequest) -> ApiResult<RangeResponse> {
+        inner(Kv::range(&self.kv, Request::new(r)).await)
+    }
+
+    async fn put(&self, r: PutRequest) -> ApiResult<PutResponse> {
+        inner(Kv::put(&self.kv, Request::new(r)).await)
+    }
+
+    async fn delete_range(&self, r: DeleteRangeRequest) -> ApiResult<DeleteRangeResponse> {
+        inner(Kv::delete_range(&self.kv, Request::new(r)).await)
+    }
+
+    async fn txn(&self, r: TxnRequest) -> ApiResult<TxnResponse> {
+        inner(Kv::txn(&self.kv, Request::new(r)).await)
+    }
+
+    async fn compact(&self, r: CompactionRequest) -> ApiResult<CompactionResponse> {
+        inner(Kv::compact(&self.kv, Request::new(r)).await)
+    }
+
+    async fn lease_grant(&self, r: LeaseGrantRequest) -> ApiResult<LeaseGrantResponse> {
+        inner(Lease::lease_grant(&self.lease, Request::new(r)).await)
+    }
+
+    async fn lease_revoke(&self, r: LeaseRevokeRequest) -> ApiResult<LeaseRevokeResponse> {
+        inner(Lease::lease_revoke(&self.lease, Request::new(r)).await)
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        r: LeaseTimeToLiveRequest,
+    ) -> ApiResult<LeaseTimeToLiveResponse> {
+        inner(Lease::lease_time_to_live(&self.lease, Request::new(r)).await)
+    }
+
+    async fn lease_leases(&self, r: LeaseLeasesRequest) -> ApiResult<LeaseLeasesResponse> {
+        inner(Lease::lease_leases(&self.lease, Request::new(r)).await)
+    }
+
+    /// One upstream keep-alive stream per HTTP request, as the gRPC service
+    /// opens one per client stream; it ends when the body's requests do.
+    async fn lease_keep_alive(
+        &self,
+        mut requests: BoxStream<'static, LeaseKeepAliveRequest>,
+    ) -> ApiResult<KeepAlives> {
+        let s = self.shared.clone();
+        if s.is_shutting_down() {
+            return Err(GatewayError::ShuttingDown.into());
+        }
+        // The upstream answers its headers with the first response: open
+        // it only once there is a request to send.
+        let Some(first) = requests.next().await else {
+            return Ok(futures::stream::empty().boxed());
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let _ = tx.try_send(first);
+        s.metrics.forwarded.fetch_add(1, Relaxed);
+        let upstream = s.cache.upstream().lease_keep_alive(rx).await?;
+        let pump = tokio::spawn(async move {
+            while let Some(r) = requests.next().await {
+                if tx.send(r).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let state = (upstream, Some(AbortOnDrop(pump)), s);
+        let stream = futures::stream::unfold(state, |(mut up, pump, s)| async move {
+            let pump = pump?;
+            match up.message().await {
+                Ok(Some(mut r)) => {
+                    s.restamp(&mut r.header);
+                    Some((Ok(r), (up, Some(pump), s)))
+                }
+                Ok(None) => None,
+                Err(st) => Some((Err(st), (up, None, s))),
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn status(&self, r: StatusRequest) -> ApiResult<StatusResponse> {
+        inner(Maintenance::status(&self.maintenance, Request::new(r)).await)
+    }
+
+    async fn member_list(&self, r: MemberListRequest) -> ApiResult<MemberListResponse> {
+        inner(Cluster::member_list(&self.cluster, Request::new(r)).await)
+    }
+
+    /// A cache stream, fed by the same request reader as gRPC watches; its
+    /// frames become replies that share the cache's events.
+    async fn watch(
+        &self,
+        requests: BoxStream<'static, WatchRequest>,
+    ) -> ApiResult<WatchReplies<Arc<CachedEvent>>> {
+        let s = self.shared.clone();
+        s.ready().await?;
+        let (handle, frames) = s.cache.open_stream();
+        let reader = tokio::spawn(crate::watch::read_requests(
+            s.clone(),
+            requests.map(Ok),
+            handle,
+            None,
+        ));
+        let out = Outbound {
+            frames,
+            buf: Vec::new(),
+            ready: std::collections::VecDeque::new(),
+            done: false,
+            _reader: AbortOnDrop(reader),
+        };
+        Ok(futures::stream::unfold(out, Outbound::next).boxed())
+    }
+}
+
+/// Aborts a helper task when the stream that needs it is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A cache stream as replies. Dropping it drops the [`WatchFrames`] (the
+/// cache frees the stream's watchers) and aborts the request reader.
+struct Outbound {
+    frames: WatchFrames,
+    buf: Vec<WatchFrame>,
+    ready: std::collections::VecDeque<WatchFrame>,
+    done: bool,
+    _reader: AbortOnDrop,
+}
+
+impl Outbound {
+    async fn next(mut self) -> Option<(ApiResult<WatchReply<Arc<CachedEvent>>>, Self)> {
+        loop {
+            if let Some(f) = self.ready.pop_front() {
+                let reply = WatchReply {
+                    head: f.head(),
+                    events: f.events().to_vec(),
+                    prev_kv: f.prev_kv(),
+                };
+                return Some((Ok(reply), self));
+            }
+            if self.done {
+                return None;
+            }
+            match self.frames.next(&mut self.buf).await {
+                Ok(()) => self.ready.extend(self.buf.drain(..)),
+                Err(_) => {
+                    self.done = true;
+                    return Some((Err(GatewayError::ShuttingDown.into()), self));
+                }
+            }
+        }
+    }
+}
