@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One target's metrics at the end of a run, and how much each grew.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -41,54 +40,12 @@ pub fn parse(text: &str) -> BTreeMap<String, f64> {
 /// # Errors
 /// A description of what failed.
 pub async fn scrape(endpoint: &str) -> Scrape {
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(endpoint)
-            .await
-            .map_err(|e| format!("connect {endpoint}: {e}"))?;
-        let req = format!("GET /metrics HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| "no HTTP response".to_string())?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(format!(
-                "/metrics answered {}",
-                head.lines().next().unwrap_or("")
-            ));
-        }
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        Ok(parse(&body))
-    };
-    tokio::time::timeout(Duration::from_secs(5), io)
-        .await
-        .map_err(|_| format!("/metrics at {endpoint} timed out"))?
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+    let (status, body) =
+        lookout_testkit::http1::get(endpoint, "/metrics", Duration::from_secs(5)).await?;
+    if status != 200 {
+        return Err(format!("/metrics at {endpoint} answered {status}"));
     }
-    out
+    Ok(parse(&body))
 }
 
 /// One scrape: every sample, or why there is none.

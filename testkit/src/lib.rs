@@ -24,6 +24,8 @@ pub mod etcd;
 pub mod etcd_restart;
 pub mod extra_gateway;
 pub mod grpc_proxy;
+pub mod http1;
+pub mod kv;
 pub mod linearizability;
 pub mod lookout;
 pub mod lookout_stack;
