@@ -61,8 +61,11 @@ pub(crate) enum Pending {
     },
     /// A ready frame (created, canceled), in order with its watcher's events.
     /// Boxed: a frame is large and rare, and every queue slot is as big as
-    /// the largest variant.
-    Control { frame: Box<WatchFrame> },
+    /// the largest variant. `announces`: the watcher this frame creates.
+    Control {
+        frame: Box<WatchFrame>,
+        announces: Option<i64>,
+    },
     /// The cache relisted at `relist_rev` after the upstream compacted to
     /// `compact_revision`: watchers still below `relist_rev` are cancelled.
     Reset {
@@ -95,6 +98,12 @@ struct Watcher {
     sent_since_tick: bool,
     /// The splice task feeding an Upstream-phase watcher.
     splice: Option<tokio::task::AbortHandle>,
+    /// Its `created` response has gone out. Until then nothing else may be
+    /// sent for it: the catch-up pass runs after the queue is drained only
+    /// up to a byte budget, so without this a watcher created behind a
+    /// large backlog could get ring events ahead of its `created` answer,
+    /// and clients drop events for watch ids they do not know yet.
+    announced: bool,
 }
 
 /// The part of a stream the applier, the consumer and splice tasks share.
@@ -311,6 +320,7 @@ impl WatchHandle {
         );
         st.queue.push_back(Pending::Control {
             frame: Box::new(created),
+            announces: Some(id),
         });
         let slot = st.watchers.insert(
             id,
@@ -323,6 +333,7 @@ impl WatchHandle {
                 fragment: req.fragment,
                 sent_since_tick: false,
                 splice: None,
+                announced: false,
             },
         );
         st.groups.entry(group).or_default().push(slot);
@@ -403,6 +414,7 @@ impl WatchHandle {
         );
         self.shared.push_control(Pending::Control {
             frame: Box::new(frame),
+            announces: None,
         });
     }
 }
@@ -431,6 +443,7 @@ pub(crate) fn remove_watcher(
     }
     st.queue.push_back(Pending::Control {
         frame: Box::new(frame),
+        announces: None,
     });
     reg.leave(w.group, shared.id, &cache.metrics);
     cache.metrics.watchers.fetch_sub(1, Relaxed);
@@ -727,10 +740,13 @@ impl WatchFrames {
                         emit(&mut pass, sink, watch_id, w, &events);
                     }
                 }
-                Pending::Control { frame } => {
+                Pending::Control { frame, announces } => {
                     merged.flush(st, &mut pass, sink);
                     merged_out = 0;
                     sink.frame(*frame);
+                    if let Some(w) = announces.and_then(|id| st.watchers.get_mut(&id)) {
+                        w.announced = true;
+                    }
                 }
                 Pending::Reset {
                     relist_rev,
@@ -741,7 +757,9 @@ impl WatchFrames {
                     let doomed: Vec<i64> = st
                         .watchers
                         .iter()
-                        .filter(|(_, w)| w.phase != Phase::Upstream && w.next_rev <= relist_rev)
+                        .filter(|(_, w)| {
+                            w.announced && w.phase != Phase::Upstream && w.next_rev <= relist_rev
+                        })
                         .map(|(id, _)| *id)
                         .collect();
                     for id in doomed {
@@ -800,7 +818,8 @@ impl WatchFrames {
         if self.tick_due {
             self.tick_due = false;
             for (id, w) in st.watchers.iter_mut() {
-                if w.progress_notify && w.phase == Phase::Live && !w.sent_since_tick {
+                if w.progress_notify && w.announced && w.phase == Phase::Live && !w.sent_since_tick
+                {
                     sink.frame(progress_frame(
                         cache.header(fanout.max(w.next_rev - 1)),
                         *id,
@@ -910,6 +929,12 @@ impl CatchUp<'_> {
                 continue;
             };
             if w.phase != Phase::Catchup {
+                continue;
+            }
+            if !w.announced {
+                // Its `created` is still queued behind a backlog; a later
+                // pass reaches it first.
+                st.catchup.push_back(id);
                 continue;
             }
             let mut i = match hist.cursor(w.next_rev) {
