@@ -69,7 +69,7 @@ impl Default for CacheConfig {
             history_events: 100_000,
             history_bytes: 256 << 20,
             list_page_size: 1000,
-            stream_queue_bytes: 4 << 20,
+            stream_queue_bytes: 1 << 20,
             max_frame_bytes: 1 << 20,
             catchup_scan_budget: 4096,
             progress_notify_interval: Duration::from_secs(600),
@@ -120,6 +120,8 @@ pub(crate) struct CacheInner {
     progress_kick: Notify,
     pub(crate) next_stream: AtomicU64,
     shutdown: watch::Sender<bool>,
+    /// Coalesces the store compaction probes of watch creates.
+    pub(crate) compaction_check: crate::compaction::CompactionCheck,
 }
 
 impl CacheInner {
@@ -153,7 +155,18 @@ impl CacheInner {
             progress_kick: Notify::new(),
             next_stream: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
+            compaction_check: Default::default(),
         })
+    }
+
+    /// The store compacted at `revision`: trim the ring (see
+    /// [`Cache::note_compaction`]).
+    pub(crate) fn note_compaction(&self, revision: i64) {
+        self.compacted.fetch_max(revision, Release);
+        self.history.write().compact(revision);
+        self.metrics
+            .ring_start
+            .store(self.history.read().start(), Relaxed);
     }
 
     pub(crate) fn header(&self, revision: i64) -> ResponseHeader {
@@ -293,12 +306,34 @@ impl Cache {
     /// other clients directly on the store are not seen here (etcd announces
     /// them to nobody).
     pub fn note_compaction(&self, revision: i64) {
-        self.inner.compacted.fetch_max(revision, Release);
-        self.inner.history.write().compact(revision);
-        self.inner
-            .metrics
-            .ring_start
-            .store(self.inner.history.read().start(), Relaxed);
+        self.inner.note_compaction(revision);
+    }
+
+    /// Call before creating a watch from `start`: when `start` is a past
+    /// revision the ring holds, asks the store (one probe shared by the
+    /// creates arriving meanwhile) whether it compacted past it, and trims
+    /// the ring if so, so the create that follows is cancelled with
+    /// `compact_revision` as etcd would cancel it. Compactions made on the
+    /// store directly or through another gateway are learned this way.
+    /// Returns at once for starts that need no history (now, future) or
+    /// that the ring cannot serve anyway. Never fails: an unreachable store
+    /// lets the watch replay from the ring (counted in
+    /// [`CacheMetrics::compaction_probe_errors`]).
+    pub async fn check_compaction(&self, start: i64) {
+        let inner = &self.inner;
+        if start <= 0
+            || start > inner.fanout_rev.load(Acquire)
+            || start <= inner.compacted.load(Acquire)
+            || start < inner.history.read().start()
+        {
+            return;
+        }
+        crate::compaction::CompactionCheck::check(inner, start).await;
+    }
+
+    /// The newest store compaction revision the cache knows of.
+    pub fn compacted_revision(&self) -> i64 {
+        self.inner.compacted.load(Acquire)
     }
 
     /// A linearizable read point: learns the upstream's current revision with

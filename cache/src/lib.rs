@@ -12,8 +12,10 @@
 //!                          │                                  └─> snapshot (ArcSwap)
 //!                          └─> registry: index.stab(key) ─> groups ─> streams' queues
 //!   gateway: cache.range(req) / wait_for_revision(r) ─> Snapshot ─> evaluate_range
-//!            cache.open_stream() ─> WatchHandle (create/cancel/progress)
+//!            cache.open_stream() ─> WatchHandle (create/cancel/progress/refuse)
+//!                                   WatchFrames::next_grpc ─> gRPC messages in a byte buffer
 //!                                   WatchFrames::next ─> WatchFrame (head + shared bytes)
+//!            cache.check_compaction(start) ─> one coalesced store probe ─> ring trimmed
 //! ```
 //!
 //! Guarantees: a watcher receives every event at or after its start
@@ -36,7 +38,8 @@
 //! | linearizable Range | [`Cache::linearizable_snapshot`] then [`Cache::range_at`]; [`CacheError::Timeout`] maps to Unavailable |
 //! | Range at an old revision | [`CacheError::RevisionNotCached`] from `range`: forward with [`Cache::upstream`]`().range(..)` |
 //! | Put/Delete/Txn/Compact/Lease* | [`Cache::upstream`]; then [`Cache::wait_for_revision`]`(w)` so the client reads its write |
-//! | a gRPC Watch stream | [`Cache::open_stream`] -> ([`WatchHandle`], [`WatchFrames`]): `create` / `cancel` / `request_progress` from the request side, [`WatchFrames::next`] on the response side; write each [`WatchFrame`] with [`WatchFrame::write_to`] through a pass-through codec |
+//! | a gRPC Watch stream | [`Cache::open_stream`] -> ([`WatchHandle`], [`WatchFrames`]): `create` / `cancel` / `request_progress` / `refuse` from the request side; on the response side [`WatchFrames::next_grpc`] writes ready responses as gRPC messages straight into the connection's buffer (the hot path), or [`WatchFrames::next`] hands out [`WatchFrame`]s (head + shared events) for other encodings |
+//! | a watch from a past revision | [`Cache::check_compaction`]`(start)` first: compactions made on the store directly or through another gateway then cancel it with `compact_revision`, as etcd does |
 //! | /metrics | [`Cache::metrics`] ([`CacheMetrics`], plain atomics) |
 //! | errors | `tonic::Status::from(`[`CacheError`]`)` (etcd's codes and messages) |
 //!
@@ -55,6 +58,11 @@
 //!   events (etcd issue 15220), counted in
 //!   [`CacheMetrics::progress_regressions`] (events are still applied, never
 //!   dropped).
+//! - A delivery is the only per-watcher work: the applier pushes one shared
+//!   batch per (stream, group); the stream's consumer merges what queued
+//!   up, walks the group's watchers (dense slots, not a hash map) and
+//!   writes a head of a few varints plus a copy of the shared event bytes
+//!   per watcher, bounded by an output budget per pass.
 //! - Watchers below the ring are served by an upstream watch over the hull
 //!   from their start revision, handed to the ring once it reaches the
 //!   ring's newer half (slack against eviction); no progress response is
@@ -62,6 +70,7 @@
 
 mod backoff;
 mod cache;
+mod compaction;
 mod error;
 mod etcd;
 mod event;
@@ -73,6 +82,7 @@ mod keys;
 mod metrics;
 mod range;
 mod registry;
+mod slots;
 mod snapshot;
 mod splice;
 mod stream;

@@ -45,6 +45,12 @@ pub struct CacheMetrics {
     pub slow_switches: AtomicU64,
     /// Counter: watchers cancelled with `compact_revision`.
     pub compact_cancels: AtomicU64,
+    /// Counter: store compaction probes for watch creates from the ring
+    /// (one answers every create that arrived while the previous ran).
+    pub compaction_probes: AtomicU64,
+    /// Counter: compaction probes the store did not answer (the watch
+    /// replayed from the ring unchecked).
+    pub compaction_probe_errors: AtomicU64,
     /// Counter: watchers served by an upstream watch spliced into the stream.
     pub splices: AtomicU64,
     /// Counter: events that arrived below a revision upstream progress had

@@ -19,7 +19,8 @@ use crate::event::{CachedEvent, EventKind};
 use crate::index::{GroupId, GroupIndex};
 use crate::keys::KeyRange;
 use crate::metrics::CacheMetrics;
-use crate::stream::{Pending, StreamShared};
+use crate::slots::IdMap;
+use crate::stream::{ENTRY_COST, Pending, StreamShared};
 
 /// What makes watchers share a group: same range, same filters, same prev_kv.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -61,17 +62,17 @@ struct Member {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     index: GroupIndex,
-    groups: HashMap<GroupId, GroupEntry>,
+    groups: IdMap<GroupId, GroupEntry>,
     by_spec: HashMap<Arc<GroupSpec>, GroupId>,
     /// Open streams, for the rare broadcast (a relist).
-    streams: HashMap<u64, Weak<StreamShared>>,
+    streams: IdMap<u64, Weak<StreamShared>>,
     next_group: GroupId,
 }
 
 /// Buffers the applier reuses from batch to batch.
 #[derive(Debug, Default)]
 pub(crate) struct FanoutScratch {
-    per_group: HashMap<GroupId, Vec<Arc<CachedEvent>>>,
+    per_group: IdMap<GroupId, Vec<Arc<CachedEvent>>>,
 }
 
 impl Registry {
@@ -172,7 +173,11 @@ impl Registry {
         }
         for (gid, events) in scratch.per_group.drain() {
             let g = &self.groups[&gid];
-            let bytes: usize = events.iter().map(|e| e.encoded_len(g.spec.prev_kv)).sum();
+            let bytes: usize = events
+                .iter()
+                .map(|e| e.encoded_len(g.spec.prev_kv))
+                .sum::<usize>()
+                + ENTRY_COST;
             let shared: Arc<[Arc<CachedEvent>]> = events.into();
             for m in &g.members {
                 m.stream.push_live(

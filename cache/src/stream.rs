@@ -22,11 +22,12 @@
 //! When the queue would exceed its byte budget the applier stops pushing to
 //! the stream (it never waits) and all its Live watchers turn Catchup.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use lookout_proto::pb::{ResponseHeader, WatchCreateRequest, watch_create_request::FilterType};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -35,12 +36,13 @@ use tokio::time::Instant;
 use crate::cache::CacheInner;
 use crate::error::CacheError;
 use crate::event::CachedEvent;
-use crate::frame::{FrameHead, WatchFrame};
+use crate::frame::{FrameHead, WatchFrame, write_grpc_message};
 use crate::history::{Cursor, History};
 use crate::index::GroupId;
 use crate::keys::KeyRange;
 use crate::metrics::CacheMetrics;
 use crate::registry::GroupSpec;
+use crate::slots::{IdMap, Slots};
 
 /// One queued delivery.
 #[derive(Debug)]
@@ -57,8 +59,13 @@ pub(crate) enum Pending {
         events: Vec<Arc<CachedEvent>>,
         bytes: usize,
     },
-    /// A ready frame (created, canceled) for `watch_id`, in order with its events.
-    Control { watch_id: i64, frame: WatchFrame },
+    /// A ready frame (created, canceled), in order with its watcher's events.
+    /// Boxed: a frame is large and rare, and every queue slot is as big as
+    /// the largest variant. `announces`: the watcher this frame creates.
+    Control {
+        frame: Box<WatchFrame>,
+        announces: Option<i64>,
+    },
     /// The cache relisted at `relist_rev` after the upstream compacted to
     /// `compact_revision`: watchers still below `relist_rev` are cancelled.
     Reset {
@@ -66,6 +73,11 @@ pub(crate) enum Pending {
         compact_revision: i64,
     },
 }
+
+/// What one queued batch costs besides its events' bytes: the queue slot.
+/// Counted against the stream's byte budget, so a burst of tiny batches
+/// (one per put at high rates) is bounded in memory as well as in bytes.
+pub(crate) const ENTRY_COST: usize = std::mem::size_of::<Pending>();
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -86,6 +98,12 @@ struct Watcher {
     sent_since_tick: bool,
     /// The splice task feeding an Upstream-phase watcher.
     splice: Option<tokio::task::AbortHandle>,
+    /// Its `created` response has gone out. Until then nothing else may be
+    /// sent for it: the catch-up pass runs after the queue is drained only
+    /// up to a byte budget, so without this a watcher created behind a
+    /// large backlog could get ring events ahead of its `created` answer,
+    /// and clients drop events for watch ids they do not know yet.
+    announced: bool,
 }
 
 /// The part of a stream the applier, the consumer and splice tasks share.
@@ -109,9 +127,10 @@ struct StreamState {
     /// The applier dropped a batch for this stream (queue full): its Live
     /// watchers must read the ring. Cleared when one turns Live again.
     overflowed: bool,
-    watchers: HashMap<i64, Watcher>,
-    /// Group -> this stream's watchers in it, to expand queued group batches.
-    groups: HashMap<GroupId, Vec<i64>>,
+    watchers: Slots<Watcher>,
+    /// Group -> slots of this stream's watchers in it, to expand queued
+    /// group batches.
+    groups: IdMap<GroupId, Vec<u32>>,
     /// Watchers in the Catchup phase, round robin (may hold stale ids).
     catchup: VecDeque<i64>,
     next_id: i64,
@@ -175,10 +194,13 @@ pub struct WatchHandle {
 pub struct WatchFrames {
     shared: Arc<StreamShared>,
     cache: Arc<CacheInner>,
-    builder: FrameBuilder,
     next_tick: Option<Instant>,
     tick_due: bool,
     leaves: Vec<GroupId>,
+    /// Reused from pass to pass: queued group batches, merged.
+    merged: Merged,
+    /// Reused from pass to pass: one catch-up watcher's events.
+    scratch: Vec<Arc<CachedEvent>>,
 }
 
 pub(crate) fn open(cache: &Arc<CacheInner>) -> (WatchHandle, WatchFrames) {
@@ -199,10 +221,11 @@ pub(crate) fn open(cache: &Arc<CacheInner>) -> (WatchHandle, WatchFrames) {
         WatchFrames {
             shared,
             cache: cache.clone(),
-            builder: FrameBuilder::default(),
             next_tick: (!interval.is_zero()).then(|| Instant::now() + interval),
             tick_due: false,
             leaves: Vec::new(),
+            merged: Merged::default(),
+            scratch: Vec::new(),
         },
     )
 }
@@ -296,10 +319,10 @@ impl WatchHandle {
             false,
         );
         st.queue.push_back(Pending::Control {
-            watch_id: id,
-            frame: created,
+            frame: Box::new(created),
+            announces: Some(id),
         });
-        st.watchers.insert(
+        let slot = st.watchers.insert(
             id,
             Watcher {
                 group,
@@ -310,9 +333,10 @@ impl WatchHandle {
                 fragment: req.fragment,
                 sent_since_tick: false,
                 splice: None,
+                announced: false,
             },
         );
-        st.groups.entry(group).or_default().push(id);
+        st.groups.entry(group).or_default().push(slot);
         if phase == Phase::Catchup {
             st.catchup.push_back(id);
         }
@@ -360,21 +384,37 @@ impl WatchHandle {
     }
 
     fn queue_create_failure(&self) {
+        self.refuse(String::new());
+    }
+
+    /// Answers a create the caller will not pass to the cache (refused by
+    /// the gateway: out of scope, over capacity) as etcd answers a create it
+    /// cannot serve: created + canceled, watch id -1, with `reason`. The
+    /// answer is queued in order with the other creates' answers, which
+    /// clients match to their requests by position.
+    pub fn refuse(&self, reason: String) {
+        self.refuse_with_id(-1, reason)
+    }
+
+    /// [`WatchHandle::refuse`] naming the watch id the client asked for
+    /// (etcd's answer to a watch outside the caller's permissions).
+    pub fn refuse_with_id(&self, watch_id: i64, reason: String) {
         let fanout = self.cache.fanout_rev.load(Acquire);
         let frame = WatchFrame::new(
             &FrameHead {
                 header: self.cache.header(fanout),
-                watch_id: -1,
+                watch_id,
                 created: true,
                 canceled: true,
+                cancel_reason: reason,
                 ..Default::default()
             },
             Vec::new(),
             false,
         );
         self.shared.push_control(Pending::Control {
-            watch_id: -1,
-            frame,
+            frame: Box::new(frame),
+            announces: None,
         });
     }
 }
@@ -389,19 +429,22 @@ pub(crate) fn remove_watcher(
 ) -> bool {
     let mut reg = cache.registry.write();
     let mut st = shared.state.lock();
-    let Some(w) = st.watchers.remove(&watch_id) else {
+    let Some((slot, w)) = st.watchers.remove(&watch_id) else {
         return false;
     };
     if let Some(h) = &w.splice {
         h.abort();
     }
     if let Some(ids) = st.groups.get_mut(&w.group) {
-        ids.retain(|i| *i != watch_id);
+        ids.retain(|s| *s != slot);
         if ids.is_empty() {
             st.groups.remove(&w.group);
         }
     }
-    st.queue.push_back(Pending::Control { watch_id, frame });
+    st.queue.push_back(Pending::Control {
+        frame: Box::new(frame),
+        announces: None,
+    });
     reg.leave(w.group, shared.id, &cache.metrics);
     cache.metrics.watchers.fetch_sub(1, Relaxed);
     drop(st);
@@ -553,23 +596,40 @@ impl WatchFrames {
     /// # Errors
     /// [`CacheError::Closed`] once the stream or the cache is closed.
     pub async fn next(&mut self, out: &mut Vec<WatchFrame>) -> Result<(), CacheError> {
+        self.next_into(out, usize::MAX).await.map(|_| ())
+    }
+
+    /// The gRPC delivery path: waits until frames are ready and writes them
+    /// into `buf` as gRPC messages (5-byte prefix, head, shared event bytes),
+    /// stopping once about `soft_limit` bytes are written (a single frame
+    /// may exceed it). Returns the number of messages written. Nothing is
+    /// allocated per frame: a delivery is a few varints and the events'
+    /// `memcpy`.
+    ///
+    /// # Errors
+    /// [`CacheError::Closed`] once the stream or the cache is closed.
+    pub async fn next_grpc(
+        &mut self,
+        buf: &mut BytesMut,
+        soft_limit: usize,
+    ) -> Result<usize, CacheError> {
+        let mut sink = GrpcSink { buf, frames: 0 };
+        self.next_into(&mut sink, soft_limit).await
+    }
+
+    async fn next_into<S: Sink>(
+        &mut self,
+        sink: &mut S,
+        soft_limit: usize,
+    ) -> Result<usize, CacheError> {
         let shared = self.shared.clone();
         loop {
             let notified = shared.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let start_len = out.len();
-            let (more, closed) = self.produce(out);
-            if !self.leaves.is_empty() {
-                let mut reg = self.cache.registry.write();
-                for g in self.leaves.drain(..) {
-                    reg.leave(g, self.shared.id, &self.cache.metrics);
-                }
-            }
-            if out.len() > start_len {
-                let n = (out.len() - start_len) as u64;
-                self.cache.metrics.deliveries.fetch_add(n, Relaxed);
-                return Ok(());
+            let (n, more, closed) = self.produce(sink, soft_limit);
+            if n > 0 {
+                return Ok(n);
             }
             if closed || self.cache.is_shut_down() {
                 return Err(CacheError::Closed);
@@ -597,16 +657,7 @@ impl WatchFrames {
     /// # Errors
     /// [`CacheError::Closed`] once the stream is closed.
     pub fn try_next(&mut self, out: &mut Vec<WatchFrame>) -> Result<bool, CacheError> {
-        let start_len = out.len();
-        let (_, closed) = self.produce(out);
-        if !self.leaves.is_empty() {
-            let mut reg = self.cache.registry.write();
-            for g in self.leaves.drain(..) {
-                reg.leave(g, self.shared.id, &self.cache.metrics);
-            }
-        }
-        let n = out.len() - start_len;
-        self.cache.metrics.deliveries.fetch_add(n as u64, Relaxed);
+        let (n, _, closed) = self.produce(out, usize::MAX);
         if closed && n == 0 {
             return Err(CacheError::Closed);
         }
@@ -618,9 +669,30 @@ impl WatchFrames {
         self.shared.id
     }
 
-    /// One pass under the stream lock: drain the queue, catch up, progress.
-    /// Returns (more catch-up work pending, stream closed).
-    fn produce(&mut self, out: &mut Vec<WatchFrame>) -> (bool, bool) {
+    /// One pass (under the stream lock, then group leaves under the
+    /// registry lock). Returns (frames produced, more work pending, closed).
+    fn produce<S: Sink>(&mut self, sink: &mut S, soft_limit: usize) -> (usize, bool, bool) {
+        let before = sink.frames();
+        let (more, closed) = self.produce_locked(sink, soft_limit);
+        if !self.leaves.is_empty() {
+            let mut reg = self.cache.registry.write();
+            for g in self.leaves.drain(..) {
+                reg.leave(g, self.shared.id, &self.cache.metrics);
+            }
+        }
+        let n = sink.frames() - before;
+        if n > 0 {
+            self.cache.metrics.deliveries.fetch_add(n as u64, Relaxed);
+        }
+        (n, more, closed)
+    }
+
+    /// Drains the queue (merging each group's pending batches so a watcher
+    /// gets one response for them), catches up, answers progress.
+    /// Returns (more work pending, stream closed).
+    fn produce_locked<S: Sink>(&mut self, sink: &mut S, soft_limit: usize) -> (bool, bool) {
+        // At least one item per pass, whatever the caller asked for.
+        let soft_limit = soft_limit.max(1);
         let cache = &*self.cache;
         let cfg = &cache.config;
         let mut guard = self.shared.state.lock();
@@ -631,14 +703,22 @@ impl WatchFrames {
         // Everything the applier fanned out up to `fanout` is in the queue
         // (or was dropped for overflow, which sends watchers to the ring).
         let fanout = cache.fanout_rev.load(Acquire);
-        let fb = &mut self.builder;
-        fb.begin(
-            cache.header(0),
-            cfg.max_frame_bytes,
-            cache.compacted.load(Acquire),
-        );
+        let max = cfg.max_frame_bytes.max(1);
+        let mut pass = Pass {
+            header: cache.header(0),
+            max,
+            compacted: cache.compacted.load(Acquire),
+            bytes: 0,
+            events: 0,
+        };
+        let merged = &mut self.merged;
 
-        while let Some(p) = st.queue.pop_front() {
+        // What the merged batches will expand to (bytes x this stream's
+        // watchers in the group): the drain stops near `soft_limit` of
+        // output, so a backlog never turns into one huge buffer.
+        let mut merged_out = 0usize;
+        while pass.bytes + merged_out < soft_limit {
+            let Some(p) = st.queue.pop_front() else { break };
             match p {
                 Pending::Events {
                     group,
@@ -646,24 +726,9 @@ impl WatchFrames {
                     bytes,
                 } => {
                     st.queued_bytes -= bytes;
-                    let Some(ids) = st.groups.get(&group) else {
-                        continue;
-                    };
-                    let last_rev = events.last().map_or(0, |e| e.revision());
-                    for id in ids {
-                        let Some(w) = st.watchers.get_mut(id) else {
-                            continue;
-                        };
-                        if w.phase != Phase::Live {
-                            continue;
-                        }
-                        for ev in events.iter() {
-                            if ev.revision() >= w.next_rev {
-                                fb.push(*id, w, ev, out);
-                            }
-                        }
-                        w.next_rev = w.next_rev.max(last_rev + 1);
-                    }
+                    let members = st.groups.get(&group).map_or(0, Vec::len);
+                    merged_out = merged_out.saturating_add(bytes.saturating_mul(members));
+                    merged.add(group, &events);
                 }
                 Pending::Direct {
                     watch_id,
@@ -672,23 +737,29 @@ impl WatchFrames {
                 } => {
                     st.queued_bytes -= bytes;
                     if let Some(w) = st.watchers.get_mut(&watch_id) {
-                        for ev in &events {
-                            fb.push(watch_id, w, ev, out);
-                        }
+                        emit(&mut pass, sink, watch_id, w, &events);
                     }
                 }
-                Pending::Control { watch_id, frame } => {
-                    fb.close(watch_id, false, out);
-                    out.push(frame);
+                Pending::Control { frame, announces } => {
+                    merged.flush(st, &mut pass, sink);
+                    merged_out = 0;
+                    sink.frame(*frame);
+                    if let Some(w) = announces.and_then(|id| st.watchers.get_mut(&id)) {
+                        w.announced = true;
+                    }
                 }
                 Pending::Reset {
                     relist_rev,
                     compact_revision,
                 } => {
+                    merged.flush(st, &mut pass, sink);
+                    merged_out = 0;
                     let doomed: Vec<i64> = st
                         .watchers
                         .iter()
-                        .filter(|(_, w)| w.phase != Phase::Upstream && w.next_rev <= relist_rev)
+                        .filter(|(_, w)| {
+                            w.announced && w.phase != Phase::Upstream && w.next_rev <= relist_rev
+                        })
                         .map(|(id, _)| *id)
                         .collect();
                     for id in doomed {
@@ -697,14 +768,21 @@ impl WatchFrames {
                             id,
                             compact_revision,
                             fanout,
-                            fb,
-                            out,
+                            &pass,
+                            sink,
                             &mut self.leaves,
                             &cache.metrics,
                         );
                     }
                 }
             }
+        }
+        merged.flush(st, &mut pass, sink);
+        let queue_left = !st.queue.is_empty();
+        // A burst can grow the queue to thousands of slots; give them back
+        // once it is drained so an idle stream stays small.
+        if !queue_left && st.queue.capacity() > 256 {
+            st.queue.shrink_to(16);
         }
 
         if st.overflowed {
@@ -720,32 +798,29 @@ impl WatchFrames {
             false
         } else {
             let hist = cache.history.read();
-            catch_up(
-                st,
-                &hist,
-                fb,
-                cfg.catchup_scan_budget,
+            // Catch-up gets its own allowance, so a busy queue cannot starve it.
+            let allowance = max.saturating_mul(4).min(soft_limit);
+            let mut cu = CatchUp {
+                hist: &hist,
+                budget: cfg.catchup_scan_budget,
+                allowance,
                 fanout,
-                out,
-                &mut self.leaves,
-                &cache.metrics,
-            )
+                scratch: &mut self.scratch,
+            };
+            cu.run(st, &mut pass, sink, &mut self.leaves, &cache.metrics)
         };
 
         if st.progress_requested && st.watchers.values().all(|w| w.phase == Phase::Live) {
             st.progress_requested = false;
-            out.push(progress_frame(cache.header(fanout), -1));
+            sink.frame(progress_frame(cache.header(fanout), -1));
         }
 
         if self.tick_due {
             self.tick_due = false;
             for (id, w) in st.watchers.iter_mut() {
-                if w.progress_notify
-                    && w.phase == Phase::Live
-                    && !w.sent_since_tick
-                    && !fb.is_open(*id)
+                if w.progress_notify && w.announced && w.phase == Phase::Live && !w.sent_since_tick
                 {
-                    out.push(progress_frame(
+                    sink.frame(progress_frame(
                         cache.header(fanout.max(w.next_rev - 1)),
                         *id,
                     ));
@@ -754,12 +829,11 @@ impl WatchFrames {
             }
         }
 
-        let events_out = fb.finish(out);
-        cache.metrics.events_out.fetch_add(events_out, Relaxed);
+        cache.metrics.events_out.fetch_add(pass.events, Relaxed);
         if st.queued_bytes < cfg.stream_queue_bytes {
             self.shared.space.notify_waiters();
         }
-        (more, false)
+        (more || queue_left, false)
     }
 }
 
@@ -782,32 +856,31 @@ fn progress_frame(header: ResponseHeader, watch_id: i64) -> WatchFrame {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn compact_cancel(
+fn compact_cancel<S: Sink>(
     st: &mut StreamState,
     id: i64,
     compact_revision: i64,
     fanout: i64,
-    fb: &mut FrameBuilder,
-    out: &mut Vec<WatchFrame>,
+    pass: &Pass,
+    sink: &mut S,
     leaves: &mut Vec<GroupId>,
     metrics: &CacheMetrics,
 ) {
-    let Some(w) = st.watchers.remove(&id) else {
+    let Some((slot, w)) = st.watchers.remove(&id) else {
         return;
     };
     if let Some(h) = &w.splice {
         h.abort();
     }
     if let Some(ids) = st.groups.get_mut(&w.group) {
-        ids.retain(|i| *i != id);
+        ids.retain(|s| *s != slot);
         if ids.is_empty() {
             st.groups.remove(&w.group);
         }
     }
-    fb.close(id, false, out);
-    let mut header = fb.header;
+    let mut header = pass.header;
     header.revision = fanout;
-    out.push(WatchFrame::new(
+    sink.frame(WatchFrame::new(
         &FrameHead {
             header,
             watch_id: id,
@@ -823,173 +896,277 @@ fn compact_cancel(
     metrics.compact_cancels.fetch_add(1, Relaxed);
 }
 
-/// Reads the ring for Catchup watchers, round robin, scanning at most
-/// `budget` events in total. Returns whether work remains.
-#[allow(clippy::too_many_arguments)]
-fn catch_up(
-    st: &mut StreamState,
-    hist: &History,
-    fb: &mut FrameBuilder,
-    mut budget: usize,
+/// One catch-up pass over the Catchup watchers, round robin.
+struct CatchUp<'a> {
+    hist: &'a History,
+    /// Ring events scanned at most (bounds the time the locks are held).
+    budget: usize,
+    /// Output bytes at most (a few frames), so one pass stays short.
+    allowance: usize,
     fanout: i64,
-    out: &mut Vec<WatchFrame>,
-    leaves: &mut Vec<GroupId>,
-    metrics: &CacheMetrics,
-) -> bool {
-    let mut rounds = st.catchup.len();
-    while rounds > 0 && budget > 0 {
-        rounds -= 1;
-        let Some(id) = st.catchup.pop_front() else {
-            break;
-        };
-        let Some(w) = st.watchers.get_mut(&id) else {
-            continue;
-        };
-        if w.phase != Phase::Catchup {
-            continue;
-        }
-        let mut i = match hist.cursor(w.next_rev) {
-            Cursor::At(i) => i,
-            Cursor::FellOff(compact) => {
-                compact_cancel(st, id, compact, fanout, fb, out, leaves, metrics);
+    scratch: &'a mut Vec<Arc<CachedEvent>>,
+}
+
+impl CatchUp<'_> {
+    /// Returns whether work remains.
+    fn run<S: Sink>(
+        &mut self,
+        st: &mut StreamState,
+        pass: &mut Pass,
+        sink: &mut S,
+        leaves: &mut Vec<GroupId>,
+        metrics: &CacheMetrics,
+    ) -> bool {
+        let hist = self.hist;
+        let mut out_bytes = 0usize;
+        let mut rounds = st.catchup.len();
+        while rounds > 0 && self.budget > 0 && out_bytes < self.allowance {
+            rounds -= 1;
+            let Some(id) = st.catchup.pop_front() else {
+                break;
+            };
+            let Some(w) = st.watchers.get_mut(&id) else {
+                continue;
+            };
+            if w.phase != Phase::Catchup {
                 continue;
             }
-        };
-        let mut last_rev = None;
-        let finished = loop {
-            let Some(ev) = hist.get(i) else {
-                break true;
+            if !w.announced {
+                // Its `created` is still queued behind a backlog; a later
+                // pass reaches it first.
+                st.catchup.push_back(id);
+                continue;
+            }
+            let mut i = match hist.cursor(w.next_rev) {
+                Cursor::At(i) => i,
+                Cursor::FellOff(compact) => {
+                    compact_cancel(st, id, compact, self.fanout, pass, sink, leaves, metrics);
+                    continue;
+                }
             };
-            // Stop only between revisions, so `next_rev` stays exact.
-            if (budget == 0 || fb.over_budget()) && last_rev != Some(ev.revision()) {
-                w.next_rev = ev.revision();
-                break false;
+            self.scratch.clear();
+            let mut last_rev = None;
+            let finished = loop {
+                let Some(ev) = hist.get(i) else {
+                    break true;
+                };
+                // Stop only between revisions, so `next_rev` stays exact.
+                if (self.budget == 0 || out_bytes >= self.allowance)
+                    && last_rev != Some(ev.revision())
+                {
+                    w.next_rev = ev.revision();
+                    break false;
+                }
+                if w.spec.accepts(ev) {
+                    out_bytes += ev.encoded_len(w.spec.prev_kv);
+                    self.scratch.push(ev.clone());
+                }
+                last_rev = Some(ev.revision());
+                self.budget = self.budget.saturating_sub(1);
+                i += 1;
+            };
+            emit(pass, sink, id, w, self.scratch);
+            if finished {
+                // Every event in the ring is handled; the applier has pushed, or
+                // will push after this lock is released, everything above it.
+                w.next_rev = w.next_rev.max(hist.last_event() + 1);
+                w.phase = Phase::Live;
+                st.overflowed = false;
+            } else {
+                st.catchup.push_back(id);
             }
-            if w.spec.accepts(ev) {
-                fb.push(id, w, ev, out);
-            }
-            last_rev = Some(ev.revision());
-            budget = budget.saturating_sub(1);
-            i += 1;
-        };
-        if finished {
-            // Every event in the ring is handled; the applier has pushed, or
-            // will push after this lock is released, everything above it.
-            w.next_rev = w.next_rev.max(hist.last_event() + 1);
-            w.phase = Phase::Live;
-            st.overflowed = false;
-        } else {
-            st.catchup.push_back(id);
         }
+        self.scratch.clear();
+        !st.catchup.is_empty()
     }
-    !st.catchup.is_empty()
 }
 
 // === frame building ===
 
-/// Collects each watcher's events into frames of at most `max` bytes,
-/// cutting between revisions (or inside one, with `fragment`, when the
-/// watcher asked for it).
-#[derive(Debug, Default)]
-struct FrameBuilder {
-    open: HashMap<i64, OpenFrame>,
+/// Where a pass puts its frames: `Vec<WatchFrame>` (the general API) or a
+/// gRPC byte buffer (the gateway's hot path).
+trait Sink {
+    /// A pre-built frame (created, canceled, progress).
+    fn frame(&mut self, f: WatchFrame);
+    /// A response carrying `events` (already cut to the frame size).
+    fn events(&mut self, head: &FrameHead, events: &[Arc<CachedEvent>], prev_kv: bool);
+    /// Frames handed out so far.
+    fn frames(&self) -> usize;
+}
+
+impl Sink for Vec<WatchFrame> {
+    fn frame(&mut self, f: WatchFrame) {
+        self.push(f);
+    }
+
+    fn events(&mut self, head: &FrameHead, events: &[Arc<CachedEvent>], prev_kv: bool) {
+        self.push(WatchFrame::new(head, events.to_vec(), prev_kv));
+    }
+
+    fn frames(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Writes gRPC messages straight into the connection's buffer.
+struct GrpcSink<'a> {
+    buf: &'a mut BytesMut,
+    frames: usize,
+}
+
+impl Sink for GrpcSink<'_> {
+    fn frame(&mut self, f: WatchFrame) {
+        f.write_grpc(self.buf);
+        self.frames += 1;
+    }
+
+    fn events(&mut self, head: &FrameHead, events: &[Arc<CachedEvent>], prev_kv: bool) {
+        write_grpc_message(self.buf, head, events, prev_kv);
+        self.frames += 1;
+    }
+
+    fn frames(&self) -> usize {
+        self.frames
+    }
+}
+
+/// What one pass knows while cutting frames.
+struct Pass {
+    /// Ids for every header; `revision` is set per frame.
     header: ResponseHeader,
     max: usize,
-    bytes: usize,
-    events: u64,
     /// The store's compaction revision as far as the cache knows it.
     compacted: i64,
-}
-
-#[derive(Debug)]
-struct OpenFrame {
-    events: Vec<Arc<CachedEvent>>,
+    /// Event bytes handed out this pass.
     bytes: usize,
-    prev_kv: bool,
-    fragment_ok: bool,
+    events: u64,
 }
 
-impl FrameBuilder {
-    fn begin(&mut self, header: ResponseHeader, max: usize, compacted: i64) {
-        self.header = header;
-        self.compacted = compacted;
-        self.max = max.max(1);
-        self.bytes = 0;
-        self.events = 0;
+/// Hands `events` (ascending, every one for this watcher) to watcher `id`
+/// in frames of at most `pass.max` bytes, cutting between revisions (or
+/// inside one, with `fragment`, when the watcher asked for it).
+fn emit<S: Sink>(
+    pass: &mut Pass,
+    sink: &mut S,
+    id: i64,
+    w: &mut Watcher,
+    events: &[Arc<CachedEvent>],
+) {
+    if events.is_empty() {
+        return;
     }
-
-    /// Output bytes this pass has built: catch-up stops past a few frames.
-    fn over_budget(&self) -> bool {
-        self.bytes >= self.max.saturating_mul(4)
-    }
-
-    fn is_open(&self, id: i64) -> bool {
-        self.open.contains_key(&id)
-    }
-
-    fn push(&mut self, id: i64, w: &mut Watcher, ev: &Arc<CachedEvent>, out: &mut Vec<WatchFrame>) {
-        // etcd reads prev_kv at revision - 1 when it sends; below the
-        // store's compaction that read fails and the event goes without it.
-        let prev_kv = w.spec.prev_kv && ev.revision() > self.compacted;
-        if self
-            .open
-            .get(&id)
-            .is_some_and(|f| f.prev_kv != prev_kv && !f.events.is_empty())
-        {
-            self.close(id, false, out);
+    w.sent_since_tick = true;
+    // etcd reads prev_kv at revision - 1 when it sends; below the store's
+    // compaction that read fails and the event goes without it.
+    let wants_prev = w.spec.prev_kv;
+    let compacted = pass.compacted;
+    let prev_at = |ev: &CachedEvent| wants_prev && ev.revision() > compacted;
+    let mut start = 0;
+    let mut bytes = 0;
+    let mut pk = prev_at(&events[0]);
+    for (i, ev) in events.iter().enumerate() {
+        let this_pk = prev_at(ev);
+        if this_pk != pk {
+            if i > start {
+                pass.out(sink, id, &events[start..i], pk, false, bytes);
+                start = i;
+                bytes = 0;
+            }
+            pk = this_pk;
         }
-        let len = ev.encoded_len(prev_kv);
-        if let Some(f) = self.open.get(&id)
-            && !f.events.is_empty()
-            && f.bytes + len > self.max
-        {
-            let same_rev = f.events.last().map(|e| e.revision()) == Some(ev.revision());
-            if !same_rev {
-                self.close(id, false, out);
-            } else if f.fragment_ok {
-                self.close(id, true, out);
+        let len = ev.encoded_len(pk);
+        if i > start && bytes + len > pass.max {
+            let same_rev = events[i - 1].revision() == ev.revision();
+            if !same_rev || w.fragment {
+                pass.out(sink, id, &events[start..i], pk, same_rev, bytes);
+                start = i;
+                bytes = 0;
             }
         }
-        let f = self.open.entry(id).or_insert_with(|| OpenFrame {
-            events: Vec::new(),
-            bytes: 0,
-            prev_kv,
-            fragment_ok: w.fragment,
-        });
-        f.events.push(ev.clone());
-        f.bytes += len;
-        self.bytes += len;
-        self.events += 1;
-        w.sent_since_tick = true;
+        bytes += len;
     }
+    pass.out(sink, id, &events[start..], pk, false, bytes);
+}
 
-    fn close(&mut self, id: i64, fragment: bool, out: &mut Vec<WatchFrame>) {
-        if let Some(f) = self.open.remove(&id) {
-            out.push(Self::frame(self.header, id, f, fragment));
-        }
-    }
-
-    fn frame(mut header: ResponseHeader, id: i64, f: OpenFrame, fragment: bool) -> WatchFrame {
-        header.revision = f.events.last().map_or(0, |e| e.revision());
-        WatchFrame::new(
+impl Pass {
+    fn out<S: Sink>(
+        &mut self,
+        sink: &mut S,
+        id: i64,
+        events: &[Arc<CachedEvent>],
+        prev_kv: bool,
+        fragment: bool,
+        bytes: usize,
+    ) {
+        let mut header = self.header;
+        header.revision = events.last().map_or(0, |e| e.revision());
+        sink.events(
             &FrameHead {
                 header,
                 watch_id: id,
                 fragment,
                 ..Default::default()
             },
-            f.events,
-            f.prev_kv,
-        )
+            events,
+            prev_kv,
+        );
+        self.bytes += bytes;
+        self.events += events.len() as u64;
+    }
+}
+
+/// The queue's group batches of one pass, merged per group: a watcher gets
+/// one response for everything its group received since the last pass.
+#[derive(Debug, Default)]
+struct Merged {
+    /// `(group, events ascending)`; only the first `len` entries are in use
+    /// (the vectors keep their capacity from pass to pass).
+    groups: Vec<(GroupId, Vec<Arc<CachedEvent>>)>,
+    len: usize,
+}
+
+impl Merged {
+    fn add(&mut self, group: GroupId, events: &[Arc<CachedEvent>]) {
+        let slot = match self.groups[..self.len]
+            .iter()
+            .position(|(g, _)| *g == group)
+        {
+            Some(i) => i,
+            None => {
+                if self.len == self.groups.len() {
+                    self.groups.push((group, Vec::new()));
+                }
+                self.groups[self.len].0 = group;
+                self.len += 1;
+                self.len - 1
+            }
+        };
+        self.groups[slot].1.extend(events.iter().cloned());
     }
 
-    /// Emits every open frame; returns the events handed out this pass.
-    fn finish(&mut self, out: &mut Vec<WatchFrame>) -> u64 {
-        let header = self.header;
-        for (id, f) in self.open.drain() {
-            out.push(Self::frame(header, id, f, false));
+    /// Hands every merged batch to the group's Live watchers on this stream.
+    fn flush<S: Sink>(&mut self, st: &mut StreamState, pass: &mut Pass, sink: &mut S) {
+        let StreamState {
+            groups, watchers, ..
+        } = st;
+        for (group, events) in &mut self.groups[..self.len] {
+            let last_rev = events.last().map_or(0, |e| e.revision());
+            if let Some(slots) = groups.get(group) {
+                for &slot in slots {
+                    let Some((id, w)) = watchers.slot_mut(slot) else {
+                        continue;
+                    };
+                    if w.phase != Phase::Live {
+                        continue;
+                    }
+                    let from = events.partition_point(|e| e.revision() < w.next_rev);
+                    emit(pass, sink, id, w, &events[from..]);
+                    w.next_rev = w.next_rev.max(last_rev + 1);
+                }
+            }
+            events.clear();
         }
-        self.events
+        self.len = 0;
     }
 }
 

@@ -73,6 +73,54 @@ pub trait Upstream: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
+    /// Whether the store has compacted past `revision` (a watch from it
+    /// would be cancelled): `None` if not, else the store's compaction
+    /// revision. Costs one serializable `count_only` Range at `revision`
+    /// (etcd checks compaction before reading anything); only when that
+    /// fails does a watch from `revision` learn the exact number, which etcd
+    /// answers at once, without scanning history.
+    ///
+    /// # Errors
+    /// The upstream's status for anything but "compacted".
+    fn compacted_since(&self, revision: i64) -> UpstreamFuture<'_, Option<i64>> {
+        Box::pin(async move {
+            let probe = self
+                .range(RangeRequest {
+                    key: Bytes::from_static(&[0]),
+                    count_only: true,
+                    serializable: true,
+                    revision,
+                    ..Default::default()
+                })
+                .await;
+            match probe {
+                Ok(_) => return Ok(None),
+                Err(s) if crate::error::is_compacted_status(&s) => {}
+                Err(s) => return Err(s),
+            }
+            let mut w = self
+                .watch(WatchCreateRequest {
+                    key: Bytes::from_static(&[0]),
+                    start_revision: revision,
+                    ..Default::default()
+                })
+                .await?;
+            // Created (maybe), then the cancel with the number; bounded.
+            for _ in 0..4 {
+                match w.recv().await? {
+                    Some(WatchMsg::Compacted {
+                        compact_revision, ..
+                    }) => return Ok(Some(compact_revision)),
+                    Some(WatchMsg::Created { .. } | WatchMsg::Progress { .. }) => continue,
+                    _ => break,
+                }
+            }
+            // Compacted, but the number did not come: the store compacted
+            // past `revision`, so `revision + 1` is a floor it has reached.
+            Ok(Some(revision + 1))
+        })
+    }
+
     /// Lists `range` at `revision` (`0`: the current one) in pages of
     /// `page_size` keys, every page at the same revision.
     ///

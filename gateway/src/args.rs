@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Args;
 
+use crate::admission::GateConfig;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 
@@ -49,6 +50,31 @@ pub struct GatewayArgs {
     /// How long SIGTERM waits for connections to close.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Register under this prefix (with a lease) and list every registered
+    /// gateway in MemberList, as etcd grpc-proxy does. Off by default.
+    #[arg(long)]
+    pub resolver_prefix: Option<String>,
+    /// TTL in seconds of the registration lease.
+    #[arg(long, default_value_t = 60)]
+    pub resolver_ttl: u64,
+    /// Lists (multi-key Ranges) served at once; more wait in a queue.
+    #[arg(long, default_value_t = 8)]
+    pub max_concurrent_lists: usize,
+    /// Lists waiting for their turn; past this they get ResourceExhausted.
+    #[arg(long, default_value_t = 4096)]
+    pub max_queued_lists: usize,
+    /// Watch creates replaying history (catch-ups) handled at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_concurrent_catchups: usize,
+    /// Catch-ups waiting for their turn; past this they are refused.
+    #[arg(long, default_value_t = 16384)]
+    pub max_queued_catchups: usize,
+    /// Longest a queued list or catch-up waits before it is refused.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub storm_queue_timeout: Duration,
+    /// Retry hint (`grpc-retry-pushback-ms`) sent with a refusal.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub storm_retry_after: Duration,
     /// TLS certificate (PEM) of this gateway's listener.
     #[arg(long)]
     pub cert_file: Option<PathBuf>,
@@ -138,6 +164,20 @@ impl GatewayArgs {
         c.write_wait_timeout = self.write_wait_timeout;
         c.max_recv_bytes = self.max_recv_bytes;
         c.shutdown_timeout = self.shutdown_timeout;
+        c.resolver_prefix = self.resolver_prefix.clone().filter(|p| !p.is_empty());
+        c.resolver_ttl = Duration::from_secs(self.resolver_ttl.max(1));
+        c.lists = GateConfig {
+            permits: self.max_concurrent_lists,
+            queue: self.max_queued_lists,
+            max_wait: self.storm_queue_timeout,
+            retry_after: self.storm_retry_after,
+        };
+        c.catchups = GateConfig {
+            permits: self.max_concurrent_catchups,
+            queue: self.max_queued_catchups,
+            max_wait: self.storm_queue_timeout,
+            retry_after: self.storm_retry_after,
+        };
         c
     }
 

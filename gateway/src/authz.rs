@@ -41,16 +41,14 @@ use std::task::{Context, Poll};
 
 use axum::extract::Request;
 use bytes::Bytes;
-use futures::StreamExt;
-use lookout_cache::{KeyRange, WatchFrame};
+use lookout_cache::KeyRange;
 use lookout_proto::pb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse, WatchRequest,
-    kv_server::Kv, request_op, watch_request::RequestUnion,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    WatchCreateRequest, kv_server::Kv, request_op,
 };
 use serde::Deserialize;
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 /// etcd's message for an operation outside the caller's permissions.
 pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";
@@ -348,45 +346,13 @@ impl<K: Kv> Kv for AuthzKv<K> {
 
 // === Watch ===
 
-/// Filters a watch stream's requests: a create outside the client's
-/// permissions never reaches the cache (so no shared group ever serves it)
-/// and is answered with etcd's created+canceled refusal on `local`.
-pub(crate) fn guard_watch_requests(
-    shared: Arc<crate::server::Shared>,
-    principal: Principal,
-    inbound: Streaming<WatchRequest>,
-    local: mpsc::Sender<WatchFrame>,
-) -> futures::stream::BoxStream<'static, Result<WatchRequest, Status>> {
-    inbound
-        .filter_map(move |m| {
-            let local = local.clone();
-            let shared = shared.clone();
-            let principal = principal.clone();
-            async move {
-                if let Ok(WatchRequest {
-                    request_union: Some(RequestUnion::CreateRequest(c)),
-                }) = &m
-                {
-                    let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
-                    let allowed = match &principal {
-                        Principal::Known { perms, .. } => perms.allows(key, &c.range_end),
-                        _ => false,
-                    };
-                    if !allowed {
-                        tracing::debug!(?principal, "watch refused: permission denied");
-                        let frame = crate::watch::refusal_with_id(
-                            &shared,
-                            c.watch_id,
-                            PERMISSION_DENIED.to_string(),
-                        );
-                        let _ = local.send(frame).await;
-                        return None;
-                    }
-                }
-                Some(m)
-            }
-        })
-        .boxed()
+/// Whether `principal` may watch the range `c` asks for (its key already
+/// normalized: empty is `"\0"`).
+pub(crate) fn watch_allowed(principal: &Principal, c: &WatchCreateRequest) -> bool {
+    match principal {
+        Principal::Known { perms, .. } => perms.allows(&c.key, &c.range_end),
+        _ => false,
+    }
 }
 
 // === the layer ===

@@ -1,7 +1,7 @@
 //! The Cluster service: `MemberList` lists this gateway (its advertised
-//! client URL), so a clientv3 that syncs endpoints keeps balancing across
-//! gateways instead of moving onto the store; membership changes are
-//! forwarded to the store.
+//! client URL), or with `--resolver-prefix` every registered gateway, so a
+//! clientv3 that syncs endpoints keeps balancing across gateways instead of
+//! moving onto the store; membership changes are forwarded to the store.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -83,15 +83,24 @@ impl Cluster for ClusterService {
         _request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         let s = &self.shared;
-        Ok(Response::new(MemberListResponse {
-            header: Some(s.cache.header(s.cache.revision())),
-            members: vec![Member {
+        // With --resolver-prefix: every live registered gateway (as etcd
+        // grpc-proxy lists its peers); until one is seen, just this one.
+        let mut members = match &s.config.resolver_prefix {
+            Some(p) => crate::register::members(s, p).await?,
+            None => Vec::new(),
+        };
+        if members.is_empty() {
+            members.push(Member {
                 id: s.member_id,
                 name: GATEWAY_MEMBER_NAME.to_string(),
                 peer_ur_ls: Vec::new(),
                 client_ur_ls: vec![s.advertise_url.clone()],
                 is_learner: false,
-            }],
+            });
+        }
+        Ok(Response::new(MemberListResponse {
+            header: Some(s.cache.header(s.cache.revision())),
+            members,
         }))
     }
 

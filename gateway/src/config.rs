@@ -6,6 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use lookout_cache::{CacheConfig, EtcdUpstreamConfig, KeyRange};
 
+use crate::admission::GateConfig;
+
 /// How one gateway runs. `GatewayConfig::new(endpoints)` gives the defaults
 /// `lookout gateway` uses.
 #[derive(Debug, Clone)]
@@ -35,6 +37,17 @@ pub struct GatewayConfig {
     /// Largest request message accepted from a client (etcd grpc-proxy's
     /// `--max-recv-bytes`); the store applies its own smaller limits.
     pub max_recv_bytes: usize,
+    /// Register this gateway under `<prefix>/<advertise url>` with a lease
+    /// and list every registered gateway in MemberList (etcd grpc-proxy's
+    /// `--resolver-prefix`; off by default so a gateway never writes into
+    /// the user's keyspace unasked).
+    pub resolver_prefix: Option<String>,
+    /// TTL of the registration lease (`--resolver-ttl`).
+    pub resolver_ttl: Duration,
+    /// Storm control for lists (Ranges over more than one key).
+    pub lists: GateConfig,
+    /// Storm control for watch creates that replay history.
+    pub catchups: GateConfig,
     /// TLS on the client listener (`--cert-file`, `--key-file`,
     /// `--trusted-ca-file`, `--client-cert-auth`).
     pub tls: Option<lookout_consensus::tls::TlsFiles>,
@@ -54,6 +67,20 @@ impl GatewayConfig {
             write_wait_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             max_recv_bytes: i32::MAX as usize,
+            resolver_prefix: None,
+            resolver_ttl: Duration::from_secs(60),
+            lists: GateConfig {
+                permits: 8,
+                queue: 4096,
+                max_wait: Duration::from_secs(10),
+                retry_after: Duration::from_secs(1),
+            },
+            catchups: GateConfig {
+                permits: 64,
+                queue: 16384,
+                max_wait: Duration::from_secs(10),
+                retry_after: Duration::from_secs(1),
+            },
             tls: None,
             auth_config: None,
         }

@@ -43,6 +43,14 @@ impl Kv for KvService {
         // etcd checks the request before anything else: a bad one gets
         // InvalidArgument even while the store is unreachable.
         validate_range(&req)?;
+        // Storm control: a list (more than one key, not just a count) runs
+        // only with a permit; a burst beyond the queue gets
+        // ResourceExhausted with a retry hint instead of piling up.
+        let _permit = if !req.range_end.is_empty() && !req.count_only {
+            Some(s.lists.enter(&s.metrics.lists).await?)
+        } else {
+            None
+        };
         let range = KeyRange::from_request(&req.key, &req.range_end);
         // A read at another revision than the cache's current one: the store
         // answers it (old data, compacted, or "future revision") exactly.

@@ -1,10 +1,12 @@
 //! The Lease service: every call forwarded to the store; a revoke's
 //! response waits until the cache has applied the deletes it caused;
-//! `LeaseKeepAlive` is one upstream stream per client stream.
+//! `LeaseKeepAlive` streams all share the gateway's one upstream stream
+//! through the [`KeepAliveHub`] (concurrent keep-alives of one lease become
+//! one upstream request).
 //!
 //! ```text
-//!   client stream ──requests──> pump task ──mpsc──> upstream LeaseKeepAlive
-//!   client stream <──responses (member id restamped)── upstream
+//!   client stream ──requests──> pump task ──per request──> KeepAliveHub ──> upstream
+//!   client stream <──responses (member id restamped)── mpsc <── hub answers
 //!   shutdown: the client stream ends with Unavailable (clientv3 retries elsewhere)
 //! ```
 
@@ -22,6 +24,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::GatewayError;
+use crate::keepalive::KeepAliveHub;
 use crate::server::Shared;
 
 #[derive(Debug, Clone)]
@@ -94,23 +97,24 @@ impl Lease for LeaseService {
             return Err(GatewayError::ShuttingDown.into());
         }
         let mut inbound = request.into_inner();
-        // etcd answers the stream's headers with its first response, so the
-        // upstream stream opens only once there is a request to send.
-        let Some(first) = inbound.message().await? else {
-            return Ok(Response::new(Box::pin(futures::stream::empty())));
-        };
-        let (tx, rx) = mpsc::channel(16);
-        let _ = tx.try_send(first);
-        s.metrics.forwarded.fetch_add(1, Relaxed);
-        let upstream = s.cache.upstream().lease_keep_alive(rx).await?;
+        let (tx, rx) = mpsc::channel::<Result<LeaseKeepAliveResponse, Status>>(64);
+        let shared = s.clone();
         let pump = tokio::spawn(async move {
-            // Client EOF drops `tx`: the upstream sees EOF and ends its
-            // side cleanly, as etcd ends the stream on a client close.
+            // One small task per request: answers for different leases come
+            // back as the store gives them (clients match them by ID), and a
+            // slow lease never holds up another.
             while let Ok(Some(m)) = inbound.message().await {
-                if tx.send(m).await.is_err() {
-                    break;
-                }
+                let (shared, tx) = (shared.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let r = KeepAliveHub::keep_alive(&shared, m.id).await.map(|mut r| {
+                        shared.restamp(&mut r.header);
+                        r
+                    });
+                    let _ = tx.send(r).await;
+                });
             }
+            // Client EOF: answers still in flight go out, then the stream
+            // ends cleanly as etcd ends it.
         });
         s.metrics.keepalive_streams.fetch_add(1, Relaxed);
         let guard = KeepAliveGuard {
@@ -118,20 +122,17 @@ impl Lease for LeaseService {
             pump,
         };
         let stopping = Box::pin(s.stopping());
-        let state = (upstream, stopping, Some(guard));
-        let stream = futures::stream::unfold(state, |(mut up, mut stopping, guard)| async move {
+        let state = (rx, stopping, Some(guard));
+        let stream = futures::stream::unfold(state, |(mut rx, mut stopping, guard)| async move {
             let guard = guard?;
             tokio::select! {
-                m = up.message() => match m {
-                    Ok(Some(mut r)) => {
-                        guard.shared.restamp(&mut r.header);
-                        Some((Ok(r), (up, stopping, Some(guard))))
-                    }
-                    Ok(None) => None,
-                    Err(st) => Some((Err(st), (up, stopping, None))),
+                m = rx.recv() => match m {
+                    Some(Ok(r)) => Some((Ok(r), (rx, stopping, Some(guard)))),
+                    Some(Err(st)) => Some((Err(st), (rx, stopping, None))),
+                    None => None,
                 },
                 _ = &mut stopping => {
-                    Some((Err(GatewayError::ShuttingDown.into()), (up, stopping, None)))
+                    Some((Err(GatewayError::ShuttingDown.into()), (rx, stopping, None)))
                 }
             }
         });

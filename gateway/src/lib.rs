@@ -7,15 +7,19 @@
 //!     │ etcd v3 gRPC + HTTP/JSON (/v3 etcd paths, /v1 readable, /metrics, /health)
 //!     │ on one port: HTTP/2 and HTTP/1.1, routed by path
 //!     v
-//!  run_gateway ─ KV.Range ──────────────> cache snapshot (serializable | linearizable:
+//!  run_gateway ─ KV.Range ─ [list gate] ─> cache snapshot (serializable | linearizable:
 //!              │                          one coalesced revision probe, then a bounded wait)
 //!              │            └─ old rev / outside prefixes ─> upstream Range
 //!              ├ KV.Put/Delete/Txn/Compact, Lease* ─> upstream ─> wait until the cache has w
 //!              ├ KV.Txn (reads only) ─> compares + ranges on one snapshot
-//!              ├ Watch ─> cache stream ─> WatchFrame bytes ─> pass-through codec (encode once)
-//!              ├ LeaseKeepAlive ─> one upstream stream per client stream
-//!              └ Maintenance.Status / Cluster.MemberList answered here; the rest forwarded
-//!                          │ one list + one watch
+//!              ├ Watch ─> [resume wait] [catch-up gate] [compaction probe] ─> cache stream
+//!              │          ─> gRPC messages written straight into DATA chunks (encode once)
+//!              ├ LeaseKeepAlive ─> KeepAliveHub: one upstream stream for all clients,
+//!              │                   concurrent keep-alives of a lease coalesced
+//!              ├ Maintenance.Status answered here; the rest forwarded
+//!              └ Cluster.MemberList: this gateway, or every gateway registered
+//!                under --resolver-prefix (each keeps its own entry alive with a lease)
+//!                          │ one list + one watch (+ one keep-alive stream)
 //!                          v
 //!                 upstream: `lookout store` | etcd
 //! ```
@@ -42,16 +46,34 @@
 //! per watcher, and never turn an upstream status into a different one:
 //! forwarded requests come back exactly as the store answered.
 //!
+//! # Many gateways
+//!
+//! Any client may resume on any gateway from its last seen revision plus
+//! one: a gateway that has not reached it yet waits (bounded by
+//! `--read-timeout`) rather than failing, and one whose ring holds it checks
+//! with the store that it was not compacted meanwhile (one probe shared by
+//! concurrent creates), so compactions made through another gateway or on
+//! the store directly cancel with `compact_revision` exactly as etcd does.
+//!
+//! # Storm control
+//!
+//! Lists (multi-key Ranges) and watch creates that replay history pass a
+//! gate each: `--max-concurrent-*` run, `--max-queued-*` wait (at most
+//! `--storm-queue-timeout`), the rest get ResourceExhausted with a retry
+//! hint (`grpc-retry-pushback-ms`, also in the message) at once. The replay
+//! itself is paced per stream (flow control and the cache's scan budget).
+//!
 //! # Differences from etcd worth knowing
 //!
 //! - A watch outside the `--prefix`es is refused (created + canceled, watch
 //!   id -1, with a `cancel_reason`) rather than proxied.
 //! - An unknown `sort_target` gets etcd 3.5's InvalidArgument (etcd 3.4
 //!   crashes on it).
-//! - Compactions made directly on the store (not through this gateway)
-//!   are not seen: a watch from a revision the store compacted but the
-//!   ring still holds replays true events instead of a compact cancel.
+//! - Keep-alives of one lease sent by several clients at the same moment
+//!   are answered by one upstream renewal (the same TTL etcd would give
+//!   each).
 
+mod admission;
 mod args;
 pub mod authz;
 mod cluster;
@@ -60,16 +82,19 @@ mod config;
 pub mod config_file;
 mod error;
 pub mod http;
+mod keepalive;
 mod kv;
 mod lease;
 mod maintenance;
 mod metrics;
 mod readindex;
+mod register;
 mod server;
 pub mod telemetry;
 mod txn;
 mod watch;
 
+pub use admission::{GateConfig, GateStats};
 pub use args::{GatewayArgs, parse_duration};
 pub use codec::WatchCodec;
 pub use config::GatewayConfig;

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use lookout_cache::CacheMetrics;
 
+use crate::admission::GateStats;
+
 /// Counters of request handling. Plain atomics: a relaxed add per request.
 #[derive(Debug, Default)]
 pub struct GatewayMetrics {
@@ -21,8 +23,29 @@ pub struct GatewayMetrics {
     pub read_timeouts: AtomicU64,
     /// Write responses sent before the cache applied the write (bound hit).
     pub write_wait_timeouts: AtomicU64,
-    /// Gauge: open LeaseKeepAlive streams (each holds one upstream stream).
+    /// Gauge: open client LeaseKeepAlive streams (all share one upstream stream).
     pub keepalive_streams: AtomicI64,
+    /// Gauge: open upstream LeaseKeepAlive streams (0 or 1).
+    pub keepalive_upstream_streams: AtomicI64,
+    /// Counter: upstream LeaseKeepAlive streams opened.
+    pub keepalive_upstream_opened: AtomicU64,
+    /// Counter: keep-alive requests from clients.
+    pub keepalive_requests: AtomicU64,
+    /// Counter: keep-alive requests sent upstream.
+    pub keepalive_upstream_requests: AtomicU64,
+    /// Counter: keep-alive requests answered by another client's request
+    /// for the same lease.
+    pub keepalive_coalesced: AtomicU64,
+    /// Counter: watch creates that waited for this gateway to reach the
+    /// revision the client resumed from (it was behind another gateway).
+    pub resume_waits: AtomicU64,
+    /// Counter: resume waits that hit the bound (the watch was created
+    /// anyway; events come as the cache reaches them).
+    pub resume_wait_timeouts: AtomicU64,
+    /// Storm control of lists (multi-key Ranges).
+    pub lists: GateStats,
+    /// Storm control of watch creates that replay history.
+    pub catchups: GateStats,
     /// Gauge: open Watch RPCs.
     pub watch_rpcs: AtomicI64,
     /// The HTTP/JSON API's numbers (open HTTP watch streams and more).
@@ -162,6 +185,19 @@ pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: b
     );
     family(
         &mut o,
+        "lookout_compaction_probes_total",
+        counter,
+        "Store compaction probes for watch creates from the ring, and those that failed.",
+        &[
+            (
+                "{result=\"done\"}",
+                u(&c.compaction_probes) - u(&c.compaction_probe_errors),
+            ),
+            ("{result=\"error\"}", u(&c.compaction_probe_errors)),
+        ],
+    );
+    family(
+        &mut o,
         "lookout_relists_total",
         counter,
         "Relists after history was lost upstream.",
@@ -258,9 +294,69 @@ pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: b
         &mut o,
         "lookout_gateway_keepalive_streams",
         gauge,
-        "Open LeaseKeepAlive streams.",
+        "Open client LeaseKeepAlive streams.",
         &[("", i(&g.keepalive_streams))],
     );
+    family(
+        &mut o,
+        "lookout_gateway_keepalive_upstream_streams",
+        gauge,
+        "Open upstream LeaseKeepAlive streams (every client stream shares one).",
+        &[("", i(&g.keepalive_upstream_streams))],
+    );
+    family(
+        &mut o,
+        "lookout_gateway_keepalive_upstream_streams_opened_total",
+        counter,
+        "Upstream LeaseKeepAlive streams opened.",
+        &[("", u(&g.keepalive_upstream_opened))],
+    );
+    family(
+        &mut o,
+        "lookout_gateway_keepalive_requests_total",
+        counter,
+        "Keep-alive requests, from clients and sent upstream (concurrent ones for a lease share one).",
+        &[
+            ("{side=\"client\"}", u(&g.keepalive_requests)),
+            ("{side=\"upstream\"}", u(&g.keepalive_upstream_requests)),
+            ("{side=\"coalesced\"}", u(&g.keepalive_coalesced)),
+        ],
+    );
+    family(
+        &mut o,
+        "lookout_gateway_resume_waits_total",
+        counter,
+        "Watch creates that waited for this gateway to reach the client's resume revision.",
+        &[
+            (
+                "{result=\"reached\"}",
+                u(&g.resume_waits) - u(&g.resume_wait_timeouts),
+            ),
+            ("{result=\"timeout\"}", u(&g.resume_wait_timeouts)),
+        ],
+    );
+    for (what, st) in [("lists", &g.lists), ("catchups", &g.catchups)] {
+        family(
+            &mut o,
+            &format!("lookout_gateway_{what}_total"),
+            counter,
+            &format!(
+                "Storm control of {what}: admitted (at once or after queueing), queued, rejected with ResourceExhausted."
+            ),
+            &[
+                ("{result=\"admitted\"}", u(&st.admitted)),
+                ("{result=\"queued\"}", u(&st.waited)),
+                ("{result=\"rejected\"}", u(&st.rejected)),
+            ],
+        );
+        family(
+            &mut o,
+            &format!("lookout_gateway_{what}_waiting"),
+            gauge,
+            &format!("{what} waiting for a permit now."),
+            &[("", i(&st.queued))],
+        );
+    }
     family(
         &mut o,
         "lookout_http_watch_streams",

@@ -25,8 +25,10 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::Status;
 
+use crate::admission::Gate;
 use crate::config::{GatewayConfig, member_id};
 use crate::error::GatewayError;
+use crate::keepalive::KeepAliveHub;
 use crate::metrics::GatewayMetrics;
 use crate::readindex::ReadIndex;
 
@@ -48,6 +50,13 @@ pub(crate) struct Shared {
     pub(crate) upstream_status: std::sync::Mutex<Option<(Instant, StatusResponse)>>,
     /// Coalesces the revision probes of concurrent linearizable reads.
     pub(crate) read_index: Arc<ReadIndex>,
+    /// Storm control: lists and watch catch-ups running at once.
+    pub(crate) lists: Gate,
+    pub(crate) catchups: Gate,
+    /// Every client keep-alive stream shares one upstream stream.
+    pub(crate) keepalive: KeepAliveHub,
+    /// The `--resolver-prefix` registration lease (0: none yet).
+    pub(crate) resolver_lease: std::sync::atomic::AtomicI64,
     /// gRPC started/handled counters (`grpc_server_*_total`).
     pub(crate) grpc: Arc<crate::telemetry::GrpcMetrics>,
 }
@@ -204,13 +213,17 @@ impl Gateway {
         let shared = Arc::new(Shared {
             cache,
             upstream,
-            config,
             member_id,
             advertise_url,
             metrics: GatewayMetrics::default(),
             shutdown: watch::channel(false).0,
             upstream_status: std::sync::Mutex::new(None),
             read_index: Arc::new(ReadIndex::default()),
+            lists: Gate::new("lists", config.lists),
+            catchups: Gate::new("catch-ups", config.catchups),
+            keepalive: KeepAliveHub::default(),
+            resolver_lease: std::sync::atomic::AtomicI64::new(0),
+            config,
             grpc: Arc::default(),
         });
         Ok(Self {
@@ -346,6 +359,13 @@ impl Gateway {
                 )
             }
         };
+        // Aborted with `run` (a killed gateway stops renewing and drops out
+        // of MemberList when its lease expires); revoked on a clean stop.
+        let registration = shared
+            .config
+            .resolver_prefix
+            .clone()
+            .map(|p| AbortOnDrop(tokio::spawn(crate::register::run(shared.clone(), p))));
         let mut http = metrics_listener.map(|l| {
             let app = crate::http::ops::router(shared.clone());
             tokio::spawn(
@@ -381,6 +401,10 @@ impl Gateway {
         }
         tracing::info!("gateway shutting down");
         shared.shutdown.send_replace(true);
+        if let Some(r) = registration {
+            drop(r);
+            crate::register::deregister(&shared).await;
+        }
         shared.cache.shutdown();
         stop_tx.send_replace(true);
         let timeout = shared.config.shutdown_timeout;
@@ -408,6 +432,15 @@ impl Gateway {
         }
         tracing::info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

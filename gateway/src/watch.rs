@@ -1,29 +1,31 @@
-//! The Watch service, hand-written around [`WatchCodec`] so responses are
-//! the cache's pre-encoded frames. One gRPC stream is one cache stream.
+//! The Watch service, hand-written so responses are the cache's frames
+//! written straight into gRPC DATA chunks. One gRPC stream is one cache
+//! stream.
 //!
 //! ```text
-//!   client ──WatchRequest──> reader task ── create/cancel/progress ──> WatchHandle
-//!                                  └── gateway-made frames (out of scope) ─┐
-//!   client <──WatchFrame bytes── response stream <── WatchFrames::next ────┴─ mpsc
+//!   client ──WatchRequest──> reader task: permission check ─> resume wait ─> catch-up gate
+//!                            ─> compaction check ─> create / cancel / progress ─> WatchHandle
+//!   client <──DATA chunks (gRPC messages)── response body <── WatchFrames::next_grpc
+//!                                              (created, events, refusals, in order)
 //! ```
 //!
-//! The response stream is polled only as fast as HTTP/2 flow control lets
-//! frames out, so a client that stops reading stops pulling from its cache
+//! The response body is polled only as fast as HTTP/2 flow control lets
+//! chunks out, so a client that stops reading stops pulling from its cache
 //! stream, whose byte budget then moves its watchers to the history ring:
 //! nobody else waits for it. When the cache closes (shutdown) the stream
 //! ends with Unavailable, which etcd clients answer by resuming elsewhere
 //! from their last revision + 1.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use lookout_cache::{CacheError, FrameHead, WatchFrame, WatchFrames, WatchHandle};
+use bytes::{Bytes, BytesMut};
+use http_body::Frame;
+use http_body_util::StreamBody;
+use lookout_cache::{CacheError, WatchFrames, WatchHandle};
 use lookout_proto::pb::{WatchCreateRequest, WatchRequest, watch_request::RequestUnion};
-use tokio::sync::mpsc;
+use tonic::codec::Codec;
 use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::server::NamedService;
 use tonic::{Status, Streaming};
@@ -69,49 +71,44 @@ where
         if req.uri().path() != "/etcdserverpb.Watch/Watch" {
             return Box::pin(async move { Ok(Status::unimplemented("").into_http()) });
         }
-        let rpc = WatchRpc {
-            shared: self.shared.clone(),
-        };
+        let shared = self.shared.clone();
         let max = self.max_decoding;
         Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(WatchCodec).apply_max_message_size_config(Some(max), None);
-            Ok(grpc.streaming(rpc, req).await)
+            // etcd clients never compress; a compressed request is refused
+            // as tonic refuses an encoding it was not configured for.
+            if let Some(enc) = req.headers().get("grpc-encoding")
+                && enc.as_bytes() != b"identity"
+            {
+                return Ok(Status::unimplemented(format!(
+                    "Content is compressed with `{}` which isn't supported",
+                    String::from_utf8_lossy(enc.as_bytes())
+                ))
+                .into_http());
+            }
+            // Set by the authz layer only when --auth-config is given.
+            let principal = req.extensions().get::<crate::authz::Principal>().cloned();
+            let decoder = WatchCodec.decoder();
+            let inbound = Streaming::new_request(decoder, req.into_body(), None, Some(max));
+            Ok(match open(shared, inbound, principal).await {
+                Ok(body) => {
+                    let mut resp = http::Response::new(body);
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
+                    resp
+                }
+                Err(status) => status.into_http(),
+            })
         })
     }
 }
 
-/// One Watch call.
-#[derive(Debug, Clone)]
-struct WatchRpc {
-    shared: Arc<Shared>,
-}
-
-type FrameStream = BoxStream<'static, Result<WatchFrame, Status>>;
-
-impl tonic::server::StreamingService<WatchRequest> for WatchRpc {
-    type Response = WatchFrame;
-    type ResponseStream = FrameStream;
-    type Future = BoxFuture<tonic::Response<FrameStream>, Status>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<WatchRequest>>) -> Self::Future {
-        let shared = self.shared.clone();
-        // Set by the authz layer only when --auth-config is given.
-        let principal = request
-            .extensions()
-            .get::<crate::authz::Principal>()
-            .cloned();
-        Box::pin(async move { open(shared, request.into_inner(), principal).await })
-    }
-}
-
-/// What the response stream owns.
+/// What the response body owns.
 struct Outbound {
     frames: WatchFrames,
-    /// Frames the gateway makes itself (refusals the cache cannot queue).
-    local: mpsc::Receiver<WatchFrame>,
-    ready: VecDeque<WatchFrame>,
-    buf: Vec<WatchFrame>,
+    /// gRPC messages being gathered into the next DATA chunk.
+    buf: BytesMut,
     done: bool,
     _guard: RpcGuard,
 }
@@ -129,69 +126,76 @@ impl Drop for RpcGuard {
     }
 }
 
+/// A DATA chunk is cut once this many bytes of messages are gathered: large
+/// enough that per-chunk costs (a poll, an HTTP/2 frame header, a syscall
+/// share) vanish next to the bytes, small enough that a stalled client
+/// pins little memory (HTTP/2 holds at most about two chunks past its
+/// window per stream).
+const CHUNK_BYTES: usize = 64 << 10;
+
+/// The response body: gRPC messages written straight from the cache
+/// stream into DATA chunks ([`WatchFrames::next_grpc`]), then trailers.
+/// This skips tonic's per-message encoder and stream plumbing: a delivery
+/// is a 5-byte prefix, a head of a few varints and a copy of the shared
+/// event bytes into the chunk.
+async fn next_chunk(mut o: Outbound) -> Option<(Result<Frame<Bytes>, Infallible>, Outbound)> {
+    if o.done {
+        return None;
+    }
+    // One allocation of about a chunk, not a doubling series: a chunk held
+    // by HTTP/2 for a slow client then pins no slack beyond itself.
+    o.buf.reserve(CHUNK_BYTES + (CHUNK_BYTES >> 3));
+    if o.frames.next_grpc(&mut o.buf, CHUNK_BYTES).await.is_err() {
+        // The cache closed (shutdown): end with Unavailable so clients
+        // resume elsewhere from their last revision + 1.
+        o.done = true;
+        let mut trailers = http::HeaderMap::new();
+        let status: Status = GatewayError::ShuttingDown.into();
+        let _ = status.add_header(&mut trailers);
+        return Some((Ok(Frame::trailers(trailers)), o));
+    }
+    let chunk = o.buf.split().freeze();
+    Some((Ok(Frame::data(chunk)), o))
+}
+
 async fn open(
     shared: Arc<Shared>,
     inbound: Streaming<WatchRequest>,
     principal: Option<crate::authz::Principal>,
-) -> Result<tonic::Response<FrameStream>, Status> {
+) -> Result<tonic::body::Body, Status> {
     shared.ready().await?;
     let (handle, frames) = shared.cache.open_stream();
-    let (local_tx, local) = mpsc::channel(16);
-    let reader = match principal {
-        // Each create is checked before the cache sees it (authz.rs).
-        Some(p) => {
-            let inbound =
-                crate::authz::guard_watch_requests(shared.clone(), p, inbound, local_tx.clone());
-            tokio::spawn(read_requests(shared.clone(), inbound, handle, local_tx))
-        }
-        None => tokio::spawn(read_requests(shared.clone(), inbound, handle, local_tx)),
-    };
+    let reader = tokio::spawn(read_requests(shared.clone(), inbound, handle, principal));
     shared.metrics.watch_rpcs.fetch_add(1, Relaxed);
     let out = Outbound {
         frames,
-        local,
-        ready: VecDeque::new(),
-        buf: Vec::new(),
+        buf: BytesMut::new(),
         done: false,
         _guard: RpcGuard {
             shared: shared.clone(),
             reader,
         },
     };
-    let stream = futures::stream::unfold(out, |mut o| async move {
-        loop {
-            if let Some(f) = o.ready.pop_front() {
-                return Some((Ok(f), o));
-            }
-            if o.done {
-                return None;
-            }
-            tokio::select! {
-                Some(f) = o.local.recv() => o.ready.push_back(f),
-                r = o.frames.next(&mut o.buf) => match r {
-                    Ok(()) => o.ready.extend(o.buf.drain(..)),
-                    Err(_) => {
-                        o.done = true;
-                        return Some((Err(GatewayError::ShuttingDown.into()), o));
-                    }
-                },
-            }
-        }
-    });
-    Ok(tonic::Response::new(Box::pin(stream)))
+    let stream = futures::stream::unfold(out, next_chunk);
+    Ok(tonic::body::Body::new(StreamBody::new(stream)))
 }
 
 /// Maps the client's requests onto the cache stream until the client
 /// closes its side (then the responses keep flowing, as etcd keeps them)
-/// or the stream breaks (then the cache stream closes).
+/// or the stream breaks (then the cache stream closes). Requests are
+/// handled one at a time, in order, so answers to creates come back in the
+/// order clients expect them.
 ///
 /// Generic over the request stream so the HTTP layer's watches (whose
-/// requests come from a JSON body or the URL) share this code.
+/// requests come from a JSON body or the URL) share this code. With a
+/// `principal` (--auth-config), a create outside its permissions never
+/// reaches the cache (so no shared group ever serves it) and is answered
+/// with etcd's created+canceled refusal, in order with the other answers.
 pub(crate) async fn read_requests<S>(
     shared: Arc<Shared>,
     mut inbound: S,
     handle: WatchHandle,
-    local: mpsc::Sender<WatchFrame>,
+    principal: Option<crate::authz::Principal>,
 ) where
     S: futures::Stream<Item = Result<WatchRequest, Status>> + Unpin,
 {
@@ -208,21 +212,16 @@ pub(crate) async fn read_requests<S>(
         match msg.request_union {
             Some(RequestUnion::CreateRequest(c)) => {
                 let c = normalize(c);
-                match handle.create(&c) {
-                    Ok(_) => {}
-                    // The cache queued etcd's own answer for these.
-                    Err(CacheError::EmptyWatchRange | CacheError::DuplicateWatchId) => {}
-                    Err(CacheError::Closed) => return,
-                    Err(e) => {
-                        let reason = match e {
-                            CacheError::OutOfScope => GatewayError::OutOfScope.to_string(),
-                            other => other.to_string(),
-                        };
-                        let frame = refusal(&shared, reason);
-                        if local.send(frame).await.is_err() {
-                            return;
-                        }
-                    }
+                if let Some(p) = &principal
+                    && !crate::authz::watch_allowed(p, &c)
+                {
+                    tracing::debug!(principal = ?p, "watch refused: permission denied");
+                    handle.refuse_with_id(c.watch_id, crate::authz::PERMISSION_DENIED.to_string());
+                    continue;
+                }
+                let stream_open = create(&shared, &handle, c).await;
+                if !stream_open {
+                    return;
                 }
             }
             Some(RequestUnion::CancelRequest(c)) => {
@@ -234,6 +233,55 @@ pub(crate) async fn read_requests<S>(
     }
 }
 
+/// One create: wait if the client resumes ahead of this gateway, pass
+/// storm control if it replays history, learn a compaction the store made
+/// behind our back, then create. False when the stream is gone.
+async fn create(shared: &Shared, handle: &WatchHandle, c: WatchCreateRequest) -> bool {
+    let cache = &shared.cache;
+    let start = c.start_revision;
+    // A client resuming here from another gateway asks for the revision
+    // after the last one it saw; if this gateway has not reached it yet,
+    // wait (bounded) so the stream starts from where the client is, never
+    // with a "future revision" failure. Past the bound the watch is created
+    // anyway and its events come as the cache reaches them.
+    if start > 1 && start - 1 > cache.revision() {
+        shared.metrics.resume_waits.fetch_add(1, Relaxed);
+        if cache
+            .wait_for_revision(start - 1, shared.config.read_timeout)
+            .await
+            .is_err()
+        {
+            shared.metrics.resume_wait_timeouts.fetch_add(1, Relaxed);
+        }
+    }
+    let _permit = if start > 0 && start <= cache.revision() {
+        match shared.catchups.enter(&shared.metrics.catchups).await {
+            Ok(p) => Some(p),
+            Err(st) => {
+                handle.refuse(st.message().to_string());
+                return true;
+            }
+        }
+    } else {
+        None
+    };
+    cache.check_compaction(start).await;
+    match handle.create(&c) {
+        Ok(_) => true,
+        // The cache queued etcd's own answer for these.
+        Err(CacheError::EmptyWatchRange | CacheError::DuplicateWatchId) => true,
+        Err(CacheError::Closed) => false,
+        Err(e) => {
+            let reason = match e {
+                CacheError::OutOfScope => GatewayError::OutOfScope.to_string(),
+                other => other.to_string(),
+            };
+            handle.refuse(reason);
+            true
+        }
+    }
+}
+
 /// etcd's spelling rules for a watch key (`v3rpc/watch.go`): an empty key
 /// is `"\0"`, the smallest key.
 fn normalize(mut c: WatchCreateRequest) -> WatchCreateRequest {
@@ -241,27 +289,4 @@ fn normalize(mut c: WatchCreateRequest) -> WatchCreateRequest {
         c.key = Bytes::from_static(&[0]);
     }
     c
-}
-
-/// A created-and-cancelled response for a watch this gateway cannot serve,
-/// with the reason, as etcd answers a watch it refuses.
-fn refusal(shared: &Shared, reason: String) -> WatchFrame {
-    refusal_with_id(shared, -1, reason)
-}
-
-/// [`refusal`] naming the watch id the client asked for (etcd's answer to
-/// a watch outside the caller's permissions).
-pub(crate) fn refusal_with_id(shared: &Shared, watch_id: i64, reason: String) -> WatchFrame {
-    WatchFrame::new(
-        &FrameHead {
-            header: shared.cache.header(shared.cache.revision()),
-            watch_id,
-            created: true,
-            canceled: true,
-            cancel_reason: reason,
-            ..Default::default()
-        },
-        Vec::new(),
-        false,
-    )
 }

@@ -389,7 +389,18 @@ impl Truth {
 /// The content tag of one event: key, type and the writer's sequence number
 /// (or the whole value for foreign values).
 pub fn event_tag(is_delete: bool, key: &[u8], value: &[u8]) -> u64 {
-    let v = match payload::decode(value) {
+    event_tag_stamped(is_delete, key, value, payload::decode(value))
+}
+
+/// [`event_tag`] when the value's stamp is already parsed (`stamp` must be
+/// `payload::decode(value)`).
+pub fn event_tag_stamped(
+    is_delete: bool,
+    key: &[u8],
+    value: &[u8],
+    stamp: Option<payload::Stamp>,
+) -> u64 {
+    let v = match stamp {
         Some(s) => s.seq,
         None => payload::fnv1a(value),
     };

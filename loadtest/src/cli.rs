@@ -12,8 +12,11 @@ use crate::error::Result;
 use crate::report;
 use crate::result::RunResult;
 use crate::scenario::RunCtx;
-use crate::scenario::fanout::{self, CatchupParams, FanoutParams, HttpParams, SlowParams};
+use crate::scenario::fanout::{
+    self, CatchupParams, FailoverParams, FanoutParams, HttpParams, SlowParams,
+};
 use crate::scenario::informers::{self, InformerParams};
+use crate::scenario::memory::{self, MemoryParams};
 use crate::scenario::ops::{self, Op, OpsParams};
 use crate::watch::http::HttpApi;
 
@@ -42,6 +45,11 @@ pub enum Command {
     Catchup(CatchupArgs),
     /// Fan-out with some or all watchers on the HTTP NDJSON watch stream.
     Http(HttpArgs),
+    /// Fan-out where every watch stream is killed mid-run and resumed on a
+    /// second endpoint (another gateway) from its last revision + 1.
+    Failover(FailoverArgs),
+    /// Server RSS per idle watcher, per stream and per connection.
+    Memory(MemoryArgs),
     /// Start etcd, etcd grpc-proxy and Lookout, run the same matrix against
     /// each, write a side-by-side report.
     Compare(CompareArgs),
@@ -60,6 +68,10 @@ pub struct Common {
     /// A server process to measure (CPU seconds, RSS): PID or LABEL=PID.
     #[arg(long = "server-pid", value_parser = parse_pid)]
     pub server_pid: Vec<(String, u32)>,
+    /// A Prometheus /metrics to read at the start and end of the run
+    /// (HOST:PORT or LABEL=HOST:PORT; Lookout serves it on its client port).
+    #[arg(long = "metrics-endpoint", value_parser = parse_labeled)]
+    pub metrics_endpoint: Vec<(String, String)>,
     /// Write a markdown table and an SVG latency plot into this directory.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -136,8 +148,41 @@ impl WatchLoad {
             slow: None,
             http: None,
             catchup: None,
+            failover: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FailoverArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub load: WatchLoad,
+    /// Where the killed streams resume ("host:port", e.g. a second gateway).
+    #[arg(long)]
+    pub resume_endpoint: String,
+    /// When the streams are killed, after the writer starts.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub switch_after: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MemoryArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// W: idle watchers on one stream.
+    #[arg(long, default_value_t = 10_000)]
+    pub watchers: usize,
+    /// S: streams on one connection, one watcher each.
+    #[arg(long, default_value_t = 1_000)]
+    pub streams: usize,
+    /// C: connections with one stream and one watcher each.
+    #[arg(long, default_value_t = 1_000)]
+    pub connections: usize,
+    /// Quiet time before each RSS reading.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub settle: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -372,6 +417,15 @@ pub fn shell_quote(a: &str) -> String {
     }
 }
 
+/// "LABEL=HOST:PORT" or "HOST:PORT" (labelled "target").
+fn parse_labeled(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((l, ep)) if !l.is_empty() && !ep.is_empty() => Ok((l.to_string(), ep.to_string())),
+        Some(_) => Err(format!("bad value {s:?}: use HOST:PORT or LABEL=HOST:PORT")),
+        None => Ok(("target".to_string(), s.to_string())),
+    }
+}
+
 fn ctx(c: &Common, stop: watch::Receiver<bool>) -> RunCtx {
     RunCtx {
         target: c.label.clone(),
@@ -382,6 +436,7 @@ fn ctx(c: &Common, stop: watch::Receiver<bool>) -> RunCtx {
             .unwrap_or_else(|| c.endpoint.clone()),
         prefix: Bytes::from(c.prefix.clone().unwrap_or_else(fresh_prefix)),
         server_pids: c.server_pid.clone(),
+        metrics_endpoints: c.metrics_endpoint.clone(),
         progress: !c.no_progress,
         stop,
         command: own_command(),
@@ -445,6 +500,26 @@ pub async fn run(cli: Cli, stop: watch::Receiver<bool>) -> Result<()> {
         }
         Command::Informers(a) => {
             let r = informers::run(&ctx(&a.common, stop), &a.params()).await?;
+            (a.common, r)
+        }
+        Command::Failover(a) => {
+            let mut p = a.load.params();
+            p.failover = Some(FailoverParams {
+                after: a.switch_after,
+                endpoint: crate::conn::host_port(&a.resume_endpoint),
+            });
+            let r = fanout::run(&ctx(&a.common, stop), &p).await?;
+            (a.common, r)
+        }
+        Command::Memory(a) => {
+            let p = MemoryParams {
+                watchers: a.watchers,
+                streams: a.streams,
+                connections: a.connections,
+                settle: a.settle,
+                ..MemoryParams::default()
+            };
+            let r = memory::run(&ctx(&a.common, stop), &p).await?;
             (a.common, r)
         }
     };

@@ -30,6 +30,7 @@ pub mod hist;
 pub mod payload;
 pub mod procstat;
 pub mod progress;
+pub mod promscrape;
 pub mod report;
 pub mod result;
 pub mod scenario;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::checker::CheckTotals;
 use crate::hist::LatencySummary;
 use crate::procstat::ProcStats;
+use crate::promscrape::ServerMetrics;
 use crate::writer::WriterStats;
 
 /// Everything one scenario run measured against one target.
@@ -50,11 +51,16 @@ pub struct RunResult {
     pub catchup: Option<CatchupStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ops: Option<OpsStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<crate::scenario::memory::MemoryStats>,
     /// Server RSS grown by creating the watchers, per watcher, by process.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rss_per_watcher_bytes: BTreeMap<String, f64>,
     /// Measured server processes (`--server-pid`).
     pub servers: Vec<ProcStats>,
+    /// What the targets counted themselves (`--metrics-endpoint`), by label.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub server_metrics: BTreeMap<String, ServerMetrics>,
     /// The load generator itself: when it is saturated, so is the test.
     pub client: ProcStats,
     /// Where the checker's truth came from.

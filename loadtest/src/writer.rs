@@ -155,6 +155,53 @@ pub struct WriterStats {
     pub acked_lost: u64,
 }
 
+/// [`run`] on its own thread with its own connections and runtime, as a
+/// separate writer process would be: with thousands of watchers the load
+/// generator's main runtime is busy decoding events, and a writer sharing
+/// it would measure its own queueing as the target's put latency (and
+/// stamp puts late). Falls back to `fallback` channels on the caller's
+/// runtime if the thread or its connections cannot be set up.
+pub async fn run_isolated(
+    endpoint: &str,
+    connections: usize,
+    cfg: &WriterConfig,
+    counters: Arc<Counters>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    fallback: &[Channel],
+) -> WriterReport {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (ep, cfg2, counters2, stop2) = (
+        endpoint.to_string(),
+        cfg.clone(),
+        counters.clone(),
+        stop.clone(),
+    );
+    let spawned = std::thread::Builder::new()
+        .name("lookout-load-writer".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(_) => return,
+            };
+            rt.block_on(async move {
+                let Ok(chs) = conn::connect_many(&ep, connections.max(1)).await else {
+                    return;
+                };
+                let rep = run(&chs, &cfg2, counters2, stop2).await;
+                let _ = tx.send(rep);
+            });
+        });
+    if spawned.is_ok()
+        && let Ok(rep) = rx.await
+    {
+        return rep;
+    }
+    run(fallback, cfg, counters, stop).await
+}
+
 /// Runs the writer over `channels` (round robin) until `total` puts are
 /// resolved or `stop` fires. Never errors: failures are outcomes.
 pub async fn run(

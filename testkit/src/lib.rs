@@ -22,7 +22,10 @@ pub mod checker;
 pub mod cluster;
 pub mod etcd;
 pub mod etcd_restart;
+pub mod extra_gateway;
 pub mod grpc_proxy;
+pub mod http1;
+pub mod kv;
 pub mod linearizability;
 pub mod lookout;
 pub mod lookout_stack;
@@ -30,6 +33,7 @@ pub mod session;
 pub mod tcp_proxy;
 
 pub use etcd::EtcdServer;
+pub use extra_gateway::ExtraGateway;
 pub use grpc_proxy::GrpcProxy;
 pub use lookout::LookoutProcess;
 pub use lookout_stack::LookoutStack;

@@ -9,114 +9,13 @@ use bytes::Bytes;
 use lookout_cache::{
     Cache, CacheConfig, EtcdUpstream, EtcdUpstreamConfig, WatchFrames, WatchHandle,
 };
-use lookout_proto::pb::{
-    CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest,
-    WatchResponse, kv_client::KvClient, request_op,
-};
+use lookout_proto::pb::{WatchCreateRequest, WatchResponse};
 use lookout_testkit::checker::WatcherLog;
 use parking_lot::Mutex;
-use tonic::transport::Channel;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
-pub fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
-
-pub async fn kv(endpoint: &str) -> KvClient<Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to etcd");
-    KvClient::new(ch)
-}
-
-pub async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> i64 {
-    kv.put(PutRequest {
-        key: b(key),
-        value: b(value),
-        ..Default::default()
-    })
-    .await
-    .expect("put")
-    .into_inner()
-    .header
-    .unwrap()
-    .revision
-}
-
-pub async fn compact(kv: &mut KvClient<Channel>, revision: i64) {
-    kv.compact(CompactionRequest {
-        revision,
-        physical: true,
-    })
-    .await
-    .expect("compact");
-}
-
-/// A deterministic mix over `keys` keys under `prefix`: puts of growing
-/// values, deletes, and two-key transactions (several events in one
-/// revision). Returns the revision after the last operation.
-pub async fn churn(
-    kv: &mut KvClient<Channel>,
-    prefix: &str,
-    ops: usize,
-    keys: usize,
-    seed: u64,
-) -> i64 {
-    let mut x = seed | 1;
-    let mut rev = 0;
-    for i in 0..ops {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let k = format!("{prefix}{:03}", x % keys as u64);
-        let resp_rev = match x % 10 {
-            0 => {
-                let r = kv
-                    .delete_range(DeleteRangeRequest {
-                        key: b(&k),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("delete")
-                    .into_inner();
-                r.header.unwrap().revision
-            }
-            1 => {
-                let k2 = format!("{prefix}{:03}", (x >> 8) % keys as u64);
-                let mut ops = vec![put_op(&k, &format!("txn-{i}"))];
-                if k2 != k {
-                    ops.push(put_op(&k2, &format!("txn2-{i}")));
-                }
-                kv.txn(TxnRequest {
-                    success: ops,
-                    ..Default::default()
-                })
-                .await
-                .expect("txn")
-                .into_inner()
-                .header
-                .unwrap()
-                .revision
-            }
-            _ => put(kv, &k, &format!("v{i}-{}", "x".repeat((x % 64) as usize))).await,
-        };
-        rev = rev.max(resp_rev);
-    }
-    rev
-}
-
-fn put_op(key: &str, value: &str) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestPut(PutRequest {
-            key: b(key),
-            value: b(value),
-            ..Default::default()
-        })),
-    }
-}
+pub use lookout_testkit::kv::{b, churn, compact, kv, put};
 
 pub fn upstream(endpoints: &[&str]) -> Arc<EtcdUpstream> {
     let mut cfg = EtcdUpstreamConfig::new(endpoints.iter().map(|s| s.to_string()));
@@ -171,6 +70,42 @@ impl Recorder {
 
     pub fn resume(&self) {
         self.reading.send_replace(true);
+    }
+
+    /// A recorder reading the gateway's way: gRPC messages written into a
+    /// byte buffer by `next_grpc` (a small soft limit, so passes are cut
+    /// often), split and decoded here as a client would.
+    pub fn spawn_grpc(cache: &Cache) -> Self {
+        let (handle, mut frames) = cache.open_stream();
+        let responses = Arc::new(Mutex::new(Responses::default()));
+        let sink = responses.clone();
+        let (reading, _gate) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            let mut buf = bytes::BytesMut::new();
+            while let Ok(n) = frames.next_grpc(&mut buf, 2048).await {
+                let mut r = sink.lock();
+                let mut got = 0;
+                while !buf.is_empty() {
+                    use bytes::Buf;
+                    use prost::Message;
+                    assert_eq!(buf[0], 0, "uncompressed");
+                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                    buf.advance(5);
+                    let msg = buf.split_to(len);
+                    let resp = WatchResponse::decode(msg.freeze()).expect("valid protobuf");
+                    r.by_id.entry(resp.watch_id).or_default().push(resp);
+                    got += 1;
+                }
+                assert_eq!(got, n, "next_grpc counts the messages it wrote");
+            }
+        });
+        Self {
+            handle,
+            responses,
+            requests: Mutex::new(HashMap::new()),
+            reading,
+            task,
+        }
     }
 
     fn drive(handle: WatchHandle, mut frames: WatchFrames, reading: bool) -> Self {

@@ -328,15 +328,23 @@ async fn watches_on_every_member_see_identical_events() {
                 .await
                 .unwrap();
         } else {
-            client
+            let lease = if i % 10 == 0 { l.id } else { 0 };
+            let r = client
                 .put(PutRequest {
                     key: key.into(),
                     value: format!("{i}").into(),
-                    lease: if i % 10 == 0 { l.id } else { 0 },
+                    lease,
                     ..Default::default()
                 })
-                .await
-                .unwrap();
+                .await;
+            // On a loaded machine the 2 s lease may expire before the loop
+            // ends; such a put writes nothing on any member, which is still
+            // an identical history everywhere.
+            match r {
+                Ok(_) => {}
+                Err(e) if lease != 0 && e.code() == tonic::Code::NotFound => {}
+                Err(e) => panic!("put {i}: {e}"),
+            }
         }
     }
     // The lease expires (decided by the leader): its keys are deleted in

@@ -33,7 +33,20 @@ impl TestServer {
     pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut StoreConfig)) -> Self {
         let mut cfg = StoreConfig::new(dir.path().join("data"));
         tweak(&mut cfg);
-        let store = Store::open(cfg).unwrap();
+        // A restart in the same test reopens the files the previous
+        // instance had: its connection tasks may still be letting go of
+        // them on a loaded machine, so retry (bounded) while that lasts.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let store = loop {
+            match Store::open(cfg.clone()) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "store not reopened yet");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("store did not reopen within 15 s: {e}"),
+            }
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = listener.local_addr().unwrap().to_string();
         let (stop, rx) = oneshot::channel();

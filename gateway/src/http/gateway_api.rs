@@ -157,16 +157,14 @@ impl EtcdApi for GatewayApi {
         let s = self.shared.clone();
         s.ready().await?;
         let (handle, frames) = s.cache.open_stream();
-        let (local_tx, local) = mpsc::channel(16);
         let reader = tokio::spawn(crate::watch::read_requests(
             s.clone(),
             requests.map(Ok),
             handle,
-            local_tx,
+            None,
         ));
         let out = Outbound {
             frames,
-            local,
             buf: Vec::new(),
             ready: std::collections::VecDeque::new(),
             done: false,
@@ -190,8 +188,6 @@ impl Drop for AbortOnDrop {
 /// cache frees the stream's watchers) and aborts the request reader.
 struct Outbound {
     frames: WatchFrames,
-    /// Frames the gateway makes itself (refusals the cache cannot queue).
-    local: mpsc::Receiver<WatchFrame>,
     buf: Vec<WatchFrame>,
     ready: std::collections::VecDeque<WatchFrame>,
     done: bool,
@@ -212,15 +208,12 @@ impl Outbound {
             if self.done {
                 return None;
             }
-            tokio::select! {
-                Some(f) = self.local.recv() => self.ready.push_back(f),
-                r = self.frames.next(&mut self.buf) => match r {
-                    Ok(()) => self.ready.extend(self.buf.drain(..)),
-                    Err(_) => {
-                        self.done = true;
-                        return Some((Err(GatewayError::ShuttingDown.into()), self));
-                    }
-                },
+            match self.frames.next(&mut self.buf).await {
+                Ok(()) => self.ready.extend(self.buf.drain(..)),
+                Err(_) => {
+                    self.done = true;
+                    return Some((Err(GatewayError::ShuttingDown.into()), self));
+                }
             }
         }
     }

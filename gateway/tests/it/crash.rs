@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lookout_proto::pb::{PutRequest, RangeRequest, kv_client::KvClient};
+use lookout_testkit::kv::put;
 use lookout_testkit::wait_for;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
@@ -88,18 +89,7 @@ async fn kill9_loses_no_acknowledged_write() {
         assert_eq!(r.kvs[0].mod_revision, *rev, "{key}");
         assert!(r.header.unwrap().revision >= max_rev);
     }
-    let next = kv
-        .put(PutRequest {
-            key: "after-restart".into(),
-            value: "x".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
+    let next = put(&mut kv, "after-restart", "x").await;
     assert!(next > max_rev, "revision went back: {next} <= {max_rev}");
 }
 
@@ -108,18 +98,7 @@ async fn sigterm_stops_cleanly_and_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = start_store(dir.path(), None).await;
     let mut kv = client(&store.endpoint).await;
-    let rev = kv
-        .put(PutRequest {
-            key: "k".into(),
-            value: "v".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
+    let rev = put(&mut kv, "k", "v").await;
     assert_eq!(rev, 2, "a fresh store's first write is revision 2, as etcd");
     let status = store.child.terminate(Duration::from_secs(10)).unwrap();
     assert!(

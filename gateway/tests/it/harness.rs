@@ -10,19 +10,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use lookout_gateway::{Gateway, GatewayConfig, GatewayError};
 use lookout_proto::pb::{
-    CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest,
-    WatchRequest, kv_client::KvClient, request_op, watch_client::WatchClient, watch_request,
+    WatchCreateRequest, WatchRequest, watch_client::WatchClient, watch_request,
 };
 use lookout_testkit::checker::WatcherLog;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
-pub fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
+pub use lookout_testkit::kv::{b, channel, churn, compact, kv, put, put_op};
 
 /// A gateway running in this process.
 #[derive(Debug)]
@@ -111,148 +107,13 @@ impl Drop for TestGateway {
 
 /// GET http://endpoint/path over HTTP/1.1 with a bounded wait; (status, body).
 pub async fn http_get(endpoint: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(endpoint).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status: u16 = text.split(' ').nth(1)?.parse().ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        Some((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(5), io)
+    lookout_testkit::http1::get(endpoint, path, Duration::from_secs(5))
         .await
         .ok()
-        .flatten()
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 pub async fn health_ok(endpoint: &str) -> bool {
     matches!(http_get(endpoint, "/health").await, Some((200, _)))
-}
-
-pub async fn channel(endpoint: &str) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .expect("connect")
-}
-
-pub async fn kv(endpoint: &str) -> KvClient<Channel> {
-    KvClient::new(channel(endpoint).await)
-}
-
-pub async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> i64 {
-    kv.put(PutRequest {
-        key: b(key),
-        value: b(value),
-        ..Default::default()
-    })
-    .await
-    .expect("put")
-    .into_inner()
-    .header
-    .unwrap()
-    .revision
-}
-
-pub async fn compact(kv: &mut KvClient<Channel>, revision: i64) {
-    kv.compact(CompactionRequest {
-        revision,
-        physical: true,
-    })
-    .await
-    .expect("compact");
-}
-
-/// A deterministic mix over `keys` keys under `prefix`: puts, deletes and
-/// two-key txns (several events in one revision). Returns the last revision.
-pub async fn churn(
-    kv: &mut KvClient<Channel>,
-    prefix: &str,
-    ops: usize,
-    keys: usize,
-    seed: u64,
-) -> i64 {
-    let mut x = seed | 1;
-    let mut rev = 0;
-    for i in 0..ops {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let k = format!("{prefix}{:03}", x % keys as u64);
-        let r = match x % 10 {
-            0 => {
-                kv.delete_range(DeleteRangeRequest {
-                    key: b(&k),
-                    ..Default::default()
-                })
-                .await
-                .expect("delete")
-                .into_inner()
-                .header
-                .unwrap()
-                .revision
-            }
-            1 => {
-                let k2 = format!("{prefix}{:03}", (x >> 8) % keys as u64);
-                let mut ops = vec![put_op(&k, &format!("txn-{i}"))];
-                if k2 != k {
-                    ops.push(put_op(&k2, &format!("txn2-{i}")));
-                }
-                kv.txn(TxnRequest {
-                    success: ops,
-                    ..Default::default()
-                })
-                .await
-                .expect("txn")
-                .into_inner()
-                .header
-                .unwrap()
-                .revision
-            }
-            _ => put(kv, &k, &format!("v{i}-{}", "x".repeat((x % 64) as usize))).await,
-        };
-        rev = rev.max(r);
-    }
-    rev
-}
-
-pub fn put_op(key: &str, value: &str) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestPut(PutRequest {
-            key: b(key),
-            value: b(value),
-            ..Default::default()
-        })),
-    }
 }
 
 pub fn prefix_watch(prefix: &str, start: i64) -> WatchCreateRequest {

@@ -16,6 +16,7 @@ mod http_watch;
 mod informer;
 mod kv_vs_etcd;
 mod lifecycle;
+mod many_gateways;
 mod metrics_scrape;
 mod otlp;
 mod prefixes;

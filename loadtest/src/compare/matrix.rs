@@ -4,8 +4,11 @@
 use std::time::Duration;
 
 use super::CompareArgs;
-use crate::scenario::fanout::{CatchupParams, FanoutParams, HttpParams, SlowParams};
+use crate::scenario::fanout::{
+    CatchupParams, FailoverParams, FanoutParams, HttpParams, SlowParams,
+};
 use crate::scenario::informers::InformerParams;
+use crate::scenario::memory::MemoryParams;
 use crate::watch::http::HttpApi;
 
 /// Scenario families a comparison can include.
@@ -16,6 +19,10 @@ pub enum ScenarioKind {
     Slow,
     Catchup,
     Http,
+    /// Every stream killed mid-run, resumed on a second front end.
+    Failover,
+    /// RSS per idle watcher, stream and connection.
+    Memory,
 }
 
 /// What one cell runs.
@@ -24,6 +31,14 @@ pub enum CellKind {
     /// fanout, slow, catchup or http (HTTP address filled in per target).
     Watch(FanoutParams),
     Informers(InformerParams),
+    Memory(MemoryParams),
+}
+
+impl CellKind {
+    /// Whether the target must start a second front end for this cell.
+    pub fn needs_alt(&self) -> bool {
+        matches!(self, CellKind::Watch(p) if p.failover.is_some())
+    }
 }
 
 /// One cell of the matrix.
@@ -65,8 +80,18 @@ impl Cell {
                 if let Some(c) = p.catchup {
                     s += &format!(" --behind {}", c.behind);
                 }
+                if let Some(f) = &p.failover {
+                    s += &format!(
+                        " --switch-after {}s --resume-endpoint <second front end>",
+                        f.after.as_secs_f64()
+                    );
+                }
                 s
             }
+            CellKind::Memory(p) => format!(
+                "lookout-load memory --endpoint <target> --watchers {} --streams {} --connections {} --server-pid <front end>",
+                p.watchers, p.streams, p.connections
+            ),
             CellKind::Informers(p) => format!(
                 "lookout-load informers --endpoint <target> --truth-endpoint <store> --clients {} --keys {} --value-size {} --burst {}",
                 p.clients, p.keys, p.value_size, p.burst
@@ -192,6 +217,39 @@ pub fn build(args: &CompareArgs) -> Vec<Cell> {
                     id: format!("catchup-w{w}-b{behind}"),
                     title: format!("Catch-up: {w} watchers start {behind} revisions behind head, 100 puts/s continue"),
                     kind: CellKind::Watch(p),
+                });
+            }
+            ScenarioKind::Failover => {
+                let (w, r) = (1_000, 100.0);
+                let w = args.watchers.first().copied().unwrap_or(w);
+                let r = args.rates.first().copied().unwrap_or(r);
+                let mut p = fanout(args, w, r, t);
+                p.failover = Some(FailoverParams {
+                    after: Duration::from_secs(3).min(t / 2),
+                    endpoint: String::new(),
+                });
+                cells.push(Cell {
+                    id: format!("failover-w{w}-r{r}"),
+                    title: format!(
+                        "Failover: {w} watchers over {} connections, {r} puts/s; every stream is killed {}s after the writer starts and resumes on a second front end from its last revision + 1",
+                        p.connections,
+                        Duration::from_secs(3).min(t / 2).as_secs_f64()
+                    ),
+                    kind: CellKind::Watch(p),
+                });
+            }
+            ScenarioKind::Memory => {
+                let p = MemoryParams::default();
+                cells.push(Cell {
+                    id: format!(
+                        "memory-w{}-s{}-c{}",
+                        p.watchers, p.streams, p.connections
+                    ),
+                    title: format!(
+                        "Memory: RSS growth for {} idle watchers on one stream, then {} streams with one watcher on one connection, then {} connections with one stream and one watcher",
+                        p.watchers, p.streams, p.connections
+                    ),
+                    kind: CellKind::Memory(p),
                 });
             }
             ScenarioKind::Http => {

@@ -29,7 +29,7 @@ use crate::cli::{own_command, parse_duration};
 use crate::error::{LoadError, Result};
 use crate::report::{self, Value, fmt_value, md_table, plot};
 use crate::result::RunResult;
-use crate::scenario::{RunCtx, fanout, informers};
+use crate::scenario::{RunCtx, fanout, informers, memory};
 
 /// Flags of `lookout-load compare`.
 #[derive(Debug, Clone, Args)]
@@ -242,6 +242,11 @@ fn rank_key(cell: &Cell, r: &RunResult) -> f64 {
             .as_ref()
             .map(|i| i.all_synced_s)
             .unwrap_or(f64::MAX),
+        CellKind::Memory(_) => r
+            .memory
+            .as_ref()
+            .map(|m| m.per_watcher_bytes)
+            .unwrap_or(f64::MAX),
     }
 }
 
@@ -271,12 +276,14 @@ fn representative(cell: &Cell, mut outs: Vec<Outcome>) -> (Outcome, Option<Strin
             (Outcome::Ran(r), CellKind::Informers(_)) => {
                 format!("{:.2} s", rank_key(cell, r))
             }
+            (Outcome::Ran(r), CellKind::Memory(_)) => report::fmt_bytes(rank_key(cell, r)),
             _ => "failed".into(),
         })
         .collect();
     let what = match cell.kind {
         CellKind::Watch(_) => "p99 put → event",
         CellKind::Informers(_) => "time until all synced",
+        CellKind::Memory(_) => "RSS per watcher",
     };
     let note = format!(
         "{} runs, {sustained} sustained; {what}: {} (median shown)",
@@ -295,7 +302,7 @@ async fn run_one(
     args: &CompareArgs,
     stop: &watch::Receiver<bool>,
 ) -> Outcome {
-    let target = match targets::start(kind, opts).await {
+    let target = match targets::start(kind, opts, cell.kind.needs_alt()).await {
         Ok(t) => t,
         Err(e) => return Outcome::Failed(format!("could not start {}: {e}", kind.label())),
     };
@@ -305,6 +312,7 @@ async fn run_one(
         truth_endpoint: target.truth_endpoint.clone(),
         prefix: Bytes::from(format!("lookout-load/{}/", cell.id)),
         server_pids: target.pids.clone(),
+        metrics_endpoints: target.metrics.clone(),
         progress: !args.no_progress,
         stop: stop.clone(),
         command: String::new(),
@@ -314,6 +322,7 @@ async fn run_one(
         + match &cell.kind {
             CellKind::Watch(p) => p.duration + p.setup_timeout + p.drain_timeout * 2,
             CellKind::Informers(p) => p.sync_timeout + p.drain_timeout,
+            CellKind::Memory(p) => p.setup_timeout * 3,
         };
     let res = match &cell.kind {
         CellKind::Watch(p) => {
@@ -332,9 +341,27 @@ async fn run_one(
                     }
                 }
             }
+            if let Some(f) = &mut p.failover {
+                match &target.alt_endpoint {
+                    Some(alt) => f.endpoint = alt.clone(),
+                    None => {
+                        return Outcome::Skipped(format!(
+                            "{} has no second front end",
+                            kind.label()
+                        ));
+                    }
+                }
+            }
             let mut ctx = ctx;
             ctx.command = single_command(&cell.command(), &target);
             tokio::time::timeout(bound, fanout::run(&ctx, &p)).await
+        }
+        CellKind::Memory(p) => {
+            let mut ctx = ctx;
+            // Only the front end's RSS is the figure.
+            ctx.server_pids.truncate(1);
+            ctx.command = single_command(&cell.command(), &target);
+            tokio::time::timeout(bound, memory::run(&ctx, p)).await
         }
         CellKind::Informers(p) => {
             let mut ctx = ctx;
@@ -496,6 +523,10 @@ fn render(
         "max catch-up time",
         "slow watchers p99",
         "slow watchers clean / compact-cancelled / lost",
+        "store lists by the front (lifetime) / ranges it forwarded (run)",
+        "RSS per watcher (shared stream)",
+        "RSS per stream (beyond its watcher)",
+        "RSS per connection (beyond its stream)",
         "front process CPU",
         "front process peak RSS",
     ];
@@ -558,7 +589,7 @@ fn render(
             .runs
             .iter()
             .filter_map(|(k, o)| match o {
-                Outcome::Ran(r) => Some(plot::Series {
+                Outcome::Ran(r) if !r.latency.curve.is_empty() => Some(plot::Series {
                     label: k.label().to_string(),
                     curve: &r.latency.curve,
                 }),
@@ -603,7 +634,7 @@ fn stall_effect(co: &CellOutcome, all: &[CellOutcome]) -> Vec<String> {
     }
     let Some(base) = all.iter().find(|o| {
         matches!(&o.cell.kind, CellKind::Watch(b)
-            if b.slow.is_none() && b.http.is_none() && b.catchup.is_none()
+            if b.slow.is_none() && b.http.is_none() && b.catchup.is_none() && b.failover.is_none()
                 && b.watchers == p.watchers && b.rate == p.rate)
     }) else {
         return Vec::new();

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lookout_testkit::{EtcdServer, GrpcProxy, LookoutStack};
+use lookout_testkit::{EtcdServer, ExtraGateway, GrpcProxy, LookoutStack};
 
 use crate::watch::http::HttpApi;
 
@@ -46,6 +46,7 @@ impl TargetKind {
 }
 
 /// A started target. Fields drop in order: front ends before the store.
+/// With `alt`, a second front end on the same store is started too.
 #[derive(Debug)]
 pub struct Running {
     pub kind: TargetKind,
@@ -57,6 +58,14 @@ pub struct Running {
     pub http: Option<(HttpApi, String)>,
     /// Processes to measure; the first is the front end.
     pub pids: Vec<(String, u32)>,
+    /// Prometheus endpoints of the front end (Lookout serves /metrics on
+    /// its client port): (label, host:port).
+    pub metrics: Vec<(String, String)>,
+    /// A second front end on the same store, when asked for (failover
+    /// cells): another gateway or proxy; etcd itself for etcd direct.
+    pub alt_endpoint: Option<String>,
+    _alt_proxy: Option<GrpcProxy>,
+    _alt_gateway: Option<ExtraGateway>,
     _proxy: Option<GrpcProxy>,
     _etcd: Option<EtcdServer>,
     _lookout: Option<LookoutStack>,
@@ -73,16 +82,20 @@ pub struct TargetOptions {
 /// # Errors
 /// Why the target cannot run (missing binary, unsupported flags, or a child
 /// that exits or never serves), as text for the report.
-pub async fn start(kind: TargetKind, opts: &TargetOptions) -> Result<Running, String> {
+pub async fn start(kind: TargetKind, opts: &TargetOptions, alt: bool) -> Result<Running, String> {
     match kind {
         TargetKind::Etcd => {
             let etcd = start_etcd().await?;
             Ok(Running {
+                alt_endpoint: alt.then(|| etcd.endpoint.clone()),
+                _alt_proxy: None,
+                _alt_gateway: None,
                 kind,
                 endpoint: etcd.endpoint.clone(),
                 truth_endpoint: etcd.endpoint.clone(),
                 http: Some((HttpApi::Etcd, etcd.endpoint.clone())),
                 pids: vec![("etcd".into(), etcd.pid())],
+                metrics: Vec::new(),
                 _proxy: None,
                 _etcd: Some(etcd),
                 _lookout: None,
@@ -91,7 +104,15 @@ pub async fn start(kind: TargetKind, opts: &TargetOptions) -> Result<Running, St
         TargetKind::GrpcProxy => {
             let etcd = start_etcd().await?;
             let proxy = GrpcProxy::try_start(&etcd.endpoint).await?;
+            let alt_proxy = if alt {
+                Some(GrpcProxy::try_start(&etcd.endpoint).await?)
+            } else {
+                None
+            };
             Ok(Running {
+                alt_endpoint: alt_proxy.as_ref().map(|p| p.endpoint.clone()),
+                _alt_proxy: alt_proxy,
+                _alt_gateway: None,
                 kind,
                 endpoint: proxy.endpoint.clone(),
                 truth_endpoint: etcd.endpoint.clone(),
@@ -101,6 +122,7 @@ pub async fn start(kind: TargetKind, opts: &TargetOptions) -> Result<Running, St
                     ("grpc-proxy".into(), proxy.pid()),
                     ("etcd".into(), etcd.pid()),
                 ],
+                metrics: Vec::new(),
                 _proxy: Some(proxy),
                 _etcd: Some(etcd),
                 _lookout: None,
@@ -108,7 +130,23 @@ pub async fn start(kind: TargetKind, opts: &TargetOptions) -> Result<Running, St
         }
         TargetKind::Lookout => {
             let stack = LookoutStack::try_start(&opts.lookout_bin).await?;
+            let alt_gateway = if alt {
+                Some(
+                    ExtraGateway::try_start(
+                        &opts.lookout_bin,
+                        &stack.store_endpoint,
+                        stack.dir.path(),
+                        &[],
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
             Ok(Running {
+                alt_endpoint: alt_gateway.as_ref().map(|g| g.endpoint.clone()),
+                _alt_proxy: None,
+                _alt_gateway: alt_gateway,
                 kind,
                 endpoint: stack.gateway_endpoint.clone(),
                 truth_endpoint: stack.store_endpoint.clone(),
@@ -117,6 +155,7 @@ pub async fn start(kind: TargetKind, opts: &TargetOptions) -> Result<Running, St
                     ("lookout-gateway".into(), stack.gateway_pid()),
                     ("lookout-store".into(), stack.store_pid()),
                 ],
+                metrics: vec![("lookout-gateway".into(), stack.gateway_endpoint.clone())],
                 _proxy: None,
                 _etcd: None,
                 _lookout: Some(stack),

@@ -172,6 +172,40 @@ pub fn metrics(r: &RunResult) -> Vec<Metric> {
         ));
     };
     match r.scenario.as_str() {
+        "memory" => {
+            let mm = r.memory.clone().unwrap_or_default();
+            m.push(num(
+                "RSS per watcher (shared stream)",
+                mm.per_watcher_bytes,
+                Fmt::Bytes,
+            ));
+            m.push(num(
+                "RSS per stream (beyond its watcher)",
+                mm.per_stream_bytes,
+                Fmt::Bytes,
+            ));
+            m.push(num(
+                "RSS per connection (beyond its stream)",
+                mm.per_connection_bytes,
+                Fmt::Bytes,
+            ));
+            m.push(num(
+                "RSS before the watches",
+                mm.rss_start_bytes as f64,
+                Fmt::Bytes,
+            ));
+            m.push(num(
+                "RSS with all of them",
+                mm.rss_connections_bytes as f64,
+                Fmt::Bytes,
+            ));
+            m.push(num(
+                "time to create them",
+                mm.setup_s.iter().sum(),
+                Fmt::Secs,
+            ));
+            server_rows(&mut m);
+        }
         "put" | "range" => {
             let o = r.ops.clone().unwrap_or_default();
             m.push(num("requests/s", o.ops_per_s, Fmt::Rate));
@@ -224,6 +258,27 @@ pub fn metrics(r: &RunResult) -> Vec<Metric> {
             ));
             if let Some(pw) = front.and_then(|f| r.rss_per_watcher_bytes.get(&f.label)) {
                 m.push(num("front RSS per informer", *pw, Fmt::Bytes));
+            }
+            // What the front end itself counted (Lookout's /metrics): the
+            // store saw this many lists from it, ever, and this many
+            // forwarded ranges during the run.
+            if let Some(sm) = front.and_then(|f| r.server_metrics.get(&f.label))
+                && sm.error.is_none()
+            {
+                let lists = sm
+                    .after
+                    .get("lookout_list_duration_seconds_count")
+                    .copied()
+                    .unwrap_or(0.0);
+                let fwd = sm
+                    .delta
+                    .get("lookout_gateway_ranges_total{source=\"upstream\"}")
+                    .copied()
+                    .unwrap_or(0.0);
+                m.push(text(
+                    "store lists by the front (lifetime) / ranges it forwarded (run)",
+                    format!("{lists:.0} / {fwd:.0}"),
+                ));
             }
             server_rows(&mut m);
         }
@@ -295,6 +350,21 @@ pub fn metrics(r: &RunResult) -> Vec<Metric> {
             }
             if let Some(pw) = front.and_then(|f| r.rss_per_watcher_bytes.get(&f.label)) {
                 m.push(num("front RSS per watcher", *pw, Fmt::Bytes));
+            }
+            if let Some(sm) = front.and_then(|f| r.server_metrics.get(&f.label))
+                && sm.error.is_none()
+            {
+                let d = |k: &str| sm.delta.get(k).copied().unwrap_or(0.0);
+                m.push(text(
+                    "front: slow switches / compact cancels / resume waits (run)",
+                    format!(
+                        "{:.0} / {:.0} / {:.0}",
+                        d("lookout_slow_switches_total"),
+                        d("lookout_compact_cancels_total"),
+                        d("lookout_gateway_resume_waits_total{result=\"reached\"}")
+                            + d("lookout_gateway_resume_waits_total{result=\"timeout\"}")
+                    ),
+                ));
             }
             server_rows(&mut m);
         }

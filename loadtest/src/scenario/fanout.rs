@@ -56,6 +56,7 @@ pub struct FanoutParams {
     pub slow: Option<SlowParams>,
     pub http: Option<HttpParams>,
     pub catchup: Option<CatchupParams>,
+    pub failover: Option<FailoverParams>,
 }
 
 impl Default for FanoutParams {
@@ -77,8 +78,20 @@ impl Default for FanoutParams {
             slow: None,
             http: None,
             catchup: None,
+            failover: None,
         }
     }
+}
+
+/// Every watch stream is killed mid-run and its watchers resume on another
+/// endpoint (a second gateway in front of the same store) from their last
+/// revision + 1; the checker then finds any gap or duplicate.
+#[derive(Debug, Clone)]
+pub struct FailoverParams {
+    /// From the writer's start.
+    pub after: Duration,
+    /// "host:port" of the other front end (filled in per target by compare).
+    pub endpoint: String,
 }
 
 /// A fraction of watchers that stop reading.
@@ -110,6 +123,8 @@ impl FanoutParams {
     pub fn scenario(&self) -> &'static str {
         if self.catchup.is_some() {
             "catchup"
+        } else if self.failover.is_some() {
+            "failover"
         } else if self.slow.is_some() {
             "slow"
         } else if self.http.is_some() {
@@ -181,6 +196,10 @@ impl FanoutParams {
         }
         if let Some(c) = self.catchup {
             m.insert("behind".into(), p(c.behind));
+        }
+        if let Some(f) = &self.failover {
+            m.insert("switch_after_s".into(), p(secs(f.after)));
+            m.insert("resume_endpoint".into(), p(&f.endpoint));
         }
         m
     }
@@ -256,6 +275,7 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
 
     let server_watch = ProcWatch::start(&ctx.server_pids);
     let rss_before = server_watch.rss_each();
+    let scrapes = crate::promscrape::Scrapes::start(&ctx.metrics_endpoints).await;
     let (controls, sig) = w::signals(counters.clone());
     let limits = StreamLimits {
         setup_timeout: prm.setup_timeout,
@@ -282,6 +302,10 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
                     start_rev,
                     group,
                     stall,
+                    switch: prm.failover.as_ref().map(|f| w::Switch {
+                        after: f.after,
+                        endpoint: f.endpoint.clone(),
+                    }),
                 };
                 tasks.push(tokio::spawn(grpc::run_stream(spec, limits, sig.clone())));
             }
@@ -335,7 +359,15 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
     let _ = controls
         .writer_started
         .send(Some(tokio::time::Instant::now()));
-    let wrep = writer::run(&writer_chs, &cfg, counters.clone(), ctx.stop.clone()).await;
+    let wrep = writer::run_isolated(
+        &ctx.endpoint,
+        prm.writer_connections.max(1),
+        &cfg,
+        counters.clone(),
+        ctx.stop.clone(),
+        &writer_chs,
+    )
+    .await;
 
     // The last revision every watcher must reach: the prefix's newest, which
     // also covers puts that timed out but were applied.
@@ -361,6 +393,7 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
     let _ = controls.stop.send(true);
     let outcomes = join_all(tasks).await;
     let servers = server_watch.finish();
+    let server_metrics = scrapes.finish().await;
     drop((normal_chs, slow_chs, writer_chs));
 
     // Asked again now the watchers are gone: an overloaded store may not
@@ -411,6 +444,7 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
         setup_s: Some(setup_s),
         drain_s: Some(drain_s),
         servers,
+        server_metrics,
         truth: history.source.clone(),
         ..RunResult::default()
     };

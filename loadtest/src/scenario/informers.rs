@@ -147,6 +147,7 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
     let chans = conn::connect_many(&ctx.endpoint, prm.connections()).await?;
     let server_watch = ProcWatch::start(&ctx.server_pids);
     let rss_before = server_watch.rss_each();
+    let scrapes = crate::promscrape::Scrapes::start(&ctx.metrics_endpoints).await;
     let (controls, sig) = w::signals(counters.clone());
     let (go_tx, go_rx) = watch::channel(None::<Instant>);
     let limits = StreamLimits {
@@ -185,6 +186,7 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
                 start_rev: list.revision + 1,
                 group: Group::Normal,
                 stall: None,
+                switch: None,
             };
             let out = grpc::run_stream(spec, limits, sig).await;
             let sync = out.ready_at.map(|r| r.duration_since(t0));
@@ -255,6 +257,7 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
         }
     }
     let servers = server_watch.finish();
+    let server_metrics = scrapes.finish().await;
     drop((chans, writer_ch));
     // Asked again with the informers gone (see fanout: late-applied puts).
     let head = match conn::prefix_head(&truth_ch, &target.key, &target.range_end).await {
@@ -297,6 +300,7 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
         setup_s: Some(all_synced_s),
         drain_s: Some(drain_s),
         servers,
+        server_metrics,
         truth: history.source.clone(),
         ..RunResult::default()
     };

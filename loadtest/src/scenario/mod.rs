@@ -4,10 +4,12 @@
 //! - [`fanout`]: W watchers over C connections, a paced writer, every event
 //!   checked; `slow`, `http` and `catchup` are fan-out with a twist;
 //! - [`informers`]: N clients list then watch at once, then a burst;
+//! - [`memory`]: server RSS per idle watcher, per stream, per connection;
 //! - [`ops`]: plain put and range throughput.
 
 pub mod fanout;
 pub mod informers;
+pub mod memory;
 pub mod ops;
 
 use std::time::Duration;
@@ -30,6 +32,8 @@ pub struct RunCtx {
     pub prefix: Bytes,
     /// Server processes to measure: (label, pid).
     pub server_pids: Vec<(String, u32)>,
+    /// Prometheus `/metrics` to read at the start and end: (label, host:port).
+    pub metrics_endpoints: Vec<(String, String)>,
     pub progress: bool,
     /// Fires on Ctrl-C: every phase ends promptly and reports what it has.
     pub stop: watch::Receiver<bool>,

@@ -2,9 +2,11 @@
 //! them, with resume-from-last-revision when the stream breaks.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+
+use futures::FutureExt;
 use std::time::{Duration, Instant};
 
-use lookout_proto::mvccpb::event::EventType;
 use lookout_proto::pb;
 use lookout_proto::pb::watch_request::RequestUnion;
 use tokio::sync::mpsc;
@@ -12,8 +14,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use super::{Group, Signals, Stall, StreamLimits, StreamOutcome, WatchTarget};
-use crate::checker::{WatchCheck, WatchEnd, event_tag};
+use super::lite::{LiteCodec, LiteEvent, LiteResponse};
+use super::{Group, Signals, Stall, StreamLimits, StreamOutcome, Switch, WatchTarget};
+use crate::checker::{WatchCheck, WatchEnd};
 use crate::payload;
 use crate::progress::Counters;
 
@@ -26,6 +29,8 @@ pub struct StreamSpec {
     pub start_rev: i64,
     pub group: Group,
     pub stall: Option<Stall>,
+    /// Kill this stream mid-run and resume its watchers elsewhere.
+    pub switch: Option<Switch>,
 }
 
 /// Why a stream's receive loop stopped.
@@ -34,6 +39,9 @@ enum Exit {
     Finished,
     /// The stream failed; try to resume.
     Broken(String),
+    /// Time to move to the switch endpoint (the stream is dropped: the
+    /// server sees it reset, as when a client dies).
+    Switch,
 }
 
 struct Stream {
@@ -42,7 +50,7 @@ struct Stream {
     sig: Signals,
     out: StreamOutcome,
     /// watch id -> watcher index, for the current stream incarnation.
-    ids: HashMap<i64, usize>,
+    ids: HashMap<i64, usize, BuildHasherDefault<IdHasher>>,
     /// Watchers whose create is sent but not yet acknowledged, in send order
     /// (servers answer creates on a stream in order).
     pending: VecDeque<usize>,
@@ -67,7 +75,7 @@ pub async fn run_stream(spec: StreamSpec, limits: StreamLimits, sig: Signals) ->
         spec,
         limits,
         sig,
-        ids: HashMap::with_capacity(n),
+        ids: HashMap::with_capacity_and_hasher(n, Default::default()),
         pending: VecDeque::with_capacity(n),
         acked_creates: 0,
         remaining: n,
@@ -105,6 +113,27 @@ impl Stream {
         loop {
             match self.receive(&mut conn).await {
                 Exit::Finished => return,
+                Exit::Switch => {
+                    drop(conn);
+                    let Some(sw) = self.spec.switch.take() else {
+                        return;
+                    };
+                    match crate::conn::connect(&sw.endpoint).await {
+                        Ok(ch) => self.spec.channel = ch,
+                        Err(e) => self.out.note_error(format!("switch: {e}")),
+                    }
+                    match self.resume().await {
+                        Some(c) => conn = c,
+                        None => {
+                            for c in &mut self.out.checks {
+                                c.set_end(WatchEnd::Lost {
+                                    reason: "could not resume after the switch".into(),
+                                });
+                            }
+                            return;
+                        }
+                    }
+                }
                 Exit::Broken(e) => {
                     self.out.note_error(&e);
                     match self.resume().await {
@@ -130,7 +159,10 @@ impl Stream {
             if *self.sig.stop.borrow() {
                 return None;
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = super::stopped(&mut self.sig.stop) => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
             backoff = (backoff * 2).min(Duration::from_secs(2));
             self.out.resumes += 1;
             Counters::add(&self.sig.counters.resumes, 1);
@@ -164,10 +196,15 @@ impl Stream {
         if let Some(first) = queue.next() {
             self.send_create(&tx, first)?;
         }
-        let mut client = crate::conn::watch(&self.spec.channel);
-        let call = client.watch(UnboundedReceiverStream::new(rx));
-        let stream = tokio::time::timeout_at(deadline, call)
-            .await
+        let call = open_watch(&self.spec.channel, UnboundedReceiverStream::new(rx));
+        // The stop signal ends the wait too: a server that never answers
+        // must not keep the task past the run.
+        let opened = tokio::select! {
+            biased;
+            _ = super::stopped(&mut self.sig.stop) => return Err("stopped while opening the stream".into()),
+            r = tokio::time::timeout_at(deadline, call) => r,
+        };
+        let stream = opened
             .map_err(|_| "opening the watch stream timed out".to_string())?
             .map_err(|s| format!("watch: {s}"))?
             .into_inner();
@@ -227,6 +264,7 @@ impl Stream {
     /// The main receive loop, until finished or broken.
     async fn receive(&mut self, conn: &mut Conn) -> Exit {
         let mut stall_at = self.stall_start();
+        let mut switch_at = self.switch_start();
         loop {
             if self.remaining == 0 {
                 return self.finish();
@@ -235,9 +273,13 @@ impl Stream {
                 biased;
                 _ = super::stopped(&mut self.sig.stop) => return Exit::Finished,
                 t = super::next_value(&mut self.sig.target) => self.set_target(t),
-                _ = super::next_value(&mut self.sig.writer_started), if stall_at.is_none() && self.spec.stall.is_some() => {
+                _ = super::next_value(&mut self.sig.writer_started),
+                    if (stall_at.is_none() && self.spec.stall.is_some())
+                        || (switch_at.is_none() && self.spec.switch.is_some()) => {
                     stall_at = self.stall_start();
+                    switch_at = self.switch_start();
                 }
+                _ = sleep_until_opt(switch_at), if switch_at.is_some() => return Exit::Switch,
                 _ = sleep_until_opt(stall_at), if stall_at.is_some() => {
                     // Stop reading: the server's send window to us fills up,
                     // as with a client that is stuck.
@@ -249,7 +291,25 @@ impl Stream {
                     }
                 }
                 m = conn.stream.message() => match m {
-                    Ok(Some(resp)) => self.handle(resp),
+                    Ok(Some(resp)) => {
+                        self.handle(resp);
+                        // Take whatever else already arrived before going
+                        // back to the select: re-arming its signal futures
+                        // per message was a sixth of this process's CPU.
+                        for _ in 0..READY_BATCH {
+                            if self.remaining == 0 {
+                                break;
+                            }
+                            match conn.stream.message().now_or_never() {
+                                Some(Ok(Some(resp))) => self.handle(resp),
+                                Some(Ok(None)) => {
+                                    return Exit::Broken("server closed the watch stream".into());
+                                }
+                                Some(Err(s)) => return Exit::Broken(format!("watch stream: {s}")),
+                                None => break,
+                            }
+                        }
+                    }
                     Ok(None) => return Exit::Broken("server closed the watch stream".into()),
                     Err(s) => return Exit::Broken(format!("watch stream: {s}")),
                 }
@@ -263,6 +323,11 @@ impl Stream {
             self.out.checks.len() as u64,
         );
         Exit::Finished
+    }
+
+    fn switch_start(&self) -> Option<tokio::time::Instant> {
+        let sw = self.spec.switch.as_ref()?;
+        (*self.sig.writer_started.borrow()).map(|t| t + sw.after)
     }
 
     fn stall_start(&self) -> Option<tokio::time::Instant> {
@@ -280,7 +345,7 @@ impl Stream {
             .count();
     }
 
-    fn handle(&mut self, resp: pb::WatchResponse) {
+    fn handle(&mut self, resp: LiteResponse) {
         if resp.created {
             match self.pending.pop_front() {
                 Some(w) => {
@@ -321,23 +386,17 @@ impl Stream {
         }
     }
 
-    fn events(&mut self, w: usize, events: &[lookout_proto::mvccpb::Event]) {
+    fn events(&mut self, w: usize, events: &[LiteEvent]) {
         // One clock read per response: events in one response arrived together.
         let now = payload::now_unix_ns();
         let check = &mut self.out.checks[w];
         let before = check.last_rev();
         for ev in events {
-            let Some(kv) = ev.kv.as_ref() else {
-                continue;
-            };
-            let is_delete = ev.r#type == EventType::Delete as i32;
-            check.observe(kv.mod_revision, event_tag(is_delete, &kv.key, &kv.value));
-            if let Some(stamp) = payload::decode(&kv.value)
-                && stamp.sent_unix_ns >= self.limits.live_from_unix_ns
+            check.observe(ev.rev, ev.tag);
+            if let Some(sent) = ev.sent_unix_ns
+                && sent >= self.limits.live_from_unix_ns
             {
-                self.out
-                    .latency
-                    .record_ns(now.saturating_sub(stamp.sent_unix_ns));
+                self.out.latency.record_ns(now.saturating_sub(sent));
             }
         }
         let after = check.last_rev();
@@ -357,17 +416,59 @@ impl Stream {
     }
 }
 
+/// Responses taken without waiting after one that did (bounded, so the
+/// stop and target signals are still looked at regularly).
+const READY_BATCH: usize = 256;
+
 /// One stream incarnation: the request sender (kept alive, or the server
 /// sees the client half-close) and the response stream.
 struct Conn {
     tx: mpsc::UnboundedSender<pb::WatchRequest>,
-    stream: Streaming<pb::WatchResponse>,
+    stream: Streaming<LiteResponse>,
+}
+
+/// Opens a Watch stream whose responses go through [`LiteCodec`].
+///
+/// # Errors
+/// The connection or the call failed.
+pub async fn open_watch(
+    channel: &Channel,
+    requests: UnboundedReceiverStream<pb::WatchRequest>,
+) -> Result<tonic::Response<Streaming<LiteResponse>>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone()).max_decoding_message_size(512 << 20);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+    let path = http::uri::PathAndQuery::from_static("/etcdserverpb.Watch/Watch");
+    grpc.streaming(tonic::Request::new(requests), path, LiteCodec)
+        .await
 }
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+/// One multiply per watch id (servers hand out small integers); the
+/// default SipHash showed up in profiles of the receive path.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.0 = (self.0 ^ v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 

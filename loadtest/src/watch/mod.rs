@@ -14,6 +14,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod lite;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,16 @@ pub struct WatchTarget {
 pub struct Stall {
     pub after: Duration,
     pub for_: Duration,
+}
+
+/// Streams that move to another endpoint mid-run, as a client whose
+/// gateway connection was killed resumes on another gateway.
+#[derive(Debug, Clone)]
+pub struct Switch {
+    /// From the writer's start.
+    pub after: Duration,
+    /// Where to resume ("host:port").
+    pub endpoint: String,
 }
 
 /// Signals from the coordinator to every stream task.

@@ -60,6 +60,7 @@ async fn compacted_start_is_a_compact_cancel_not_a_gap() {
         start_rev: base + 1,
         group: Group::Normal,
         stall: None,
+        switch: None,
     };
     let limits = StreamLimits {
         setup_timeout: Duration::from_secs(10),

@@ -23,6 +23,7 @@ pub fn ctx(
             truth_endpoint: truth.into(),
             prefix: Bytes::from(prefix.to_string()),
             server_pids: pids,
+            metrics_endpoints: Vec::new(),
             progress: false,
             stop: rx,
             command: "test".into(),

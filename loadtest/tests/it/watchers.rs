@@ -169,3 +169,51 @@ async fn unreachable_target_fails_fast() {
     assert!(fanout::run(&c, &small_fanout(2, 1)).await.is_err());
     assert!(t.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_a_second_proxy_resumes_every_watcher_exactly() {
+    let etcd = EtcdServer::start().await;
+    let a = GrpcProxy::try_start(&etcd.endpoint).await.unwrap();
+    let b = GrpcProxy::try_start(&etcd.endpoint).await.unwrap();
+    let (c, _stop) = ctx(&a.endpoint, &etcd.endpoint, "failover/", Vec::new());
+    let mut p = small_fanout(6, 2);
+    p.failover = Some(fanout::FailoverParams {
+        after: Duration::from_millis(700),
+        endpoint: b.endpoint.clone(),
+    });
+    let r = fanout::run(&c, &p).await.unwrap();
+    assert_eq!(r.scenario, "failover");
+    assert_clean(&r);
+    let w = r.normal().unwrap();
+    // Every stream was killed once and resumed on the other proxy.
+    assert_eq!(w.resumes, w.streams);
+    assert_eq!(w.checks.events, 6 * r.writer.as_ref().unwrap().acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_steps_measure_the_server_rss() {
+    use lookout_loadtest::scenario::memory::{self, MemoryParams};
+    let etcd = EtcdServer::start().await;
+    let (c, _stop) = ctx(
+        &etcd.endpoint,
+        &etcd.endpoint,
+        "memory/",
+        vec![("etcd".into(), etcd.pid())],
+    );
+    let p = MemoryParams {
+        watchers: 300,
+        streams: 20,
+        connections: 10,
+        settle: Duration::from_millis(100),
+        ..MemoryParams::default()
+    };
+    let r = memory::run(&c, &p).await.unwrap();
+    assert!(r.sustained, "{:?}", r.problems);
+    let m = r.memory.unwrap();
+    assert!(m.rss_start_bytes > 0);
+    assert!(m.rss_connections_bytes >= m.rss_start_bytes / 2);
+    assert!(m.per_watcher_bytes.is_finite() && m.per_connection_bytes.is_finite());
+    // Without a process to measure the scenario refuses to run.
+    let (bare, _s) = ctx(&etcd.endpoint, &etcd.endpoint, "memory2/", Vec::new());
+    assert!(memory::run(&bare, &p).await.is_err());
+}

@@ -1,0 +1,196 @@
+//! Lease keep-alive coalescing: every client keep-alive stream on this
+//! gateway shares one upstream `LeaseKeepAlive` stream, and concurrent
+//! keep-alives of the same lease become one upstream request whose answer
+//! every asker receives.
+//!
+//! ```text
+//!   client stream A ─ keep lease 7 ─┐
+//!   client stream B ─ keep lease 7 ─┼─> hub: lease 7 in flight? join : send ─┐
+//!   client stream C ─ keep lease 9 ─┘                                        v
+//!                      one upstream LeaseKeepAlive stream (opened on first use)
+//!   A, B <── response {ID 7, TTL} ──── hub <── responses by ID ──────────────┘
+//! ```
+//!
+//! etcd answers a keep-alive with the lease's full TTL (0 for an unknown
+//! lease) and echoes its ID, so one answer is the right answer for every
+//! client that asked while it was in flight. A broken upstream stream fails
+//! the waiting requests with the store's status (their client streams end,
+//! clientv3 reopens them) and the next request opens a new stream.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use lookout_proto::pb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use crate::server::Shared;
+
+type Waiter = oneshot::Sender<Result<LeaseKeepAliveResponse, Status>>;
+
+/// How long a keep-alive waits for the store's answer before its client
+/// stream ends with Unavailable (the client reopens it).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gateway's one upstream keep-alive stream and the requests in flight.
+#[derive(Debug, Default)]
+pub(crate) struct KeepAliveHub {
+    /// A std mutex: held to look up or register a lease's waiters and to
+    /// take the sender, never across an await.
+    state: std::sync::Mutex<HubState>,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    /// Requests to the open upstream stream; `None` until first use and
+    /// after the stream broke.
+    tx: Option<mpsc::Sender<LeaseKeepAliveRequest>>,
+    /// Which stream `tx` feeds, so a dead stream's pump cannot clear a
+    /// newer one.
+    generation: u64,
+    /// Lease id -> clients waiting for the answer to the request in flight.
+    waiting: HashMap<i64, Vec<Waiter>>,
+}
+
+impl KeepAliveHub {
+    /// Keeps lease `id` alive once for this caller; the answer may be
+    /// shared with other callers of the same lease.
+    ///
+    /// # Errors
+    /// The store's status when the upstream stream broke, Unavailable when
+    /// no answer came within the bound.
+    pub(crate) async fn keep_alive(
+        shared: &Arc<Shared>,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, Status> {
+        let hub = &shared.keepalive;
+        let m = &shared.metrics;
+        m.keepalive_requests.fetch_add(1, Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let send = {
+            let mut st = hub.state.lock().expect("keep-alive hub lock");
+            let first = match st.waiting.entry(id) {
+                Entry::Vacant(v) => {
+                    v.insert(vec![tx]);
+                    true
+                }
+                Entry::Occupied(mut o) => {
+                    o.get_mut().push(tx);
+                    false
+                }
+            };
+            if first {
+                Some(hub.sender(&mut st, shared))
+            } else {
+                m.keepalive_coalesced.fetch_add(1, Relaxed);
+                None
+            }
+        };
+        if let Some((up, generation)) = send {
+            m.keepalive_upstream_requests.fetch_add(1, Relaxed);
+            if up.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                hub.fail(
+                    generation,
+                    Status::unavailable("lookout: upstream keep-alive stream closed"),
+                );
+            }
+        }
+        match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Status::unavailable(
+                "lookout: upstream keep-alive stream closed",
+            )),
+            Err(_) => {
+                // Leave the entry: the answer may still come and serve
+                // others; this caller's closed sender is skipped then.
+                Err(Status::unavailable(
+                    "lookout: no keep-alive answer from the store in time",
+                ))
+            }
+        }
+    }
+
+    /// The upstream stream's sender, opening the stream if there is none.
+    fn sender(
+        &self,
+        st: &mut HubState,
+        shared: &Arc<Shared>,
+    ) -> (mpsc::Sender<LeaseKeepAliveRequest>, u64) {
+        if let Some(tx) = &st.tx {
+            return (tx.clone(), st.generation);
+        }
+        st.generation += 1;
+        let (tx, rx) = mpsc::channel(1024);
+        st.tx = Some(tx.clone());
+        let generation = st.generation;
+        tokio::spawn(pump(shared.clone(), rx, generation));
+        (tx, generation)
+    }
+
+    /// Fails every waiter and forgets stream `generation` (if current).
+    fn fail(&self, generation: u64, status: Status) {
+        let waiters: Vec<Waiter> = {
+            let mut st = self.state.lock().expect("keep-alive hub lock");
+            if st.generation != generation {
+                return;
+            }
+            st.tx = None;
+            st.waiting.drain().flat_map(|(_, w)| w).collect()
+        };
+        for w in waiters {
+            let _ = w.send(Err(status.clone()));
+        }
+    }
+
+    fn answer(&self, resp: LeaseKeepAliveResponse) {
+        let waiters = {
+            let mut st = self.state.lock().expect("keep-alive hub lock");
+            st.waiting.remove(&resp.id).unwrap_or_default()
+        };
+        for w in waiters {
+            let _ = w.send(Ok(resp));
+        }
+    }
+}
+
+/// Opens the upstream stream (its first request is already queued, as etcd
+/// answers the headers with the first response) and hands every answer to
+/// the clients waiting for that lease, until the stream ends.
+async fn pump(shared: Arc<Shared>, rx: mpsc::Receiver<LeaseKeepAliveRequest>, generation: u64) {
+    let hub = &shared.keepalive;
+    let opened = tokio::select! {
+        s = shared.cache.upstream().lease_keep_alive(rx) => s,
+        _ = shared.stopping() => {
+            hub.fail(generation, crate::error::GatewayError::ShuttingDown.into());
+            return;
+        }
+    };
+    let mut stream = match opened {
+        Ok(s) => s,
+        Err(st) => {
+            hub.fail(generation, st);
+            return;
+        }
+    };
+    let m = &shared.metrics;
+    m.keepalive_upstream_streams.fetch_add(1, Relaxed);
+    m.keepalive_upstream_opened.fetch_add(1, Relaxed);
+    let end = loop {
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            _ = shared.stopping() => break crate::error::GatewayError::ShuttingDown.into(),
+        };
+        match msg {
+            Ok(Some(resp)) => hub.answer(resp),
+            Ok(None) => {
+                break Status::unavailable("lookout: the store closed the keep-alive stream");
+            }
+            Err(st) => break st,
+        }
+    };
+    m.keepalive_upstream_streams.fetch_sub(1, Relaxed);
+    hub.fail(generation, end);
+}
