@@ -10,7 +10,8 @@
 //!        ^              │                             │ leader: raft.client_write
 //!        │              │ reads: read index, then     │ follower: forward (peer.rs)
 //!        │              │ the applied MvccState       v
-//!        │              │                  openraft: append to raft-log.redb (fsync),
+//!        │              │                  openraft: append to raft-wal/ (wal.rs, one
+//!        │              │                  fdatasync per group; log_store.rs),
 //!        │              │                  replicate (peer.rs), commit
 //!        │              │                             v
 //!   watch streams <── watch.rs <── hub.rs <── sm.rs: Applier::apply each Request
@@ -50,6 +51,7 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod validate;
+mod wal;
 mod watch;
 
 pub use apply::{Applied, Applier};

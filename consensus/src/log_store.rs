@@ -1,42 +1,276 @@
-//! The raft log in its own redb file (`raft-log.redb`): openraft's
-//! [`RaftLogStorage`]. Appends commit with immediate durability, and that
-//! fsync is the point a write becomes durable; the state machine
-//! (`sm.rs`) commits without fsync because this log can replay it.
+//! The raft log: openraft's [`RaftLogStorage`] over the segmented WAL
+//! (`wal.rs`), with recent entries cached in memory and one writer thread
+//! that turns every group of queued appends into one write and one
+//! `fdatasync`.
 //!
 //! ```text
-//!   log:  u64 index -> bincode Entry (term, leader, Batch | membership | blank)
-//!   meta: "vote" | "committed" | "purged" -> bincode
+//!  RaftCore ──append(entries, callback)──> encode, cache (readable now)
+//!                │                               │ Cmd::Append
+//!                │ own entries as leader:        v
+//!                │ callback at once        raft-wal writer thread:
+//!                │ (Durability::note_early)  drain queue, write, fdatasync
+//!                v                               │ then: follower callbacks,
+//!  replicate to followers  <── overlaps ──>      │ Durability::synced(index)
+//!  sm.apply(i) waits Durability::wait(i) <───────┘
+//!  PeerConn: leader_commit sent <= what this leader has synced
 //! ```
 //!
-//! Why a second file rather than tables in the state file: redb has one
-//! writer per file, so an append's fsync would stall every apply queued
-//! behind it (and an apply would delay the next append).
+//! Why the leader's own appends are acknowledged to openraft before
+//! their fsync: openraft 0.9 awaits an append's callback before it hands
+//! the entries to replication, which puts the leader's fsync and the
+//! followers' (network + fsync) one after the other; etcd overlaps them
+//! (Raft thesis §10.2.1). Acknowledging early lets openraft count the
+//! leader in the quorum before its copy is on disk, so openraft's commit
+//! index can name an entry only `quorum - 1` members hold durably. Two
+//! rules keep such an entry from taking effect anywhere until a full
+//! quorum has it on disk:
+//!
+//! - this member applies (and so answers clients, serves reads and
+//!   publishes watch events for) only entries it has synced
+//!   (`Durability::wait` in `sm.rs`): on the leader that adds its own
+//!   copy to the `quorum - 1` followers that synced before acknowledging;
+//! - followers are never told a commit index above what the leader has
+//!   synced (`peer.rs`), so an entry a follower applies is on the
+//!   leader's disk as well as on the followers' that made the commit.
+//!
+//! A leader that crashes before its fsync loses only entries that never
+//! took effect anywhere: to the cluster they are uncommitted entries (the
+//! commit index is not persisted, see `save_committed`).
+//!
+//! A data dir from before the WAL (`raft-log.redb`) is imported once; the
+//! rename of the finished import to `raft-wal/` is its commit point.
 
 // openraft's trait fixes the error type (StorageError is large); boxing it
 // is not an option for the trait methods, so helpers return it as is.
 #![allow(clippy::result_large_err)]
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::mpsc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
 
 use crate::cluster::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::wal::Wal;
 
-const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// Bytes of encoded entries kept in memory; older ones are read back
+/// from the files (a lagging follower's catch-up, a restart's replay).
+const CACHE_BYTES: usize = 64 << 20;
+/// Most encoded bytes handed to one replication request (at least one
+/// entry is always sent).
+const MAX_SEND_BYTES: usize = 8 << 20;
+/// Most commands the writer takes into one write + fsync.
+const MAX_GROUP: usize = 4096;
 
-/// The log store; clones share the file (openraft's reader is a clone).
-#[derive(Clone)]
-pub struct LogStore {
-    db: Arc<Database>,
+/// What the meta file holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    vote: Option<Vote<NodeId>>,
+    purged: Option<LogId>,
+}
+
+/// One log position in memory.
+#[derive(Debug)]
+struct Slot {
+    id: LogId,
+    /// `None` once evicted from the cache (the file has it).
+    entry: Option<Entry>,
+    size: usize,
+}
+
+#[derive(Debug, Default)]
+struct Mem {
+    meta: Meta,
+    /// Log index of `slots[0]`.
+    first: u64,
+    slots: VecDeque<Slot>,
+    /// Encoded bytes of the cached entries.
+    cached: usize,
+    /// Slots before this index hold no entry.
+    cache_from: u64,
+    /// Last index written to the files (so safe to evict).
+    written: Option<u64>,
+}
+
+impl Mem {
+    fn last_id(&self) -> Option<LogId> {
+        self.slots.back().map(|s| s.id).or(self.meta.purged)
+    }
+
+    fn next_index(&self) -> u64 {
+        self.first + self.slots.len() as u64
+    }
+
+    /// Drops the oldest cached entries beyond the budget; only entries
+    /// already written can go (they are read back from the file).
+    fn evict(&mut self) {
+        self.cache_from = self.cache_from.max(self.first);
+        while self.cached > CACHE_BYTES {
+            match self.written {
+                Some(w) if self.cache_from <= w => {}
+                _ => return,
+            }
+            let i = (self.cache_from - self.first) as usize;
+            let Some(slot) = self.slots.get_mut(i) else {
+                return;
+            };
+            if slot.entry.take().is_some() {
+                self.cached -= slot.size;
+            }
+            self.cache_from += 1;
+        }
+    }
+}
+
+/// How far the local log is durable, and which entries were
+/// acknowledged to openraft before their fsync (see the module doc).
+#[derive(Debug)]
+pub(crate) struct Durability {
+    tx: watch::Sender<Durable>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Durable {
+    /// Every record up to this index is synced.
+    synced: Option<u64>,
+    /// The highest index acknowledged before its fsync.
+    early: Option<u64>,
+    /// The writer failed: nothing after `synced` will ever be durable.
+    failed: bool,
+}
+
+impl Durable {
+    /// Whether every early-acknowledged entry up to `index` is synced.
+    fn covers(&self, index: u64) -> bool {
+        match self.early {
+            None => true,
+            Some(e) => self.synced.is_some_and(|s| s >= e.min(index)),
+        }
+    }
+}
+
+impl Durability {
+    fn new(synced: Option<u64>) -> Self {
+        Self {
+            tx: watch::Sender::new(Durable {
+                synced,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn note_early(&self, index: u64) {
+        self.tx
+            .send_modify(|d| d.early = Some(d.early.map_or(index, |e| e.max(index))));
+    }
+
+    fn set_synced(&self, index: u64) {
+        self.tx.send_modify(|d| d.synced = Some(index));
+    }
+
+    /// After a truncation at `index` everything before it is synced and
+    /// nothing at or after it exists.
+    fn truncated(&self, index: u64) {
+        self.tx.send_modify(|d| {
+            let before = index.checked_sub(1);
+            d.synced = before;
+            d.early = match (d.early, before) {
+                (Some(e), Some(b)) => Some(e.min(b)),
+                _ => None,
+            };
+        });
+    }
+
+    fn fail(&self) {
+        self.tx.send_modify(|d| d.failed = true);
+    }
+
+    /// Whether entries up to `index` may take effect now.
+    pub fn covers(&self, index: u64) -> bool {
+        self.tx.borrow().covers(index)
+    }
+
+    /// Every record up to this index is on disk.
+    pub fn synced_index(&self) -> Option<u64> {
+        self.tx.borrow().synced
+    }
+
+    /// Waits until every entry up to `index` this member acknowledged
+    /// early is on disk. Returns at once when none is pending (followers,
+    /// and entries that never went through this log).
+    ///
+    /// # Errors
+    /// The log writer failed: those entries will never be durable here.
+    pub async fn wait(&self, index: u64) -> Result<(), std::io::Error> {
+        let mut rx = self.tx.subscribe();
+        loop {
+            {
+                let d = rx.borrow_and_update();
+                if d.covers(index) {
+                    return Ok(());
+                }
+                if d.failed {
+                    return Err(std::io::Error::other("raft log writer failed"));
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(std::io::Error::other("raft log closed"));
+            }
+        }
+    }
+}
+
+type Done = oneshot::Sender<std::io::Result<()>>;
+
+enum Cmd {
+    Append {
+        recs: Vec<(u64, Vec<u8>)>,
+        /// Called after the fsync; `None` when acknowledged early.
+        cb: Option<LogFlushed<TypeConfig>>,
+    },
+    Truncate {
+        index: u64,
+        done: Done,
+    },
+    Purge {
+        upto: u64,
+        meta: Vec<u8>,
+        done: Done,
+    },
+    SaveMeta {
+        meta: Vec<u8>,
+        done: Done,
+    },
+    Stop,
+}
+
+struct Inner {
+    node: NodeId,
+    wal: Arc<Wal>,
+    // parking_lot Mutex: short sections, never held across an await.
+    mem: parking_lot::Mutex<Mem>,
+    /// To the writer thread (unbounded: RaftCore never waits to queue;
+    /// raft's own flow control bounds what is in flight).
+    tx: mpsc::Sender<Cmd>,
+    durable: Arc<Durability>,
     /// The state machine: its file is made durable before the log is
     /// purged, since a purged entry can no longer replay an unsynced apply.
     sm: Arc<crate::sm::Shared>,
+    /// The writer thread, joined by [`LogStore::stop`] so a closed store
+    /// leaves no thread touching its files. std Mutex: taken once, at stop.
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The log store; clones share everything (openraft's reader is a clone).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
 }
 
 impl Debug for LogStore {
@@ -61,64 +295,123 @@ fn logs_r(e: impl std::error::Error + 'static) -> StorageError {
     io(ErrorSubject::Logs, ErrorVerb::Read, e)
 }
 
+fn storage(e: impl std::fmt::Display) -> crate::Error {
+    crate::Error::Storage(e.to_string())
+}
+
 impl LogStore {
-    /// Opens (or creates) `<dir>/raft-log.redb`.
+    /// Opens (or creates) `<dir>/raft-wal/` for member `node`, imports a
+    /// pre-WAL `raft-log.redb` if one is there, and starts the writer.
     ///
     /// # Errors
-    /// Any redb or I/O failure.
-    pub(crate) fn open(dir: &Path, sm: Arc<crate::sm::Shared>) -> crate::Result<Self> {
+    /// I/O failures, or a damaged log (anything but a torn tail).
+    pub(crate) fn open(
+        dir: &Path,
+        node: NodeId,
+        sm: Arc<crate::sm::Shared>,
+    ) -> crate::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("raft-log.redb"))?;
-        let tx = db.begin_write()?;
-        {
-            tx.open_table(LOG)?;
-            tx.open_table(META)?;
+        let wal_dir = dir.join("raft-wal");
+        let legacy = dir.join("raft-log.redb");
+        if legacy.exists() {
+            // The rename below is the import's commit point: with
+            // raft-wal/ present the redb file is only a leftover.
+            if !wal_dir.exists() {
+                legacy::import(&legacy, dir, &wal_dir)?;
+            }
+            std::fs::remove_file(&legacy)?;
+            std::fs::File::open(dir)?.sync_all()?;
         }
-        tx.commit()?;
-        Ok(Self {
-            db: Arc::new(db),
+        let purged_of = |b: &[u8]| -> Option<u64> {
+            bincode::deserialize::<Meta>(b)
+                .ok()?
+                .purged
+                .map(|p| p.index)
+        };
+        let (wal, rec) = Wal::open(&wal_dir, purged_of)?;
+        if rec.cut_tail {
+            tracing::warn!(dir = %wal_dir.display(), "raft log: cut a torn tail (writes that were never acknowledged)");
+        }
+        let meta: Meta = match &rec.meta {
+            Some(b) => bincode::deserialize(b).map_err(storage)?,
+            None => Meta::default(),
+        };
+        let records = rec.records;
+        let mut mem = Mem {
+            first: meta.purged.map_or(0, |p| p.index + 1),
+            meta,
+            ..Default::default()
+        };
+        for (i, b) in records {
+            let e: Entry = bincode::deserialize(&b).map_err(storage)?;
+            if mem.slots.is_empty() {
+                mem.first = i;
+                mem.cache_from = i;
+            }
+            mem.cached += b.len();
+            mem.slots.push_back(Slot {
+                id: e.log_id,
+                entry: Some(e),
+                size: b.len(),
+            });
+            mem.written = Some(i);
+        }
+        mem.evict();
+        let synced = mem.slots.back().map(|s| s.id.index);
+        let wal = Arc::new(wal);
+        let durable = Arc::new(Durability::new(synced));
+        let (tx, rx) = mpsc::channel();
+        let inner = Arc::new(Inner {
+            node,
+            wal: wal.clone(),
+            mem: parking_lot::Mutex::new(mem),
+            tx,
+            durable: durable.clone(),
             sm,
-        })
+            thread: std::sync::Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inner);
+        let handle = std::thread::Builder::new()
+            .name("raft-wal".into())
+            .spawn(move || writer(wal, durable, weak, rx))?;
+        *inner.thread.lock().expect("writer handle") = Some(handle);
+        Ok(Self { inner })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<T>, StorageError> {
-        let tx = self.db.begin_read().map_err(logs_r)?;
-        let t = tx.open_table(META).map_err(logs_r)?;
-        match t.get(key).map_err(logs_r)? {
-            Some(v) => Ok(Some(bincode::deserialize(v.value()).map_err(logs_r)?)),
-            None => Ok(None),
-        }
+    pub(crate) fn durability(&self) -> Arc<Durability> {
+        self.inner.durable.clone()
     }
 
-    fn put_meta<T: serde::Serialize>(
-        &self,
-        key: &str,
-        v: &T,
-        durable: bool,
-    ) -> Result<(), StorageError> {
-        let bytes = bincode::serialize(v).map_err(logs_w)?;
-        let mut tx = self.db.begin_write().map_err(logs_w)?;
-        if !durable {
-            tx.set_durability(Durability::None).map_err(logs_w)?;
-        }
+    fn send(&self, cmd: Cmd) -> Result<(), StorageError> {
+        self.inner
+            .tx
+            .send(cmd)
+            .map_err(|_| logs_w(std::io::Error::other("raft log writer stopped")))
+    }
+
+    async fn call(&self, make: impl FnOnce(Done) -> Cmd) -> std::io::Result<()> {
+        let (done, rx) = oneshot::channel();
+        self.send(make(done))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(std::io::Error::other("raft log writer stopped")))
+    }
+
+    /// Stops the writer after everything queued is written and synced.
+    /// Blocks for as long as one group write and sync take.
+    pub(crate) fn stop(&self) {
+        let _ = self.send(Cmd::Stop);
+        let handle = self.inner.thread.lock().expect("writer handle").take();
+        if let Some(h) = handle
+            && h.thread().id() != std::thread::current().id()
         {
-            let mut t = tx.open_table(META).map_err(logs_w)?;
-            t.insert(key, bytes.as_slice()).map_err(logs_w)?;
+            let _ = h.join();
         }
-        tx.commit().map_err(logs_w)
     }
 
     /// Number of entries in the log (for status and tests).
     pub fn len(&self) -> u64 {
-        self.db
-            .begin_read()
-            .ok()
-            .and_then(|tx| tx.open_table(LOG).ok())
-            .and_then(|t| redb::ReadableTableMetadata::len(&t).ok())
-            .unwrap_or(0)
+        self.inner.mem.lock().slots.len() as u64
     }
 
     /// Whether the log holds no entry.
@@ -126,12 +419,171 @@ impl LogStore {
         self.len() == 0
     }
 
-    /// Size of the log file in bytes.
-    pub fn file_size(&self, dir: &Path) -> u64 {
-        std::fs::metadata(dir.join("raft-log.redb"))
-            .map(|m| m.len())
-            .unwrap_or(0)
+    /// Bytes the log's segment files take on disk (preallocated).
+    pub fn file_size(&self) -> u64 {
+        self.inner.wal.disk_bytes()
     }
+
+    /// The id of the entry at `index`, if the log holds it.
+    pub(crate) fn log_id_at(&self, index: u64) -> Option<LogId> {
+        let m = self.inner.mem.lock();
+        let i = index.checked_sub(m.first)?;
+        m.slots.get(i as usize).map(|s| s.id)
+    }
+
+    /// Whether `entries` are this member's own, appended as the leader
+    /// of the vote it holds (the case acknowledged before the fsync).
+    fn own_leader_entries(&self, m: &Mem, entries: &[Entry]) -> bool {
+        let Some(v) = &m.meta.vote else { return false };
+        v.is_committed()
+            && v.leader_id().node_id == self.inner.node
+            && entries.iter().all(|e| e.log_id.leader_id == *v.leader_id())
+    }
+
+    fn read_range(&self, start: u64, end: u64, limit: usize) -> Result<Vec<Entry>, StorageError> {
+        let mut out: Vec<Option<Entry>> = Vec::new();
+        let mut missing = Vec::new();
+        let from;
+        {
+            let m = self.inner.mem.lock();
+            from = start.max(m.first);
+            let to = end.min(m.next_index());
+            let mut bytes = 0;
+            for i in from..to {
+                let s = &m.slots[(i - m.first) as usize];
+                if !out.is_empty() && bytes + s.size > limit {
+                    break;
+                }
+                bytes += s.size;
+                match &s.entry {
+                    Some(e) => out.push(Some(e.clone())),
+                    None => {
+                        missing.push(out.len());
+                        out.push(None);
+                    }
+                }
+            }
+        }
+        for k in missing {
+            let index = from + k as u64;
+            match self.inner.wal.read(index).map_err(logs_r)? {
+                Some(b) => out[k] = Some(bincode::deserialize(&b).map_err(logs_r)?),
+                // Purged meanwhile: return the part before it.
+                None => {
+                    out.truncate(k);
+                    break;
+                }
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+}
+
+/// The writer thread: takes every queued command, writes the appends
+/// with one write and one fsync, then completes them. Truncate, purge
+/// and meta updates run in queue order, after the appends before them
+/// are synced.
+fn writer(
+    wal: Arc<Wal>,
+    durable: Arc<Durability>,
+    store: std::sync::Weak<Inner>,
+    rx: mpsc::Receiver<Cmd>,
+) {
+    let mut failed: Option<String> = None;
+    // Appends written but not yet synced: their callbacks and last index.
+    let mut cbs: Vec<LogFlushed<TypeConfig>> = Vec::new();
+    let mut last: Option<u64> = None;
+    let flush = |cbs: &mut Vec<LogFlushed<TypeConfig>>,
+                 last: &mut Option<u64>,
+                 failed: &mut Option<String>| {
+        let Some(l) = last.take() else { return };
+        let res = match failed {
+            Some(e) => Err(std::io::Error::other(e.clone())),
+            None => wal.write().and_then(|()| {
+                if let Some(s) = store.upgrade() {
+                    let mut m = s.mem.lock();
+                    m.written = Some(l);
+                    m.evict();
+                }
+                wal.sync()
+            }),
+        };
+        match res {
+            Ok(()) => {
+                durable.set_synced(l);
+                for cb in cbs.drain(..) {
+                    cb.log_io_completed(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "raft log write failed; this member stops accepting entries");
+                *failed = Some(e.to_string());
+                durable.fail();
+                for cb in cbs.drain(..) {
+                    cb.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                }
+            }
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        for cmd in batch {
+            let op_done = |done: Done, res: std::io::Result<()>| {
+                let _ = done.send(res);
+            };
+            match cmd {
+                Cmd::Append { recs, cb } => {
+                    let mut res = Ok(());
+                    if failed.is_none() {
+                        for (i, b) in &recs {
+                            res = wal.append(*i, b);
+                            if res.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    if let Err(e) = res {
+                        failed = Some(e.to_string());
+                        durable.fail();
+                    }
+                    last = recs.last().map(|r| r.0).or(last);
+                    cbs.extend(cb);
+                }
+                Cmd::Truncate { index, done } => {
+                    flush(&mut cbs, &mut last, &mut failed);
+                    let res = match &failed {
+                        Some(e) => Err(std::io::Error::other(e.clone())),
+                        None => wal.truncate(index),
+                    };
+                    if res.is_ok() {
+                        durable.truncated(index);
+                    }
+                    op_done(done, res);
+                }
+                Cmd::Purge { upto, meta, done } => {
+                    flush(&mut cbs, &mut last, &mut failed);
+                    let res = wal.save_meta(&meta).and_then(|()| wal.purge_upto(upto));
+                    op_done(done, res);
+                }
+                Cmd::SaveMeta { meta, done } => {
+                    flush(&mut cbs, &mut last, &mut failed);
+                    op_done(done, wal.save_meta(&meta));
+                }
+                Cmd::Stop => {
+                    flush(&mut cbs, &mut last, &mut failed);
+                    return;
+                }
+            }
+        }
+        flush(&mut cbs, &mut last, &mut failed);
+    }
+    flush(&mut cbs, &mut last, &mut failed);
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -139,16 +591,25 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let tx = self.db.begin_read().map_err(logs_r)?;
-        let t = tx.open_table(LOG).map_err(logs_r)?;
-        let start = range.start_bound().cloned();
-        let end = range.end_bound().cloned();
-        let mut out = Vec::new();
-        for row in t.range::<u64>((start, end)).map_err(logs_r)? {
-            let (_, v) = row.map_err(logs_r)?;
-            out.push(bincode::deserialize(v.value()).map_err(logs_r)?);
-        }
-        Ok(out)
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => i.saturating_add(1),
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.read_range(start, end, usize::MAX)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_range(start, end, MAX_SEND_BYTES)
     }
 }
 
@@ -156,19 +617,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let purged: Option<LogId> = self.get_meta::<Option<LogId>>("purged")?.flatten();
-        let tx = self.db.begin_read().map_err(logs_r)?;
-        let t = tx.open_table(LOG).map_err(logs_r)?;
-        let last = match t.last().map_err(logs_r)? {
-            Some((_, v)) => {
-                let e: Entry = bincode::deserialize(v.value()).map_err(logs_r)?;
-                Some(e.log_id)
-            }
-            None => purged,
-        };
+        let m = self.inner.mem.lock();
         Ok(LogState {
-            last_purged_log_id: purged,
-            last_log_id: last,
+            last_purged_log_id: m.meta.purged,
+            last_log_id: m.last_id(),
         })
     }
 
@@ -177,18 +629,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.put_meta("vote", vote, true)
-            .map_err(|e| io(ErrorSubject::Vote, ErrorVerb::Write, e))
+        let mut meta = self.inner.mem.lock().meta.clone();
+        meta.vote = Some(*vote);
+        let bytes = bincode::serialize(&meta).map_err(logs_w)?;
+        self.call(|done| Cmd::SaveMeta { meta: bytes, done })
+            .await
+            .map_err(|e| io(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        // Only a durable vote counts (it decides early acknowledgements).
+        self.inner.mem.lock().meta.vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.get_meta("vote")
+        Ok(self.inner.mem.lock().meta.vote)
     }
 
     // save_committed / read_committed keep openraft's defaults (nothing
-    // stored): recording the commit index would cost a redb commit on
-    // RaftCore's path for every batch, and a restarted member learns it
-    // from the leader (a lone member elects itself at once).
+    // stored): a restarted member learns the commit index from the leader
+    // (a lone member elects itself at once).
 
     async fn append<I>(
         &mut self,
@@ -199,66 +657,183 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut rows = Vec::new();
-        for e in entries {
-            rows.push((e.log_id.index, bincode::serialize(&e).map_err(logs_w)?));
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id.index) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let mut recs = Vec::with_capacity(entries.len());
+        for e in &entries {
+            recs.push((e.log_id.index, bincode::serialize(e).map_err(logs_w)?));
         }
-        let db = self.db.clone();
-        // The fsync runs off the async workers; RaftCore awaits it anyway.
-        let res = tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            let tx = db.begin_write().map_err(logs_w)?;
-            {
-                let mut t = tx.open_table(LOG).map_err(logs_w)?;
-                for (i, b) in &rows {
-                    t.insert(*i, b.as_slice()).map_err(logs_w)?;
-                }
+        let early = {
+            let mut m = self.inner.mem.lock();
+            let first = entries[0].log_id.index;
+            if m.slots.is_empty() {
+                m.first = first;
+                m.cache_from = first;
+            } else if first != m.next_index() {
+                return Err(logs_w(std::io::Error::other(format!(
+                    "append of {first} to a log ending before {}",
+                    m.next_index()
+                ))));
             }
-            tx.commit().map_err(logs_w)
-        })
-        .await
-        .map_err(logs_w)?;
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
+            for (e, (_, b)) in entries.iter().zip(&recs) {
+                m.cached += b.len();
+                m.slots.push_back(Slot {
+                    id: e.log_id,
+                    entry: Some(e.clone()),
+                    size: b.len(),
+                });
             }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
-            }
+            m.evict();
+            self.own_leader_entries(&m, &entries)
+        };
+        if early {
+            self.inner.durable.note_early(last);
+            self.send(Cmd::Append { recs, cb: None })?;
+            callback.log_io_completed(Ok(()));
+        } else {
+            self.send(Cmd::Append {
+                recs,
+                cb: Some(callback),
+            })?;
         }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let tx = self.db.begin_write().map_err(logs_w)?;
-        {
-            let mut t = tx.open_table(LOG).map_err(logs_w)?;
-            t.retain_in::<u64, _>(log_id.index.., |_, _| false)
-                .map_err(logs_w)?;
+        let index = log_id.index;
+        self.call(|done| Cmd::Truncate { index, done })
+            .await
+            .map_err(logs_w)?;
+        let mut m = self.inner.mem.lock();
+        if index < m.next_index() {
+            let keep = index.saturating_sub(m.first) as usize;
+            let gone: usize = m
+                .slots
+                .iter()
+                .skip(keep)
+                .filter(|s| s.entry.is_some())
+                .map(|s| s.size)
+                .sum();
+            m.cached -= gone;
+            m.slots.truncate(keep);
+            m.written = match index.checked_sub(1) {
+                Some(b) => m.written.map(|w| w.min(b)),
+                None => None,
+            };
+            if m.cache_from > index {
+                m.cache_from = index;
+            }
         }
-        tx.commit().map_err(logs_w)
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Every apply up to `log_id` must survive a crash before the
         // entries that could replay it go.
         {
-            let _file = self.sm.file_lock.lock().expect("file lock");
-            let sm = self.sm.db().begin_write().map_err(logs_w)?;
-            sm.commit().map_err(logs_w)?;
-        }
-        let bytes = bincode::serialize(&Some(log_id)).map_err(logs_w)?;
-        let tx = self.db.begin_write().map_err(logs_w)?;
-        {
-            let mut m = tx.open_table(META).map_err(logs_w)?;
-            m.insert("purged", bytes.as_slice()).map_err(logs_w)?;
-            let mut t = tx.open_table(LOG).map_err(logs_w)?;
-            t.retain_in::<u64, _>((Bound::Unbounded, Bound::Included(log_id.index)), |_, _| {
-                false
+            let sm = self.inner.sm.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+                let _file = sm.file_lock.lock().expect("file lock");
+                let tx = sm.db().begin_write().map_err(logs_w)?;
+                tx.commit().map_err(logs_w)
             })
-            .map_err(logs_w)?;
+            .await
+            .map_err(logs_w)??;
         }
-        tx.commit().map_err(logs_w)
+        let mut meta = self.inner.mem.lock().meta.clone();
+        meta.purged = Some(log_id);
+        let bytes = bincode::serialize(&meta).map_err(logs_w)?;
+        let upto = log_id.index;
+        self.call(|done| Cmd::Purge {
+            upto,
+            meta: bytes,
+            done,
+        })
+        .await
+        .map_err(logs_w)?;
+        let mut m = self.inner.mem.lock();
+        m.meta.purged = Some(log_id);
+        while m.first <= upto {
+            let Some(s) = m.slots.pop_front() else {
+                m.first = upto + 1;
+                break;
+            };
+            if s.entry.is_some() {
+                m.cached -= s.size;
+            }
+            m.first += 1;
+        }
+        m.cache_from = m.cache_from.max(m.first);
+        Ok(())
+    }
+}
+
+/// The raft log as it was kept before the WAL: tables in `raft-log.redb`.
+mod legacy {
+    use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+    use super::{Meta, storage};
+
+    const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+    const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+    /// Log records as the WAL takes them: (index, bincode `Entry`).
+    pub(super) type Records = Vec<(u64, Vec<u8>)>;
+
+    /// Writes the log of `path` as a WAL in `dir/raft-wal.import/`, makes
+    /// it durable, then renames it to `wal_dir` (a crash before the
+    /// rename leaves the redb file in charge, and the import runs again).
+    pub(super) fn import(
+        path: &std::path::Path,
+        dir: &std::path::Path,
+        wal_dir: &std::path::Path,
+    ) -> crate::Result<()> {
+        let (meta, recs) = read(path)?;
+        let tmp = dir.join("raft-wal.import");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        {
+            let (wal, _) = crate::wal::Wal::open(&tmp, |_| None)?;
+            for (i, b) in &recs {
+                wal.append(*i, b)?;
+            }
+            wal.sync()?;
+            wal.save_meta(&bincode::serialize(&meta).map_err(storage)?)?;
+        }
+        std::fs::rename(&tmp, wal_dir)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        tracing::info!(
+            entries = recs.len(),
+            "imported raft-log.redb into raft-wal/"
+        );
+        Ok(())
+    }
+
+    /// The vote, purged id and every entry.
+    pub(super) fn read(path: &std::path::Path) -> crate::Result<(Meta, Records)> {
+        let db = Database::open(path)?;
+        let tx = db.begin_read()?;
+        let mut meta = Meta::default();
+        if let Ok(t) = tx.open_table(META) {
+            if let Some(v) = t.get("vote")? {
+                meta.vote = bincode::deserialize(v.value()).map_err(storage)?;
+            }
+            if let Some(v) = t.get("purged")? {
+                meta.purged = bincode::deserialize(v.value()).map_err(storage)?;
+            }
+        }
+        let mut recs = Vec::new();
+        if let Ok(t) = tx.open_table(LOG) {
+            for row in t.iter()? {
+                let (k, v) = row?;
+                recs.push((k.value(), v.value().to_vec()));
+            }
+        }
+        Ok((meta, recs))
     }
 }
 
@@ -275,8 +850,12 @@ mod conformance {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().expect("tempdir");
             let shared = Shared::open(dir.path()).expect("state file");
-            let log = LogStore::open(dir.path(), shared.clone()).expect("log file");
-            Ok((dir, log, StateMachine { shared }))
+            let log = LogStore::open(dir.path(), 1, shared.clone()).expect("log file");
+            let sm = StateMachine {
+                shared,
+                durable: log.durability(),
+            };
+            Ok((dir, log, sm))
         }
     }
 
@@ -284,5 +863,225 @@ mod conformance {
     #[test]
     fn openraft_storage_suite() {
         Suite::test_all(Builder).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::cluster::Batch;
+    use crate::sm::Shared;
+
+    fn entries(term: u64, leader: NodeId, range: std::ops::Range<u64>) -> Vec<Entry> {
+        range
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(term, leader), i),
+                payload: EntryPayload::Normal(Batch(Vec::new())),
+            })
+            .collect()
+    }
+
+    fn open(dir: &Path, node: NodeId) -> LogStore {
+        let shared = Shared::open(dir).expect("state file");
+        LogStore::open(dir, node, shared).expect("log")
+    }
+
+    async fn indexes(log: &mut LogStore) -> Vec<(u64, u64)> {
+        log.try_get_log_entries(..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    #[test]
+    fn durable_covers_early_entries_only_once_synced() {
+        let d = Durable {
+            synced: Some(5),
+            early: Some(10),
+            failed: false,
+        };
+        assert!(d.covers(3));
+        assert!(d.covers(5));
+        assert!(!d.covers(6));
+        assert!(
+            !d.covers(12),
+            "entries after an unsynced early one wait too"
+        );
+        let d = Durable {
+            synced: Some(10),
+            ..d
+        };
+        assert!(
+            d.covers(12),
+            "later entries were synced before acknowledged"
+        );
+        assert!(
+            Durable::default().covers(100),
+            "nothing acknowledged early: nothing to wait for"
+        );
+        let dur = Durability::new(Some(4));
+        dur.note_early(9);
+        assert!(!dur.covers(9));
+        // A truncation at 7 leaves 0..=6, all synced by then.
+        dur.truncated(7);
+        assert!(dur.covers(9));
+        assert_eq!(dur.synced_index(), Some(6));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_followers_entries_are_synced_before_their_callback() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = open(d.path(), 1);
+        // Member 2 leads term 3: entries from it are not this member's own.
+        log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+        log.blocking_append(entries(3, 2, 1..51)).await.unwrap();
+        let dur = log.durability();
+        assert_eq!(dur.synced_index(), Some(50));
+        assert!(dur.covers(50));
+        log.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leaders_own_entries_apply_once_synced() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = open(d.path(), 1);
+        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        let dur = log.durability();
+        for k in 0..20u64 {
+            log.blocking_append(entries(2, 1, k * 10 + 1..k * 10 + 11))
+                .await
+                .unwrap();
+            // Acknowledged (maybe before the fsync); taking effect waits
+            // for the sync, and then the sync is there.
+            tokio::time::timeout(Duration::from_secs(10), dur.wait(k * 10 + 10))
+                .await
+                .expect("synced in time")
+                .unwrap();
+            assert!(dur.synced_index() >= Some(k * 10 + 10));
+        }
+        log.stop();
+        drop(log);
+        // What was waited for is on disk.
+        let mut log = open(d.path(), 1);
+        assert_eq!(indexes(&mut log).await.len(), 200);
+        log.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopen_restores_vote_truncation_purge_and_entries() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut log = open(d.path(), 1);
+            log.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
+            log.blocking_append(entries(1, 2, 0..100)).await.unwrap();
+            // A new leader's log disagrees from 81 on.
+            log.save_vote(&Vote::new_committed(2, 3)).await.unwrap();
+            log.truncate(LogId::new(CommittedLeaderId::new(1, 2), 81))
+                .await
+                .unwrap();
+            log.blocking_append(entries(2, 3, 81..90)).await.unwrap();
+            log.purge(LogId::new(CommittedLeaderId::new(1, 2), 20))
+                .await
+                .unwrap();
+            log.stop();
+        }
+        let mut log = open(d.path(), 1);
+        assert_eq!(
+            log.read_vote().await.unwrap(),
+            Some(Vote::new_committed(2, 3))
+        );
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id.map(|l| l.index), Some(20));
+        assert_eq!(
+            st.last_log_id,
+            Some(LogId::new(CommittedLeaderId::new(2, 3), 89))
+        );
+        let want: Vec<(u64, u64)> = (21..81)
+            .map(|i| (1, i))
+            .chain((81..90).map(|i| (2, i)))
+            .collect();
+        assert_eq!(indexes(&mut log).await, want);
+        log.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pre_wal_redb_log_is_imported_once() {
+        use redb::{Database, TableDefinition};
+        const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+        const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+        let d = tempfile::tempdir().unwrap();
+        let vote = Vote::new_committed(4, 2);
+        let purged = LogId::new(CommittedLeaderId::new(1, 2), 9);
+        {
+            let db = Database::create(d.path().join("raft-log.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut log = tx.open_table(LOG).unwrap();
+                for e in entries(4, 2, 10..30) {
+                    log.insert(e.log_id.index, bincode::serialize(&e).unwrap().as_slice())
+                        .unwrap();
+                }
+                let mut meta = tx.open_table(META).unwrap();
+                meta.insert("vote", bincode::serialize(&Some(vote)).unwrap().as_slice())
+                    .unwrap();
+                meta.insert(
+                    "purged",
+                    bincode::serialize(&Some(purged)).unwrap().as_slice(),
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        // A crash in an earlier import left a partial copy: ignored.
+        std::fs::create_dir_all(d.path().join("raft-wal.import")).unwrap();
+        for round in 0..2 {
+            let mut log = open(d.path(), 1);
+            assert!(!d.path().join("raft-log.redb").exists());
+            assert!(!d.path().join("raft-wal.import").exists());
+            assert_eq!(log.read_vote().await.unwrap(), Some(vote), "round {round}");
+            let st = log.get_log_state().await.unwrap();
+            assert_eq!(st.last_purged_log_id, Some(purged));
+            assert_eq!(st.last_log_id.map(|l| l.index), Some(29));
+            let want: Vec<(u64, u64)> = (10..30).map(|i| (4, i)).collect();
+            assert_eq!(indexes(&mut log).await, want);
+            log.stop();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_torn_last_record_is_dropped_on_open() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut log = open(d.path(), 1);
+            log.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
+            log.blocking_append(entries(1, 2, 1..11)).await.unwrap();
+            log.stop();
+        }
+        // Damage the last record's payload as a crash mid-write would.
+        let seg = std::fs::read_dir(d.path().join("raft-wal"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "wal"))
+            .unwrap();
+        let bytes = std::fs::read(&seg).unwrap();
+        let end = bytes.iter().rposition(|b| *b != 0).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[bytes[end] ^ 0xff], end as u64).unwrap();
+        drop(f);
+        let mut log = open(d.path(), 1);
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id.map(|l| l.index), Some(9));
+        assert_eq!(log.durability().synced_index(), Some(9));
+        // The log continues where the good part ends.
+        log.blocking_append(entries(1, 2, 10..12)).await.unwrap();
+        assert_eq!(indexes(&mut log).await.last(), Some(&(1, 11)));
+        log.stop();
     }
 }

@@ -36,6 +36,7 @@ use tonic::{Response, Status};
 
 use crate::cluster::{MemberNode, NodeId, TypeConfig};
 use crate::error::{Error, Result};
+use crate::log_store::LogStore;
 use crate::request::{Reply, Request};
 use crate::store::Store;
 
@@ -236,6 +237,9 @@ fn decode<T: DeserializeOwned>(r: &PeerReply) -> Result<T, Status> {
 #[derive(Debug, Clone)]
 pub(crate) struct Network {
     pub clients: Arc<PeerClients>,
+    /// This member's raft log: what it has synced bounds the commit index
+    /// it tells followers (see [`PeerConn::append_entries`]).
+    pub log: LogStore,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -246,6 +250,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             client: self.clients.get(target, node),
             clients: self.clients.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -256,6 +261,7 @@ pub(crate) struct PeerConn {
     target: NodeId,
     client: Option<PeerClient<Channel>>,
     clients: Arc<PeerClients>,
+    log: LogStore,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, MemberNode, RaftError<NodeId, E>>;
@@ -299,11 +305,31 @@ impl PeerConn {
 }
 
 impl RaftNetwork<TypeConfig> for PeerConn {
+    /// The leader counts itself in the quorum before its own fsync (see
+    /// `log_store.rs`), so a commit index may run ahead of what it holds
+    /// durably. A follower applies whatever it is told is committed, so
+    /// it is told at most what this leader has synced: first a short
+    /// wait for the sync in progress (it nearly always finishes first),
+    /// then, if the disk is slow, the synced part only (the rest follows
+    /// with the next request).
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        if let Some(c) = rpc.leader_commit {
+            let durable = self.log.durability();
+            if !durable.covers(c.index) {
+                let wait = (option.hard_ttl() / 4).min(Duration::from_millis(20));
+                let ok = tokio::time::timeout(wait, durable.wait(c.index)).await;
+                if !matches!(ok, Ok(Ok(()))) {
+                    rpc.leader_commit = durable
+                        .synced_index()
+                        .map(|s| s.min(c.index))
+                        .and_then(|s| self.log.log_id_at(s));
+                }
+            }
+        }
         self.call(&rpc, option.hard_ttl(), |mut c, r| async move {
             c.append_entries(r).await
         })

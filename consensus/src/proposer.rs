@@ -1,6 +1,6 @@
 //! Group commit in front of raft: concurrent writes are batched into one
-//! log entry ([`Batch`](crate::cluster::Batch)), because openraft appends
-//! and fsyncs every client write on its own.
+//! log entry ([`Batch`](crate::cluster::Batch)), because openraft handles
+//! (appends, replicates, applies) every client write on its own.
 //!
 //! ```text
 //!  propose(req) ──push──> queue ──> up to MAX_IN_FLIGHT submitters, each:
@@ -9,8 +9,9 @@
 //!      answer every request of the batch, then take the next batch
 //! ```
 //!
-//! Several batches in flight let the leader fsync batch k+1 while batch k
-//! replicates. Order between batches is raft's log order.
+//! Several batches in flight let the leader append batch k+1 while batch
+//! k replicates or applies (the log's writer thread then syncs what is
+//! queued with one fdatasync). Order between batches is raft's log order.
 
 use std::sync::Arc;
 
@@ -27,9 +28,9 @@ const MAX_BATCH: usize = 1024;
 const MAX_BATCH_BYTES: usize = 2 << 20;
 /// Most requests waiting; beyond it writers get etcd's "too many requests".
 const MAX_PENDING: usize = 16 * 1024;
-/// Batches submitted at once. openraft fsyncs each entry on its own, one
-/// after the other: two in flight keep the leader appending batch k+1
-/// while batch k replicates, without splitting batches further.
+/// Batches submitted at once: two in flight keep the leader appending
+/// batch k+1 while batch k replicates and applies, without splitting
+/// batches further.
 const MAX_IN_FLIGHT: usize = 2;
 
 struct Proposal {

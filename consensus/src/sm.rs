@@ -44,7 +44,7 @@ const SNAP_MAGIC: &[u8; 14] = b"LOOKOUT-SNAP1\n";
 
 /// What the store and the state machine share.
 pub(crate) struct Shared {
-    /// The data dir (holds `lookout.redb`, `raft-log.redb`, `snap/`).
+    /// The data dir (holds `lookout.redb`, `raft-wal/`, `snap/`).
     pub dir: PathBuf,
     /// The MVCC file. Swappable so a defragment can replace the file
     /// while readers finish on the old one.
@@ -196,6 +196,9 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 #[derive(Debug, Clone)]
 pub(crate) struct StateMachine {
     pub shared: Arc<Shared>,
+    /// The raft log's durability: entries the leader acknowledged before
+    /// their fsync are applied only once synced (see `log_store.rs`).
+    pub durable: Arc<crate::log_store::Durability>,
 }
 
 impl StateMachine {
@@ -307,6 +310,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(last) = entries.last() {
+            self.durable
+                .wait(last.log_id.index)
+                .await
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        }
         // An apply is CPU work plus a redb commit without fsync: it runs
         // right here unless a whole-file operation (snapshot install,
         // defragment, purge's sync) holds the file, in which case it

@@ -223,7 +223,10 @@ pub fn verify(file: &Path) -> Result<()> {
 /// `data_dir` already holds a store, the file fails [`verify`] or is not
 /// a Lookout backup, or writing fails.
 pub fn restore(file: &Path, data_dir: &Path) -> Result<Restored> {
-    if data_dir.join("lookout.redb").exists() || data_dir.join("raft-log.redb").exists() {
+    if ["lookout.redb", "raft-log.redb", "raft-wal"]
+        .iter()
+        .any(|f| data_dir.join(f).exists())
+    {
         return Err(Error::Storage(format!(
             "data-dir {:?} exists; restore only into a new directory",
             data_dir.display()

@@ -144,16 +144,18 @@ impl Store {
         let member_id = cluster::member_id(&cfg.peer_urls, &cfg.cluster_token);
         let cluster_id = cluster::derive_id("cluster", &[&cfg.cluster_token]);
         let shared = Shared::open(&cfg.data_dir)?;
-        let log = LogStore::open(&cfg.data_dir, shared.clone())?;
+        let log = LogStore::open(&cfg.data_dir, member_id, shared.clone())?;
         let peers = Arc::new(PeerClients::new(cluster_id, cfg.peer_tls.clone()));
         let sm = StateMachine {
             shared: shared.clone(),
+            durable: log.durability(),
         };
         let raft = Raft::new(
             member_id,
             rcfg,
             Network {
                 clients: peers.clone(),
+                log: log.clone(),
             },
             log.clone(),
             sm,
@@ -781,6 +783,7 @@ impl Store {
             }
             Err(_) => stop_raft(),
         }
+        self.inner.log.stop();
         let _file = self.inner.shared.file_lock.lock().expect("file lock");
         if let Ok(tx) = self.db().begin_write()
             && let Err(e) = tx.commit()
