@@ -75,21 +75,9 @@ pub struct GatewayArgs {
     /// Retry hint (`grpc-retry-pushback-ms`) sent with a refusal.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub storm_retry_after: Duration,
-    /// TLS certificate (PEM) of this gateway's listener.
-    #[arg(long)]
-    pub cert_file: Option<PathBuf>,
-    /// TLS key (PEM) of this gateway's listener.
-    #[arg(long)]
-    pub key_file: Option<PathBuf>,
-    /// CA that signs client certificates.
-    #[arg(long)]
-    pub trusted_ca_file: Option<PathBuf>,
-    /// Refuse clients without a certificate signed by --trusted-ca-file.
-    #[arg(long)]
-    pub client_cert_auth: bool,
-    /// How often certificate files are checked for changes.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub tls_reload_interval: Duration,
+    /// TLS on the client listener (etcd's client-side flags).
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// Client certificate (PEM) presented to the upstream (grpc-proxy's name).
     #[arg(long)]
     pub cert: Option<PathBuf>,
@@ -106,14 +94,38 @@ pub struct GatewayArgs {
     pub auth_config: Option<PathBuf>,
 }
 
-impl GatewayArgs {
-    /// The configuration these flags describe, with the TLS flags checked.
+/// etcd's client-side TLS flags, shared by `lookout gateway` and `lookout
+/// store` (and so by their environment variables and config file keys).
+#[derive(Debug, Clone, Args)]
+pub struct ClientTlsArgs {
+    /// TLS certificate (PEM) of the client listener; with it clients
+    /// connect over TLS (https:// client URLs).
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// TLS key (PEM) of the client listener.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// CA that signs client certificates.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by --trusted-ca-file.
+    #[arg(long)]
+    pub client_cert_auth: bool,
+    /// How often certificate files are checked for changes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+}
+
+impl ClientTlsArgs {
+    /// The client listener's TLS files, if any were given.
     ///
     /// # Errors
-    /// [`GatewayError::Tls`] for half-given TLS flags.
-    pub fn to_checked_config(&self) -> Result<GatewayConfig, GatewayError> {
-        let mut c = self.to_config();
-        c.tls = lookout_consensus::tls::TlsFiles::from_flags(
+    /// Half-given flags (a certificate without its key, client
+    /// authentication without a CA, ...).
+    pub fn files(
+        &self,
+    ) -> Result<Option<lookout_consensus::tls::TlsFiles>, lookout_consensus::tls::TlsError> {
+        Ok(lookout_consensus::tls::TlsFiles::from_flags(
             self.cert_file.as_deref(),
             self.key_file.as_deref(),
             self.trusted_ca_file.as_deref(),
@@ -128,7 +140,18 @@ impl GatewayArgs {
         .map(|f| lookout_consensus::tls::TlsFiles {
             reload_interval: self.tls_reload_interval,
             ..f
-        });
+        }))
+    }
+}
+
+impl GatewayArgs {
+    /// The configuration these flags describe, with the TLS flags checked.
+    ///
+    /// # Errors
+    /// [`GatewayError::Tls`] for half-given TLS flags.
+    pub fn to_checked_config(&self) -> Result<GatewayConfig, GatewayError> {
+        let mut c = self.to_config();
+        c.tls = self.tls.files()?;
         if self.cert.is_some() != self.key.is_some() {
             return Err(GatewayError::BadFlag {
                 what: "flags",

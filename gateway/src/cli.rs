@@ -178,18 +178,9 @@ pub struct StoreArgs {
     /// Interval of watch progress notifications.
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub progress_notify_interval: Duration,
-    /// Client-side TLS certificate (PEM); with it the client URLs are https.
-    #[arg(long)]
-    pub cert_file: Option<PathBuf>,
-    /// Client-side TLS key (PEM).
-    #[arg(long)]
-    pub key_file: Option<PathBuf>,
-    /// CA that signs client certificates.
-    #[arg(long)]
-    pub trusted_ca_file: Option<PathBuf>,
-    /// Refuse clients without a certificate signed by --trusted-ca-file.
-    #[arg(long)]
-    pub client_cert_auth: bool,
+    /// TLS on the client URLs (etcd's client-side flags).
+    #[command(flatten)]
+    pub tls: lookout_gateway::ClientTlsArgs,
     /// Peer TLS certificate (PEM), also this member's client identity
     /// towards the other members.
     #[arg(long)]
@@ -204,9 +195,6 @@ pub struct StoreArgs {
     /// --peer-trusted-ca-file.
     #[arg(long)]
     pub peer_client_cert_auth: bool,
-    /// How often certificate files are checked for changes.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub tls_reload_interval: Duration,
 }
 
 /// `lookout dev` flags.
@@ -220,28 +208,17 @@ pub struct DevArgs {
     pub listen_client_urls: String,
 }
 
-/// Parses Go-style durations as etcd's flags take them ("10m", "500ms").
+/// Go-style durations as etcd's flags take them ("10m", "500ms"), the
+/// gateway's parser, except that zero is refused: the store's intervals
+/// and timeouts must be positive.
 ///
 /// # Errors
 /// [`CliError::BadDuration`] for anything else.
 pub fn parse_duration(s: &str) -> Result<Duration, CliError> {
-    let bad = || CliError::BadDuration(s.to_string());
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(bad)?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(bad()),
-    };
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err(bad());
+    match lookout_gateway::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(CliError::BadDuration(s.to_string())),
     }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// "http://host:port" or "https://host:port" -> "host:port" (localhost
@@ -396,22 +373,7 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     };
     cfg.auto_compaction =
         parse_auto_compaction(&a.auto_compaction_mode, &a.auto_compaction_retention)?;
-    let client_tls = lookout_consensus::tls::TlsFiles::from_flags(
-        a.cert_file.as_deref(),
-        a.key_file.as_deref(),
-        a.trusted_ca_file.as_deref(),
-        a.client_cert_auth,
-        [
-            "--cert-file",
-            "--key-file",
-            "--trusted-ca-file",
-            "--client-cert-auth",
-        ],
-    )?
-    .map(|f| lookout_consensus::tls::TlsFiles {
-        reload_interval: a.tls_reload_interval,
-        ..f
-    });
+    let client_tls = a.tls.files()?;
     cfg.peer_tls = lookout_consensus::tls::TlsFiles::from_flags(
         a.peer_cert_file.as_deref(),
         a.peer_key_file.as_deref(),
@@ -425,7 +387,7 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
         ],
     )?
     .map(|f| lookout_consensus::tls::TlsFiles {
-        reload_interval: a.tls_reload_interval,
+        reload_interval: a.tls.tls_reload_interval,
         ..f
     });
     serve_member(cfg, client_tls, &addrs, &peer_addrs).await
@@ -788,7 +750,7 @@ mod tests {
             panic!("gateway")
         };
         assert_eq!(g.prefixes, vec!["/a/", "/b/"]);
-        assert!(g.client_cert_auth);
+        assert!(g.tls.client_cert_auth);
         assert_eq!(g.read_timeout, Duration::from_secs(2));
         assert!(g.to_checked_config().unwrap().tls.is_some());
         let Command::Gateway(g) = parse(&["--read-timeout=3s", "--prefix=/c/"]).command else {
