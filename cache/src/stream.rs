@@ -23,11 +23,12 @@
 //! the stream (it never waits) and all its Live watchers turn Catchup.
 
 use std::collections::VecDeque;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use lookout_proto::pb::{ResponseHeader, WatchCreateRequest, watch_create_request::FilterType};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::cache::CacheInner;
 use crate::error::CacheError;
-use crate::event::CachedEvent;
+use crate::event::{CachedEvent, EventKind};
 use crate::frame::{FrameHead, WatchFrame, write_grpc_message};
 use crate::history::{Cursor, History};
 use crate::index::GroupId;
@@ -43,6 +44,7 @@ use crate::keys::KeyRange;
 use crate::metrics::CacheMetrics;
 use crate::registry::GroupSpec;
 use crate::slots::{IdMap, Slots};
+use crate::snapshot::Snapshot;
 
 /// One queued delivery.
 #[derive(Debug)]
@@ -81,6 +83,20 @@ enum Phase {
     Live,
     Catchup,
     Upstream,
+    /// Streaming the initial state from a snapshot (`initial_state`); then
+    /// the marker, then Catchup from the snapshot's revision + 1.
+    Initial,
+}
+
+/// Where an `initial_state` watcher is in its snapshot.
+#[derive(Debug)]
+struct InitialState {
+    /// The snapshot at R (pinned until the initial state is out; its
+    /// structure is shared with the live one, so it costs what changed
+    /// since R, not a copy).
+    snap: Arc<Snapshot>,
+    /// Last key handed out (pages resume after it).
+    after: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -95,6 +111,8 @@ struct Watcher {
     sent_since_tick: bool,
     /// The splice task feeding an Upstream-phase watcher.
     splice: Option<tokio::task::AbortHandle>,
+    /// Initial-phase progress (boxed: rare, and most watchers never have it).
+    initial: Option<Box<InitialState>>,
 }
 
 /// The part of a stream the applier, the consumer and splice tasks share.
@@ -251,11 +269,19 @@ impl WatchHandle {
         if !cache.covers(&range) {
             return Err(CacheError::OutOfScope);
         }
+        let filter = cache
+            .config
+            .indexes
+            .resolve(&range, &req.index, &req.value)?;
+        if req.initial_state && req.start_revision != 0 {
+            return Err(CacheError::InitialStateWithRevision);
+        }
         let spec = GroupSpec {
             range,
             no_put: req.filters.contains(&(FilterType::Noput as i32)),
             no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: req.prev_kv,
+            filter,
         };
         // Lock order everywhere: registry -> stream -> history. The registry
         // write lock also keeps the applier's fan-out out while we pick the
@@ -283,7 +309,16 @@ impl WatchHandle {
         let fanout = cache.fanout_rev.load(Acquire);
         let ring_start = cache.history.read().start();
         let start = req.start_revision;
-        let (phase, next_rev) = if start <= 0 {
+        // The initial state is the snapshot at R; the watcher then reads the
+        // ring from R + 1 (taken under the registry lock, so no batch above
+        // R can be fanned out before the watcher exists).
+        let initial = req
+            .initial_state
+            .then(|| cache.snapshot_now())
+            .map(|snap| Box::new(InitialState { snap, after: None }));
+        let (phase, next_rev) = if let Some(i) = &initial {
+            (Phase::Initial, i.snap.revision() + 1)
+        } else if start <= 0 {
             (Phase::Live, fanout + 1)
         } else if start > fanout {
             (Phase::Live, start)
@@ -299,9 +334,10 @@ impl WatchHandle {
         } else {
             phase
         };
+        let created_rev = initial.as_ref().map_or(fanout, |i| i.snap.revision());
         let created = WatchFrame::new(
             &FrameHead {
-                header: cache.header(fanout),
+                header: cache.header(created_rev),
                 watch_id: id,
                 created: true,
                 ..Default::default()
@@ -323,10 +359,11 @@ impl WatchHandle {
                 fragment: req.fragment,
                 sent_since_tick: false,
                 splice: None,
+                initial,
             },
         );
         st.groups.entry(group).or_default().push(slot);
-        if phase == Phase::Catchup {
+        if matches!(phase, Phase::Catchup | Phase::Initial) {
             st.catchup.push_back(id);
         }
         cache.metrics.watchers.fetch_add(1, Relaxed);
@@ -697,6 +734,7 @@ impl WatchFrames {
             compacted: cache.compacted.load(Acquire),
             bytes: 0,
             events: 0,
+            header_rev: 0,
         };
         let merged = &mut self.merged;
 
@@ -909,6 +947,12 @@ impl CatchUp<'_> {
             let Some(w) = st.watchers.get_mut(&id) else {
                 continue;
             };
+            if w.phase == Phase::Initial {
+                let room = self.allowance.saturating_sub(out_bytes).max(1);
+                out_bytes += self.initial_page(pass, sink, id, w, room);
+                st.catchup.push_back(id);
+                continue;
+            }
             if w.phase != Phase::Catchup {
                 continue;
             }
@@ -932,9 +976,9 @@ impl CatchUp<'_> {
                     w.next_rev = ev.revision();
                     break false;
                 }
-                if w.spec.accepts(ev) {
-                    out_bytes += ev.encoded_len(w.spec.prev_kv);
-                    self.scratch.push(ev.clone());
+                if let Some(out) = w.spec.resolve(ev) {
+                    out_bytes += out.encoded_len(w.spec.prev_kv);
+                    self.scratch.push(out.clone());
                 }
                 last_rev = Some(ev.revision());
                 self.budget = self.budget.saturating_sub(1);
@@ -953,6 +997,66 @@ impl CatchUp<'_> {
         }
         self.scratch.clear();
         !st.catchup.is_empty()
+    }
+
+    /// One page of an Initial-phase watcher's snapshot (about `room` bytes,
+    /// at least one entry), as PUT events in responses with header revision
+    /// R; after the last page, the marker (no events, revision R) and the
+    /// switch to reading the ring from R + 1. Returns the bytes handed out.
+    fn initial_page<S: Sink>(
+        &mut self,
+        pass: &mut Pass,
+        sink: &mut S,
+        id: i64,
+        w: &mut Watcher,
+        room: usize,
+    ) -> usize {
+        let init = w.initial.as_mut().expect("Initial phase has its state");
+        let snap = init.snap.clone();
+        let range = &w.spec.range;
+        let lower = match &init.after {
+            Some(k) => Bound::Excluded(k.as_ref()),
+            None => Bound::Included(range.start().as_ref()),
+        };
+        let upper = match range.end() {
+            Some(e) => Bound::Excluded(e.as_ref()),
+            None => Bound::Unbounded,
+        };
+        let entries = match &w.spec.filter {
+            None => Some(snap.data()),
+            Some(f) => snap.index_entries(f.index, &f.value),
+        };
+        self.scratch.clear();
+        let mut bytes = 0;
+        let mut done = true;
+        if let Some(map) = entries.filter(|_| w.spec.accepts_kind(EventKind::Put)) {
+            for (k, kv) in map.range::<_, [u8]>((lower, upper)) {
+                if bytes >= room || self.budget == 0 {
+                    done = false;
+                    break;
+                }
+                let ev = Arc::new(CachedEvent::new(EventKind::Put, kv, None));
+                bytes += ev.encoded_len(false);
+                self.scratch.push(ev);
+                self.budget = self.budget.saturating_sub(1);
+                init.after = Some(k.clone());
+            }
+        }
+        let r = snap.revision();
+        pass.header_rev = r;
+        emit(pass, sink, id, w, self.scratch);
+        pass.header_rev = 0;
+        self.scratch.clear();
+        if done {
+            // "Initial state complete at R": a response for this watch id
+            // with no events; nothing live has been handed to it yet.
+            let mut header = pass.header;
+            header.revision = r;
+            sink.frame(progress_frame(header, id));
+            w.initial = None;
+            w.phase = Phase::Catchup;
+        }
+        bytes
     }
 }
 
@@ -1015,6 +1119,9 @@ struct Pass {
     /// Event bytes handed out this pass.
     bytes: usize,
     events: u64,
+    /// Header revision of event responses; 0: the last event's revision
+    /// (initial-state pages say R instead, their events being older).
+    header_rev: i64,
 }
 
 /// Hands `events` (ascending, every one for this watcher) to watcher `id`
@@ -1074,7 +1181,11 @@ impl Pass {
         bytes: usize,
     ) {
         let mut header = self.header;
-        header.revision = events.last().map_or(0, |e| e.revision());
+        header.revision = if self.header_rev > 0 {
+            self.header_rev
+        } else {
+            events.last().map_or(0, |e| e.revision())
+        };
         sink.events(
             &FrameHead {
                 header,

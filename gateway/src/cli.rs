@@ -218,6 +218,9 @@ pub struct DevArgs {
     /// Client URL to listen on.
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     pub listen_client_urls: String,
+    /// Secondary indexes of the gateway, as `lookout gateway --index`.
+    #[arg(long = "index", value_parser = lookout_gateway::parse_index)]
+    pub indexes: Vec<lookout_cache::IndexDef>,
 }
 
 /// Parses Go-style durations as etcd's flags take them ("10m", "500ms").
@@ -512,6 +515,13 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CliError> {
     let mut gcfg = GatewayConfig::new([store_addr.to_string()]);
     gcfg.advertise_client_url = Some(a.listen_client_urls.clone());
     gcfg.shutdown_timeout = Duration::from_secs(5);
+    gcfg.cache.indexes = lookout_cache::IndexSet::new(a.indexes.clone()).map_err(|e| {
+        CliError::from(GatewayError::BadFlag {
+            what: "--index",
+            value: e.to_string(),
+            hint: "give each index its own name",
+        })
+    })?;
     let (gw_stop_tx, gw_stop_rx) = watch::channel(false);
     let mut gateway = tokio::spawn(lookout_gateway::run_gateway(
         gcfg,

@@ -95,7 +95,7 @@ mod txn;
 mod watch;
 
 pub use admission::{GateConfig, GateStats};
-pub use args::{GatewayArgs, parse_duration};
+pub use args::{GatewayArgs, parse_duration, parse_index};
 pub use codec::WatchCodec;
 pub use config::GatewayConfig;
 pub use error::GatewayError;

@@ -282,6 +282,24 @@ async fn create(shared: &Shared, handle: &WatchHandle, c: WatchCreateRequest) ->
     }
 }
 
+/// The checks the cache makes on a create's extension fields (index
+/// filter, `initial_state`), made early for the readable HTTP API.
+///
+/// # Errors
+/// InvalidArgument naming the problem.
+pub(crate) fn check_extensions(shared: &Shared, c: &WatchCreateRequest) -> Result<(), Status> {
+    let c = normalize(c.clone());
+    let range = lookout_cache::KeyRange::from_request(&c.key, &c.range_end);
+    if !c.index.is_empty() && !shared.cache.covers(&range) {
+        return Err(GatewayError::FilterOutOfScope.into());
+    }
+    shared.cache.indexes().resolve(&range, &c.index, &c.value)?;
+    if c.initial_state && c.start_revision != 0 {
+        return Err(CacheError::InitialStateWithRevision.into());
+    }
+    Ok(())
+}
+
 /// etcd's spelling rules for a watch key (`v3rpc/watch.go`): an empty key
 /// is `"\0"`, the smallest key.
 fn normalize(mut c: WatchCreateRequest) -> WatchCreateRequest {
