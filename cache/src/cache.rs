@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use imbl::OrdMap;
 use lookout_proto::mvccpb::event::EventType;
 use lookout_proto::pb::{RangeRequest, RangeResponse, ResponseHeader, WatchCreateRequest};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
@@ -63,6 +63,11 @@ pub struct CacheConfig {
     pub backoff_max: Duration,
     /// Secondary indexes maintained on every applied event (`--index`).
     pub indexes: IndexSet,
+    /// Initial states (`initial_state` watches) streaming at once; the
+    /// others wait their turn (each one in flight pins up to a transport
+    /// send buffer of pages, so this bounds the memory of a sync storm as
+    /// the list gate bounds lists).
+    pub max_concurrent_initial: usize,
 }
 
 impl Default for CacheConfig {
@@ -80,6 +85,7 @@ impl Default for CacheConfig {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             indexes: IndexSet::default(),
+            max_concurrent_initial: 8,
         }
     }
 }
@@ -126,6 +132,90 @@ pub(crate) struct CacheInner {
     shutdown: watch::Sender<bool>,
     /// Coalesces the store compaction probes of watch creates.
     pub(crate) compaction_check: crate::compaction::CompactionCheck,
+    /// Admission of initial states (`max_concurrent_initial`).
+    pub(crate) initial_gate: Arc<InitialGate>,
+}
+
+/// Admits initial states: at most `limit` stream at once, counting only
+/// permits whose holder handed out a page within [`STALE_AFTER`]. A
+/// consumer that stops reading keeps its permit (its watcher resumes where
+/// it was) but stops counting, so stalled clients never hold everybody else.
+#[derive(Debug)]
+pub(crate) struct InitialGate {
+    /// Last activity (ms since `epoch`) of every live permit. A
+    /// parking_lot mutex: a short scan of at most a few entries per
+    /// admission attempt, never held across an await.
+    active: Mutex<Vec<Arc<AtomicU64>>>,
+    limit: usize,
+    epoch: Instant,
+    /// Streams with waiting initial states listen here.
+    pub(crate) freed: Notify,
+}
+
+/// The stamp of a dropped permit.
+const DEAD: u64 = u64::MAX;
+
+/// A permit that handed out no page for this long stops counting.
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(1);
+
+impl InitialGate {
+    fn new(limit: usize) -> Self {
+        Self {
+            active: Mutex::new(Vec::new()),
+            limit: limit.max(1),
+            epoch: Instant::now(),
+            freed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn try_enter(self: &Arc<Self>) -> Option<InitialPermit> {
+        let now = self.now_ms();
+        let stale = STALE_AFTER.as_millis() as u64;
+        let mut active = self.active.lock();
+        active.retain(|p| Arc::strong_count(p) > 1);
+        let fresh = active
+            .iter()
+            .filter(|p| {
+                let at = p.load(Relaxed);
+                at != DEAD && at + stale >= now
+            })
+            .count();
+        if fresh >= self.limit {
+            return None;
+        }
+        let stamp = Arc::new(AtomicU64::new(now));
+        active.push(stamp.clone());
+        Some(InitialPermit {
+            gate: self.clone(),
+            stamp,
+        })
+    }
+}
+
+/// One initial state's admission; dropping it lets the next one in.
+#[derive(Debug)]
+pub(crate) struct InitialPermit {
+    gate: Arc<InitialGate>,
+    stamp: Arc<AtomicU64>,
+}
+
+impl InitialPermit {
+    /// A page went out: the permit counts for another [`STALE_AFTER`].
+    pub(crate) fn touch(&self) {
+        self.stamp.store(self.gate.now_ms(), Relaxed);
+    }
+}
+
+impl Drop for InitialPermit {
+    fn drop(&mut self) {
+        // Mark it dead before waking the waiters (the list drops it lazily).
+        self.stamp.store(DEAD, Relaxed);
+        self.gate.freed.notify_waiters();
+    }
 }
 
 impl CacheInner {
@@ -145,7 +235,6 @@ impl CacheInner {
                 member_id: AtomicU64::new(config.member_id.unwrap_or(0)),
                 ..Default::default()
             },
-            config,
             upstream,
             hull,
             all_keys,
@@ -160,6 +249,8 @@ impl CacheInner {
             next_stream: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             compaction_check: Default::default(),
+            initial_gate: Arc::new(InitialGate::new(config.max_concurrent_initial)),
+            config,
         })
     }
 

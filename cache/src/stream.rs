@@ -97,6 +97,8 @@ struct InitialState {
     snap: Arc<Snapshot>,
     /// Last key handed out (pages resume after it).
     after: Option<Bytes>,
+    /// Admission ([`crate::cache::InitialGate`]), taken at the first page.
+    permit: Option<crate::cache::InitialPermit>,
 }
 
 #[derive(Debug)]
@@ -210,6 +212,9 @@ pub struct WatchFrames {
     merged: Merged,
     /// Reused from pass to pass: one catch-up watcher's events.
     scratch: Vec<Arc<CachedEvent>>,
+    /// The last pass left initial states waiting for admission: the next
+    /// wait also listens to the gate.
+    initial_blocked: bool,
 }
 
 pub(crate) fn open(cache: &Arc<CacheInner>) -> (WatchHandle, WatchFrames) {
@@ -235,6 +240,7 @@ pub(crate) fn open(cache: &Arc<CacheInner>) -> (WatchHandle, WatchFrames) {
             leaves: Vec::new(),
             merged: Merged::default(),
             scratch: Vec::new(),
+            initial_blocked: false,
         },
     )
 }
@@ -312,10 +318,13 @@ impl WatchHandle {
         // The initial state is the snapshot at R; the watcher then reads the
         // ring from R + 1 (taken under the registry lock, so no batch above
         // R can be fanned out before the watcher exists).
-        let initial = req
-            .initial_state
-            .then(|| cache.snapshot_now())
-            .map(|snap| Box::new(InitialState { snap, after: None }));
+        let initial = req.initial_state.then(|| cache.snapshot_now()).map(|snap| {
+            Box::new(InitialState {
+                snap,
+                after: None,
+                permit: None,
+            })
+        });
         let (phase, next_rev) = if let Some(i) = &initial {
             (Phase::Initial, i.snap.revision() + 1)
         } else if start <= 0 {
@@ -637,7 +646,11 @@ impl WatchFrames {
         buf: &mut BytesMut,
         soft_limit: usize,
     ) -> Result<usize, CacheError> {
-        let mut sink = GrpcSink { buf, frames: 0 };
+        let mut sink = GrpcSink {
+            buf,
+            frames: 0,
+            reserve: soft_limit.saturating_add(soft_limit >> 3).min(4 << 20),
+        };
         self.next_into(&mut sink, soft_limit).await
     }
 
@@ -647,10 +660,14 @@ impl WatchFrames {
         soft_limit: usize,
     ) -> Result<usize, CacheError> {
         let shared = self.shared.clone();
+        let gate = self.cache.initial_gate.clone();
         loop {
             let notified = shared.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let freed = gate.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             let (n, more, closed) = self.produce(sink, soft_limit);
             if n > 0 {
                 return Ok(n);
@@ -662,15 +679,18 @@ impl WatchFrames {
                 tokio::task::yield_now().await;
                 continue;
             }
-            match self.next_tick {
-                Some(at) => tokio::select! {
-                    _ = &mut notified => {}
-                    _ = tokio::time::sleep_until(at) => {
-                        self.tick_due = true;
-                        self.next_tick = Some(Instant::now() + self.cache.config.progress_notify_interval);
-                    }
-                },
-                None => notified.await,
+            let blocked = self.initial_blocked;
+            let tick = self.next_tick;
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = &mut freed, if blocked => {}
+                // A permit holder that stalls stops counting after a while
+                // without telling anyone: look again.
+                _ = tokio::time::sleep(crate::cache::STALE_AFTER / 2), if blocked => {}
+                _ = sleep_until_opt(tick) => {
+                    self.tick_due = true;
+                    self.next_tick = Some(Instant::now() + self.cache.config.progress_notify_interval);
+                }
             }
         }
     }
@@ -826,8 +846,12 @@ impl WatchFrames {
                 allowance,
                 fanout,
                 scratch: &mut self.scratch,
+                gate: &cache.initial_gate,
+                blocked: 0,
             };
-            cu.run(st, &mut pass, sink, &mut self.leaves, &cache.metrics)
+            let more = cu.run(st, &mut pass, sink, &mut self.leaves, &cache.metrics);
+            self.initial_blocked = cu.blocked > 0;
+            more
         };
 
         if st.progress_requested && st.watchers.values().all(|w| w.phase == Phase::Live) {
@@ -853,6 +877,14 @@ impl WatchFrames {
             self.shared.space.notify_waiters();
         }
         (more || queue_left, false)
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -924,6 +956,9 @@ struct CatchUp<'a> {
     allowance: usize,
     fanout: i64,
     scratch: &'a mut Vec<Arc<CachedEvent>>,
+    gate: &'a Arc<crate::cache::InitialGate>,
+    /// Initial states skipped this pass for want of admission.
+    blocked: usize,
 }
 
 impl CatchUp<'_> {
@@ -948,6 +983,17 @@ impl CatchUp<'_> {
                 continue;
             };
             if w.phase == Phase::Initial {
+                let init = w.initial.as_mut().expect("Initial phase has its state");
+                if init.permit.is_none() {
+                    match self.gate.try_enter() {
+                        Some(p) => init.permit = Some(p),
+                        None => {
+                            self.blocked += 1;
+                            st.catchup.push_back(id);
+                            continue;
+                        }
+                    }
+                }
                 let room = self.allowance.saturating_sub(out_bytes).max(1);
                 out_bytes += self.initial_page(pass, sink, id, w, room);
                 st.catchup.push_back(id);
@@ -996,7 +1042,9 @@ impl CatchUp<'_> {
             }
         }
         self.scratch.clear();
-        !st.catchup.is_empty()
+        // Initial states waiting for admission are not work this stream
+        // can do now: it waits for the gate instead of spinning.
+        st.catchup.len() > self.blocked
     }
 
     /// One page of an Initial-phase watcher's snapshot (about `room` bytes,
@@ -1012,6 +1060,9 @@ impl CatchUp<'_> {
         room: usize,
     ) -> usize {
         let init = w.initial.as_mut().expect("Initial phase has its state");
+        if let Some(p) = &init.permit {
+            p.touch();
+        }
         let snap = init.snap.clone();
         let range = &w.spec.range;
         let lower = match &init.after {
@@ -1091,15 +1142,29 @@ impl Sink for Vec<WatchFrame> {
 struct GrpcSink<'a> {
     buf: &'a mut BytesMut,
     frames: usize,
+    /// Reserved at the first write of a pass (about the caller's soft
+    /// limit): one allocation of about a chunk, not a doubling series, and
+    /// none at all while the stream waits, so an idle stream pins no buffer.
+    reserve: usize,
+}
+
+impl GrpcSink<'_> {
+    fn room(&mut self) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(self.reserve);
+        }
+    }
 }
 
 impl Sink for GrpcSink<'_> {
     fn frame(&mut self, f: WatchFrame) {
+        self.room();
         f.write_grpc(self.buf);
         self.frames += 1;
     }
 
     fn events(&mut self, head: &FrameHead, events: &[Arc<CachedEvent>], prev_kv: bool) {
+        self.room();
         write_grpc_message(self.buf, head, events, prev_kv);
         self.frames += 1;
     }

@@ -69,6 +69,11 @@ pub struct GatewayArgs {
     /// Catch-ups waiting for their turn; past this they are refused.
     #[arg(long, default_value_t = 16384)]
     pub max_queued_catchups: usize,
+    /// Initial states (`initial_state` watches) streamed at once; more wait
+    /// their turn (each one in flight pins up to a send buffer of pages).
+    /// One whose client stops reading stops counting after a second.
+    #[arg(long, default_value_t = 8)]
+    pub max_concurrent_initial_states: usize,
     /// Longest a queued list or catch-up waits before it is refused.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub storm_queue_timeout: Duration,
@@ -174,6 +179,7 @@ impl GatewayArgs {
         c.cache.history_bytes = self.history_bytes;
         c.cache.progress_notify_interval = self.progress_notify_interval;
         c.cache.indexes = first_of_each_name(&self.indexes);
+        c.cache.max_concurrent_initial = self.max_concurrent_initial_states;
         c.read_timeout = self.read_timeout;
         c.write_wait_timeout = self.write_wait_timeout;
         c.max_recv_bytes = self.max_recv_bytes;

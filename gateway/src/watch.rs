@@ -142,9 +142,9 @@ async fn next_chunk(mut o: Outbound) -> Option<(Result<Frame<Bytes>, Infallible>
     if o.done {
         return None;
     }
-    // One allocation of about a chunk, not a doubling series: a chunk held
-    // by HTTP/2 for a slow client then pins no slack beyond itself.
-    o.buf.reserve(CHUNK_BYTES + (CHUNK_BYTES >> 3));
+    // The cache reserves about a chunk at its first write (one allocation,
+    // not a doubling series), never while the stream waits: 1,000 streams
+    // waiting for their turn (initial states) or for events pin no buffers.
     if o.frames.next_grpc(&mut o.buf, CHUNK_BYTES).await.is_err() {
         // The cache closed (shutdown): end with Unavailable so clients
         // resume elsewhere from their last revision + 1.
@@ -155,6 +155,9 @@ async fn next_chunk(mut o: Outbound) -> Option<(Result<Frame<Bytes>, Infallible>
         return Some((Ok(Frame::trailers(trailers)), o));
     }
     let chunk = o.buf.split().freeze();
+    // Drop the unused tail of the allocation too, so the chunk alone keeps
+    // it alive, only until HTTP/2 has written it.
+    o.buf = BytesMut::new();
     Some((Ok(Frame::data(chunk)), o))
 }
 
