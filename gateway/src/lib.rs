@@ -63,6 +63,14 @@
 //! hint (`grpc-retry-pushback-ms`, also in the message) at once. The replay
 //! itself is paced per stream (flow control and the cache's scan budget).
 //!
+//! # Secondary indexes
+//!
+//! `--index NAME[@PREFIX]=json:/ptr|key:REGEX` declares indexes the cache
+//! maintains; Range and Watch take Lookout's extension fields `index`,
+//! `value` and (Watch) `initial_state` (proto field numbers 1000+), and
+//! `/v1` takes `?index=&value=&initial=true`. A filtered request is never
+//! forwarded upstream: the store would answer it unfiltered.
+//!
 //! # Differences from etcd worth knowing
 //!
 //! - A watch outside the `--prefix`es is refused (created + canceled, watch
