@@ -807,4 +807,44 @@ mod tests {
         assert_eq!(g.read_timeout, Duration::from_secs(3));
         assert_eq!(g.prefixes, vec!["/c/"]);
     }
+
+    #[test]
+    fn indexes_come_from_flags_files_and_the_environment() {
+        use clap::{CommandFactory, FromArgMatches};
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("gw.yaml");
+        std::fs::write(
+            &f,
+            "index:\n  - node@/calico/=json:/spec/nodeName\n  - 'ns=key:^/registry/pods/([^/]+)/'\n",
+        )
+        .unwrap();
+        let args: Vec<std::ffi::OsString> = vec![
+            "lookout".into(),
+            "gateway".into(),
+            "--config".into(),
+            f.clone().into(),
+        ];
+        let cmd = lookout_gateway::config_file::prepare(Cli::command(), &args).unwrap();
+        let c = Cli::from_arg_matches(&cmd.try_get_matches_from(&args).unwrap()).unwrap();
+        let Command::Gateway(g) = c.command else {
+            panic!("gateway")
+        };
+        let set = g.to_checked_config().unwrap().cache.indexes;
+        assert_eq!(set.names(), "known: node, ns");
+        // A bad declaration in the file is refused when the flags parse.
+        std::fs::write(&f, "index: node=xml:/x\n").unwrap();
+        let cmd = lookout_gateway::config_file::prepare(Cli::command(), &args).unwrap();
+        assert!(cmd.try_get_matches_from(&args).is_err());
+        // The environment variable carries one index.
+        let cmd = lookout_gateway::config_file::with_env(Cli::command());
+        let arg = cmd
+            .find_subcommand("gateway")
+            .unwrap()
+            .get_arguments()
+            .find(|a| a.get_long() == Some("index"))
+            .unwrap()
+            .get_env()
+            .map(|e| e.to_string_lossy().into_owned());
+        assert_eq!(arg.as_deref(), Some("LOOKOUT_INDEX"));
+    }
 }
