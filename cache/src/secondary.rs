@@ -44,8 +44,9 @@ pub enum IndexSpecError {
 
 #[derive(Debug, Clone)]
 enum Extract {
-    /// RFC 6901 pointer into the value parsed as JSON.
-    Json(String),
+    /// RFC 6901 pointer into the value parsed as JSON, as its unescaped
+    /// reference tokens.
+    Json(Arc<[String]>),
     /// The first capture group of a regex over the key.
     Key(regex::bytes::Regex),
 }
@@ -89,7 +90,12 @@ impl IndexDef {
                     pointer: p.into(),
                 });
             }
-            (Extract::Json(p.to_string()), None)
+            let tokens: Vec<String> = p
+                .split('/')
+                .skip(1)
+                .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                .collect();
+            (Extract::Json(tokens.into()), None)
         } else if let Some(r) = expr.strip_prefix("key:") {
             let re = regex::bytes::Regex::new(r).map_err(|e| IndexSpecError::BadRegex {
                 name: name.into(),
@@ -142,19 +148,124 @@ impl IndexDef {
             return None;
         }
         match &self.extract {
-            Extract::Json(ptr) => {
-                let v: serde_json::Value = serde_json::from_slice(&kv.value).ok()?;
-                match v.pointer(ptr)? {
-                    serde_json::Value::String(s) => Some(Bytes::from(s.clone())),
-                    serde_json::Value::Array(_) | serde_json::Value::Object(_) => None,
-                    other => Some(Bytes::from(other.to_string())),
-                }
-            }
+            Extract::Json(tokens) => json_pointer_scalar(&kv.value, tokens),
             Extract::Key(re) => {
                 let c = re.captures(&kv.key)?;
                 Some(Bytes::copy_from_slice(c.get(1)?.as_bytes()))
             }
         }
+    }
+}
+
+/// The scalar at `tokens` in the JSON document `doc` (a string as its text,
+/// other scalars as their JSON text), walking the document once without
+/// building it: the applier runs this for the old and the new value of
+/// every event, and a `serde_json::Value` allocated every string and map
+/// of the document (6.5x the applier's cost, measured).
+fn json_pointer_scalar(doc: &[u8], tokens: &[String]) -> Option<Bytes> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(doc);
+    let found = Walk { tokens }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    found
+}
+
+/// Follows the pointer's tokens through a document, skipping everything
+/// else with `IgnoredAny`.
+struct Walk<'a> {
+    tokens: &'a [String],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
+    type Value = Option<Bytes>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_> {
+    type Value = Option<Bytes>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self
+            .tokens
+            .is_empty()
+            .then(|| Bytes::copy_from_slice(v.as_bytes())))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(self
+            .tokens
+            .is_empty()
+            .then(|| Bytes::from_static(if v { b"true" } else { b"false" })))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(self.tokens.is_empty().then(|| Bytes::from(v.to_string())))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(self.tokens.is_empty().then(|| Bytes::from(v.to_string())))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // The text serde_json writes for the number, as `Value` did.
+        Ok(self.tokens.is_empty().then(|| {
+            Bytes::from(
+                serde_json::Number::from_f64(v).map_or_else(|| "null".into(), |n| n.to_string()),
+            )
+        }))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(self.tokens.is_empty().then(|| Bytes::from_static(b"null")))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match self.tokens.split_first() {
+                // Later duplicates win, as in `serde_json::Value`.
+                Some((first, rest)) if *first == key => {
+                    found = map.next_value_seed(Walk { tokens: rest })?;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        // RFC 6901 array indexes: digits, no leading zero (serde_json's rule).
+        let index = self.tokens.first().and_then(|t| {
+            let ok = !t.is_empty()
+                && t.bytes().all(|b| b.is_ascii_digit())
+                && (t.len() == 1 || !t.starts_with('0'));
+            ok.then(|| t.parse::<usize>().ok()).flatten()
+        });
+        let mut found = None;
+        let mut i = 0;
+        loop {
+            if Some(i) == index {
+                match seq.next_element_seed(Walk {
+                    tokens: &self.tokens[1..],
+                })? {
+                    Some(v) => found = v,
+                    None => break,
+                }
+            } else if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                break;
+            }
+            i += 1;
+        }
+        Ok(found)
     }
 }
 
@@ -372,6 +483,38 @@ mod tests {
             Some(Bytes::from("y"))
         );
         assert!(IndexDef::parse("x=json:spec").is_err());
+    }
+
+    /// The walk agrees with `serde_json::Value::pointer` on every shape.
+    #[test]
+    fn walk_matches_value_pointer() {
+        let docs = [
+            r#"{"a":{"b":[1,{"c":"x"},3.5,true,null]},"a/b":{"~":"t"},"z":"q","a":{"b":[9]}}"#,
+            r#"{"n":-7,"u":18446744073709551615,"f":1e300,"e":"\u00e9\"","s":[]}"#,
+            r#"[0,[1,[2]]]"#,
+            r#""top""#,
+            "17",
+            "{} x",
+            "not json",
+        ];
+        let ptrs = [
+            "", "/a", "/a/b", "/a/b/0", "/a/b/1/c", "/a/b/2", "/a/b/3", "/a/b/4", "/a/b/01",
+            "/a/b/9", "/a~1b/~0", "/z", "/n", "/u", "/f", "/e", "/s", "/0", "/1/1/0", "/1/-",
+            "/x/y",
+        ];
+        for doc in docs {
+            for ptr in ptrs {
+                let d = IndexDef::parse(&format!("i=json:{ptr}")).unwrap();
+                let want = serde_json::from_slice::<serde_json::Value>(doc.as_bytes())
+                    .ok()
+                    .and_then(|v| match v.pointer(ptr)? {
+                        serde_json::Value::String(s) => Some(Bytes::from(s.clone())),
+                        serde_json::Value::Array(_) | serde_json::Value::Object(_) => None,
+                        other => Some(Bytes::from(other.to_string())),
+                    });
+                assert_eq!(d.extract(&kv("/k", doc)), want, "{doc} {ptr}");
+            }
+        }
     }
 
     #[test]
