@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use imbl::OrdMap;
 use lookout_proto::mvccpb::event::EventType;
 use lookout_proto::pb::{RangeRequest, RangeResponse, ResponseHeader, WatchCreateRequest};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
@@ -30,6 +30,7 @@ use crate::keys::KeyRange;
 use crate::metrics::CacheMetrics;
 use crate::range::evaluate_range;
 use crate::registry::{FanoutScratch, Registry};
+use crate::secondary::{IndexSet, build_states};
 use crate::snapshot::Snapshot;
 use crate::stream::{self, MIN_PROGRESS_INTERVAL, Pending, WatchFrames, WatchHandle};
 use crate::upstream::{Upstream, WatchMsg};
@@ -60,6 +61,13 @@ pub struct CacheConfig {
     /// Reconnect backoff for the upstream watch and list.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Secondary indexes maintained on every applied event (`--index`).
+    pub indexes: IndexSet,
+    /// Initial states (`initial_state` watches) streaming at once; the
+    /// others wait their turn (each one in flight pins up to a transport
+    /// send buffer of pages, so this bounds the memory of a sync storm as
+    /// the list gate bounds lists).
+    pub max_concurrent_initial: usize,
 }
 
 impl Default for CacheConfig {
@@ -76,6 +84,8 @@ impl Default for CacheConfig {
             member_id: None,
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
+            indexes: IndexSet::default(),
+            max_concurrent_initial: 8,
         }
     }
 }
@@ -122,6 +132,90 @@ pub(crate) struct CacheInner {
     shutdown: watch::Sender<bool>,
     /// Coalesces the store compaction probes of watch creates.
     pub(crate) compaction_check: crate::compaction::CompactionCheck,
+    /// Admission of initial states (`max_concurrent_initial`).
+    pub(crate) initial_gate: Arc<InitialGate>,
+}
+
+/// Admits initial states: at most `limit` stream at once, counting only
+/// permits whose holder handed out a page within [`STALE_AFTER`]. A
+/// consumer that stops reading keeps its permit (its watcher resumes where
+/// it was) but stops counting, so stalled clients never hold everybody else.
+#[derive(Debug)]
+pub(crate) struct InitialGate {
+    /// Last activity (ms since `epoch`) of every live permit. A
+    /// parking_lot mutex: a short scan of at most a few entries per
+    /// admission attempt, never held across an await.
+    active: Mutex<Vec<Arc<AtomicU64>>>,
+    limit: usize,
+    epoch: Instant,
+    /// Streams with waiting initial states listen here.
+    pub(crate) freed: Notify,
+}
+
+/// The stamp of a dropped permit.
+const DEAD: u64 = u64::MAX;
+
+/// A permit that handed out no page for this long stops counting.
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(1);
+
+impl InitialGate {
+    fn new(limit: usize) -> Self {
+        Self {
+            active: Mutex::new(Vec::new()),
+            limit: limit.max(1),
+            epoch: Instant::now(),
+            freed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn try_enter(self: &Arc<Self>) -> Option<InitialPermit> {
+        let now = self.now_ms();
+        let stale = STALE_AFTER.as_millis() as u64;
+        let mut active = self.active.lock();
+        active.retain(|p| Arc::strong_count(p) > 1);
+        let fresh = active
+            .iter()
+            .filter(|p| {
+                let at = p.load(Relaxed);
+                at != DEAD && at + stale >= now
+            })
+            .count();
+        if fresh >= self.limit {
+            return None;
+        }
+        let stamp = Arc::new(AtomicU64::new(now));
+        active.push(stamp.clone());
+        Some(InitialPermit {
+            gate: self.clone(),
+            stamp,
+        })
+    }
+}
+
+/// One initial state's admission; dropping it lets the next one in.
+#[derive(Debug)]
+pub(crate) struct InitialPermit {
+    gate: Arc<InitialGate>,
+    stamp: Arc<AtomicU64>,
+}
+
+impl InitialPermit {
+    /// A page went out: the permit counts for another [`STALE_AFTER`].
+    pub(crate) fn touch(&self) {
+        self.stamp.store(self.gate.now_ms(), Relaxed);
+    }
+}
+
+impl Drop for InitialPermit {
+    fn drop(&mut self) {
+        // Mark it dead before waking the waiters (the list drops it lazily).
+        self.stamp.store(DEAD, Relaxed);
+        self.gate.freed.notify_waiters();
+    }
 }
 
 impl CacheInner {
@@ -141,7 +235,6 @@ impl CacheInner {
                 member_id: AtomicU64::new(config.member_id.unwrap_or(0)),
                 ..Default::default()
             },
-            config,
             upstream,
             hull,
             all_keys,
@@ -156,6 +249,8 @@ impl CacheInner {
             next_stream: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             compaction_check: Default::default(),
+            initial_gate: Arc::new(InitialGate::new(config.max_concurrent_initial)),
+            config,
         })
     }
 
@@ -167,6 +262,11 @@ impl CacheInner {
         self.metrics
             .ring_start
             .store(self.history.read().start(), Relaxed);
+    }
+
+    /// The current snapshot.
+    pub(crate) fn snapshot_now(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
     }
 
     pub(crate) fn header(&self, revision: i64) -> ResponseHeader {
@@ -371,9 +471,99 @@ impl Cache {
         if !self.inner.is_ready() {
             return Err(CacheError::NotReady);
         }
-        let mut resp = evaluate_range(snap, req)?;
+        let mut resp = match evaluate_range(snap, req) {
+            Err(CacheError::RevisionNotCached { requested, cached }) if !req.index.is_empty() => {
+                self.filtered_past(snap, req, requested, cached)?
+            }
+            r => r?,
+        };
         resp.header = Some(self.inner.header(snap.revision()));
         Ok(resp)
+    }
+
+    /// A filtered Range at a past revision R, rebuilt from `snap` and the
+    /// history ring (the store cannot filter, so it is never forwarded):
+    /// the entries matching now, with every key the ring shows changing
+    /// after R replaced by its state at R (the `prev_kv` of its first event
+    /// after R, which the ring keeps). Costs the matches plus the ring's
+    /// events after R.
+    fn filtered_past(
+        &self,
+        snap: &Snapshot,
+        req: &RangeRequest,
+        requested: i64,
+        cached: i64,
+    ) -> Result<RangeResponse, CacheError> {
+        use std::collections::{BTreeMap, HashMap};
+        use std::ops::Bound;
+        let compacted = self.inner.compacted.load(Acquire);
+        if requested < compacted {
+            return Err(CacheError::Compacted {
+                compact_revision: compacted,
+            });
+        }
+        let h = self.inner.history.read();
+        let oldest = (h.start() - 1).max(compacted);
+        if requested > cached || requested < oldest {
+            return Err(CacheError::IndexRevisionNotCached {
+                requested,
+                oldest,
+                cached,
+            });
+        }
+        let range = KeyRange::from_request(&req.key, &req.range_end);
+        let f = snap
+            .index_set()
+            .resolve(&range, &req.index, &req.value)?
+            .expect("an index was named");
+        let crate::history::Cursor::At(mut i) = h.cursor(requested + 1) else {
+            return Err(CacheError::IndexRevisionNotCached {
+                requested,
+                oldest,
+                cached,
+            });
+        };
+        // Key -> its entry at `requested` if it matched then.
+        let mut touched: HashMap<bytes::Bytes, Option<lookout_proto::mvccpb::KeyValue>> =
+            HashMap::new();
+        while let Some(ev) = h.get(i) {
+            if ev.revision() > cached {
+                break;
+            }
+            i += 1;
+            if !range.contains(ev.key()) || touched.contains_key(ev.key()) {
+                continue;
+            }
+            let matched = ev.index_values(f.index()).0 == Some(f.value());
+            let then = matched.then(|| ev.to_event(true).prev_kv).flatten();
+            touched.insert(ev.key().clone(), then);
+        }
+        drop(h);
+        let bounds = (
+            Bound::Included(range.start().as_ref()),
+            match range.end() {
+                Some(e) => Bound::Excluded(e.as_ref()),
+                None => Bound::Unbounded,
+            },
+        );
+        let mut out: BTreeMap<bytes::Bytes, Arc<lookout_proto::mvccpb::KeyValue>> = snap
+            .index_entries(f.index(), f.value())
+            .into_iter()
+            .flat_map(|m| m.range::<_, [u8]>(bounds))
+            .filter(|(k, _)| !touched.contains_key(k.as_ref()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in touched {
+            if let Some(kv) = v {
+                out.insert(k, Arc::new(kv));
+            }
+        }
+        crate::range::evaluate_over(req, None, || out.values().map(|v| &**v))
+    }
+
+    /// The declared secondary indexes (`--index`).
+    pub fn indexes(&self) -> &IndexSet {
+        &self.inner.config.indexes
     }
 
     /// A response header with this cache's ids at `revision`.
@@ -551,7 +741,13 @@ impl Applier {
             let mut h = inner.history.write();
             h.reset(revision, compact);
         }
-        inner.snapshot.store(Arc::new(Snapshot::new(revision, map)));
+        let states = build_states(&inner.config.indexes, &map);
+        inner.snapshot.store(Arc::new(Snapshot::with_indexes(
+            revision,
+            map,
+            inner.config.indexes.clone(),
+            states,
+        )));
         inner.fanout_rev.store(revision, Release);
         if relisting {
             inner.metrics.relists.fetch_add(1, Relaxed);
@@ -645,6 +841,8 @@ impl Applier {
         let applied = snap.revision();
         let last_event = inner.history.read().last_event();
         let mut map = snap.data().clone();
+        let defs = &inner.config.indexes;
+        let mut states = snap.index_states().to_vec();
         let mut batch = Vec::with_capacity(events.len());
         let mut through = applied;
         for ev in events {
@@ -673,13 +871,17 @@ impl Applier {
             };
             let ev = match kind {
                 EventKind::Put => {
-                    let ev = CachedEvent::new(kind, &kv, map.get(&kv.key).map(|p| &**p));
-                    map.insert(kv.key.clone(), Arc::new(kv));
+                    let ev = CachedEvent::indexed(kind, &kv, map.get(&kv.key).map(|p| &**p), defs);
+                    let kv = Arc::new(kv);
+                    update_indexes(&mut states, &ev, Some(&kv));
+                    map.insert(kv.key.clone(), kv);
                     ev
                 }
                 EventKind::Delete => {
                     let prev = map.remove(&kv.key);
-                    CachedEvent::new(kind, &kv, prev.as_deref())
+                    let ev = CachedEvent::indexed(kind, &kv, prev.as_deref(), defs);
+                    update_indexes(&mut states, &ev, None);
+                    ev
                 }
             };
             batch.push(Arc::new(ev));
@@ -688,7 +890,12 @@ impl Applier {
             return;
         }
         inner.history.write().append(&batch, through);
-        inner.snapshot.store(Arc::new(Snapshot::new(through, map)));
+        inner.snapshot.store(Arc::new(Snapshot::with_indexes(
+            through,
+            map,
+            defs.clone(),
+            states,
+        )));
         if !batch.is_empty() {
             let reg = inner.registry.read();
             reg.fan_out(
@@ -712,9 +919,12 @@ impl Applier {
             return;
         }
         inner.history.write().advance(rev);
-        inner
-            .snapshot
-            .store(Arc::new(Snapshot::new(rev, snap.data().clone())));
+        inner.snapshot.store(Arc::new(Snapshot::with_indexes(
+            rev,
+            snap.data().clone(),
+            snap.index_set().clone(),
+            snap.index_states().to_vec(),
+        )));
         inner.fanout_rev.store(rev, Release);
         inner.applied.send_replace(rev);
         self.publish_gauges();
@@ -729,6 +939,26 @@ impl Applier {
         m.ring_events.store(h.len() as i64, Relaxed);
         m.ring_bytes.store(h.bytes() as i64, Relaxed);
         m.ring_start.store(h.start(), Relaxed);
+    }
+}
+
+/// Moves the entry of `ev` between index values: out of each index's old
+/// value, into its new one (`kv`, the entry after the event; `None` for a
+/// delete). The event already carries both values, so nothing is parsed.
+fn update_indexes(
+    states: &mut [crate::secondary::IndexState],
+    ev: &CachedEvent,
+    kv: Option<&Arc<lookout_proto::mvccpb::KeyValue>>,
+) {
+    for (st, (old, new)) in states.iter_mut().zip(ev.all_index_values()) {
+        if let Some(o) = old
+            && new.as_ref() != Some(o)
+        {
+            st.remove(o, ev.key());
+        }
+        if let (Some(n), Some(kv)) = (new, kv) {
+            st.insert(n.clone(), kv);
+        }
     }
 }
 

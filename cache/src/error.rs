@@ -45,6 +45,30 @@ pub enum CacheError {
     /// The cache or the watch stream has shut down.
     #[error("lookout: watch cache closed")]
     Closed,
+    /// A request names an index filter `value` but no `index`.
+    #[error("lookout: an index filter value needs an index name (index)")]
+    ValueWithoutIndex,
+    /// The index named in a filter is not declared on this gateway.
+    #[error("lookout: unknown index {name:?} ({known})")]
+    UnknownIndex { name: String, known: String },
+    /// An index filter on a range the index does not cover.
+    #[error("lookout: the range is outside the scope {scope} of index {name:?}")]
+    IndexScope { name: String, scope: String },
+    /// `initial_state` with a `start_revision`.
+    #[error(
+        "lookout: initial_state streams the current state; it cannot be combined with start_revision"
+    )]
+    InitialStateWithRevision,
+    /// A filtered Range at a revision older than the cache can rebuild
+    /// (the store cannot filter, so it is never forwarded).
+    #[error(
+        "lookout: an index filter at revision {requested} needs the cache's history, which starts after revision {oldest} (cache at {cached}); list again without a revision"
+    )]
+    IndexRevisionNotCached {
+        requested: i64,
+        oldest: i64,
+        cached: i64,
+    },
 }
 
 impl From<tonic::Status> for CacheError {
@@ -72,6 +96,18 @@ impl From<CacheError> for tonic::Status {
             CacheError::EmptyWatchRange | CacheError::DuplicateWatchId | CacheError::OutOfScope => {
                 Code::InvalidArgument
             }
+            CacheError::ValueWithoutIndex
+            | CacheError::UnknownIndex { .. }
+            | CacheError::IndexScope { .. }
+            | CacheError::InitialStateWithRevision => Code::InvalidArgument,
+            CacheError::IndexRevisionNotCached {
+                requested, cached, ..
+            } if requested > cached => {
+                return tonic::Status::out_of_range(
+                    "etcdserver: mvcc: required revision is a future revision",
+                );
+            }
+            CacheError::IndexRevisionNotCached { .. } => Code::OutOfRange,
         };
         tonic::Status::new(code, e.to_string())
     }

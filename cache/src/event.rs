@@ -1,12 +1,14 @@
 //! One upstream event, encoded once and shared by the history ring and every
 //! watcher that receives it.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use lookout_proto::mvccpb::{Event, KeyValue, event::EventType};
 use prost::Message;
 use prost::encoding::{encode_varint, encoded_len_varint};
+
+use crate::secondary::IndexSet;
 
 /// `WatchResponse.events` is field 11, length-delimited: key byte `11<<3|2`.
 pub(crate) const EVENTS_FIELD_KEY: u8 = (11 << 3) | 2;
@@ -55,6 +57,22 @@ pub struct CachedEvent {
     /// JSON), built on first use and then shared by every watcher. Boxed so
     /// an event nobody reads over HTTP pays one pointer.
     derived: OnceLock<Box<[OnceLock<Bytes>; DERIVED_SLOTS]>>,
+    /// The secondary indexes' view of the event (only when indexes are
+    /// declared): boxed so a cache without indexes pays one pointer.
+    index: Option<Box<EventIndex>>,
+}
+
+/// What the secondary indexes say about one event, computed once by the
+/// applier (or a splice task) and read by every filtered group.
+#[derive(Debug)]
+pub(crate) struct EventIndex {
+    /// Per declared index: the entry's value before the event (from the
+    /// previous entry) and after it (`None` after a delete).
+    values: Box<[(Option<Bytes>, Option<Bytes>)]>,
+    /// For a Put that moves the entry away from an index value: the DELETE
+    /// that watchers filtered on the old value receive (key, this revision,
+    /// `prev_kv` = the old entry), encoded once and shared like any event.
+    moved_out: Option<Arc<CachedEvent>>,
 }
 
 /// How many derived encodings an event can hold ([`CachedEvent::derived`]).
@@ -97,7 +115,75 @@ impl CachedEvent {
             heads,
             head_lens,
             derived: OnceLock::new(),
+            index: None,
         }
+    }
+
+    /// [`CachedEvent::new`] plus every declared index's value before and
+    /// after the event, and the DELETE filtered watchers get when the entry
+    /// moves away from their value.
+    pub fn indexed(
+        kind: EventKind,
+        kv: &KeyValue,
+        prev: Option<&KeyValue>,
+        set: &IndexSet,
+    ) -> Self {
+        let mut ev = Self::new(kind, kv, prev);
+        if set.is_empty() {
+            return ev;
+        }
+        let old = set.values(prev);
+        let new = match kind {
+            EventKind::Put => set.values(Some(kv)),
+            EventKind::Delete => vec![None; old.len()],
+        };
+        let moves =
+            kind == EventKind::Put && old.iter().zip(&new).any(|(o, n)| o.is_some() && o != n);
+        let moved_out = moves.then(|| {
+            let tombstone = KeyValue {
+                key: kv.key.clone(),
+                mod_revision: kv.mod_revision,
+                ..Default::default()
+            };
+            Arc::new(Self::new(EventKind::Delete, &tombstone, prev))
+        });
+        ev.index = Some(Box::new(EventIndex {
+            values: old.into_iter().zip(new).collect(),
+            moved_out,
+        }));
+        ev
+    }
+
+    /// [`CachedEvent::from_event`] with the indexes' view (splice watches,
+    /// which ask the store for `prev_kv` so the old value is known).
+    pub fn from_event_indexed(ev: &Event, set: &IndexSet) -> Self {
+        let kv = ev.kv.clone().unwrap_or_default();
+        Self::indexed(
+            EventKind::from_i32(ev.r#type),
+            &kv,
+            ev.prev_kv.as_ref(),
+            set,
+        )
+    }
+
+    /// Index `i`'s value before and after this event (both `None` without
+    /// indexes).
+    pub(crate) fn index_values(&self, i: usize) -> (Option<&Bytes>, Option<&Bytes>) {
+        match self.index.as_ref().and_then(|x| x.values.get(i)) {
+            Some((o, n)) => (o.as_ref(), n.as_ref()),
+            None => (None, None),
+        }
+    }
+
+    /// Every index's (before, after) values, in declaration order.
+    pub(crate) fn all_index_values(&self) -> &[(Option<Bytes>, Option<Bytes>)] {
+        self.index.as_ref().map_or(&[], |x| &x.values)
+    }
+
+    /// The DELETE a watcher filtered on this entry's old value receives
+    /// (see [`EventIndex::moved_out`]).
+    pub(crate) fn moved_out(&self) -> Option<&Arc<CachedEvent>> {
+        self.index.as_ref()?.moved_out.as_ref()
     }
 
     /// Builds from an `mvccpb.Event` as a watch delivers it, keeping its
@@ -171,7 +257,19 @@ impl CachedEvent {
 
     /// Heap bytes this event holds, for the history ring's byte budget.
     pub fn weight(&self) -> usize {
-        self.body.len() + std::mem::size_of::<Self>()
+        let index = self.index.as_ref().map_or(0, |x| {
+            std::mem::size_of::<EventIndex>()
+                + x.values
+                    .iter()
+                    .map(|(o, n)| {
+                        2 * std::mem::size_of::<Option<Bytes>>()
+                            + o.as_ref().map_or(0, Bytes::len)
+                            + n.as_ref().map_or(0, Bytes::len)
+                    })
+                    .sum::<usize>()
+                + x.moved_out.as_ref().map_or(0, |m| m.weight())
+        });
+        self.body.len() + std::mem::size_of::<Self>() + index
     }
 }
 

@@ -88,6 +88,11 @@ impl GroupIndex {
         exact.iter().chain(seg.iter()).copied()
     }
 
+    /// True when no group is left in it.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.segments.is_empty()
+    }
+
     #[cfg(test)]
     pub(crate) fn segment_count(&self) -> usize {
         self.segments.len()

@@ -8,9 +8,10 @@
 //! ```text
 //!  upstream (lookout store | etcd) ── list @R, watch hull from R+1 ──┐
 //!                                                                    v
-//!   Cache::start ─> applier: event ─> CachedEvent (encoded once) ─> ring
-//!                          │                                  └─> snapshot (ArcSwap)
+//!   Cache::start ─> applier: event ─> CachedEvent (encoded once, + index values) ─> ring
+//!                          │                                  └─> snapshot + secondary indexes (ArcSwap)
 //!                          └─> registry: index.stab(key) ─> groups ─> streams' queues
+//!                                        filtered[(index, old|new value)].stab(key) ─> filtered groups
 //!   gateway: cache.range(req) / wait_for_revision(r) ─> Snapshot ─> evaluate_range
 //!            cache.open_stream() ─> WatchHandle (create/cancel/progress/refuse)
 //!                                   WatchFrames::next_grpc ─> gRPC messages in a byte buffer
@@ -41,6 +42,8 @@
 //! | a gRPC Watch stream | [`Cache::open_stream`] -> ([`WatchHandle`], [`WatchFrames`]): `create` / `cancel` / `request_progress` / `refuse` from the request side; on the response side [`WatchFrames::next_grpc`] writes ready responses as gRPC messages straight into the connection's buffer (the hot path), or [`WatchFrames::next`] hands out [`WatchFrame`]s (head + shared events) for other encodings |
 //! | a watch from a past revision | [`Cache::check_compaction`]`(start)` first: compactions made on the store directly or through another gateway then cancel it with `compact_revision`, as etcd does |
 //! | /metrics | [`Cache::metrics`] ([`CacheMetrics`], plain atomics) |
+//! | secondary indexes | [`CacheConfig::indexes`] ([`IndexSet`] of [`IndexDef::parse`]`("node@/p/=json:/spec/nodeName")`); requests carry `index`/`value` (filtered Range via [`Cache::range_at`], filtered Watch via [`WatchHandle::create`]); [`Cache::indexes`]`().resolve(..)` checks a filter early |
+//! | watch with initial state | `initial_state` on the create: PUT pages at R from the snapshot, a marker (no events, revision R), live from R + 1; at most [`CacheConfig::max_concurrent_initial`] stream at once |
 //! | errors | `tonic::Status::from(`[`CacheError`]`)` (etcd's codes and messages) |
 //!
 //! # Choices worth knowing
@@ -63,6 +66,12 @@
 //!   up, walks the group's watchers (dense slots, not a hash map) and
 //!   writes a head of a few varints plus a copy of the shared event bytes
 //!   per watcher, bounded by an output budget per pass.
+//! - Secondary indexes live in the snapshot (persistent maps, value ->
+//!   key -> entry), so a filtered read at R is exact; each event carries
+//!   its old and new index values, and with them the DELETE a watcher
+//!   filtered on the old value receives when the entry moves away. A
+//!   filtered Range at a past revision is rebuilt from the ring's
+//!   `prev_kv`s; the store is never asked (it would answer unfiltered).
 //! - Watchers below the ring are served by an upstream watch over the hull
 //!   from their start revision, handed to the ring once it reaches the
 //!   ring's newer half (slack against eviction); no progress response is
@@ -82,6 +91,7 @@ mod keys;
 mod metrics;
 mod range;
 mod registry;
+mod secondary;
 mod slots;
 mod snapshot;
 mod splice;
@@ -99,6 +109,7 @@ pub use frame::{FrameHead, WatchFrame, encode_watch_response};
 pub use keys::{KeyRange, prefix_end};
 pub use metrics::CacheMetrics;
 pub use range::{evaluate_range, validate_range};
+pub use secondary::{IndexDef, IndexFilter, IndexSet, IndexSpecError};
 pub use snapshot::Snapshot;
 pub use stream::{WatchFrames, WatchHandle};
 pub use upstream::{ErrorHook, ListResult, Upstream, UpstreamFuture, UpstreamWatch, WatchMsg};

@@ -52,13 +52,15 @@ pub fn validate_range(req: &RangeRequest) -> Result<(), CacheError> {
 /// an older one upstream).
 pub fn evaluate_range(snap: &Snapshot, req: &RangeRequest) -> Result<RangeResponse, CacheError> {
     validate_range(req)?;
+    let range = KeyRange::from_request(&req.key, &req.range_end);
+    // Resolved first: a bad filter is InvalidArgument whatever the revision.
+    let filter = snap.index_set().resolve(&range, &req.index, &req.value)?;
     if req.revision > 0 && req.revision != snap.revision() {
         return Err(CacheError::RevisionNotCached {
             requested: req.revision,
             cached: snap.revision(),
         });
     }
-    let range = KeyRange::from_request(&req.key, &req.range_end);
     let header = Some(ResponseHeader {
         revision: snap.revision(),
         ..Default::default()
@@ -76,8 +78,27 @@ pub fn evaluate_range(snap: &Snapshot, req: &RangeRequest) -> Result<RangeRespon
             None => Bound::Unbounded,
         },
     );
-    let iter = || snap.data().range::<_, [u8]>(bounds).map(|(_, v)| &**v);
+    // With a filter the entries come from the index's map for the value:
+    // the same ordered map shape, holding only the matches.
+    let empty = imbl::OrdMap::new();
+    let source = match &filter {
+        None => snap.data(),
+        Some(f) => snap.index_entries(f.index(), f.value()).unwrap_or(&empty),
+    };
+    evaluate_over(req, header, || {
+        source.range::<_, [u8]>(bounds).map(|(_, v)| &**v)
+    })
+}
 
+/// Evaluates `req`'s options over the entries `iter` yields (key order).
+pub(crate) fn evaluate_over<'a, I>(
+    req: &RangeRequest,
+    header: Option<ResponseHeader>,
+    iter: impl Fn() -> I,
+) -> Result<RangeResponse, CacheError>
+where
+    I: Iterator<Item = &'a KeyValue>,
+{
     if req.count_only {
         return Ok(RangeResponse {
             header,

@@ -11,17 +11,70 @@ use bytes::Bytes;
 use imbl::OrdMap;
 use lookout_proto::mvccpb::KeyValue;
 
+use crate::secondary::{IndexSet, IndexState};
+
 /// The keyspace the cache holds, as of `revision`. Values are `Arc`s so a
 /// path copy in the map moves pointers, not key-values.
+///
+/// The secondary indexes ([`crate::IndexDef`]) travel with the data: both
+/// are derived from the previous snapshot by the same batch, so a filtered
+/// read sees exactly the entries matching at `revision`.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     revision: i64,
     data: OrdMap<Bytes, Arc<KeyValue>>,
+    /// The declared indexes (shared by every snapshot of a cache).
+    defs: IndexSet,
+    /// One state per declared index, in `defs` order.
+    indexes: Vec<IndexState>,
 }
 
 impl Snapshot {
+    #[cfg(test)]
     pub(crate) fn new(revision: i64, data: OrdMap<Bytes, Arc<KeyValue>>) -> Self {
-        Self { revision, data }
+        Self {
+            revision,
+            data,
+            defs: IndexSet::default(),
+            indexes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn with_indexes(
+        revision: i64,
+        data: OrdMap<Bytes, Arc<KeyValue>>,
+        defs: IndexSet,
+        indexes: Vec<IndexState>,
+    ) -> Self {
+        Self {
+            revision,
+            data,
+            defs,
+            indexes,
+        }
+    }
+
+    /// The declared indexes.
+    pub fn index_set(&self) -> &IndexSet {
+        &self.defs
+    }
+
+    pub(crate) fn index_states(&self) -> &[IndexState] {
+        &self.indexes
+    }
+
+    /// The entries whose index `index` has `value`, by key (`None`: none).
+    pub(crate) fn index_entries(
+        &self,
+        index: usize,
+        value: &[u8],
+    ) -> Option<&OrdMap<Bytes, Arc<KeyValue>>> {
+        self.indexes.get(index)?.entries(value)
+    }
+
+    /// Number of distinct values of index `index` (diagnostics).
+    pub fn index_values_len(&self, index: usize) -> usize {
+        self.indexes.get(index).map_or(0, IndexState::values_len)
     }
 
     /// The store revision this snapshot reflects: every event up to and

@@ -57,7 +57,9 @@ async fn run(
             key: key.clone(),
             range_end: range_end.clone(),
             start_revision: next,
-            prev_kv: spec.prev_kv,
+            // An index filter needs each entry's old value to see it move
+            // out, so it asks for prev_kv whatever the client asked.
+            prev_kv: spec.prev_kv || spec.filter.is_some(),
             ..Default::default()
         };
         let mut watch = match cache.upstream.watch(req).await {
@@ -81,8 +83,9 @@ async fn run(
                         .iter()
                         .map(|e| {
                             let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
-                            let ev = CachedEvent::from_event(e);
-                            (rev, spec.accepts(&ev).then(|| Arc::new(ev)))
+                            let ev =
+                                Arc::new(CachedEvent::from_event_indexed(e, &cache.config.indexes));
+                            (rev, spec.resolve(&ev).cloned())
                         })
                         .collect();
                     if !stream

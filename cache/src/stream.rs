@@ -23,11 +23,12 @@
 //! the stream (it never waits) and all its Live watchers turn Catchup.
 
 use std::collections::VecDeque;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use lookout_proto::pb::{ResponseHeader, WatchCreateRequest, watch_create_request::FilterType};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::cache::CacheInner;
 use crate::error::CacheError;
-use crate::event::CachedEvent;
+use crate::event::{CachedEvent, EventKind};
 use crate::frame::{FrameHead, WatchFrame, write_grpc_message};
 use crate::history::{Cursor, History};
 use crate::index::GroupId;
@@ -43,6 +44,7 @@ use crate::keys::KeyRange;
 use crate::metrics::CacheMetrics;
 use crate::registry::GroupSpec;
 use crate::slots::{IdMap, Slots};
+use crate::snapshot::Snapshot;
 
 /// One queued delivery.
 #[derive(Debug)]
@@ -84,6 +86,22 @@ enum Phase {
     Live,
     Catchup,
     Upstream,
+    /// Streaming the initial state from a snapshot (`initial_state`); then
+    /// the marker, then Catchup from the snapshot's revision + 1.
+    Initial,
+}
+
+/// Where an `initial_state` watcher is in its snapshot.
+#[derive(Debug)]
+struct InitialState {
+    /// The snapshot at R (pinned until the initial state is out; its
+    /// structure is shared with the live one, so it costs what changed
+    /// since R, not a copy).
+    snap: Arc<Snapshot>,
+    /// Last key handed out (pages resume after it).
+    after: Option<Bytes>,
+    /// Admission ([`crate::cache::InitialGate`]), taken at the first page.
+    permit: Option<crate::cache::InitialPermit>,
 }
 
 #[derive(Debug)]
@@ -104,6 +122,8 @@ struct Watcher {
     /// large backlog could get ring events ahead of its `created` answer,
     /// and clients drop events for watch ids they do not know yet.
     announced: bool,
+    /// Initial-phase progress (boxed: rare, and most watchers never have it).
+    initial: Option<Box<InitialState>>,
 }
 
 /// The part of a stream the applier, the consumer and splice tasks share.
@@ -201,6 +221,9 @@ pub struct WatchFrames {
     merged: Merged,
     /// Reused from pass to pass: one catch-up watcher's events.
     scratch: Vec<Arc<CachedEvent>>,
+    /// The last pass left initial states waiting for admission: the next
+    /// wait also listens to the gate.
+    initial_blocked: bool,
 }
 
 pub(crate) fn open(cache: &Arc<CacheInner>) -> (WatchHandle, WatchFrames) {
@@ -226,6 +249,7 @@ pub(crate) fn open(cache: &Arc<CacheInner>) -> (WatchHandle, WatchFrames) {
             leaves: Vec::new(),
             merged: Merged::default(),
             scratch: Vec::new(),
+            initial_blocked: false,
         },
     )
 }
@@ -260,11 +284,19 @@ impl WatchHandle {
         if !cache.covers(&range) {
             return Err(CacheError::OutOfScope);
         }
+        let filter = cache
+            .config
+            .indexes
+            .resolve(&range, &req.index, &req.value)?;
+        if req.initial_state && req.start_revision != 0 {
+            return Err(CacheError::InitialStateWithRevision);
+        }
         let spec = GroupSpec {
             range,
             no_put: req.filters.contains(&(FilterType::Noput as i32)),
             no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: req.prev_kv,
+            filter,
         };
         // Lock order everywhere: registry -> stream -> history. The registry
         // write lock also keeps the applier's fan-out out while we pick the
@@ -292,7 +324,19 @@ impl WatchHandle {
         let fanout = cache.fanout_rev.load(Acquire);
         let ring_start = cache.history.read().start();
         let start = req.start_revision;
-        let (phase, next_rev) = if start <= 0 {
+        // The initial state is the snapshot at R; the watcher then reads the
+        // ring from R + 1 (taken under the registry lock, so no batch above
+        // R can be fanned out before the watcher exists).
+        let initial = req.initial_state.then(|| cache.snapshot_now()).map(|snap| {
+            Box::new(InitialState {
+                snap,
+                after: None,
+                permit: None,
+            })
+        });
+        let (phase, next_rev) = if let Some(i) = &initial {
+            (Phase::Initial, i.snap.revision() + 1)
+        } else if start <= 0 {
             (Phase::Live, fanout + 1)
         } else if start > fanout {
             (Phase::Live, start)
@@ -308,9 +352,10 @@ impl WatchHandle {
         } else {
             phase
         };
+        let created_rev = initial.as_ref().map_or(fanout, |i| i.snap.revision());
         let created = WatchFrame::new(
             &FrameHead {
-                header: cache.header(fanout),
+                header: cache.header(created_rev),
                 watch_id: id,
                 created: true,
                 ..Default::default()
@@ -334,10 +379,11 @@ impl WatchHandle {
                 sent_since_tick: false,
                 splice: None,
                 announced: false,
+                initial,
             },
         );
         st.groups.entry(group).or_default().push(slot);
-        if phase == Phase::Catchup {
+        if matches!(phase, Phase::Catchup | Phase::Initial) {
             st.catchup.push_back(id);
         }
         cache.metrics.watchers.fetch_add(1, Relaxed);
@@ -613,7 +659,11 @@ impl WatchFrames {
         buf: &mut BytesMut,
         soft_limit: usize,
     ) -> Result<usize, CacheError> {
-        let mut sink = GrpcSink { buf, frames: 0 };
+        let mut sink = GrpcSink {
+            buf,
+            frames: 0,
+            reserve: soft_limit.saturating_add(soft_limit >> 3).min(4 << 20),
+        };
         self.next_into(&mut sink, soft_limit).await
     }
 
@@ -623,10 +673,14 @@ impl WatchFrames {
         soft_limit: usize,
     ) -> Result<usize, CacheError> {
         let shared = self.shared.clone();
+        let gate = self.cache.initial_gate.clone();
         loop {
             let notified = shared.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let freed = gate.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             let (n, more, closed) = self.produce(sink, soft_limit);
             if n > 0 {
                 return Ok(n);
@@ -638,15 +692,18 @@ impl WatchFrames {
                 tokio::task::yield_now().await;
                 continue;
             }
-            match self.next_tick {
-                Some(at) => tokio::select! {
-                    _ = &mut notified => {}
-                    _ = tokio::time::sleep_until(at) => {
-                        self.tick_due = true;
-                        self.next_tick = Some(Instant::now() + self.cache.config.progress_notify_interval);
-                    }
-                },
-                None => notified.await,
+            let blocked = self.initial_blocked;
+            let tick = self.next_tick;
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = &mut freed, if blocked => {}
+                // A permit holder that stalls stops counting after a while
+                // without telling anyone: look again.
+                _ = tokio::time::sleep(crate::cache::STALE_AFTER / 2), if blocked => {}
+                _ = sleep_until_opt(tick) => {
+                    self.tick_due = true;
+                    self.next_tick = Some(Instant::now() + self.cache.config.progress_notify_interval);
+                }
             }
         }
     }
@@ -710,6 +767,7 @@ impl WatchFrames {
             compacted: cache.compacted.load(Acquire),
             bytes: 0,
             events: 0,
+            header_rev: 0,
         };
         let merged = &mut self.merged;
 
@@ -806,8 +864,12 @@ impl WatchFrames {
                 allowance,
                 fanout,
                 scratch: &mut self.scratch,
+                gate: &cache.initial_gate,
+                blocked: 0,
             };
-            cu.run(st, &mut pass, sink, &mut self.leaves, &cache.metrics)
+            let more = cu.run(st, &mut pass, sink, &mut self.leaves, &cache.metrics);
+            self.initial_blocked = cu.blocked > 0;
+            more
         };
 
         if st.progress_requested && st.watchers.values().all(|w| w.phase == Phase::Live) {
@@ -834,6 +896,14 @@ impl WatchFrames {
             self.shared.space.notify_waiters();
         }
         (more || queue_left, false)
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -905,6 +975,9 @@ struct CatchUp<'a> {
     allowance: usize,
     fanout: i64,
     scratch: &'a mut Vec<Arc<CachedEvent>>,
+    gate: &'a Arc<crate::cache::InitialGate>,
+    /// Initial states skipped this pass for want of admission.
+    blocked: usize,
 }
 
 impl CatchUp<'_> {
@@ -928,13 +1001,30 @@ impl CatchUp<'_> {
             let Some(w) = st.watchers.get_mut(&id) else {
                 continue;
             };
-            if w.phase != Phase::Catchup {
-                continue;
-            }
-            if !w.announced {
+            if matches!(w.phase, Phase::Initial | Phase::Catchup) && !w.announced {
                 // Its `created` is still queued behind a backlog; a later
                 // pass reaches it first.
                 st.catchup.push_back(id);
+                continue;
+            }
+            if w.phase == Phase::Initial {
+                let init = w.initial.as_mut().expect("Initial phase has its state");
+                if init.permit.is_none() {
+                    match self.gate.try_enter() {
+                        Some(p) => init.permit = Some(p),
+                        None => {
+                            self.blocked += 1;
+                            st.catchup.push_back(id);
+                            continue;
+                        }
+                    }
+                }
+                let room = self.allowance.saturating_sub(out_bytes).max(1);
+                out_bytes += self.initial_page(pass, sink, id, w, room);
+                st.catchup.push_back(id);
+                continue;
+            }
+            if w.phase != Phase::Catchup {
                 continue;
             }
             let mut i = match hist.cursor(w.next_rev) {
@@ -957,9 +1047,9 @@ impl CatchUp<'_> {
                     w.next_rev = ev.revision();
                     break false;
                 }
-                if w.spec.accepts(ev) {
-                    out_bytes += ev.encoded_len(w.spec.prev_kv);
-                    self.scratch.push(ev.clone());
+                if let Some(out) = w.spec.resolve(ev) {
+                    out_bytes += out.encoded_len(w.spec.prev_kv);
+                    self.scratch.push(out.clone());
                 }
                 last_rev = Some(ev.revision());
                 self.budget = self.budget.saturating_sub(1);
@@ -977,7 +1067,72 @@ impl CatchUp<'_> {
             }
         }
         self.scratch.clear();
-        !st.catchup.is_empty()
+        // Initial states waiting for admission are not work this stream
+        // can do now: it waits for the gate instead of spinning.
+        st.catchup.len() > self.blocked
+    }
+
+    /// One page of an Initial-phase watcher's snapshot (about `room` bytes,
+    /// at least one entry), as PUT events in responses with header revision
+    /// R; after the last page, the marker (no events, revision R) and the
+    /// switch to reading the ring from R + 1. Returns the bytes handed out.
+    fn initial_page<S: Sink>(
+        &mut self,
+        pass: &mut Pass,
+        sink: &mut S,
+        id: i64,
+        w: &mut Watcher,
+        room: usize,
+    ) -> usize {
+        let init = w.initial.as_mut().expect("Initial phase has its state");
+        if let Some(p) = &init.permit {
+            p.touch();
+        }
+        let snap = init.snap.clone();
+        let range = &w.spec.range;
+        let lower = match &init.after {
+            Some(k) => Bound::Excluded(k.as_ref()),
+            None => Bound::Included(range.start().as_ref()),
+        };
+        let upper = match range.end() {
+            Some(e) => Bound::Excluded(e.as_ref()),
+            None => Bound::Unbounded,
+        };
+        let entries = match &w.spec.filter {
+            None => Some(snap.data()),
+            Some(f) => snap.index_entries(f.index, &f.value),
+        };
+        self.scratch.clear();
+        let mut bytes = 0;
+        let mut done = true;
+        if let Some(map) = entries.filter(|_| w.spec.accepts_kind(EventKind::Put)) {
+            for (k, kv) in map.range::<_, [u8]>((lower, upper)) {
+                if bytes >= room || self.budget == 0 {
+                    done = false;
+                    break;
+                }
+                let ev = Arc::new(CachedEvent::new(EventKind::Put, kv, None));
+                bytes += ev.encoded_len(false);
+                self.scratch.push(ev);
+                self.budget = self.budget.saturating_sub(1);
+                init.after = Some(k.clone());
+            }
+        }
+        let r = snap.revision();
+        pass.header_rev = r;
+        emit(pass, sink, id, w, self.scratch);
+        pass.header_rev = 0;
+        self.scratch.clear();
+        if done {
+            // "Initial state complete at R": a response for this watch id
+            // with no events; nothing live has been handed to it yet.
+            let mut header = pass.header;
+            header.revision = r;
+            sink.frame(progress_frame(header, id));
+            w.initial = None;
+            w.phase = Phase::Catchup;
+        }
+        bytes
     }
 }
 
@@ -1012,15 +1167,29 @@ impl Sink for Vec<WatchFrame> {
 struct GrpcSink<'a> {
     buf: &'a mut BytesMut,
     frames: usize,
+    /// Reserved at the first write of a pass (about the caller's soft
+    /// limit): one allocation of about a chunk, not a doubling series, and
+    /// none at all while the stream waits, so an idle stream pins no buffer.
+    reserve: usize,
+}
+
+impl GrpcSink<'_> {
+    fn room(&mut self) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(self.reserve);
+        }
+    }
 }
 
 impl Sink for GrpcSink<'_> {
     fn frame(&mut self, f: WatchFrame) {
+        self.room();
         f.write_grpc(self.buf);
         self.frames += 1;
     }
 
     fn events(&mut self, head: &FrameHead, events: &[Arc<CachedEvent>], prev_kv: bool) {
+        self.room();
         write_grpc_message(self.buf, head, events, prev_kv);
         self.frames += 1;
     }
@@ -1040,6 +1209,9 @@ struct Pass {
     /// Event bytes handed out this pass.
     bytes: usize,
     events: u64,
+    /// Header revision of event responses; 0: the last event's revision
+    /// (initial-state pages say R instead, their events being older).
+    header_rev: i64,
 }
 
 /// Hands `events` (ascending, every one for this watcher) to watcher `id`
@@ -1099,7 +1271,11 @@ impl Pass {
         bytes: usize,
     ) {
         let mut header = self.header;
-        header.revision = events.last().map_or(0, |e| e.revision());
+        header.revision = if self.header_rev > 0 {
+            self.header_rev
+        } else {
+            events.last().map_or(0, |e| e.revision())
+        };
         sink.events(
             &FrameHead {
                 header,

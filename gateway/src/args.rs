@@ -69,6 +69,11 @@ pub struct GatewayArgs {
     /// Catch-ups waiting for their turn; past this they are refused.
     #[arg(long, default_value_t = 16384)]
     pub max_queued_catchups: usize,
+    /// Initial states (`initial_state` watches) streamed at once; more wait
+    /// their turn (each one in flight pins up to a send buffer of pages).
+    /// One whose client stops reading stops counting after a second.
+    #[arg(long, default_value_t = 8)]
+    pub max_concurrent_initial_states: usize,
     /// Longest a queued list or catch-up waits before it is refused.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub storm_queue_timeout: Duration,
@@ -92,6 +97,12 @@ pub struct GatewayArgs {
     /// allowed key prefixes (YAML or TOML; see the README).
     #[arg(long)]
     pub auth_config: Option<PathBuf>,
+    /// A secondary index, `NAME[@PREFIX]=json:/pointer` or
+    /// `NAME[@PREFIX]=key:REGEX` (one capture group); repeatable. Range and
+    /// Watch then take `index`/`value` filters (see the README). One per
+    /// LOOKOUT_INDEX; several in a --config file as a list.
+    #[arg(long = "index", value_parser = parse_index)]
+    pub indexes: Vec<lookout_cache::IndexDef>,
 }
 
 /// etcd's client-side TLS flags, shared by `lookout gateway` and `lookout
@@ -167,6 +178,13 @@ impl GatewayArgs {
             });
         }
         c.auth_config = self.auth_config.clone();
+        c.cache.indexes = lookout_cache::IndexSet::new(self.indexes.clone()).map_err(|e| {
+            GatewayError::BadFlag {
+                what: "--index",
+                value: e.to_string(),
+                hint: "give each index its own name",
+            }
+        })?;
         Ok(c)
     }
 
@@ -183,6 +201,8 @@ impl GatewayArgs {
         c.cache.history_events = self.history_events;
         c.cache.history_bytes = self.history_bytes;
         c.cache.progress_notify_interval = self.progress_notify_interval;
+        c.cache.indexes = first_of_each_name(&self.indexes);
+        c.cache.max_concurrent_initial = self.max_concurrent_initial_states;
         c.read_timeout = self.read_timeout;
         c.write_wait_timeout = self.write_wait_timeout;
         c.max_recv_bytes = self.max_recv_bytes;
@@ -211,6 +231,26 @@ impl GatewayArgs {
     pub fn listen(&self) -> Result<String, GatewayError> {
         crate::server::host_port(&self.listen_addr, "--listen-addr")
     }
+}
+
+/// `--index` values (checked when the flags are parsed).
+///
+/// # Errors
+/// The declaration's problem, as clap shows it.
+pub fn parse_index(s: &str) -> Result<lookout_cache::IndexDef, lookout_cache::IndexSpecError> {
+    lookout_cache::IndexDef::parse(s)
+}
+
+/// The indexes, a repeated name keeping its first declaration (the checked
+/// configuration refuses repeats instead).
+fn first_of_each_name(defs: &[lookout_cache::IndexDef]) -> lookout_cache::IndexSet {
+    let mut kept: Vec<lookout_cache::IndexDef> = Vec::new();
+    for d in defs {
+        if !kept.iter().any(|k| k.name() == d.name()) {
+            kept.push(d.clone());
+        }
+    }
+    lookout_cache::IndexSet::new(kept).expect("names are unique")
 }
 
 /// Parses Go-style durations as etcd's flags take them ("10m", "500ms").
@@ -277,6 +317,20 @@ mod tests {
         assert_eq!(cfg.metrics_addr.as_deref(), Some("http://127.0.0.1:6633"));
         assert_eq!(c.gw.listen().unwrap(), "127.0.0.1:0");
         assert!(parse_duration("10").is_err());
+        let c = Cli::try_parse_from([
+            "x",
+            "--index",
+            "node=json:/spec/nodeName",
+            "--index",
+            "ns@/registry/pods/=key:^/registry/pods/([^/]+)/",
+        ])
+        .unwrap();
+        let set = c.gw.to_checked_config().unwrap().cache.indexes;
+        assert_eq!(set.names(), "known: node, ns");
+        assert!(Cli::try_parse_from(["x", "--index", "node=yaml:/x"]).is_err());
+        let dup =
+            Cli::try_parse_from(["x", "--index", "a=json:/x", "--index", "a=json:/y"]).unwrap();
+        assert!(dup.gw.to_checked_config().is_err());
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
     }
 }

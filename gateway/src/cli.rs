@@ -206,6 +206,9 @@ pub struct DevArgs {
     /// Client URL to listen on.
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     pub listen_client_urls: String,
+    /// Secondary indexes of the gateway, as `lookout gateway --index`.
+    #[arg(long = "index", value_parser = lookout_gateway::parse_index)]
+    pub indexes: Vec<lookout_cache::IndexDef>,
 }
 
 /// Go-style durations as etcd's flags take them ("10m", "500ms"), the
@@ -474,6 +477,13 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CliError> {
     let mut gcfg = GatewayConfig::new([store_addr.to_string()]);
     gcfg.advertise_client_url = Some(a.listen_client_urls.clone());
     gcfg.shutdown_timeout = Duration::from_secs(5);
+    gcfg.cache.indexes = lookout_cache::IndexSet::new(a.indexes.clone()).map_err(|e| {
+        CliError::from(GatewayError::BadFlag {
+            what: "--index",
+            value: e.to_string(),
+            hint: "give each index its own name",
+        })
+    })?;
     let (gw_stop_tx, gw_stop_rx) = watch::channel(false);
     let mut gateway = tokio::spawn(lookout_gateway::run_gateway(
         gcfg,
@@ -758,5 +768,45 @@ mod tests {
         };
         assert_eq!(g.read_timeout, Duration::from_secs(3));
         assert_eq!(g.prefixes, vec!["/c/"]);
+    }
+
+    #[test]
+    fn indexes_come_from_flags_files_and_the_environment() {
+        use clap::{CommandFactory, FromArgMatches};
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("gw.yaml");
+        std::fs::write(
+            &f,
+            "index:\n  - node@/calico/=json:/spec/nodeName\n  - 'ns=key:^/registry/pods/([^/]+)/'\n",
+        )
+        .unwrap();
+        let args: Vec<std::ffi::OsString> = vec![
+            "lookout".into(),
+            "gateway".into(),
+            "--config".into(),
+            f.clone().into(),
+        ];
+        let cmd = lookout_gateway::config_file::prepare(Cli::command(), &args).unwrap();
+        let c = Cli::from_arg_matches(&cmd.try_get_matches_from(&args).unwrap()).unwrap();
+        let Command::Gateway(g) = c.command else {
+            panic!("gateway")
+        };
+        let set = g.to_checked_config().unwrap().cache.indexes;
+        assert_eq!(set.names(), "known: node, ns");
+        // A bad declaration in the file is refused when the flags parse.
+        std::fs::write(&f, "index: node=xml:/x\n").unwrap();
+        let cmd = lookout_gateway::config_file::prepare(Cli::command(), &args).unwrap();
+        assert!(cmd.try_get_matches_from(&args).is_err());
+        // The environment variable carries one index.
+        let cmd = lookout_gateway::config_file::with_env(Cli::command());
+        let arg = cmd
+            .find_subcommand("gateway")
+            .unwrap()
+            .get_arguments()
+            .find(|a| a.get_long() == Some("index"))
+            .unwrap()
+            .get_env()
+            .map(|e| e.to_string_lossy().into_owned());
+        assert_eq!(arg.as_deref(), Some("LOOKOUT_INDEX"));
     }
 }

@@ -39,6 +39,15 @@ pub enum GatewayError {
     /// A watch on keys this gateway does not cache (its `--prefix` flags).
     #[error("lookout: key range is outside the prefixes this gateway caches")]
     OutOfScope,
+    /// An index filter on keys this gateway does not cache.
+    #[error("lookout: an index filter needs a key range inside the prefixes this gateway caches")]
+    FilterOutOfScope,
+    /// An index filter in a Txn the cache cannot answer (writes, or ranges
+    /// it forwards): the store would answer unfiltered.
+    #[error(
+        "lookout: index filters in a Txn are served only in read-only transactions on cached keys without a revision"
+    )]
+    FilterInTxn,
 }
 
 impl From<GatewayError> for tonic::Status {
@@ -46,7 +55,9 @@ impl From<GatewayError> for tonic::Status {
         match e {
             GatewayError::Cache(c) => c.into(),
             GatewayError::ShuttingDown => tonic::Status::unavailable(e.to_string()),
-            GatewayError::OutOfScope => tonic::Status::invalid_argument(e.to_string()),
+            GatewayError::OutOfScope
+            | GatewayError::FilterOutOfScope
+            | GatewayError::FilterInTxn => tonic::Status::invalid_argument(e.to_string()),
             other => {
                 // Startup failures never reach a client; keep a sane code anyway.
                 tonic::Status::internal(other.to_string())

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use lookout_cache::{CacheError, KeyRange, validate_range};
+use lookout_proto::pb::request_op;
 use lookout_proto::pb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_server::Kv,
 };
 use tonic::{Request, Response, Status};
 
+use crate::error::GatewayError;
 use crate::server::Shared;
 
 #[derive(Debug, Clone)]
@@ -30,6 +32,59 @@ impl KvService {
         s.restamp(&mut resp.header);
         Ok(resp)
     }
+}
+
+impl KvService {
+    /// A Range with an index filter: always from the cache (the store cannot
+    /// filter, and forwarding would answer unfiltered). A past revision is
+    /// rebuilt from the history ring or refused; a revision the cache has
+    /// not reached yet is waited for if the store has it, else etcd's
+    /// "future revision".
+    async fn filtered_range(
+        &self,
+        req: RangeRequest,
+        range: &KeyRange,
+    ) -> Result<RangeResponse, Status> {
+        let s = &self.shared;
+        s.ready().await?;
+        if !s.cache.covers(range) {
+            return Err(GatewayError::FilterOutOfScope.into());
+        }
+        s.cache
+            .indexes()
+            .resolve(range, &req.index, &req.value)
+            .map_err(Status::from)?;
+        let mut snap = s.read_snapshot(req.serializable).await?;
+        if req.revision > snap.revision() {
+            let current = s.read_index.current_revision(s.cache.upstream()).await?;
+            if req.revision > current {
+                return Err(Status::out_of_range(
+                    "etcdserver: mvcc: required revision is a future revision",
+                ));
+            }
+            snap = s
+                .cache
+                .wait_for_revision(req.revision, s.config.read_timeout)
+                .await?;
+        }
+        let resp = s.cache.range_at(&snap, &req)?;
+        s.metrics.ranges_cached.fetch_add(1, Relaxed);
+        Ok(resp)
+    }
+}
+
+/// True when a Txn (at any depth) holds a Range with an index filter.
+fn txn_has_filters(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                !r.index.is_empty() || !r.value.is_empty()
+            }
+            Some(request_op::Request::RequestTxn(t)) => txn_has_filters(t),
+            _ => false,
+        })
 }
 
 #[tonic::async_trait]
@@ -52,6 +107,9 @@ impl Kv for KvService {
             None
         };
         let range = KeyRange::from_request(&req.key, &req.range_end);
+        if !req.index.is_empty() || !req.value.is_empty() {
+            return self.filtered_range(req, &range).await.map(Response::new);
+        }
         // A read at another revision than the cache's current one: the store
         // answers it (old data, compacted, or "future revision") exactly.
         let other_rev = req.revision > 0 && req.revision != s.cache.revision();
@@ -102,6 +160,10 @@ impl Kv for KvService {
         let s = &self.shared;
         if let Some(r) = crate::txn::from_cache(s, &req).await {
             return r.map(Response::new);
+        }
+        if txn_has_filters(&req) {
+            // The store would ignore the filter and answer unfiltered.
+            return Err(GatewayError::FilterInTxn.into());
         }
         s.metrics.forwarded.fetch_add(1, Relaxed);
         let mut resp = s.cache.upstream().txn(req).await?;

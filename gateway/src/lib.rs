@@ -63,6 +63,14 @@
 //! hint (`grpc-retry-pushback-ms`, also in the message) at once. The replay
 //! itself is paced per stream (flow control and the cache's scan budget).
 //!
+//! # Secondary indexes
+//!
+//! `--index NAME[@PREFIX]=json:/ptr|key:REGEX` declares indexes the cache
+//! maintains; Range and Watch take Lookout's extension fields `index`,
+//! `value` and (Watch) `initial_state` (proto field numbers 1000+), and
+//! `/v1` takes `?index=&value=&initial=true`. A filtered request is never
+//! forwarded upstream: the store would answer it unfiltered.
+//!
 //! # Differences from etcd worth knowing
 //!
 //! - A watch outside the `--prefix`es is refused (created + canceled, watch
@@ -95,7 +103,7 @@ mod txn;
 mod watch;
 
 pub use admission::{GateConfig, GateStats};
-pub use args::{ClientTlsArgs, GatewayArgs, parse_duration};
+pub use args::{ClientTlsArgs, GatewayArgs, parse_duration, parse_index};
 pub use codec::WatchCodec;
 pub use config::GatewayConfig;
 pub use error::GatewayError;

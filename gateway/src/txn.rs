@@ -103,7 +103,19 @@ fn eligible(shared: &Shared, req: &TxnRequest) -> bool {
         .chain(&req.failure)
         .all(|op| match &op.request {
             Some(request_op::Request::RequestRange(r)) => {
-                r.revision == 0 && validate_range(r).is_ok() && covered(&r.key, &r.range_end)
+                r.revision == 0
+                    && validate_range(r).is_ok()
+                    && covered(&r.key, &r.range_end)
+                    && (r.index.is_empty() && r.value.is_empty()
+                        || shared
+                            .cache
+                            .indexes()
+                            .resolve(
+                                &KeyRange::from_request(&r.key, &r.range_end),
+                                &r.index,
+                                &r.value,
+                            )
+                            .is_ok())
             }
             _ => false,
         });

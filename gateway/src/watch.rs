@@ -142,9 +142,9 @@ async fn next_chunk(mut o: Outbound) -> Option<(Result<Frame<Bytes>, Infallible>
     if o.done {
         return None;
     }
-    // One allocation of about a chunk, not a doubling series: a chunk held
-    // by HTTP/2 for a slow client then pins no slack beyond itself.
-    o.buf.reserve(CHUNK_BYTES + (CHUNK_BYTES >> 3));
+    // The cache reserves about a chunk at its first write (one allocation,
+    // not a doubling series), never while the stream waits: 1,000 streams
+    // waiting for their turn (initial states) or for events pin no buffers.
     if o.frames.next_grpc(&mut o.buf, CHUNK_BYTES).await.is_err() {
         // The cache closed (shutdown): end with Unavailable so clients
         // resume elsewhere from their last revision + 1.
@@ -155,6 +155,9 @@ async fn next_chunk(mut o: Outbound) -> Option<(Result<Frame<Bytes>, Infallible>
         return Some((Ok(Frame::trailers(trailers)), o));
     }
     let chunk = o.buf.split().freeze();
+    // Drop the unused tail of the allocation too, so the chunk alone keeps
+    // it alive, only until HTTP/2 has written it.
+    o.buf = BytesMut::new();
     Some((Ok(Frame::data(chunk)), o))
 }
 
@@ -280,6 +283,24 @@ async fn create(shared: &Shared, handle: &WatchHandle, c: WatchCreateRequest) ->
             true
         }
     }
+}
+
+/// The checks the cache makes on a create's extension fields (index
+/// filter, `initial_state`), made early for the readable HTTP API.
+///
+/// # Errors
+/// InvalidArgument naming the problem.
+pub(crate) fn check_extensions(shared: &Shared, c: &WatchCreateRequest) -> Result<(), Status> {
+    let c = normalize(c.clone());
+    let range = lookout_cache::KeyRange::from_request(&c.key, &c.range_end);
+    if !c.index.is_empty() && !shared.cache.covers(&range) {
+        return Err(GatewayError::FilterOutOfScope.into());
+    }
+    shared.cache.indexes().resolve(&range, &c.index, &c.value)?;
+    if c.initial_state && c.start_revision != 0 {
+        return Err(CacheError::InitialStateWithRevision.into());
+    }
+    Ok(())
 }
 
 /// etcd's spelling rules for a watch key (`v3rpc/watch.go`): an empty key

@@ -53,6 +53,83 @@ pub enum Command {
     /// Start etcd, etcd grpc-proxy and Lookout, run the same matrix against
     /// each, write a side-by-side report.
     Compare(CompareArgs),
+    /// Secondary index: W watchers filtered to their node by the gateway vs
+    /// the same W on the whole prefix; gateway CPU per useful event, bytes.
+    Index(IndexArgs),
+    /// Informers with initial-state watches vs list + watch: time to all
+    /// synced, peak gateway RSS.
+    Initial(InitialArgs),
+}
+
+/// `lookout-load index` flags (starts its own `lookout store` and a fresh
+/// `lookout gateway --index` per mode and repetition).
+#[derive(Debug, Clone, Args)]
+pub struct IndexArgs {
+    /// The `lookout` binary (default: next to lookout-load, or LOOKOUT_BIN).
+    #[arg(long)]
+    pub bin: Option<PathBuf>,
+    #[arg(long, default_value_t = 100_000)]
+    pub entries: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub nodes: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+    /// Puts per second (each moves a random entry to a random node).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Padding inside each JSON value, in bytes.
+    #[arg(long, default_value_t = 200)]
+    pub pad: usize,
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Append the markdown report to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `lookout-load initial` flags.
+#[derive(Debug, Clone, Args)]
+pub struct InitialArgs {
+    #[arg(long)]
+    pub bin: Option<PathBuf>,
+    #[arg(long, default_value_t = 1000)]
+    pub informers: usize,
+    /// Keys every informer syncs.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    /// List page size of the list + watch informers (Kubernetes: 500).
+    #[arg(long, default_value_t = 500)]
+    pub page_size: i64,
+    #[arg(long, default_value_t = 100)]
+    pub pad: usize,
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+fn write_report(out: Option<&std::path::Path>, text: &str) -> Result<()> {
+    println!("{text}");
+    if let Some(p) = out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| crate::error::LoadError::io(p, e))?;
+        writeln!(f, "{text}").map_err(|e| crate::error::LoadError::io(p, e))?;
+    }
+    Ok(())
 }
 
 /// Flags every scenario takes.
@@ -455,6 +532,58 @@ pub async fn run(cli: Cli, stop: watch::Receiver<bool>) -> Result<()> {
     }
     let (common, res): (Common, RunResult) = match cli.cmd {
         Command::Compare(args) => return compare::run(args, stop).await.map(|_| ()),
+        Command::Index(a) => {
+            let p = crate::scenario::index::IndexBenchParams {
+                bin: a
+                    .bin
+                    .clone()
+                    .unwrap_or_else(lookout_testkit::lookout_stack::default_bin),
+                entries: a.entries,
+                nodes: a.nodes,
+                watchers: a.watchers,
+                connections: a.connections,
+                rate: a.rate,
+                duration: a.duration,
+                pad: a.pad,
+                repeat: a.repeat.max(1),
+                drain_timeout: a.drain_timeout,
+            };
+            let text = crate::scenario::index::run_index(&p).await?;
+            return write_report(
+                a.out.as_deref(),
+                &format!(
+                    "{}
+
+{text}",
+                    own_command()
+                ),
+            );
+        }
+        Command::Initial(a) => {
+            let p = crate::scenario::index::InitialBenchParams {
+                bin: a
+                    .bin
+                    .clone()
+                    .unwrap_or_else(lookout_testkit::lookout_stack::default_bin),
+                informers: a.informers,
+                keys: a.keys,
+                connections: a.connections,
+                page_size: a.page_size,
+                pad: a.pad,
+                repeat: a.repeat.max(1),
+                timeout: a.timeout,
+            };
+            let text = crate::scenario::index::run_initial(&p).await?;
+            return write_report(
+                a.out.as_deref(),
+                &format!(
+                    "{}
+
+{text}",
+                    own_command()
+                ),
+            );
+        }
         Command::Put(a) => {
             let r = ops::run(&ctx(&a.common, stop), &a.load.params(Op::Put)).await?;
             (a.common, r)

@@ -1,5 +1,7 @@
 //! lookout-cache against a real etcd 3.4: one binary, one module per concern.
 
+mod index_property;
+mod initial_state;
 mod progress;
 mod range_vs_etcd;
 mod resilience;

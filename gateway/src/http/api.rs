@@ -21,7 +21,7 @@ use lookout_proto::pb::{
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberListRequest, MemberListResponse,
     PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
-    TxnRequest, TxnResponse, WatchRequest, WatchResponse,
+    TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -89,6 +89,21 @@ pub trait EtcdApi: Clone + Send + Sync + 'static {
         &self,
         requests: BoxStream<'static, WatchRequest>,
     ) -> impl Future<Output = ApiResult<WatchReplies<Self::Event>>> + Send;
+    /// Checks a create's Lookout extension fields (index filter,
+    /// `initial_state`) before a stream is opened, so the readable API can
+    /// answer 400 instead of a stream that is cancelled at once.
+    fn check_watch_extensions(&self, c: &WatchCreateRequest) -> ApiResult<()>;
+}
+
+/// The store serves no index filters: refuse them rather than answer
+/// unfiltered.
+fn refuse_extensions(index: &str, value: &[u8], initial_state: bool) -> ApiResult<()> {
+    if index.is_empty() && value.is_empty() && !initial_state {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(
+        "lookout: index filters and initial_state are served by a lookout gateway (lookout gateway --index), not by the store",
+    ))
 }
 
 /// One `WatchResponse`: every field but `events` in `head`, the events as
@@ -173,6 +188,7 @@ impl EtcdApi for Store {
     type Event = Event;
 
     async fn range(&self, r: RangeRequest) -> ApiResult<RangeResponse> {
+        refuse_extensions(&r.index, &r.value, false)?;
         Store::range(self, r).await.map_err(to_status)
     }
 
@@ -244,6 +260,10 @@ impl EtcdApi for Store {
             .map_err(to_status)
             .map_ok(WatchReply::from_response)
             .boxed())
+    }
+
+    fn check_watch_extensions(&self, c: &WatchCreateRequest) -> ApiResult<()> {
+        refuse_extensions(&c.index, &c.value, c.initial_state)
     }
 }
 

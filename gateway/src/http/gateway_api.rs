@@ -17,7 +17,7 @@ use lookout_proto::pb::{
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
-    WatchRequest, cluster_server::Cluster, kv_server::Kv, lease_server::Lease,
+    WatchCreateRequest, WatchRequest, cluster_server::Cluster, kv_server::Kv, lease_server::Lease,
     maintenance_server::Maintenance,
 };
 use tokio::sync::mpsc;
@@ -171,6 +171,10 @@ impl EtcdApi for GatewayApi {
             _reader: AbortOnDrop(reader),
         };
         Ok(futures::stream::unfold(out, Outbound::next).boxed())
+    }
+
+    fn check_watch_extensions(&self, c: &WatchCreateRequest) -> ApiResult<()> {
+        crate::watch::check_extensions(&self.shared, c)
     }
 }
 

@@ -4,6 +4,7 @@
 //! ```text
 //!   GET    /v1/kv/<key>                 raw value (+ X-Lookout-* headers); JSON on Accept: application/json
 //!   GET    /v1/kv/<prefix>?prefix=true  {"revision":R,"count":N,"more":false,"kvs":[...]}
+//!          ...&index=node&value=n1       only the entries whose index `node` is `n1`
 //!   PUT    /v1/kv/<key>[?lease=ID]      body = value       -> {"revision":R}
 //!   DELETE /v1/kv/<key>[?prefix=true]                      -> {"revision":R,"deleted":N}
 //! ```
@@ -16,6 +17,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
+use bytes::Bytes;
 use lookout_proto::mvccpb::KeyValue;
 use lookout_proto::pb::{DeleteRangeRequest, PutRequest, RangeRequest};
 use serde::Serialize;
@@ -64,7 +66,18 @@ impl Params {
         Ok(Self(pairs))
     }
 
-    fn get(&self, name: &str) -> Option<&[u8]> {
+    /// A UTF-8 parameter (empty when absent).
+    pub(crate) fn text(&self, name: &str) -> Result<String, HttpError> {
+        let Some(v) = self.get(name) else {
+            return Ok(String::new());
+        };
+        String::from_utf8(v.to_vec()).map_err(|_| HttpError::BadQuery {
+            name: name.into(),
+            message: "must be UTF-8".into(),
+        })
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&[u8]> {
         self.0
             .iter()
             .rev()
@@ -167,6 +180,8 @@ async fn get_kv<A: EtcdApi>(
             "keys_only",
             "count_only",
             "serializable",
+            "index",
+            "value",
         ],
     )?;
     let prefix = p.flag("prefix")?;
@@ -180,6 +195,11 @@ async fn get_kv<A: EtcdApi>(
         keys_only,
         count_only: p.flag("count_only")?,
         serializable: p.flag("serializable")?,
+        index: p.text("index")?,
+        value: p
+            .get("value")
+            .map(Bytes::copy_from_slice)
+            .unwrap_or_default(),
         ..Default::default()
     };
     let resp = s.api.range(req).await?;

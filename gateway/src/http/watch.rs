@@ -209,7 +209,11 @@ pub(crate) fn v3_line<E: WatchEvent>(r: &WatchReply<E>) -> Bytes {
 
 // === /v1/watch ===
 
-/// `GET /v1/watch/<key>[?prefix=true&rev=N]`.
+/// `GET /v1/watch/<key>[?prefix=true&rev=N&index=I&value=V&initial=true]`.
+///
+/// With `initial=true` the stream starts with the current matching entries
+/// as PUT lines, then `{"type":"SYNCED","revision":R}`, then live events
+/// from R + 1.
 pub(crate) async fn v1_watch<A: EtcdApi>(
     State(s): State<Arc<HttpState<A>>>,
     uri: Uri,
@@ -219,7 +223,17 @@ pub(crate) async fn v1_watch<A: EtcdApi>(
         return Err(HttpError::ShuttingDown);
     }
     let key = path_key(uri.path(), "/v1/watch");
-    let params = Params::parse(uri.query(), &["prefix", "rev", "progress_interval_ms"])?;
+    let params = Params::parse(
+        uri.query(),
+        &[
+            "prefix",
+            "rev",
+            "progress_interval_ms",
+            "index",
+            "value",
+            "initial",
+        ],
+    )?;
     let prefix = params.flag("prefix")?;
     let mut start = params.int("rev")?.unwrap_or(0);
     if start < 0 {
@@ -265,13 +279,24 @@ pub(crate) async fn v1_watch<A: EtcdApi>(
         Some(ms) if ms > 0 => std::time::Duration::from_millis(ms as u64),
         _ => s.cfg.progress_interval,
     };
+    let create = WatchCreateRequest {
+        key: key.into(),
+        range_end: range_end.into(),
+        start_revision: start,
+        index: params.text("index")?,
+        value: params
+            .get("value")
+            .map(Bytes::copy_from_slice)
+            .unwrap_or_default(),
+        initial_state: params.flag("initial")?,
+        ..Default::default()
+    };
+    // Filter and initial-state mistakes are a 400 here, not a stream that
+    // is cancelled at once.
+    s.api.check_watch_extensions(&create)?;
+    let initial = create.initial_state;
     let create = WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key: key.into(),
-            range_end: range_end.into(),
-            start_revision: start,
-            ..Default::default()
-        })),
+        request_union: Some(RequestUnion::CreateRequest(create)),
     };
     let (tx, rx) = mpsc::channel(4);
     tx.try_send(create).expect("fresh channel has room");
@@ -290,6 +315,7 @@ pub(crate) async fn v1_watch<A: EtcdApi>(
         _guard: StreamGuard::new(&s.metrics),
         metrics: s.metrics.clone(),
         done: false,
+        awaiting_sync: initial,
     };
     let body = Body::from_stream(futures::stream::unfold(st, V1Watch::step));
     Ok(streaming(
@@ -317,6 +343,10 @@ struct V1Watch<E> {
     _guard: StreamGuard,
     metrics: Arc<HttpMetrics>,
     done: bool,
+    /// `?initial=true` and the initial state is still coming: its events
+    /// carry no SSE id (their revisions are older than R, so resuming from
+    /// one would skip entries), and the marker becomes a SYNCED line.
+    awaiting_sync: bool,
 }
 
 /// Control lines of the readable stream.
@@ -434,6 +464,23 @@ impl<E: WatchEvent> V1Watch<E> {
             };
             return Some(self.control(&c, None));
         }
+        if r.events.is_empty() && self.awaiting_sync && r.head.watch_id != -1 {
+            // The initial state is complete at `rev`: live events follow
+            // from rev + 1, and an SSE client resuming from here (id = rev)
+            // misses nothing.
+            self.awaiting_sync = false;
+            let id = (self.sse && rev > self.last_id).then_some(rev);
+            if let Some(id) = id {
+                self.last_id = id;
+            }
+            let c = Control {
+                r#type: "SYNCED",
+                revision: Some(rev),
+                compact_revision: None,
+                cancel_reason: "",
+            };
+            return Some(self.control(&c, id));
+        }
         if r.events.is_empty() {
             // A progress answer: every event at or below `rev` went out.
             let id = (rev > self.last_id).then_some(rev);
@@ -461,7 +508,9 @@ impl<E: WatchEvent> V1Watch<E> {
                 Some(next) => next.revision() != e.revision(),
                 None => !r.head.fragment,
             };
-            let id = (self.sse && last_of_rev && e.revision() > self.last_id).then(|| e.revision());
+            let id =
+                (self.sse && !self.awaiting_sync && last_of_rev && e.revision() > self.last_id)
+                    .then(|| e.revision());
             if let Some(id) = id {
                 self.last_id = id;
             }

@@ -13,6 +13,7 @@ mod http_endpoints;
 mod http_etcd_compat;
 mod http_v1;
 mod http_watch;
+mod index_filters;
 mod informer;
 mod kv_vs_etcd;
 mod lifecycle;

@@ -5,9 +5,12 @@
 //!   checked; `slow`, `http` and `catchup` are fan-out with a twist;
 //! - [`informers`]: N clients list then watch at once, then a burst;
 //! - [`memory`]: server RSS per idle watcher, per stream, per connection;
-//! - [`ops`]: plain put and range throughput.
+//! - [`ops`]: plain put and range throughput;
+//! - [`index`]: secondary-index filters and initial-state watches against
+//!   their unfiltered / list+watch baselines.
 
 pub mod fanout;
+pub mod index;
 pub mod informers;
 pub mod memory;
 pub mod ops;
