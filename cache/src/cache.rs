@@ -613,11 +613,25 @@ impl Drop for Cache {
 
 // === the applier ===
 
+/// How long after an unconfirmed progress report the applier asks again
+/// (longer than etcd needs to notify the watchers of a write it made
+/// visible, short next to a linearizable read).
+const PROGRESS_CONFIRM_DELAY: Duration = Duration::from_millis(2);
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[derive(Debug)]
 struct Applier {
     inner: Arc<CacheInner>,
     scratch: FanoutScratch,
     backoff: Backoff,
+    /// A progress report not yet trusted in full (see [`Applier::progress`]).
+    unconfirmed_progress: Option<i64>,
 }
 
 /// Why the watch loop stopped.
@@ -636,6 +650,7 @@ impl Applier {
             inner,
             scratch: FanoutScratch::default(),
             backoff,
+            unconfirmed_progress: None,
         }
     }
 
@@ -788,10 +803,18 @@ impl Applier {
             }
         };
         inner.metrics.upstream_watches.fetch_add(1, Relaxed);
+        self.unconfirmed_progress = None;
+        // When a progress report waits for confirmation: ask again then.
+        let mut confirm_at: Option<tokio::time::Instant> = None;
         loop {
             let msg = tokio::select! {
                 m = watch.recv() => m,
                 _ = inner.progress_kick.notified() => {
+                    watch.request_progress();
+                    continue;
+                }
+                _ = sleep_until_opt(confirm_at), if confirm_at.is_some() => {
+                    confirm_at = None;
                     watch.request_progress();
                     continue;
                 }
@@ -801,11 +824,14 @@ impl Applier {
                 Ok(Some(WatchMsg::Events { header, events })) => {
                     inner.learn_header(&header);
                     self.backoff.reset();
+                    self.unconfirmed_progress = None;
                     self.apply(events);
                 }
                 Ok(Some(WatchMsg::Progress { header })) => {
                     inner.learn_header(&header);
-                    self.advance(header.revision);
+                    if self.progress(header.revision) {
+                        confirm_at = Some(tokio::time::Instant::now() + PROGRESS_CONFIRM_DELAY);
+                    }
                 }
                 Ok(Some(WatchMsg::Created { header, .. })) => {
                     inner.learn_header(&header);
@@ -908,6 +934,29 @@ impl Applier {
         inner.fanout_rev.store(through, Release);
         inner.applied.send_replace(through);
         self.publish_gauges();
+    }
+
+    /// A progress report at `rev`. etcd before 3.4.25 / 3.5.8 (etcd issue
+    /// #15220; Debian bookworm ships 3.4.23) can report the revision of a
+    /// write whose event it has not sent yet: the revision becomes visible
+    /// before the write's watchers are notified. Its apply loop is
+    /// sequential, so every revision below `rev` was sent before the
+    /// report: trust `rev - 1` at once and `rev` itself when a second
+    /// report, asked for a moment later, says the same with no event in
+    /// between. Returns whether that second report should be asked for.
+    fn progress(&mut self, rev: i64) -> bool {
+        if rev <= self.inner.snapshot.load().revision() {
+            self.unconfirmed_progress = None;
+            return false;
+        }
+        if self.unconfirmed_progress == Some(rev) {
+            self.unconfirmed_progress = None;
+            self.advance(rev);
+            return false;
+        }
+        self.unconfirmed_progress = Some(rev);
+        self.advance(rev - 1);
+        true
     }
 
     /// Upstream progress: the store is at `rev` and nothing in our hull
