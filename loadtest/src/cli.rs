@@ -549,15 +549,7 @@ pub async fn run(cli: Cli, stop: watch::Receiver<bool>) -> Result<()> {
                 drain_timeout: a.drain_timeout,
             };
             let text = crate::scenario::index::run_index(&p).await?;
-            return write_report(
-                a.out.as_deref(),
-                &format!(
-                    "{}
-
-{text}",
-                    own_command()
-                ),
-            );
+            return write_report(a.out.as_deref(), &format!("{}\n\n{text}", own_command()));
         }
         Command::Initial(a) => {
             let p = crate::scenario::index::InitialBenchParams {
@@ -574,15 +566,7 @@ pub async fn run(cli: Cli, stop: watch::Receiver<bool>) -> Result<()> {
                 timeout: a.timeout,
             };
             let text = crate::scenario::index::run_initial(&p).await?;
-            return write_report(
-                a.out.as_deref(),
-                &format!(
-                    "{}
-
-{text}",
-                    own_command()
-                ),
-            );
+            return write_report(a.out.as_deref(), &format!("{}\n\n{text}", own_command()));
         }
         Command::Put(a) => {
             let r = ops::run(&ctx(&a.common, stop), &a.load.params(Op::Put)).await?;

@@ -16,9 +16,8 @@ use lookout_proto::pb::{
     range_request::SortTarget, request_op, watch_client::WatchClient, watch_request,
 };
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
-use crate::harness::{TestGateway, b, channel, config};
+use crate::harness::{TestGateway, b, channel, config, put};
 use crate::http_client::{Lines, TestStore, b64, call, post};
 
 const PODS: &str = "/registry/pods/";
@@ -43,20 +42,6 @@ async fn stack(max_frame: usize, history_events: usize) -> (TestStore, TestGatew
     cfg.cache.history_events = history_events;
     let gw = TestGateway::start_with(cfg).await;
     (store, gw)
-}
-
-async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> i64 {
-    kv.put(PutRequest {
-        key: b(key),
-        value: b(value),
-        ..Default::default()
-    })
-    .await
-    .expect("put")
-    .into_inner()
-    .header
-    .unwrap()
-    .revision
 }
 
 fn pods_range() -> (Bytes, Bytes) {
