@@ -403,9 +403,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapBuilder {
 
 // === snapshot files ===
 
-const TAG_END: u8 = 0;
-const TAG_KV: u8 = 1;
-const TAG_LEASE: u8 = 2;
+// Row tags, shared with backups (`snapshot_stream.rs`), which use the
+// same row encoding for the tables they carry.
+pub(crate) const TAG_END: u8 = 0;
+pub(crate) const TAG_KV: u8 = 1;
+pub(crate) const TAG_LEASE: u8 = 2;
 const TAG_ALARM: u8 = 3;
 const TAG_RAFT_SM: u8 = 4;
 
@@ -427,7 +429,8 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
-fn put_row(w: &mut impl Write, tag: u8, k: &[u8], v: &[u8]) -> std::io::Result<()> {
+/// One row: tag, then key and value each as a u32 length and the bytes.
+pub(crate) fn put_row(w: &mut impl Write, tag: u8, k: &[u8], v: &[u8]) -> std::io::Result<()> {
     w.write_all(&[tag])?;
     w.write_all(&(k.len() as u32).to_be_bytes())?;
     w.write_all(k)?;

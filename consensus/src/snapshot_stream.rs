@@ -36,16 +36,13 @@ use tonic::Status;
 
 use crate::backend::{self, ALARMS, KV, LEASES, META_KEY, Meta};
 use crate::error::{Error, Result};
+use crate::sm::{TAG_END, TAG_KV, TAG_LEASE, put_row};
 use crate::store::Store;
 
 /// First bytes of a backup file; the digit is the format version.
 pub const BACKUP_MAGIC: &[u8; 16] = b"LOOKOUT-BACKUP1\n";
 /// etcd's snapshot send buffer size.
 const CHUNK: usize = 32 * 1024;
-
-const TAG_END: u8 = 0;
-const TAG_KV: u8 = 1;
-const TAG_LEASE: u8 = 2;
 
 /// What [`restore`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,14 +167,6 @@ impl Write for ChunkSender<'_> {
             .blocking_send(Ok(msg))
             .map_err(|_| std::io::Error::other("snapshot client went away"))
     }
-}
-
-fn put_row(w: &mut impl Write, tag: u8, k: &[u8], v: &[u8]) -> std::io::Result<()> {
-    w.write_all(&[tag])?;
-    w.write_all(&(k.len() as u32).to_be_bytes())?;
-    w.write_all(k)?;
-    w.write_all(&(v.len() as u32).to_be_bytes())?;
-    w.write_all(v)
 }
 
 // === restore ===

@@ -195,17 +195,6 @@ pub fn spawn_logged(mut cmd: Command, log: &Path) -> std::io::Result<ChildGuard>
 /// Asks `endpoint` ("127.0.0.1:port") for Maintenance Status over gRPC;
 /// `Some(revision)` once it answers.
 pub async fn grpc_status(endpoint: &str) -> Option<i64> {
-    use lookout_proto::pb::{StatusRequest, maintenance_client::MaintenanceClient};
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
-        .ok()?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .ok()?;
-    let resp = MaintenanceClient::new(ch)
-        .status(StatusRequest {})
-        .await
-        .ok()?;
-    Some(resp.into_inner().header.map(|h| h.revision).unwrap_or(0))
+    let resp = cluster::status(endpoint).await?;
+    Some(resp.header.map_or(0, |h| h.revision))
 }
