@@ -618,13 +618,6 @@ impl Drop for Cache {
 /// visible, short next to a linearizable read).
 const PROGRESS_CONFIRM_DELAY: Duration = Duration::from_millis(2);
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[derive(Debug)]
 struct Applier {
     inner: Arc<CacheInner>,
@@ -813,7 +806,7 @@ impl Applier {
                     watch.request_progress();
                     continue;
                 }
-                _ = sleep_until_opt(confirm_at), if confirm_at.is_some() => {
+                _ = crate::stream::sleep_until_opt(confirm_at), if confirm_at.is_some() => {
                     confirm_at = None;
                     watch.request_progress();
                     continue;

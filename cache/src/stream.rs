@@ -900,7 +900,7 @@ impl WatchFrames {
 }
 
 /// Sleeps until `at`, or forever without one.
-async fn sleep_until_opt(at: Option<Instant>) {
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
