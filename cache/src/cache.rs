@@ -4,8 +4,9 @@
 //! ```text
 //!   list ranges @R ──> snapshot R, ring empty from R+1
 //!   watch hull from applied+1 (progress_notify)
-//!     events   ──> prev kv from state ──> CachedEvent ──> ring ──> snapshot swap ──> fan-out
+//!     events   ──> prev kv from state ──> CachedEvent ──> working snapshot (in place) + ring ──> fan-out
 //!     progress ──> ring/snapshot revision advance (no events)
+//!   readers: published snapshot, or an O(1) copy of the working one when it changed since
 //!     compacted──> relist @R' ──> reset ring ──> cancel watchers below R' (compact_revision)
 //!     error    ──> backoff, resume from applied+1 (maybe another endpoint)
 //! ```
@@ -27,11 +28,12 @@ use crate::error::{CacheError, is_compacted_status};
 use crate::event::{CachedEvent, EventKind};
 use crate::history::History;
 use crate::keys::KeyRange;
+use crate::mapkey::MapKey;
 use crate::metrics::CacheMetrics;
 use crate::range::evaluate_range;
 use crate::registry::{FanoutScratch, Registry};
 use crate::secondary::{IndexSet, build_states};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{KvMap, Snapshot};
 use crate::stream::{self, MIN_PROGRESS_INTERVAL, Pending, WatchFrames, WatchHandle};
 use crate::upstream::{Upstream, WatchMsg};
 
@@ -108,7 +110,17 @@ pub(crate) struct CacheInner {
     /// The configured ranges cover every key: each store revision then
     /// carries an event the cache sees, and no progress request is needed.
     all_keys: bool,
-    snapshot: ArcSwap<Snapshot>,
+    /// The last snapshot handed to a reader. Readers load it without
+    /// locking; when the working snapshot moved on, the first reader to
+    /// notice publishes a copy (see [`crate::snapshot`]).
+    published: ArcSwap<Snapshot>,
+    /// The applier's snapshot, changed in place. A parking_lot mutex: the
+    /// applier holds it for one upstream batch, a reader for an O(1) clone;
+    /// nobody awaits while holding it, and it is taken after the registry
+    /// and stream locks and before the history lock, never the other way.
+    working: Mutex<Working>,
+    /// `working`'s generation, readable without the lock.
+    working_generation: AtomicU64,
     /// A parking_lot RwLock: the applier writes a batch at a time, catch-up
     /// readers hold it for a bounded scan; nobody awaits while holding it.
     pub(crate) history: RwLock<History>,
@@ -135,6 +147,19 @@ pub(crate) struct CacheInner {
     /// Admission of initial states (`max_concurrent_initial`).
     pub(crate) initial_gate: Arc<InitialGate>,
 }
+
+/// The applier's working snapshot.
+#[derive(Debug, Default)]
+struct Working {
+    snap: Snapshot,
+    /// Events applied since the last publish. A stale published snapshot
+    /// keeps the values it saw alive; publishing after this many (at least
+    /// [`PUBLISH_EVERY_MIN`], else a quarter of the entries) bounds that.
+    since_publish: usize,
+}
+
+/// See [`Working::since_publish`].
+const PUBLISH_EVERY_MIN: usize = 4096;
 
 /// Admits initial states: at most `limit` stream at once, counting only
 /// permits whose holder handed out a page within [`STALE_AFTER`]. A
@@ -238,7 +263,9 @@ impl CacheInner {
             upstream,
             hull,
             all_keys,
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            published: ArcSwap::from_pointee(Snapshot::default()),
+            working: Mutex::new(Working::default()),
+            working_generation: AtomicU64::new(0),
             registry: RwLock::new(Registry::default()),
             fanout_rev: AtomicI64::new(0),
             compacted: AtomicI64::new(0),
@@ -264,9 +291,32 @@ impl CacheInner {
             .store(self.history.read().start(), Relaxed);
     }
 
-    /// The current snapshot.
+    /// The current snapshot: everything applied so far.
     pub(crate) fn snapshot_now(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+        let cur = self.published.load_full();
+        if cur.generation == self.working_generation.load(Acquire) {
+            return cur;
+        }
+        self.publish(&mut self.working.lock())
+    }
+
+    /// Hands the working snapshot to readers (an O(1) clone).
+    fn publish(&self, w: &mut Working) -> Arc<Snapshot> {
+        let cur = self.published.load_full();
+        if cur.generation == w.snap.generation {
+            return cur;
+        }
+        let fresh = Arc::new(w.snap.clone());
+        w.since_publish = 0;
+        self.published.store(fresh.clone());
+        fresh
+    }
+
+    /// Ends a change of the working snapshot: readers now see `revision`.
+    fn changed(&self, w: &mut Working, revision: i64) {
+        w.snap.set_revision(revision);
+        w.snap.generation += 1;
+        self.working_generation.store(w.snap.generation, Release);
     }
 
     pub(crate) fn header(&self, revision: i64) -> ResponseHeader {
@@ -338,10 +388,11 @@ impl Cache {
         self.inner.is_ready()
     }
 
-    /// The current snapshot (never blocks; the applier swaps a new one in
-    /// per batch).
+    /// The current snapshot. Cheap when nothing changed since the last
+    /// call; otherwise an O(1) copy of the applier's state, which may wait
+    /// for the applier to finish the upstream batch it is applying.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.inner.snapshot.load_full()
+        self.inner.snapshot_now()
     }
 
     /// The revision the cache has applied and fanned out.
@@ -551,7 +602,7 @@ impl Cache {
             .into_iter()
             .flat_map(|m| m.range::<_, [u8]>(bounds))
             .filter(|(k, _)| !touched.contains_key(k.as_ref()))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(_, v)| (v.key.clone(), v.clone()))
             .collect();
         for (k, v) in touched {
             if let Some(kv) = v {
@@ -712,7 +763,7 @@ impl Applier {
             inner.learn_header(&res.header);
             revision = res.revision;
             for kv in res.kvs {
-                map.insert(kv.key.clone(), Arc::new(kv));
+                map.insert(MapKey::from(&kv.key), Arc::new(kv));
             }
         }
         let us = began.elapsed().as_micros() as u64;
@@ -727,12 +778,7 @@ impl Applier {
     /// Installs a listed state at `revision`. The registry write lock keeps
     /// watcher creation out while the ring, snapshot and fan-out revision
     /// jump together.
-    fn install(
-        &mut self,
-        revision: i64,
-        map: OrdMap<bytes::Bytes, Arc<lookout_proto::mvccpb::KeyValue>>,
-        compact: i64,
-    ) {
+    fn install(&mut self, revision: i64, map: KvMap, compact: i64) {
         let inner = &self.inner;
         // Any list after the first replaces history the cache no longer has.
         // When the upstream did not say where it compacted, the truthful
@@ -750,12 +796,15 @@ impl Applier {
             h.reset(revision, compact);
         }
         let states = build_states(&inner.config.indexes, &map);
-        inner.snapshot.store(Arc::new(Snapshot::with_indexes(
-            revision,
-            map,
-            inner.config.indexes.clone(),
-            states,
-        )));
+        {
+            let mut w = inner.working.lock();
+            let generation = w.snap.generation;
+            w.snap = Snapshot::with_indexes(revision, map, inner.config.indexes.clone(), states);
+            w.snap.generation = generation;
+            inner.changed(&mut w, revision);
+            // At once: the previous snapshot is a whole other state.
+            inner.publish(&mut w);
+        }
         inner.fanout_rev.store(revision, Release);
         if relisting {
             inner.metrics.relists.fetch_add(1, Relaxed);
@@ -856,12 +905,11 @@ impl Applier {
             .metrics
             .events_in
             .fetch_add(events.len() as u64, Relaxed);
-        let snap = inner.snapshot.load_full();
-        let applied = snap.revision();
         let last_event = inner.history.read().last_event();
-        let mut map = snap.data().clone();
         let defs = &inner.config.indexes;
-        let mut states = snap.index_states().to_vec();
+        let mut w = inner.working.lock();
+        let applied = w.snap.revision();
+        let (map, states) = w.snap.parts_mut();
         let mut batch = Vec::with_capacity(events.len());
         let mut through = applied;
         for ev in events {
@@ -890,16 +938,17 @@ impl Applier {
             };
             let ev = match kind {
                 EventKind::Put => {
-                    let ev = CachedEvent::indexed(kind, &kv, map.get(&kv.key).map(|p| &**p), defs);
+                    // One descent of the map: insert hands back the previous entry.
                     let kv = Arc::new(kv);
-                    update_indexes(&mut states, &ev, Some(&kv));
-                    map.insert(kv.key.clone(), kv);
+                    let prev = map.insert(MapKey::from(&kv.key), kv.clone());
+                    let ev = CachedEvent::indexed(kind, &kv, prev.as_deref(), defs);
+                    update_indexes(states, &ev, Some(&kv));
                     ev
                 }
                 EventKind::Delete => {
-                    let prev = map.remove(&kv.key);
+                    let prev = map.remove(&kv.key[..]);
                     let ev = CachedEvent::indexed(kind, &kv, prev.as_deref(), defs);
-                    update_indexes(&mut states, &ev, None);
+                    update_indexes(states, &ev, None);
                     ev
                 }
             };
@@ -909,12 +958,12 @@ impl Applier {
             return;
         }
         inner.history.write().append(&batch, through);
-        inner.snapshot.store(Arc::new(Snapshot::with_indexes(
-            through,
-            map,
-            defs.clone(),
-            states,
-        )));
+        inner.changed(&mut w, through);
+        w.since_publish += batch.len();
+        if w.since_publish >= PUBLISH_EVERY_MIN.max(w.snap.len() / 4) {
+            inner.publish(&mut w);
+        }
+        drop(w);
         if !batch.is_empty() {
             let reg = inner.registry.read();
             reg.fan_out(
@@ -938,7 +987,7 @@ impl Applier {
     /// report, asked for a moment later, says the same with no event in
     /// between. Returns whether that second report should be asked for.
     fn progress(&mut self, rev: i64) -> bool {
-        if rev <= self.inner.snapshot.load().revision() {
+        if rev <= self.inner.working.lock().snap.revision() {
             self.unconfirmed_progress = None;
             return false;
         }
@@ -956,17 +1005,14 @@ impl Applier {
     /// changed since the last event.
     fn advance(&mut self, rev: i64) {
         let inner = &*self.inner;
-        let snap = inner.snapshot.load_full();
-        if rev <= snap.revision() {
-            return;
+        {
+            let mut w = inner.working.lock();
+            if rev <= w.snap.revision() {
+                return;
+            }
+            inner.history.write().advance(rev);
+            inner.changed(&mut w, rev);
         }
-        inner.history.write().advance(rev);
-        inner.snapshot.store(Arc::new(Snapshot::with_indexes(
-            rev,
-            snap.data().clone(),
-            snap.index_set().clone(),
-            snap.index_states().to_vec(),
-        )));
         inner.fanout_rev.store(rev, Release);
         inner.applied.send_replace(rev);
         self.publish_gauges();
@@ -1037,6 +1083,11 @@ impl BenchHarness {
 
     pub fn revision(&self) -> i64 {
         self.inner.fanout_rev.load(Acquire)
+    }
+
+    /// The current snapshot, as a reader gets it.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot_now()
     }
 
     pub fn metrics(&self) -> &CacheMetrics {

@@ -217,7 +217,7 @@ mod tests {
                 value: Bytes::copy_from_slice(v.as_bytes()),
                 lease: 0,
             };
-            m.insert(kv.key.clone(), std::sync::Arc::new(kv));
+            m.insert(crate::MapKey::from(&kv.key), std::sync::Arc::new(kv));
         }
         Snapshot::new(9, m)
     }

@@ -22,10 +22,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use imbl::OrdMap;
 use lookout_proto::mvccpb::KeyValue;
 
 use crate::keys::KeyRange;
+use crate::mapkey::MapKey;
+use crate::snapshot::KvMap;
 
 /// Why an `--index` declaration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -404,13 +405,13 @@ fn describe_scope(r: &KeyRange) -> String {
 /// clones share structure, an update costs O(log n).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct IndexState {
-    by_value: imbl::HashMap<Bytes, OrdMap<Bytes, Arc<KeyValue>>>,
+    by_value: imbl::HashMap<Bytes, KvMap>,
 }
 
 impl IndexState {
     pub(crate) fn remove(&mut self, value: &Bytes, key: &Bytes) {
         if let Some(m) = self.by_value.get_mut(value) {
-            m.remove(key);
+            m.remove(&key[..]);
             if m.is_empty() {
                 self.by_value.remove(value);
             }
@@ -421,11 +422,11 @@ impl IndexState {
         self.by_value
             .entry(value)
             .or_default()
-            .insert(kv.key.clone(), kv.clone());
+            .insert(MapKey::from(&kv.key), kv.clone());
     }
 
     /// The entries with `value`, by key.
-    pub(crate) fn entries(&self, value: &[u8]) -> Option<&OrdMap<Bytes, Arc<KeyValue>>> {
+    pub(crate) fn entries(&self, value: &[u8]) -> Option<&KvMap> {
         self.by_value.get(value)
     }
 
@@ -436,7 +437,7 @@ impl IndexState {
 }
 
 /// Builds every index's state from a listed map.
-pub(crate) fn build_states(set: &IndexSet, data: &OrdMap<Bytes, Arc<KeyValue>>) -> Vec<IndexState> {
+pub(crate) fn build_states(set: &IndexSet, data: &KvMap) -> Vec<IndexState> {
     let mut states = vec![IndexState::default(); set.defs().len()];
     if set.is_empty() {
         return states;

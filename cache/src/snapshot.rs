@@ -1,17 +1,29 @@
 //! The cache's current data: an immutable ordered map at one revision.
 //!
-//! The applier builds the next snapshot from the previous one (imbl's
-//! `OrdMap` shares all untouched nodes, so a clone is O(1) and an update
-//! O(log n)) and swaps it in atomically; readers hold an `Arc<Snapshot>` and
-//! never block the applier. A list is therefore always one consistent revision.
+//! The applier owns a working `Snapshot` and updates it in place; a reader
+//! gets an `Arc<Snapshot>` cloned from it (imbl's `OrdMap` shares every
+//! node, so the clone is O(1)) and never sees a later change. A list is
+//! therefore always one consistent revision.
+//!
+//! Why in place and not a new snapshot per write: a persistent map copies
+//! the path to a key (three 64-wide nodes for 100k keys, each copy cloning
+//! every key and `Arc` in it) whenever that path is shared with a snapshot
+//! a reader might hold. Publishing a snapshot per upstream response made
+//! every write pay that copy (and its later drop) even when nobody read;
+//! publishing only when a reader asks makes a write pay it only for the
+//! nodes shared with the last published snapshot, at most once each per
+//! publish.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use imbl::OrdMap;
 use lookout_proto::mvccpb::KeyValue;
 
+use crate::mapkey::MapKey;
 use crate::secondary::{IndexSet, IndexState};
+
+/// The cache's ordered maps: key -> entry.
+pub type KvMap = OrdMap<MapKey, Arc<KeyValue>>;
 
 /// The keyspace the cache holds, as of `revision`. Values are `Arc`s so a
 /// path copy in the map moves pointers, not key-values.
@@ -22,7 +34,10 @@ use crate::secondary::{IndexSet, IndexState};
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     revision: i64,
-    data: OrdMap<Bytes, Arc<KeyValue>>,
+    /// Bumped by every change of the working snapshot; a published copy
+    /// with the working generation is current.
+    pub(crate) generation: u64,
+    data: KvMap,
     /// The declared indexes (shared by every snapshot of a cache).
     defs: IndexSet,
     /// One state per declared index, in `defs` order.
@@ -31,9 +46,10 @@ pub struct Snapshot {
 
 impl Snapshot {
     #[cfg(test)]
-    pub(crate) fn new(revision: i64, data: OrdMap<Bytes, Arc<KeyValue>>) -> Self {
+    pub(crate) fn new(revision: i64, data: KvMap) -> Self {
         Self {
             revision,
+            generation: 0,
             data,
             defs: IndexSet::default(),
             indexes: Vec::new(),
@@ -42,16 +58,27 @@ impl Snapshot {
 
     pub(crate) fn with_indexes(
         revision: i64,
-        data: OrdMap<Bytes, Arc<KeyValue>>,
+        data: KvMap,
         defs: IndexSet,
         indexes: Vec<IndexState>,
     ) -> Self {
         Self {
             revision,
+            generation: 0,
             data,
             defs,
             indexes,
         }
+    }
+
+    /// The applier's in-place access: the map and the index states, which
+    /// it changes together for one batch.
+    pub(crate) fn parts_mut(&mut self) -> (&mut KvMap, &mut Vec<IndexState>) {
+        (&mut self.data, &mut self.indexes)
+    }
+
+    pub(crate) fn set_revision(&mut self, revision: i64) {
+        self.revision = revision;
     }
 
     /// The declared indexes.
@@ -59,16 +86,8 @@ impl Snapshot {
         &self.defs
     }
 
-    pub(crate) fn index_states(&self) -> &[IndexState] {
-        &self.indexes
-    }
-
     /// The entries whose index `index` has `value`, by key (`None`: none).
-    pub(crate) fn index_entries(
-        &self,
-        index: usize,
-        value: &[u8],
-    ) -> Option<&OrdMap<Bytes, Arc<KeyValue>>> {
+    pub(crate) fn index_entries(&self, index: usize, value: &[u8]) -> Option<&KvMap> {
         self.indexes.get(index)?.entries(value)
     }
 
@@ -96,7 +115,7 @@ impl Snapshot {
     }
 
     /// The map itself (cheap to clone; iterate with `range`).
-    pub fn data(&self) -> &OrdMap<Bytes, Arc<KeyValue>> {
+    pub fn data(&self) -> &KvMap {
         &self.data
     }
 }

@@ -1106,7 +1106,7 @@ impl CatchUp<'_> {
         let mut bytes = 0;
         let mut done = true;
         if let Some(map) = entries.filter(|_| w.spec.accepts_kind(EventKind::Put)) {
-            for (k, kv) in map.range::<_, [u8]>((lower, upper)) {
+            for (_, kv) in map.range::<_, [u8]>((lower, upper)) {
                 if bytes >= room || self.budget == 0 {
                     done = false;
                     break;
@@ -1115,7 +1115,7 @@ impl CatchUp<'_> {
                 bytes += ev.encoded_len(false);
                 self.scratch.push(ev);
                 self.budget = self.budget.saturating_sub(1);
-                init.after = Some(k.clone());
+                init.after = Some(kv.key.clone());
             }
         }
         let r = snap.revision();

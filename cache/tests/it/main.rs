@@ -6,6 +6,7 @@ mod progress;
 mod range_vs_etcd;
 mod resilience;
 mod slow_watchers;
+mod snapshot_isolation;
 mod stream_api;
 mod support;
 mod upstream_client;
