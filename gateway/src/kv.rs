@@ -73,18 +73,32 @@ impl KvService {
     }
 }
 
-/// True when a Txn (at any depth) holds a Range with an index filter.
-fn txn_has_filters(req: &TxnRequest) -> bool {
-    req.success
-        .iter()
-        .chain(&req.failure)
-        .any(|op| match &op.request {
-            Some(request_op::Request::RequestRange(r)) => {
-                !r.index.is_empty() || !r.value.is_empty()
+/// Whether a Txn (at any depth) holds a Range with an index filter; a
+/// filter that could never be served (unknown index, bad value, a range
+/// outside the index's scope or the cache) is refused with the same error a
+/// plain filtered Range gets, before anything else is said about the Txn.
+fn txn_filters(s: &Shared, req: &TxnRequest) -> Result<bool, Status> {
+    let mut any = false;
+    for op in req.success.iter().chain(&req.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r))
+                if !r.index.is_empty() || !r.value.is_empty() =>
+            {
+                let range = KeyRange::from_request(&r.key, &r.range_end);
+                if !s.cache.covers(&range) {
+                    return Err(GatewayError::FilterOutOfScope.into());
+                }
+                s.cache
+                    .indexes()
+                    .resolve(&range, &r.index, &r.value)
+                    .map_err(Status::from)?;
+                any = true;
             }
-            Some(request_op::Request::RequestTxn(t)) => txn_has_filters(t),
-            _ => false,
-        })
+            Some(request_op::Request::RequestTxn(t)) => any |= txn_filters(s, t)?,
+            _ => {}
+        }
+    }
+    Ok(any)
 }
 
 #[tonic::async_trait]
@@ -161,7 +175,7 @@ impl Kv for KvService {
         if let Some(r) = crate::txn::from_cache(s, &req).await {
             return r.map(Response::new);
         }
-        if txn_has_filters(&req) {
+        if txn_filters(s, &req)? {
             // The store would ignore the filter and answer unfiltered.
             return Err(GatewayError::FilterInTxn.into());
         }

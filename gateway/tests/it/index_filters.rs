@@ -184,12 +184,33 @@ async fn filtered_range_with_every_option_and_the_errors() {
     };
     let e = kv
         .txn(TxnRequest {
-            success: vec![op, put_op],
+            success: vec![op, put_op.clone()],
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("in a Txn"), "{}", e.message());
+    // A filter that could never be served gets the plain Range's error,
+    // even nested and beside a write.
+    let unknown = RequestOp {
+        request: Some(request_op::Request::RequestRange(filtered("nodes", "n1"))),
+    };
+    let nested = RequestOp {
+        request: Some(request_op::Request::RequestTxn(TxnRequest {
+            failure: vec![unknown],
+            ..Default::default()
+        })),
+    };
+    let e = kv
+        .txn(TxnRequest {
+            success: vec![put_op, nested],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("known: node, ns"), "{}", e.message());
 }
 
 /// A raw gRPC watch stream (etcd's clients cannot set extension fields).
