@@ -121,6 +121,10 @@ pub(crate) struct CacheInner {
     working: Mutex<Working>,
     /// `working`'s generation, readable without the lock.
     working_generation: AtomicU64,
+    /// Revisions of writes forwarded by the gateway, above the applied
+    /// revision, with what they changed (prefix mode only). A parking_lot
+    /// mutex: a few map operations per write or progress report.
+    write_hints: Mutex<std::collections::BTreeMap<i64, WriteScope>>,
     /// A parking_lot RwLock: the applier writes a batch at a time, catch-up
     /// readers hold it for a bounded scan; nobody awaits while holding it.
     pub(crate) history: RwLock<History>,
@@ -147,6 +151,29 @@ pub(crate) struct CacheInner {
     /// Admission of initial states (`max_concurrent_initial`).
     pub(crate) initial_gate: Arc<InitialGate>,
 }
+
+/// What a gateway knows about the revision of a write it forwarded (see
+/// [`Cache::wait_for_write`]). With configured prefixes a revision that
+/// changed nothing cached reaches the cache only as a progress report, and
+/// etcd before 3.4.25 / 3.5.8 can report a revision before sending its
+/// event (etcd issue #15220); knowing which case a write is makes its
+/// read-your-writes wait independent of upstream timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteScope {
+    /// Changed no key the cache holds: a progress report at its revision is
+    /// complete.
+    Outside,
+    /// A put of a key the cache holds: its event will come, and the cache
+    /// waits for it rather than for a report.
+    Inside,
+    /// Anything else (a txn or delete touching the cached ranges, which may
+    /// or may not change a cached key; lease revokes).
+    Unknown,
+}
+
+/// Most write hints kept (older ones are dropped; a dropped hint only
+/// means the progress report's timing rule applies again).
+const MAX_WRITE_HINTS: usize = 4096;
 
 /// The applier's working snapshot.
 #[derive(Debug, Default)]
@@ -266,6 +293,7 @@ impl CacheInner {
             published: ArcSwap::from_pointee(Snapshot::default()),
             working: Mutex::new(Working::default()),
             working_generation: AtomicU64::new(0),
+            write_hints: Mutex::new(Default::default()),
             registry: RwLock::new(Registry::default()),
             fanout_rev: AtomicI64::new(0),
             compacted: AtomicI64::new(0),
@@ -339,6 +367,17 @@ impl CacheInner {
     /// True when `range` lies inside one configured range.
     pub(crate) fn covers(&self, range: &KeyRange) -> bool {
         self.config.ranges.iter().any(|r| r.covers(range))
+    }
+
+    /// Forgets the write hints the cache has passed.
+    fn prune_hints(&self, applied: i64) {
+        if self.all_keys {
+            return;
+        }
+        let mut h = self.write_hints.lock();
+        while h.first_key_value().is_some_and(|(r, _)| *r <= applied) {
+            h.pop_first();
+        }
     }
 
     fn in_scope(&self, key: &[u8]) -> bool {
@@ -446,6 +485,63 @@ impl Cache {
                 });
             }
         }
+    }
+
+    /// [`Cache::wait_for_revision`] for the revision of a write this
+    /// gateway forwarded, told what the write changed: an `Outside` write's
+    /// revision is trusted from the first progress report at it, an
+    /// `Inside` one only once its event has been applied.
+    ///
+    /// # Errors
+    /// As [`Cache::wait_for_revision`].
+    pub async fn wait_for_write(
+        &self,
+        revision: i64,
+        scope: WriteScope,
+        timeout: Duration,
+    ) -> Result<Arc<Snapshot>, CacheError> {
+        let inner = &self.inner;
+        if inner.all_keys {
+            return self.wait_for_revision(revision, timeout).await;
+        }
+        if scope != WriteScope::Unknown && revision > inner.fanout_rev.load(Acquire) {
+            let mut h = inner.write_hints.lock();
+            h.insert(revision, scope);
+            while h.len() > MAX_WRITE_HINTS {
+                h.pop_first();
+            }
+        }
+        let started = tokio::time::Instant::now();
+        let snap = self.wait_for_revision(revision, timeout).await?;
+        if scope != WriteScope::Inside {
+            return Ok(snap);
+        }
+        // A report taken for the revision before the hint arrived may
+        // have moved the cache past it without its event: wait for that.
+        let deadline = started + timeout;
+        let mut rx = inner.applied.subscribe();
+        loop {
+            if inner.history.read().last_event() >= revision {
+                return Ok(self.snapshot());
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(CacheError::Timeout {
+                    wanted: revision,
+                    reached: *rx.borrow(),
+                    waited: started.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// True when some key of `range` is cached (it intersects a configured
+    /// range).
+    pub fn touches(&self, range: &KeyRange) -> bool {
+        let inner = &self.inner;
+        inner.all_keys || inner.config.ranges.iter().any(|r| r.intersects(range))
     }
 
     /// Tells the cache the upstream compacted at `revision` (the gateway
@@ -974,6 +1070,7 @@ impl Applier {
             );
         }
         inner.fanout_rev.store(through, Release);
+        inner.prune_hints(through);
         inner.applied.send_replace(through);
         self.publish_gauges();
     }
@@ -990,6 +1087,21 @@ impl Applier {
         if rev <= self.inner.working.lock().snap.revision() {
             self.unconfirmed_progress = None;
             return false;
+        }
+        let hint = self.inner.write_hints.lock().get(&rev).copied();
+        match hint {
+            Some(WriteScope::Outside) => {
+                self.unconfirmed_progress = None;
+                self.advance(rev);
+                return false;
+            }
+            Some(WriteScope::Inside) => {
+                // Its event is on its way; never confirm it by timing.
+                self.unconfirmed_progress = None;
+                self.advance(rev - 1);
+                return false;
+            }
+            Some(WriteScope::Unknown) | None => {}
         }
         if self.unconfirmed_progress == Some(rev) {
             self.unconfirmed_progress = None;
@@ -1013,6 +1125,7 @@ impl Applier {
             inner.history.write().advance(rev);
             inner.changed(&mut w, rev);
         }
+        inner.prune_hints(rev);
         inner.fanout_rev.store(rev, Release);
         inner.applied.send_replace(rev);
         self.publish_gauges();

@@ -111,6 +111,18 @@ impl KeyRange {
         }
     }
 
+    /// True when some key lies in both ranges.
+    pub fn intersects(&self, other: &KeyRange) -> bool {
+        if self.is_empty() || other.is_empty() {
+            return false;
+        }
+        let below = |a: &KeyRange, b: &KeyRange| match &a.end {
+            Some(e) => e.as_ref() <= b.start.as_ref(),
+            None => false,
+        };
+        !below(self, other) && !below(other, self)
+    }
+
     /// The smallest single range holding all of `ranges` (the upstream watch
     /// covers this hull and the cache drops what falls between the ranges).
     pub fn hull(ranges: &[KeyRange]) -> KeyRange {
@@ -163,6 +175,20 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn intersections() {
+        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let p = KeyRange::prefix(b("in/"));
+        assert!(p.intersects(&KeyRange::from_request(&b("in/x"), &Bytes::new())));
+        assert!(!p.intersects(&KeyRange::from_request(&b("out/x"), &Bytes::new())));
+        assert!(!p.intersects(&KeyRange::from_request(&b("in0"), &Bytes::new())));
+        assert!(!p.intersects(&KeyRange::from_request(&b("a"), &b("in/"))));
+        assert!(p.intersects(&KeyRange::from_request(&b("a"), &b("in/\0"))));
+        assert!(p.intersects(&KeyRange::from_request(&b("a"), &Bytes::from_static(&[0]))));
+        assert!(KeyRange::all().intersects(&p));
+        assert!(!p.intersects(&KeyRange::from_request(&b("z"), &b("a"))));
+    }
     use super::*;
 
     fn b(s: &str) -> Bytes {

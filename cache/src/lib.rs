@@ -102,7 +102,7 @@ mod upstream;
 pub use backoff::Backoff;
 #[doc(hidden)]
 pub use cache::BenchHarness;
-pub use cache::{Cache, CacheConfig};
+pub use cache::{Cache, CacheConfig, WriteScope};
 pub use error::CacheError;
 pub use etcd::{EtcdUpstream, EtcdUpstreamConfig, UpstreamTls};
 pub use event::{CachedEvent, DERIVED_SLOTS, EventKind};

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use lookout_cache::{CacheError, KeyRange, validate_range};
+use bytes::Bytes;
+use lookout_cache::{CacheError, KeyRange, WriteScope, validate_range};
 use lookout_proto::pb::request_op;
 use lookout_proto::pb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -101,6 +102,24 @@ fn txn_filters(s: &Shared, req: &TxnRequest) -> Result<bool, Status> {
     Ok(any)
 }
 
+/// Whether a put or delete of the Txn (either branch, at any depth) names a
+/// cached key.
+fn txn_writes_cached(s: &Shared, req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(p)) => s
+                .cache
+                .touches(&KeyRange::from_request(&p.key, &Bytes::new())),
+            Some(request_op::Request::RequestDeleteRange(d)) => s
+                .cache
+                .touches(&KeyRange::from_request(&d.key, &d.range_end)),
+            Some(request_op::Request::RequestTxn(t)) => txn_writes_cached(s, t),
+            _ => false,
+        })
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(
@@ -147,8 +166,17 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let s = &self.shared;
         s.metrics.forwarded.fetch_add(1, Relaxed);
-        let mut resp = s.cache.upstream().put(request.into_inner()).await?;
-        s.after_write(resp.header.as_ref()).await;
+        let req = request.into_inner();
+        let scope = if s
+            .cache
+            .touches(&KeyRange::from_request(&req.key, &Bytes::new()))
+        {
+            WriteScope::Inside
+        } else {
+            WriteScope::Outside
+        };
+        let mut resp = s.cache.upstream().put(req).await?;
+        s.after_write(resp.header.as_ref(), scope).await;
         s.restamp(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -159,12 +187,17 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let s = &self.shared;
         s.metrics.forwarded.fetch_add(1, Relaxed);
-        let mut resp = s
-            .cache
-            .upstream()
-            .delete_range(request.into_inner())
-            .await?;
-        s.after_write(resp.header.as_ref()).await;
+        let req = request.into_inner();
+        let range = KeyRange::from_request(&req.key, &req.range_end);
+        let mut resp = s.cache.upstream().delete_range(req).await?;
+        let scope = if !s.cache.touches(&range) {
+            WriteScope::Outside
+        } else if resp.deleted > 0 && s.cache.covers(&range) {
+            WriteScope::Inside
+        } else {
+            WriteScope::Unknown
+        };
+        s.after_write(resp.header.as_ref(), scope).await;
         s.restamp(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -180,8 +213,13 @@ impl Kv for KvService {
             return Err(GatewayError::FilterInTxn.into());
         }
         s.metrics.forwarded.fetch_add(1, Relaxed);
+        let scope = if txn_writes_cached(s, &req) {
+            WriteScope::Unknown
+        } else {
+            WriteScope::Outside
+        };
         let mut resp = s.cache.upstream().txn(req).await?;
-        s.after_write(resp.header.as_ref()).await;
+        s.after_write(resp.header.as_ref(), scope).await;
         s.restamp(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -194,7 +232,8 @@ impl Kv for KvService {
         let s = &self.shared;
         s.metrics.forwarded.fetch_add(1, Relaxed);
         let mut resp = s.cache.upstream().compact(req).await?;
-        s.after_write(resp.header.as_ref()).await;
+        s.after_write(resp.header.as_ref(), WriteScope::Unknown)
+            .await;
         // The store dropped everything below req.revision: so does the ring,
         // so a watch from there is cancelled with compact_revision as etcd
         // would, not replayed.

@@ -81,7 +81,8 @@ impl Lease for LeaseService {
             .await?;
         // Revoking deletes the lease's keys: hold the answer until the
         // cache has those deletes, like any write.
-        s.after_write(resp.header.as_ref()).await;
+        s.after_write(resp.header.as_ref(), lookout_cache::WriteScope::Unknown)
+            .await;
         s.restamp(&mut resp.header);
         Ok(Response::new(resp))
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use lookout_cache::{Cache, CacheError, EtcdUpstream, Snapshot};
+use lookout_cache::{Cache, CacheError, EtcdUpstream, Snapshot, WriteScope};
 use lookout_proto::pb::{
     ResponseHeader, StatusResponse, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer,
@@ -119,7 +119,7 @@ impl Shared {
     /// so the client's next read through this gateway sees the write.
     /// Bounded: the write happened either way, so past the bound the
     /// response goes out and a counter records it.
-    pub(crate) async fn after_write(&self, header: Option<&ResponseHeader>) {
+    pub(crate) async fn after_write(&self, header: Option<&ResponseHeader>, scope: WriteScope) {
         let Some(rev) = header.map(|h| h.revision) else {
             return;
         };
@@ -128,7 +128,7 @@ impl Shared {
         }
         if let Err(e) = self
             .cache
-            .wait_for_revision(rev, self.config.write_wait_timeout)
+            .wait_for_write(rev, scope, self.config.write_wait_timeout)
             .await
         {
             self.metrics.write_wait_timeouts.fetch_add(1, Relaxed);
