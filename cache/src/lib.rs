@@ -60,7 +60,15 @@
 //!   waits; etcd before 3.4.25 may answer such a request ahead of pending
 //!   events (etcd issue 15220), counted in
 //!   [`CacheMetrics::progress_regressions`] (events are still applied, never
-//!   dropped).
+//!   dropped). A report at R is therefore trusted for R - 1 (etcd applies
+//!   in order) and for R only when a second report confirms it, or at once
+//!   when the gateway says R was its own write outside the cached ranges
+//!   ([`Cache::wait_for_write`], [`WriteScope`]); a gateway's own write
+//!   inside them is answered only once its event is applied.
+//! - The applier changes its snapshot in place and readers get O(1) copies
+//!   on demand (see the `snapshot` module): a write pays a persistent-map
+//!   path copy only when a reader took a snapshot since. Map keys of up to
+//!   38 bytes live inside the B-tree nodes ([`MapKey`]).
 //! - A delivery is the only per-watcher work: the applier pushes one shared
 //!   batch per (stream, group); the stream's consumer merges what queued
 //!   up, walks the group's watchers (dense slots, not a hash map) and
