@@ -54,11 +54,16 @@ pub enum CacheError {
     /// An index filter on a range the index does not cover.
     #[error("lookout: the range is outside the scope {scope} of index {name:?}")]
     IndexScope { name: String, scope: String },
-    /// `initial_state` with a `start_revision`.
+    /// `initial_state` with a `start_revision` the cache has not reached:
+    /// the state it has is older than the client's.
     #[error(
-        "lookout: initial_state streams the current state; it cannot be combined with start_revision"
+        "lookout: an initial state from revision {wanted} needs revision {needed}; this gateway is at {cached}"
     )]
-    InitialStateWithRevision,
+    InitialStateBehind {
+        wanted: i64,
+        needed: i64,
+        cached: i64,
+    },
     /// A filtered Range at a revision older than the cache can rebuild
     /// (the store cannot filter, so it is never forwarded).
     #[error(
@@ -99,7 +104,7 @@ impl From<CacheError> for tonic::Status {
             CacheError::ValueWithoutIndex
             | CacheError::UnknownIndex { .. }
             | CacheError::IndexScope { .. }
-            | CacheError::InitialStateWithRevision => Code::InvalidArgument,
+            | CacheError::InitialStateBehind { .. } => Code::InvalidArgument,
             CacheError::IndexRevisionNotCached {
                 requested, cached, ..
             } if requested > cached => {

@@ -288,8 +288,18 @@ impl WatchHandle {
             .config
             .indexes
             .resolve(&range, &req.index, &req.value)?;
-        if req.initial_state && req.start_revision != 0 {
-            return Err(CacheError::InitialStateWithRevision);
+        // An initial state is never older than the revision the client
+        // says it has seen (start_revision - 1): the snapshot taken below
+        // is at or after the fan-out revision read here.
+        if req.initial_state && req.start_revision > 1 {
+            let cached = cache.fanout_rev.load(Acquire);
+            if cached < req.start_revision - 1 {
+                return Err(CacheError::InitialStateBehind {
+                    wanted: req.start_revision,
+                    needed: req.start_revision - 1,
+                    cached,
+                });
+            }
         }
         let spec = GroupSpec {
             range,

@@ -257,7 +257,10 @@ async fn create(shared: &Shared, handle: &WatchHandle, c: WatchCreateRequest) ->
             shared.metrics.resume_wait_timeouts.fetch_add(1, Relaxed);
         }
     }
-    let _permit = if start > 0 && start <= cache.revision() {
+    // An initial state replays no history: neither the catch-up gate nor
+    // the compaction probe concern it (its own gate admits it).
+    let replays = start > 0 && !c.initial_state;
+    let _permit = if replays && start <= cache.revision() {
         match shared.catchups.enter(&shared.metrics.catchups).await {
             Ok(p) => Some(p),
             Err(st) => {
@@ -268,7 +271,9 @@ async fn create(shared: &Shared, handle: &WatchHandle, c: WatchCreateRequest) ->
     } else {
         None
     };
-    cache.check_compaction(start).await;
+    if replays {
+        cache.check_compaction(start).await;
+    }
     match handle.create(&c) {
         Ok(_) => true,
         // The cache queued etcd's own answer for these.
@@ -297,9 +302,6 @@ pub(crate) fn check_extensions(shared: &Shared, c: &WatchCreateRequest) -> Resul
         return Err(GatewayError::FilterOutOfScope.into());
     }
     shared.cache.indexes().resolve(&range, &c.index, &c.value)?;
-    if c.initial_state && c.start_revision != 0 {
-        return Err(CacheError::InitialStateWithRevision.into());
-    }
     Ok(())
 }
 

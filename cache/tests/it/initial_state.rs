@@ -78,3 +78,39 @@ async fn a_stalled_initial_state_does_not_hold_the_others() {
     assert!(done, "marker after resuming");
     assert_eq!(total, 200, "no entry lost or repeated across the stall");
 }
+
+/// `initial_state` with `start_revision` S: the state is never older than
+/// S - 1. A cache that has S - 1 serves its current state; one that has not
+/// refuses at once (the gateway waits, bounded, before asking).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_state_is_never_older_than_the_clients_revision() {
+    let etcd = EtcdServer::start().await;
+    let mut kv = kv(&etcd.endpoint).await;
+    let mut last = 0;
+    for i in 0..20 {
+        last = put(&mut kv, &format!("s/{i:02}"), "v").await;
+    }
+    let cache = start_cache(&[&etcd.endpoint], config()).await;
+    cache
+        .wait_for_revision(last, WAIT)
+        .await
+        .expect("cache reaches the last put");
+    let (handle, _frames) = cache.open_stream();
+
+    let mut req = prefix_watch("s/", 0);
+    req.initial_state = true;
+    req.start_revision = last + 1;
+    handle.create(&req).expect("the cache has S - 1: served");
+
+    req.start_revision = last + 2;
+    match handle.create(&req) {
+        Err(lookout_cache::CacheError::InitialStateBehind {
+            wanted,
+            needed,
+            cached,
+        }) => {
+            assert_eq!((wanted, needed, cached), (last + 2, last + 1, last));
+        }
+        other => panic!("expected InitialStateBehind, got {other:?}"),
+    }
+}

@@ -351,15 +351,32 @@ async fn filtered_watch_sees_entries_move_in_and_out() {
     let r = w3.next().await;
     assert!(r.created && r.canceled, "{r:?}");
     assert!(r.cancel_reason.contains("known: node, ns"), "{r:?}");
-    let mut bad = create;
-    bad.initial_state = true;
-    bad.start_revision = 3;
-    let mut w4 = RawWatch::open(&gw.endpoint, bad).await;
-    let r = w4.next().await;
-    assert!(
-        r.canceled && r.cancel_reason.contains("initial_state"),
-        "{r:?}"
-    );
+
+    // An initial state with a start revision the gateway has passed: the
+    // current state (never older than start - 1), then the marker.
+    let mut since = create;
+    since.initial_state = true;
+    since.start_revision = r1 + 1;
+    let mut w4 = RawWatch::open(&gw.endpoint, since).await;
+    let c = w4.next().await;
+    assert!(c.created && !c.canceled, "{c:?}");
+    let r = c.header.unwrap().revision;
+    assert!(r >= r7, "state at {r}, not older than the client's {r1}");
+    let mut held = Vec::new();
+    loop {
+        let resp = w4.next().await;
+        assert!(!resp.canceled, "{resp:?}");
+        if resp.events.is_empty() {
+            assert_eq!(resp.header.unwrap().revision, r, "the marker at R");
+            break;
+        }
+        held.extend(resp.events.into_iter().map(|e| e.kv.unwrap().key));
+    }
+    let mut at_r = filtered("node", "n1");
+    at_r.revision = r;
+    let listed = kv.range(at_r).await.unwrap().into_inner();
+    let want: Vec<Bytes> = listed.kvs.into_iter().map(|kv| kv.key).collect();
+    assert_eq!(held, want, "the initial state is the filtered list at R");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
