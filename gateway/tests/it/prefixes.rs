@@ -115,6 +115,18 @@ async fn writes_inside_and_outside_the_prefixes_are_read_back_at_once() {
         key: b(&k),
         ..Default::default()
     };
+    async fn txn_rev(
+        via: &mut lookout_proto::pb::kv_client::KvClient<tonic::transport::Channel>,
+        success: Vec<RequestOp>,
+    ) -> i64 {
+        let r = via
+            .txn(TxnRequest {
+                success,
+                ..Default::default()
+            })
+            .await;
+        r.unwrap().into_inner().header.unwrap().revision
+    }
     // Bounded: 60 writes.
     for i in 0..60 {
         let rev = match i % 6 {
@@ -129,28 +141,13 @@ async fn writes_inside_and_outside_the_prefixes_are_read_back_at_once() {
                 r.unwrap().into_inner().header.unwrap().revision
             }
             4 => {
-                let both = vec![
+                let ops = vec![
                     put_op(format!("out/t{i}"), "x".into()),
                     put_op(format!("in/t{}", i % 5), i.to_string()),
                 ];
-                let r = via
-                    .txn(TxnRequest {
-                        success: both,
-                        ..Default::default()
-                    })
-                    .await;
-                r.unwrap().into_inner().header.unwrap().revision
+                txn_rev(&mut via, ops).await
             }
-            _ => {
-                let out = vec![put_op(format!("out/u{i}"), "y".into())];
-                let r = via
-                    .txn(TxnRequest {
-                        success: out,
-                        ..Default::default()
-                    })
-                    .await;
-                r.unwrap().into_inner().header.unwrap().revision
-            }
+            _ => txn_rev(&mut via, vec![put_op(format!("out/u{i}"), "y".into())]).await,
         };
         let got = via
             .range(range("in/", "in0", true))
