@@ -360,6 +360,7 @@ impl LogStore {
         let synced = mem.slots.back().map(|s| s.id.index);
         let wal = Arc::new(wal);
         let durable = Arc::new(Durability::new(synced));
+        let _ = sm.log_durable.set(durable.clone());
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             node,
@@ -737,6 +738,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let sm = self.inner.sm.clone();
             tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
                 let _file = sm.file_lock.lock().expect("file lock");
+                // Durable from here on: only what the log has synced.
+                sm.settle().map_err(logs_w)?;
                 let tx = sm.db().begin_write().map_err(logs_w)?;
                 tx.commit().map_err(logs_w)
             })
@@ -971,6 +974,74 @@ mod tests {
         // What was waited for is on disk.
         let mut log = open(d.path(), 1);
         assert_eq!(indexes(&mut log).await.len(), 200);
+        log.stop();
+    }
+
+    /// The state machine applies a leader's own entry while its fsync is
+    /// pending (the redb commit is there) but nothing is visible, and no
+    /// reply exists, until the log has synced it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_apply_overlaps_the_fsync_but_takes_effect_after_it() {
+        use lookout_proto::pb::PutRequest;
+        use openraft::storage::RaftStateMachine;
+        use redb::ReadableDatabase;
+
+        use crate::request::Request;
+        use crate::sm::StateMachine;
+
+        let d = tempfile::tempdir().unwrap();
+        let shared = Shared::open(d.path()).unwrap();
+        let log = LogStore::open(d.path(), 1, shared.clone()).unwrap();
+        let durable = log.durability();
+        // Entry 1 acknowledged to openraft early, its fsync not done.
+        durable.note_early(1);
+        let mut sm = StateMachine {
+            shared: shared.clone(),
+            durable: durable.clone(),
+        };
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(Batch(vec![Request::Put(PutRequest {
+                key: "k".into(),
+                value: "v".into(),
+                ..Default::default()
+            })])),
+        };
+        let (tx, mut events) = tokio::sync::mpsc::channel(16);
+        let lagged = Arc::new(crate::hub::Lagged {
+            slots: Default::default(),
+            notify: Default::default(),
+        });
+        shared
+            .hub
+            .register("k".into(), "l".into(), 2, tx, lagged)
+            .expect("a live slot");
+        let apply = tokio::spawn(async move { sm.apply(vec![entry]).await });
+        let redb_applied = || {
+            let tx = shared.db().begin_read().unwrap();
+            crate::backend::read_meta(&tx.open_table(crate::backend::KV).unwrap())
+                .unwrap()
+                .applied_index
+        };
+        lookout_testkit::wait_for("the redb commit", Duration::from_secs(10), || {
+            let i = redb_applied();
+            async move { (i == 1).then_some(()) }
+        })
+        .await;
+        assert!(!apply.is_finished(), "no reply before the fsync");
+        assert_eq!(shared.state.load().rev, 1, "nothing published yet");
+        assert_eq!(shared.hub.rev(), 1);
+        assert!(events.try_recv().is_err(), "no watch event yet");
+
+        durable.set_synced(1);
+        let replies = tokio::time::timeout(Duration::from_secs(10), apply)
+            .await
+            .expect("applied once synced")
+            .unwrap()
+            .unwrap();
+        assert_eq!(replies[0].0[0].revision, 2);
+        assert_eq!(shared.state.load().rev, 2);
+        assert_eq!(events.try_recv().expect("the event").rev, 2);
         log.stop();
     }
 
