@@ -54,6 +54,8 @@ use crate::state::MvccState;
 
 /// Longest an apply polls for its log fsync before it sleeps on it.
 const SYNC_SPIN: Duration = Duration::from_micros(200);
+/// Largest apply (in requests) that polls for its fsync at all.
+const SYNC_SPIN_MAX_REQUESTS: usize = 4;
 
 /// First bytes of a snapshot file; the trailing digit is the format version.
 const SNAP_MAGIC: &[u8; 14] = b"LOOKOUT-SNAP1\n";
@@ -400,6 +402,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = entries.last().map(|e| e.log_id.index) else {
             return Ok(Vec::new());
         };
+        let requests: usize = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(b) => b.0.len(),
+                _ => 1,
+            })
+            .sum();
         // An apply is CPU work plus a redb commit without fsync: it runs
         // right here (while the leader's own fsync of these entries may
         // still run) unless a whole-file operation (snapshot install,
@@ -416,12 +425,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         // Nothing takes effect before it is on this member's disk. The
-        // fsync is usually a few tens of µs from done here: polling for
-        // a short while (yielding to any other task each time) saves the
-        // wake-up of a parked worker, which costs about as much on a VM.
-        let spin_until = std::time::Instant::now() + SYNC_SPIN;
-        while !self.durable.covers(last) && std::time::Instant::now() < spin_until {
-            tokio::task::yield_now().await;
+        // fsync is usually a few tens of µs from done here: for a small
+        // batch (few writers, so the CPU is mostly idle and latency is
+        // all that counts) polling for a short while, yielding to any
+        // other task each time, saves the wake-up of a parked worker,
+        // which costs about as much on a VM. Large batches sleep: their
+        // wake-up is shared by many writes, and the CPU is needed.
+        if requests <= SYNC_SPIN_MAX_REQUESTS {
+            let spin_until = std::time::Instant::now() + SYNC_SPIN;
+            while !self.durable.covers(last) && std::time::Instant::now() < spin_until {
+                tokio::task::yield_now().await;
+            }
         }
         self.durable
             .wait(last)
