@@ -11,10 +11,13 @@
 //! cargo build --release -p lookout-gateway -p lookout-loadtest
 //! cargo run --release -p lookout-consensus --example put_vs_etcd -- \
 //!     [--members 1|3] [--clients 1,16,64] [--repeat 3] [--total N] [--range]
+//!     [--lookout LABEL=PATH ...]
 //! ```
 //!
 //! `LOOKOUT_BIN` / `LOOKOUT_LOAD_BIN` override the binaries (default:
-//! next to this example, in target/release/).
+//! next to this example, in target/release/). Each `--lookout LABEL=PATH`
+//! adds another `lookout` binary (say, a copy built before a change) to
+//! the same interleaved run, so before/after ratios share its noise.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +33,8 @@ struct Opts {
     /// run lasts seconds on both servers.
     total: u64,
     range: bool,
+    /// Extra lookout binaries: (label, path).
+    extra: Vec<(String, PathBuf)>,
 }
 
 fn parse() -> Opts {
@@ -39,6 +44,7 @@ fn parse() -> Opts {
         repeat: 3,
         total: 2000,
         range: false,
+        extra: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -54,6 +60,11 @@ fn parse() -> Opts {
             "--repeat" => o.repeat = val().parse().expect("--repeat"),
             "--total" => o.total = val().parse().expect("--total"),
             "--range" => o.range = true,
+            "--lookout" => {
+                let v = val();
+                let (label, path) = v.split_once('=').expect("--lookout LABEL=PATH");
+                o.extra.push((label.to_string(), PathBuf::from(path)));
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -139,22 +150,27 @@ async fn main() {
     let o = parse();
     let lookout = bin("LOOKOUT_BIN", "lookout");
     let load_bin = bin("LOOKOUT_LOAD_BIN", "lookout-load");
-    let programs = [
-        ("etcd", Program::Etcd),
-        ("lookout", Program::Lookout(lookout)),
+    let mut programs = vec![
+        ("etcd".to_string(), Program::Etcd),
+        ("lookout".to_string(), Program::Lookout(lookout)),
     ];
+    for (label, path) in &o.extra {
+        assert!(path.exists(), "{} missing", path.display());
+        programs.push((label.clone(), Program::Lookout(path.clone())));
+    }
+    let np = programs.len();
     let cells: Vec<Option<usize>> = if o.range {
         vec![None]
     } else {
         o.clients.iter().copied().map(Some).collect()
     };
     // (cell, target) -> runs
-    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); 2]; cells.len()];
+    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); np]; cells.len()];
     for r in 0..o.repeat {
         for (ci, cell) in cells.iter().enumerate() {
-            for k in 0..2 {
-                // Alternate which target goes first.
-                let t = (k + r + ci) % 2;
+            for k in 0..np {
+                // Rotate which target goes first.
+                let t = (k + r + ci) % np;
                 let (label, program) = &programs[t];
                 let mut cl = Cluster::start(program.clone(), o.members, &[]).await;
                 let leader = cl.wait_leader(Duration::from_secs(30)).await;
@@ -204,13 +220,19 @@ async fn main() {
         "\n{} member(s), median of {} runs (ops/s), ratio = lookout / etcd",
         o.members, o.repeat
     );
-    println!("| cell | etcd | lookout | ratio |\n|---|---|---|---|");
-    for (ci, cell) in cells.iter().enumerate() {
-        let e = median(runs[ci][0].iter().map(|r| r.ops_per_s).collect());
-        let l = median(runs[ci][1].iter().map(|r| r.ops_per_s).collect());
-        let what = cell.map_or("range 10k serializable".to_string(), |c| {
-            format!("put, {c} client(s)")
-        });
-        println!("| {what} | {e:.0} | {l:.0} | {:.2}x |", l / e);
+    for (label, _) in &programs[1..] {
+        println!("\n| cell | etcd | {label} | ratio |\n|---|---|---|---|");
+        let t = programs
+            .iter()
+            .position(|(l, _)| l == label)
+            .expect("own label");
+        for (ci, cell) in cells.iter().enumerate() {
+            let e = median(runs[ci][0].iter().map(|r| r.ops_per_s).collect());
+            let l = median(runs[ci][t].iter().map(|r| r.ops_per_s).collect());
+            let what = cell.map_or("range 10k serializable".to_string(), |c| {
+                format!("put, {c} client(s)")
+            });
+            println!("| {what} | {e:.0} | {l:.0} | {:.2}x |", l / e);
+        }
     }
 }

@@ -3,12 +3,25 @@
 //!
 //! ```text
 //!  committed entries ──> apply: clone MvccState, Applier::apply each Request,
-//!                        one redb commit WITHOUT fsync (the raft log replays it)
+//!                        one redb commit WITHOUT fsync (the raft log replays it),
+//!                        overlapping the leader's own log fsync (see below)
+//!                        ──> wait until the raft log has synced the entries
 //!                        ──> publish state ──> hub.publish(events) (every member)
 //!  build_snapshot: redb read txn ──stream rows──> snap/<id>.snap (+ crc, fsync)
 //!  install_snapshot: received file ──stream rows──> one durable redb txn
 //!                    ──> reload state ──> every live watcher re-reads history
 //! ```
+//!
+//! The leader acknowledges its own appends to openraft before their fsync
+//! (`log_store.rs`), so an entry can be committed, and handed to `apply`,
+//! while its fsync still runs. The apply's work (the MVCC writes and the
+//! redb commit without fsync) runs meanwhile; only the effects anyone can
+//! observe wait for the sync: the published state (reads, headers),
+//! watch events, lease timers and the replies. Whatever reads redb itself
+//! stays within what was published, or waits for the sync
+//! ([`Shared::settle`], [`Shared::wait_synced`]) before it persists or
+//! ships redb's contents: a durable redb commit (purge, defragment), a
+//! raft snapshot, a backup.
 //!
 //! Applying is deterministic (no clock, no randomness), so every member
 //! that applies the same log holds the same revisions and publishes the
@@ -39,6 +52,11 @@ use crate::hub::Hub;
 use crate::request::{Reply, Request, Response};
 use crate::state::MvccState;
 
+/// Longest an apply polls for its log fsync before it sleeps on it.
+const SYNC_SPIN: Duration = Duration::from_micros(200);
+/// Largest apply (in requests) that polls for its fsync at all.
+const SYNC_SPIN_MAX_REQUESTS: usize = 4;
+
 /// First bytes of a snapshot file; the trailing digit is the format version.
 const SNAP_MAGIC: &[u8; 14] = b"LOOKOUT-SNAP1\n";
 
@@ -62,6 +80,9 @@ pub(crate) struct Shared {
     pub file_lock: std::sync::Mutex<()>,
     pub snapshots_installed: AtomicU64,
     pub snapshots_built: AtomicU64,
+    /// The raft log's durability, set once the log is open: redb may hold
+    /// applied entries the log has not synced yet (see the module doc).
+    pub log_durable: std::sync::OnceLock<Arc<crate::log_store::Durability>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -96,11 +117,39 @@ impl Shared {
             file_lock: std::sync::Mutex::new(()),
             snapshots_installed: AtomicU64::new(0),
             snapshots_built: AtomicU64::new(0),
+            log_durable: std::sync::OnceLock::new(),
         }))
     }
 
     pub fn db(&self) -> Arc<Database> {
         self.db.load_full()
+    }
+
+    /// Blocks until the raft log has synced every entry up to `index`
+    /// that this member acknowledged before its fsync (at once on
+    /// followers and when nothing is pending). For blocking sections only.
+    ///
+    /// # Errors
+    /// The log writer failed: those entries will never be durable here.
+    pub fn wait_synced(&self, index: u64) -> Result<()> {
+        match self.log_durable.get() {
+            Some(d) if !d.covers(index) => futures::executor::block_on(d.wait(index))
+                .map_err(|e| crate::Error::Storage(e.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// With the file lock held (so no apply commits meanwhile): blocks
+    /// until everything redb holds is synced in the raft log, so a durable
+    /// redb commit cannot persist an entry the log could still lose.
+    ///
+    /// # Errors
+    /// A redb failure, or the log writer failed.
+    pub fn settle(&self) -> Result<()> {
+        let tx = self.db().begin_read()?;
+        let meta = backend::read_meta(&tx.open_table(KV)?)?;
+        drop(tx);
+        self.wait_synced(meta.applied_index)
     }
 
     /// Every lease gets a fresh full TTL (a new leader does this, as etcd).
@@ -122,6 +171,8 @@ pub(crate) fn defragment(sh: &Shared) -> Result<(u64, u64)> {
     let path = sh.dir.join("lookout.redb");
     let tmp = sh.dir.join("lookout.redb.defrag");
     let _file = sh.file_lock.lock().expect("file lock");
+    // The copy is committed durably: it must hold synced entries only.
+    sh.settle()?;
     let before = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let _ = std::fs::remove_file(&tmp);
     let old = sh.db();
@@ -201,19 +252,38 @@ pub(crate) struct StateMachine {
     pub durable: Arc<crate::log_store::Durability>,
 }
 
+/// An apply written to redb but not yet visible (see the module doc).
+struct Prepared {
+    state: MvccState,
+    replies: Vec<BatchReply>,
+    /// (revision, its events), for the hub.
+    events: Vec<(i64, Vec<lookout_proto::mvccpb::Event>)>,
+    membership: Option<StoredMembership>,
+    /// Granted (with TTL) or revoked leases, for the expiry timers.
+    leases: Vec<(i64, Option<i64>)>,
+}
+
 impl StateMachine {
-    fn apply_entries(&self, entries: &[Entry]) -> Result<Vec<BatchReply>> {
+    fn apply_entries(&self, entries: &[Entry]) -> Result<Prepared> {
         // Held for the whole apply so a snapshot install or defragment
         // never swaps the file under an open write transaction.
         let guard = self.shared.file_lock.lock().expect("file lock");
         self.apply_locked(entries, guard)
     }
 
+    /// [`StateMachine::apply_locked`] unless the file is busy (`None`).
+    fn try_apply_now(&self, entries: &[Entry]) -> Option<Result<Prepared>> {
+        let guard = self.shared.file_lock.try_lock().ok()?;
+        Some(self.apply_locked(entries, guard))
+    }
+
+    /// Applies `entries` to a copy of the state and commits them to redb
+    /// (no fsync); nothing is visible until [`StateMachine::publish`].
     fn apply_locked(
         &self,
         entries: &[Entry],
         _file: std::sync::MutexGuard<'_, ()>,
-    ) -> Result<Vec<BatchReply>> {
+    ) -> Result<Prepared> {
         let sh = &self.shared;
         let db = sh.db();
         let mut working = MvccState::clone(&sh.state.load());
@@ -267,8 +337,27 @@ impl StateMachine {
                 .insert(MEMBERSHIP_KEY, bytes.as_slice())?;
         }
         txn.commit()?;
-        let rev = working.rev;
-        sh.state.store(Arc::new(working));
+        Ok(Prepared {
+            state: working,
+            replies,
+            events,
+            membership,
+            leases,
+        })
+    }
+
+    /// Makes an apply visible: state, watch events, membership, leases.
+    fn publish(&self, p: Prepared) -> Vec<BatchReply> {
+        let sh = &self.shared;
+        let Prepared {
+            state,
+            replies,
+            events,
+            membership,
+            leases,
+        } = p;
+        let rev = state.rev;
+        sh.state.store(Arc::new(state));
         // Published on every member at apply, so a follower's watchers see
         // what the leader's see, in the same order.
         sh.hub.publish(&events, rev);
@@ -289,7 +378,7 @@ impl StateMachine {
                 }
             }
         }
-        Ok(replies)
+        replies
     }
 }
 
@@ -310,26 +399,49 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        if let Some(last) = entries.last() {
-            self.durable
-                .wait(last.log_id.index)
-                .await
-                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        }
+        let Some(last) = entries.last().map(|e| e.log_id.index) else {
+            return Ok(Vec::new());
+        };
+        let requests: usize = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(b) => b.0.len(),
+                _ => 1,
+            })
+            .sum();
         // An apply is CPU work plus a redb commit without fsync: it runs
-        // right here unless a whole-file operation (snapshot install,
+        // right here (while the leader's own fsync of these entries may
+        // still run) unless a whole-file operation (snapshot install,
         // defragment, purge's sync) holds the file, in which case it
         // waits off the async workers.
-        if let Ok(guard) = self.shared.file_lock.try_lock() {
-            return self
-                .apply_locked(&entries, guard)
-                .map_err(|e| sm_err(ErrorVerb::Write, e));
+        let prepared = match self.try_apply_now(&entries) {
+            Some(done) => done,
+            None => {
+                let sm = self.clone();
+                tokio::task::spawn_blocking(move || sm.apply_entries(&entries))
+                    .await
+                    .map_err(|e| sm_err(ErrorVerb::Write, e))?
+            }
         }
-        let sm = self.clone();
-        tokio::task::spawn_blocking(move || sm.apply_entries(&entries))
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        // Nothing takes effect before it is on this member's disk. The
+        // fsync is usually a few tens of µs from done here: for a small
+        // batch (few writers, so the CPU is mostly idle and latency is
+        // all that counts) polling for a short while, yielding to any
+        // other task each time, saves the wake-up of a parked worker,
+        // which costs about as much on a VM. Large batches sleep: their
+        // wake-up is shared by many writes, and the CPU is needed.
+        if requests <= SYNC_SPIN_MAX_REQUESTS {
+            let spin_until = std::time::Instant::now() + SYNC_SPIN;
+            while !self.durable.covers(last) && std::time::Instant::now() < spin_until {
+                tokio::task::yield_now().await;
+            }
+        }
+        self.durable
+            .wait(last)
             .await
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?
-            .map_err(|e| sm_err(ErrorVerb::Write, e))
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        Ok(self.publish(prepared))
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapBuilder {
@@ -443,6 +555,9 @@ fn build(sh: &Shared) -> Result<(SnapshotMeta, PathBuf)> {
     let tx = db.begin_read()?;
     let kv = tx.open_table(KV)?;
     let meta = backend::read_meta(&kv)?;
+    // The snapshot claims every entry up to `meta.applied`: they must be
+    // in the log durably before a purge can rely on the snapshot.
+    sh.wait_synced(meta.applied_index)?;
     let membership: StoredMembership = {
         let t = tx.open_table(RAFT_SM)?;
         match t.get(MEMBERSHIP_KEY)? {

@@ -63,12 +63,16 @@ pub struct Restored {
 /// goes away.
 pub fn snapshot(store: &Store) -> mpsc::Receiver<Result<SnapshotResponse, Status>> {
     let (tx, rx) = mpsc::channel(4);
-    let db = store.inner.shared.db();
+    let shared = store.inner.shared.clone();
+    let db = shared.db();
     let header = store.header(store.revision());
     tokio::task::spawn_blocking(move || {
         let sent = (|| -> Result<()> {
             let rtx = db.begin_read()?;
             let kv = rtx.open_table(KV)?;
+            // redb may hold an apply whose log fsync is still running
+            // (see `sm.rs`): a backup carries synced writes only.
+            shared.wait_synced(backend::read_meta(&kv)?.applied_index)?;
             let leases = rtx.open_table(LEASES)?;
             // Pass 1: the exact size, so every chunk carries etcd's
             // remaining_bytes. Same transaction, so both passes agree.

@@ -439,16 +439,18 @@ impl StreamState {
         let tx = db.begin_read()?;
         let kv = tx.open_table(KV)?;
         let meta = backend::read_meta(&kv)?;
-        let (compact, cur) = (meta.compact_rev, meta.rev.max(1));
+        // The index snapshot is taken after the read transaction began, so
+        // it knows every revision the transaction can see that was
+        // published; redb may also hold an apply still waiting for its log
+        // fsync (see `sm.rs`), which must not be delivered yet.
+        let snap = self.store.snapshot();
+        let (compact, cur) = (meta.compact_rev, meta.rev.min(snap.rev).max(1));
         if compact > 0 && w.next_rev < compact {
             return Ok(History::Compacted(compact));
         }
         if w.next_rev > cur {
             return Ok(History::UpToDate);
         }
-        // The index snapshot is taken after the read transaction began, so
-        // it knows every revision the transaction can see.
-        let snap = self.store.snapshot();
         let upto = cur.min(w.next_rev + CATCHUP_REVS - 1);
         let mut events = Vec::new();
         for row in kv.range(Revision::first_key(w.next_rev)..=Revision::last_key(upto))? {

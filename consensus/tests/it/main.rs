@@ -2,6 +2,7 @@
 //! driven over gRPC, and the same probes against a real etcd 3.4.
 
 mod cluster;
+mod crash;
 mod leases;
 mod linearizable;
 mod membership;
