@@ -37,6 +37,21 @@ struct Opts {
     extra: Vec<(String, PathBuf)>,
 }
 
+const USAGE: &str = "usage: put_vs_etcd [--members 1|3] [--clients 1,16,64] [--repeat 3] \
+[--total N] [--range] [--lookout LABEL=PATH ...]";
+
+/// Ends the process with `msg` and the usage (exit status 2, as for any
+/// command-line mistake).
+fn bad(msg: &str) -> ! {
+    eprintln!("put_vs_etcd: {msg}\n{USAGE}");
+    std::process::exit(2)
+}
+
+fn number<T: std::str::FromStr>(flag: &str, v: &str) -> T {
+    v.parse()
+        .unwrap_or_else(|_| bad(&format!("{flag} takes a number, not {v:?}")))
+}
+
 fn parse() -> Opts {
     let mut o = Opts {
         members: 1,
@@ -48,24 +63,28 @@ fn parse() -> Opts {
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut val = || args.next().expect("flag value");
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| bad(&format!("{a} needs a value")))
+        };
         match a.as_str() {
-            "--members" => o.members = val().parse().expect("--members"),
-            "--clients" => {
-                o.clients = val()
-                    .split(',')
-                    .map(|s| s.parse().expect("--clients"))
-                    .collect()
-            }
-            "--repeat" => o.repeat = val().parse().expect("--repeat"),
-            "--total" => o.total = val().parse().expect("--total"),
+            "--members" => o.members = number("--members", &val()),
+            "--clients" => o.clients = val().split(',').map(|s| number("--clients", s)).collect(),
+            "--repeat" => o.repeat = number("--repeat", &val()),
+            "--total" => o.total = number("--total", &val()),
             "--range" => o.range = true,
             "--lookout" => {
                 let v = val();
-                let (label, path) = v.split_once('=').expect("--lookout LABEL=PATH");
+                let (label, path) = v
+                    .split_once('=')
+                    .unwrap_or_else(|| bad("--lookout takes LABEL=PATH"));
                 o.extra.push((label.to_string(), PathBuf::from(path)));
             }
-            other => panic!("unknown flag {other}"),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
+            other => bad(&format!("unknown flag {other}")),
         }
     }
     o
