@@ -162,14 +162,17 @@ impl PeerClients {
     }
 
     fn envelope<T: Serialize>(&self, v: &T, timeout: Duration) -> tonic::Request<PeerRequest> {
-        let payload = bincode::serialize(v).unwrap_or_default();
-        let mut r = tonic::Request::new(PeerRequest {
-            version: PEER_VERSION,
-            cluster_id: self.cluster_id,
-            payload: payload.into(),
-        });
+        let mut r = tonic::Request::new(self.message(v));
         r.set_timeout(timeout);
         r
+    }
+
+    fn message<T: Serialize>(&self, v: &T) -> PeerRequest {
+        PeerRequest {
+            version: PEER_VERSION,
+            cluster_id: self.cluster_id,
+            payload: bincode::serialize(v).unwrap_or_default().into(),
+        }
     }
 
     /// Sends `f` to the leader `id`.
@@ -251,6 +254,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.clients.get(target, node),
             clients: self.clients.clone(),
             log: self.log.clone(),
+            stream: None,
+            no_stream: false,
         }
     }
 }
@@ -262,6 +267,23 @@ pub(crate) struct PeerConn {
     client: Option<PeerClient<Channel>>,
     clients: Arc<PeerClients>,
     log: LogStore,
+    /// The open append stream to this peer (see `AppendStream` in
+    /// peer.proto). openraft sends one append at a time per follower, so
+    /// the next reply on it is always the answer to the last request.
+    stream: Option<AppendStream>,
+    /// The peer does not serve the stream: use unary calls.
+    no_stream: bool,
+}
+
+#[derive(Debug)]
+struct AppendStream {
+    tx: tokio::sync::mpsc::Sender<PeerRequest>,
+    rx: tonic::Streaming<PeerReply>,
+    /// A request was sent and its reply not yet taken. Set at a call whose
+    /// future was dropped midway (openraft may cancel a replication): that
+    /// reply, still on its way, belongs to nobody, and an append reply
+    /// names no request, so the stream is dropped rather than read.
+    awaiting: bool,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, MemberNode, RaftError<NodeId, E>>;
@@ -282,18 +304,24 @@ impl PeerConn {
         };
         let req = self.clients.envelope(q, ttl);
         let reply = match tokio::time::timeout(ttl, send(c, req)).await {
-            Err(_) => {
-                return Err(RPCError::Network(NetworkError::new(&AnyError::error(
-                    format!("no answer in {ttl:?}"),
-                ))));
-            }
+            Err(_) => return Err(no_answer(ttl)),
             Ok(Err(s)) => {
                 log_mismatch(&s);
                 return Err(RPCError::Unreachable(Unreachable::new(&s)));
             }
             Ok(Ok(r)) => r.into_inner(),
         };
-        match decode::<Result<A, RaftError<NodeId, E>>>(&reply) {
+        self.answer(&reply)
+    }
+
+    // The error type is openraft's (RaftNetwork's signature).
+    #[allow(clippy::result_large_err)]
+    fn answer<A, E>(&self, reply: &PeerReply) -> Result<A, RpcErr<E>>
+    where
+        A: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        match decode::<Result<A, RaftError<NodeId, E>>>(reply) {
             Ok(Ok(a)) => Ok(a),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             Err(s) => {
@@ -302,6 +330,95 @@ impl PeerConn {
             }
         }
     }
+}
+
+impl PeerConn {
+    /// Sends an append on the stream (opening it first if needed) and
+    /// waits for its reply; `None` when the peer has no stream support
+    /// (the caller falls back to a unary call). Any failure drops the
+    /// stream, so a late reply can never be taken for the next request's.
+    async fn over_stream(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Result<Option<PeerReply>, RpcErr> {
+        let Some(mut c) = self.client.clone() else {
+            return Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(
+                "member has no peer URL",
+            ))));
+        };
+        let msg = self.clients.message(rpc);
+        if self.stream.as_ref().is_some_and(|s| s.awaiting) {
+            self.stream = None;
+        }
+        if self.stream.is_none() {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let opened = tokio::time::timeout(
+                ttl,
+                c.append_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            )
+            .await;
+            match opened {
+                Err(_) => return Err(no_answer(ttl)),
+                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(
+                        target = self.target,
+                        "peer has no append stream; unary appends"
+                    );
+                    self.no_stream = true;
+                    return Ok(None);
+                }
+                Ok(Err(s)) => {
+                    log_mismatch(&s);
+                    return Err(RPCError::Unreachable(Unreachable::new(&s)));
+                }
+                Ok(Ok(r)) => {
+                    self.stream = Some(AppendStream {
+                        tx,
+                        rx: r.into_inner(),
+                        awaiting: false,
+                    })
+                }
+            }
+        }
+        let Some(st) = self.stream.as_mut() else {
+            return Ok(None);
+        };
+        st.awaiting = true;
+        let sent = st.tx.send(msg).await.is_ok();
+        let got = if sent {
+            tokio::time::timeout(ttl, st.rx.message()).await
+        } else {
+            Ok(Ok(None))
+        };
+        match got {
+            Ok(Ok(Some(reply))) => {
+                st.awaiting = false;
+                Ok(Some(reply))
+            }
+            Err(_) => {
+                self.stream = None;
+                Err(no_answer(ttl))
+            }
+            Ok(Err(s)) => {
+                self.stream = None;
+                log_mismatch(&s);
+                Err(RPCError::Unreachable(Unreachable::new(&s)))
+            }
+            Ok(Ok(None)) => {
+                self.stream = None;
+                Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(
+                    "append stream closed by the peer",
+                ))))
+            }
+        }
+    }
+}
+
+fn no_answer<E: std::error::Error>(ttl: Duration) -> RpcErr<E> {
+    RPCError::Network(NetworkError::new(&AnyError::error(format!(
+        "no answer in {ttl:?}"
+    ))))
 }
 
 impl RaftNetwork<TypeConfig> for PeerConn {
@@ -330,9 +447,17 @@ impl RaftNetwork<TypeConfig> for PeerConn {
                 }
             }
         }
-        self.call(&rpc, option.hard_ttl(), |mut c, r| async move {
-            c.append_entries(r).await
-        })
+        let ttl = option.hard_ttl();
+        if !self.no_stream
+            && let Some(reply) = self.over_stream(&rpc, ttl).await?
+        {
+            return self.answer(&reply);
+        }
+        self.call(
+            &rpc,
+            ttl,
+            |mut c, r| async move { c.append_entries(r).await },
+        )
         .await
     }
 
@@ -373,7 +498,10 @@ impl PeerService {
     }
 
     fn open<T: DeserializeOwned>(&self, r: tonic::Request<PeerRequest>) -> Result<T, Status> {
-        let r = r.into_inner();
+        self.open_message(r.into_inner())
+    }
+
+    fn open_message<T: DeserializeOwned>(&self, r: PeerRequest) -> Result<T, Status> {
         if r.version != PEER_VERSION {
             return Err(Status::failed_precondition(format!(
                 "peer message format version {} is not supported (this member speaks {PEER_VERSION})",
@@ -408,6 +536,39 @@ impl peer_server::Peer for PeerService {
     ) -> Result<Response<PeerReply>, Status> {
         let req: AppendEntriesRequest<TypeConfig> = self.open(r)?;
         seal(&self.store.raft().append_entries(req).await)
+    }
+
+    type AppendStreamStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<PeerReply, Status>> + Send>>;
+
+    /// Appends answered in order, one at a time; a message that cannot be
+    /// opened ends the stream with its status (the leader reopens).
+    async fn append_stream(
+        &self,
+        r: tonic::Request<tonic::Streaming<PeerRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let this = self.clone();
+        let replies = futures::stream::unfold(
+            (this, r.into_inner(), false),
+            |(this, mut inbound, failed)| async move {
+                if failed {
+                    return None;
+                }
+                let msg = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) | Err(_) => return None,
+                };
+                let reply = match this.open_message::<AppendEntriesRequest<TypeConfig>>(msg) {
+                    Ok(req) => {
+                        seal(&this.store.raft().append_entries(req).await).map(Response::into_inner)
+                    }
+                    Err(s) => Err(s),
+                };
+                let failed = reply.is_err();
+                Some((reply, (this, inbound, failed)))
+            },
+        );
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, r: tonic::Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
