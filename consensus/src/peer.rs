@@ -5,6 +5,8 @@
 //! ```text
 //!  RaftCore ──RaftNetwork──> PeerConn ──gRPC PeerRequest{version, cluster, bincode}──>
 //!      peer server (serve_peer) ──> Raft::append_entries / vote / install_snapshot
+//!  (appends: one AppendStream per follower, replies in order; unary
+//!   AppendEntries for a peer without it)
 //!  Store on a follower ──Forward──> leader's Store::handle_forward
 //! ```
 //!
