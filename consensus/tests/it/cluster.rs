@@ -1,7 +1,7 @@
 //! Raft clusters of `lookout store` child processes on loopback: leader
 //! failure, catch-up by snapshot, identical watches on every member.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -37,6 +37,28 @@ pub async fn channel(endpoint: &str, timeout: Duration) -> Channel {
 
 pub async fn kv(endpoint: &str) -> KvClient<Channel> {
     KvClient::new(channel(endpoint, Duration::from_secs(10)).await)
+}
+
+/// Every key the writer loops of these tests put ("w..."), read from
+/// `endpoint`: key -> (value, mod_revision).
+pub async fn written(endpoint: &str) -> BTreeMap<String, (String, i64)> {
+    let r = kv(endpoint)
+        .await
+        .range(RangeRequest {
+            key: "w".into(),
+            range_end: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.kvs
+        .into_iter()
+        .map(|kv| {
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            (text(&kv.key), (text(&kv.value), kv.mod_revision))
+        })
+        .collect()
 }
 
 /// Waits until every running member has applied the same revision and
@@ -174,28 +196,13 @@ async fn leader_failover(n: usize) {
     // No acknowledged write is lost: read everything back from each member.
     let acked = acked.lock().await.clone();
     for ep in c.endpoints() {
-        let mut client = kv(&ep).await;
-        let r = client
-            .range(RangeRequest {
-                key: "w".into(),
-                range_end: "x".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let have: HashMap<String, String> = r
-            .kvs
-            .into_iter()
-            .map(|kv| {
-                (
-                    String::from_utf8(kv.key.to_vec()).unwrap(),
-                    String::from_utf8(kv.value.to_vec()).unwrap(),
-                )
-            })
-            .collect();
+        let have = written(&ep).await;
         for (k, v) in &acked {
-            assert_eq!(have.get(k), Some(v), "acknowledged {k} lost on {ep}");
+            assert_eq!(
+                have.get(k).map(|(v, _)| v),
+                Some(v),
+                "acknowledged {k} lost on {ep}"
+            );
         }
     }
 }

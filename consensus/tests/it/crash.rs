@@ -11,14 +11,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lookout_proto::pb::{
-    PutRequest, RangeRequest, WatchCreateRequest, WatchRequest, watch_client::WatchClient,
-    watch_request,
+    PutRequest, WatchCreateRequest, WatchRequest, watch_client::WatchClient, watch_request,
 };
 use lookout_testkit::cluster::Cluster;
 use lookout_testkit::wait_for;
 use tokio::sync::Mutex;
 
-use crate::cluster::{channel, kv, program};
+use crate::cluster::{channel, kv, program, written};
 
 /// key -> (value, revision the put was acknowledged at).
 type Acked = Arc<Mutex<BTreeMap<String, (String, i64)>>>;
@@ -125,29 +124,8 @@ async fn kill9_keeps_every_acknowledged_write_and_watched_event() {
 
     c.restart(0).await;
     c.wait_leader(Duration::from_secs(30)).await;
+    let have = written(&ep).await;
     let mut client = kv(&ep).await;
-    let r = client
-        .range(RangeRequest {
-            key: "w".into(),
-            range_end: "x".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let have: BTreeMap<String, (String, i64)> = r
-        .kvs
-        .into_iter()
-        .map(|kv| {
-            (
-                String::from_utf8(kv.key.to_vec()).unwrap(),
-                (
-                    String::from_utf8(kv.value.to_vec()).unwrap(),
-                    kv.mod_revision,
-                ),
-            )
-        })
-        .collect();
     let acked = acked.lock().await.clone();
     let seen = seen.lock().await.clone();
     assert!(acked.len() >= 3000, "{} acknowledged", acked.len());
@@ -160,17 +138,6 @@ async fn kill9_keeps_every_acknowledged_write_and_watched_event() {
     }
     // The revision counter continues after the highest acknowledged one.
     let top = acked.values().map(|(_, r)| *r).max().unwrap();
-    let next = client
-        .put(PutRequest {
-            key: "after".into(),
-            value: "restart".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
+    let next = lookout_testkit::kv::put(&mut client, "after", "restart").await;
     assert!(next > top, "revision {next} after acknowledged {top}");
 }
