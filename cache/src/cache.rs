@@ -537,6 +537,11 @@ impl Cache {
         }
     }
 
+    /// True when `key` is cached (it lies in a configured range).
+    pub fn holds(&self, key: &[u8]) -> bool {
+        self.inner.in_scope(key)
+    }
+
     /// True when some key of `range` is cached (it intersects a configured
     /// range).
     pub fn touches(&self, range: &KeyRange) -> bool {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use bytes::Bytes;
 use lookout_cache::{CacheError, KeyRange, WriteScope, validate_range};
 use lookout_proto::pb::request_op;
 use lookout_proto::pb::{
@@ -109,9 +108,7 @@ fn txn_writes_cached(s: &Shared, req: &TxnRequest) -> bool {
         .iter()
         .chain(&req.failure)
         .any(|op| match &op.request {
-            Some(request_op::Request::RequestPut(p)) => s
-                .cache
-                .touches(&KeyRange::from_request(&p.key, &Bytes::new())),
+            Some(request_op::Request::RequestPut(p)) => s.cache.holds(&p.key),
             Some(request_op::Request::RequestDeleteRange(d)) => s
                 .cache
                 .touches(&KeyRange::from_request(&d.key, &d.range_end)),
@@ -167,10 +164,7 @@ impl Kv for KvService {
         let s = &self.shared;
         s.metrics.forwarded.fetch_add(1, Relaxed);
         let req = request.into_inner();
-        let scope = if s
-            .cache
-            .touches(&KeyRange::from_request(&req.key, &Bytes::new()))
-        {
+        let scope = if s.cache.holds(&req.key) {
             WriteScope::Inside
         } else {
             WriteScope::Outside
