@@ -47,13 +47,7 @@ impl KvService {
     ) -> Result<RangeResponse, Status> {
         let s = &self.shared;
         s.ready().await?;
-        if !s.cache.covers(range) {
-            return Err(GatewayError::FilterOutOfScope.into());
-        }
-        s.cache
-            .indexes()
-            .resolve(range, &req.index, &req.value)
-            .map_err(Status::from)?;
+        check_filter(s, range, &req.index, &req.value)?;
         let mut snap = s.read_snapshot(req.serializable).await?;
         if req.revision > snap.revision() {
             let current = s.read_index.current_revision(s.cache.upstream()).await?;
@@ -73,6 +67,25 @@ impl KvService {
     }
 }
 
+/// Refuses an index filter this gateway could never serve: a range it does
+/// not cache, an unknown index, a value without an index, a range outside
+/// the index's scope.
+fn check_filter(
+    s: &Shared,
+    range: &KeyRange,
+    index: &str,
+    value: &bytes::Bytes,
+) -> Result<(), Status> {
+    if !s.cache.covers(range) {
+        return Err(GatewayError::FilterOutOfScope.into());
+    }
+    s.cache
+        .indexes()
+        .resolve(range, index, value)
+        .map_err(Status::from)?;
+    Ok(())
+}
+
 /// Whether a Txn (at any depth) holds a Range with an index filter; a
 /// filter that could never be served (unknown index, bad value, a range
 /// outside the index's scope or the cache) is refused with the same error a
@@ -85,13 +98,7 @@ fn txn_filters(s: &Shared, req: &TxnRequest) -> Result<bool, Status> {
                 if !r.index.is_empty() || !r.value.is_empty() =>
             {
                 let range = KeyRange::from_request(&r.key, &r.range_end);
-                if !s.cache.covers(&range) {
-                    return Err(GatewayError::FilterOutOfScope.into());
-                }
-                s.cache
-                    .indexes()
-                    .resolve(&range, &r.index, &r.value)
-                    .map_err(Status::from)?;
+                check_filter(s, &range, &r.index, &r.value)?;
                 any = true;
             }
             Some(request_op::Request::RequestTxn(t)) => any |= txn_filters(s, t)?,
