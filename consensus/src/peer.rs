@@ -300,17 +300,12 @@ impl PeerConn {
         Fut: Future<Output = Result<Response<PeerReply>, Status>>,
     {
         let Some(c) = self.client.clone() else {
-            return Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(
-                "member has no peer URL",
-            ))));
+            return Err(unreachable("member has no peer URL"));
         };
         let req = self.clients.envelope(q, ttl);
         let reply = match tokio::time::timeout(ttl, send(c, req)).await {
             Err(_) => return Err(no_answer(ttl)),
-            Ok(Err(s)) => {
-                log_mismatch(&s);
-                return Err(RPCError::Unreachable(Unreachable::new(&s)));
-            }
+            Ok(Err(s)) => return Err(refused(&s)),
             Ok(Ok(r)) => r.into_inner(),
         };
         self.answer(&reply)
@@ -326,15 +321,10 @@ impl PeerConn {
         match decode::<Result<A, RaftError<NodeId, E>>>(reply) {
             Ok(Ok(a)) => Ok(a),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Err(s) => {
-                log_mismatch(&s);
-                Err(RPCError::Unreachable(Unreachable::new(&s)))
-            }
+            Err(s) => Err(refused(&s)),
         }
     }
-}
 
-impl PeerConn {
     /// Sends an append on the stream (opening it first if needed) and
     /// waits for its reply; `None` when the peer has no stream support
     /// (the caller falls back to a unary call). Any failure drops the
@@ -345,9 +335,7 @@ impl PeerConn {
         ttl: Duration,
     ) -> Result<Option<PeerReply>, RpcErr> {
         let Some(mut c) = self.client.clone() else {
-            return Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(
-                "member has no peer URL",
-            ))));
+            return Err(unreachable("member has no peer URL"));
         };
         let msg = self.clients.message(rpc);
         if self.stream.as_ref().is_some_and(|s| s.awaiting) {
@@ -370,10 +358,7 @@ impl PeerConn {
                     self.no_stream = true;
                     return Ok(None);
                 }
-                Ok(Err(s)) => {
-                    log_mismatch(&s);
-                    return Err(RPCError::Unreachable(Unreachable::new(&s)));
-                }
+                Ok(Err(s)) => return Err(refused(&s)),
                 Ok(Ok(r)) => {
                     self.stream = Some(AppendStream {
                         tx,
@@ -404,17 +389,25 @@ impl PeerConn {
             }
             Ok(Err(s)) => {
                 self.stream = None;
-                log_mismatch(&s);
-                Err(RPCError::Unreachable(Unreachable::new(&s)))
+                Err(refused(&s))
             }
             Ok(Ok(None)) => {
                 self.stream = None;
-                Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(
-                    "append stream closed by the peer",
-                ))))
+                Err(unreachable("append stream closed by the peer"))
             }
         }
     }
+}
+
+/// A peer that answered with an error status (a format or cluster
+/// mismatch is logged) or could not be reached.
+fn refused<E: std::error::Error>(s: &Status) -> RpcErr<E> {
+    log_mismatch(s);
+    RPCError::Unreachable(Unreachable::new(s))
+}
+
+fn unreachable<E: std::error::Error>(why: &'static str) -> RpcErr<E> {
+    RPCError::Unreachable(Unreachable::new(&AnyError::error(why)))
 }
 
 fn no_answer<E: std::error::Error>(ttl: Duration) -> RpcErr<E> {
