@@ -175,20 +175,6 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn intersections() {
-        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
-        let p = KeyRange::prefix(b("in/"));
-        assert!(p.intersects(&KeyRange::from_request(&b("in/x"), &Bytes::new())));
-        assert!(!p.intersects(&KeyRange::from_request(&b("out/x"), &Bytes::new())));
-        assert!(!p.intersects(&KeyRange::from_request(&b("in0"), &Bytes::new())));
-        assert!(!p.intersects(&KeyRange::from_request(&b("a"), &b("in/"))));
-        assert!(p.intersects(&KeyRange::from_request(&b("a"), &b("in/\0"))));
-        assert!(p.intersects(&KeyRange::from_request(&b("a"), &Bytes::from_static(&[0]))));
-        assert!(KeyRange::all().intersects(&p));
-        assert!(!p.intersects(&KeyRange::from_request(&b("z"), &b("a"))));
-    }
     use super::*;
 
     fn b(s: &str) -> Bytes {
@@ -229,5 +215,18 @@ mod tests {
         );
         let s = KeyRange::from_request(&b("k"), &Bytes::new());
         assert_eq!(s.to_request(), (b("k"), Bytes::new()));
+    }
+
+    #[test]
+    fn intersections() {
+        let p = KeyRange::prefix(b("in/"));
+        assert!(p.intersects(&KeyRange::from_request(&b("in/x"), &Bytes::new())));
+        assert!(!p.intersects(&KeyRange::from_request(&b("out/x"), &Bytes::new())));
+        assert!(!p.intersects(&KeyRange::from_request(&b("in0"), &Bytes::new())));
+        assert!(!p.intersects(&KeyRange::from_request(&b("a"), &b("in/"))));
+        assert!(p.intersects(&KeyRange::from_request(&b("a"), &b("in/\0"))));
+        assert!(p.intersects(&KeyRange::from_request(&b("a"), &Bytes::from_static(&[0]))));
+        assert!(KeyRange::all().intersects(&p));
+        assert!(!p.intersects(&KeyRange::from_request(&b("z"), &b("a"))));
     }
 }
