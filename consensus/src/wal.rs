@@ -137,6 +137,20 @@ struct Tail {
     failed: bool,
 }
 
+impl Tail {
+    /// Writing continues in segment `seq` at `pos`, chained from `crc`,
+    /// with record `next`; no zeroed space ahead of `pos` is counted on
+    /// yet (see `zero_ahead`). Called once the segment's bytes up to `pos`
+    /// are settled: a new segment's header, a reopened or truncated tail.
+    fn resume_at(&mut self, seq: u64, pos: u64, crc: u32, next: u64) {
+        self.seq = seq;
+        self.pos = pos;
+        self.zeroed = pos;
+        self.crc = crc;
+        self.next = Some(next);
+    }
+}
+
 /// What [`Wal::open`] found.
 #[derive(Debug, Default)]
 pub(crate) struct Recovered {
@@ -373,11 +387,7 @@ impl Wal {
                     size,
                 },
             );
-            tail.seq = seq;
-            tail.pos = pos;
-            tail.zeroed = pos;
-            tail.crc = crc;
-            tail.next = Some(next);
+            tail.resume_at(seq, pos, crc, next);
         }
         if index.locs.is_empty() {
             index.first = purged.map_or(0, |p| p + 1);
@@ -589,11 +599,7 @@ impl Wal {
                 size,
             },
         );
-        t.seq = seq;
-        t.pos = HEADER;
-        t.zeroed = HEADER;
-        t.crc = seed;
-        t.next = Some(first_index);
+        t.resume_at(seq, HEADER, seed, first_index);
         Ok(())
     }
 
@@ -642,11 +648,7 @@ impl Wal {
         for s in gone {
             idx.segs.remove(&s);
         }
-        t.seq = loc.seq;
-        t.pos = loc.off;
-        t.zeroed = loc.off;
-        t.crc = crc;
-        t.next = Some(index);
+        t.resume_at(loc.seq, loc.off, crc, index);
         Ok(())
     }
 
