@@ -56,6 +56,20 @@ pub async fn compact(kv: &mut KvClient<Channel>, revision: i64) {
 }
 
 /// A put as a txn operation.
+/// A Txn with no compares running `success`; its revision.
+pub async fn txn(kv: &mut KvClient<Channel>, success: Vec<RequestOp>) -> i64 {
+    kv.txn(TxnRequest {
+        success,
+        ..Default::default()
+    })
+    .await
+    .expect("txn")
+    .into_inner()
+    .header
+    .expect("header")
+    .revision
+}
+
 pub fn put_op(key: &str, value: &str) -> RequestOp {
     RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest {
@@ -103,16 +117,7 @@ pub async fn churn(
                 if k2 != k {
                     ops.push(put_op(&k2, &format!("txn2-{i}")));
                 }
-                kv.txn(TxnRequest {
-                    success: ops,
-                    ..Default::default()
-                })
-                .await
-                .expect("txn")
-                .into_inner()
-                .header
-                .expect("header")
-                .revision
+                txn(kv, ops).await
             }
             _ => put(kv, &k, &format!("v{i}-{}", "x".repeat((x % 64) as usize))).await,
         };

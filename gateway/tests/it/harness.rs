@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
-pub use lookout_testkit::kv::{b, channel, churn, compact, kv, put, put_op};
+pub use lookout_testkit::kv::{b, channel, churn, compact, kv, put, put_op, txn};
 
 /// A gateway running in this process.
 #[derive(Debug)]

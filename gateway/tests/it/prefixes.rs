@@ -97,36 +97,17 @@ async fn only_the_configured_prefixes_are_cached() {
 /// store's own linearizable read, at or after the write's revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_inside_and_outside_the_prefixes_are_read_back_at_once() {
-    use lookout_proto::pb::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, request_op};
+    use lookout_proto::pb::DeleteRangeRequest;
     let etcd = EtcdServer::start().await;
     let mut direct = kv(&etcd.endpoint).await;
     let mut cfg = config(&[&etcd.endpoint]);
     cfg.prefixes = vec![b("in/")];
     let gw = TestGateway::start_with(cfg).await;
     let mut via = kv(&gw.endpoint).await;
-    let put_op = |k: String, v: String| RequestOp {
-        request: Some(request_op::Request::RequestPut(PutRequest {
-            key: b(&k),
-            value: b(&v),
-            ..Default::default()
-        })),
-    };
     let del = |k: String| DeleteRangeRequest {
         key: b(&k),
         ..Default::default()
     };
-    async fn txn_rev(
-        via: &mut lookout_proto::pb::kv_client::KvClient<tonic::transport::Channel>,
-        success: Vec<RequestOp>,
-    ) -> i64 {
-        let r = via
-            .txn(TxnRequest {
-                success,
-                ..Default::default()
-            })
-            .await;
-        r.unwrap().into_inner().header.unwrap().revision
-    }
     // Bounded: 60 writes.
     for i in 0..60 {
         let rev = match i % 6 {
@@ -142,12 +123,12 @@ async fn writes_inside_and_outside_the_prefixes_are_read_back_at_once() {
             }
             4 => {
                 let ops = vec![
-                    put_op(format!("out/t{i}"), "x".into()),
-                    put_op(format!("in/t{}", i % 5), i.to_string()),
+                    put_op(&format!("out/t{i}"), "x"),
+                    put_op(&format!("in/t{}", i % 5), &i.to_string()),
                 ];
-                txn_rev(&mut via, ops).await
+                txn(&mut via, ops).await
             }
-            _ => txn_rev(&mut via, vec![put_op(format!("out/u{i}"), "y".into())]).await,
+            _ => txn(&mut via, vec![put_op(&format!("out/u{i}"), "y")]).await,
         };
         let got = via
             .range(range("in/", "in0", true))
