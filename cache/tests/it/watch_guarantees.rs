@@ -151,3 +151,138 @@ async fn prev_kv_comes_from_the_cache_state_and_matches_etcd() {
     // Two watchers with different filters are two groups.
     assert_eq!(cache.group_count(), 2);
 }
+
+/// A watcher created while the applier is fanning a batch out must not
+/// start after that batch: the create waits on the registry lock the
+/// fan-out holds, and if it then reads a fan-out revision the applier has
+/// not stored yet, it goes live one batch too late and never sees it (CI
+/// caught this as a watcher missing its first event). Writes are applied
+/// back to back on another thread while watchers are created "now" in
+/// batches; each must see the event right after its `created` revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_created_during_a_fan_out_sees_the_next_event() {
+    use lookout_cache::{BenchHarness, WatchFrames};
+    use lookout_proto::mvccpb::{Event, KeyValue};
+    use parking_lot::Mutex;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    const BATCHES: usize = 100;
+    const BATCH: usize = 100;
+    // The ring holds every event, so a stream that falls behind reads it
+    // from the ring instead of an upstream this harness does not have.
+    const MAX_EVENTS: i64 = 1_500_000;
+    let mut h = BenchHarness::new(CacheConfig {
+        progress_notify_interval: std::time::Duration::ZERO,
+        history_events: MAX_EVENTS as usize + 10,
+        history_bytes: usize::MAX,
+        stream_queue_bytes: 64 << 20,
+        ..config()
+    });
+
+    /// Per watch id: the `created` revision and the first event's revision.
+    type Firsts = Arc<Mutex<HashMap<i64, (Option<i64>, Option<i64>)>>>;
+    fn drain(mut frames: WatchFrames, firsts: Option<Firsts>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            while frames.next(&mut out).await.is_ok() {
+                let Some(firsts) = &firsts else {
+                    out.clear();
+                    continue;
+                };
+                let mut m = firsts.lock();
+                for f in out.drain(..) {
+                    let e = m.entry(f.watch_id()).or_default();
+                    if e.1.is_some() {
+                        continue;
+                    }
+                    let resp = f.decode();
+                    if resp.created {
+                        e.0 = Some(resp.header.unwrap().revision);
+                    }
+                    if let Some(ev) = resp.events.first() {
+                        e.1 = Some(ev.kv.as_ref().unwrap().mod_revision);
+                    }
+                }
+            }
+        })
+    }
+
+    let firsts: Firsts = Default::default();
+    let (handle, frames) = h.open_stream();
+    let mut tasks = vec![drain(frames, Some(firsts.clone()))];
+    // Other streams watching the key make each fan-out (the lock hold)
+    // longer.
+    let mut others = Vec::new();
+    for _ in 0..64 {
+        let (hd, fr) = h.open_stream();
+        hd.create(&prefix_watch("k", 0)).expect("create");
+        tasks.push(drain(fr, None));
+        others.push(hd);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let applier = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rev = h.revision();
+            while !stop.load(Relaxed) && rev < MAX_EVENTS {
+                rev += 1;
+                h.apply(vec![Event {
+                    r#type: 0,
+                    kv: Some(KeyValue {
+                        key: b("k"),
+                        create_revision: 2,
+                        mod_revision: rev,
+                        version: rev - 1,
+                        value: b("v"),
+                        lease: 0,
+                    }),
+                    prev_kv: None,
+                }]);
+            }
+            rev
+        })
+    };
+
+    let mut checked = 0;
+    for _ in 0..BATCHES {
+        // Creates back to back: they are what races the applier.
+        let ids: Vec<i64> = (0..BATCH)
+            .map(|_| handle.create(&prefix_watch("k", 0)).expect("create"))
+            .collect();
+        for &id in &ids {
+            let (created, first) =
+                lookout_testkit::wait_for(&format!("watcher {id}'s first event"), WAIT, || {
+                    let e = firsts.lock().get(&id).copied();
+                    async move {
+                        match e {
+                            Some((Some(c), Some(f))) => Some((c, f)),
+                            _ => None,
+                        }
+                    }
+                })
+                .await;
+            assert_eq!(
+                first,
+                created + 1,
+                "watcher {id} created at {created} missed the events up to {first}"
+            );
+            assert!(handle.cancel(id), "watcher {id} still exists");
+            checked += 1;
+        }
+        if applier.is_finished() {
+            break;
+        }
+    }
+    stop.store(true, Relaxed);
+    let last = applier.join().unwrap();
+    assert!(
+        checked >= BATCH * BATCHES / 2,
+        "only {checked} watchers checked before the applier's {last} events ran out"
+    );
+    drop(others);
+    for t in tasks {
+        t.abort();
+    }
+}
