@@ -72,6 +72,13 @@ pub struct StoreConfig {
     /// listener's identity, and this member's client identity towards
     /// `https://` peer URLs.
     pub peer_tls: Option<crate::tls::TlsFiles>,
+    /// Serve the streamed append rpc (`AppendStream` in peer.proto).
+    /// Off, this member answers it Unimplemented, as a member built before
+    /// it does, so leaders fall back to one unary call per append (a mixed
+    /// version cluster during a rolling upgrade, and the test of that
+    /// fallback). This member still uses streams towards peers that serve
+    /// them.
+    pub serve_append_stream: bool,
 }
 
 impl StoreConfig {
@@ -96,6 +103,7 @@ impl StoreConfig {
             quota_backend_bytes: DEFAULT_QUOTA_BYTES,
             auto_compaction: None,
             peer_tls: None,
+            serve_append_stream: true,
         }
     }
 

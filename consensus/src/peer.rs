@@ -542,6 +542,9 @@ impl peer_server::Peer for PeerService {
         &self,
         r: tonic::Request<tonic::Streaming<PeerRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        if !self.store.config().serve_append_stream {
+            return Err(Status::unimplemented("append stream not served"));
+        }
         let this = self.clone();
         let replies = futures::stream::unfold(
             (this, r.into_inner(), false),

@@ -175,6 +175,15 @@ pub struct StoreArgs {
     /// Most operations in one txn branch.
     #[arg(long, default_value_t = DEFAULT_MAX_TXN_OPS)]
     pub max_txn_ops: usize,
+    /// Serve the streamed append rpc to leaders (`=false` answers it
+    /// Unimplemented like a member from before it; leaders then send one
+    /// unary call per append).
+    #[arg(
+        long = "experimental-peer-append-stream",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub peer_append_stream: bool,
     /// Interval of watch progress notifications.
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub progress_notify_interval: Duration,
@@ -369,6 +378,7 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     cfg.min_lease_ttl = ((a.election_timeout as i64 * 3 + 1999) / 2000).max(1);
     cfg.snapshot_count = a.snapshot_count;
     cfg.snapshot_catchup_entries = a.snapshot_catchup_entries;
+    cfg.serve_append_stream = a.peer_append_stream;
     cfg.quota_backend_bytes = match a.quota_backend_bytes {
         0 => lookout_consensus::config::DEFAULT_QUOTA_BYTES,
         n if n < 0 => u64::MAX,
@@ -702,6 +712,17 @@ mod tests {
         assert_eq!(a.heartbeat_interval, 100);
         assert_eq!(a.election_timeout, 1000);
         assert_eq!(a.initial_cluster_state, "new");
+        assert!(a.peer_append_stream);
+        let c = Cli::try_parse_from([
+            "lookout",
+            "store",
+            "--experimental-peer-append-stream=false",
+        ])
+        .unwrap();
+        let Command::Store(a) = c.command else {
+            panic!("store")
+        };
+        assert!(!a.peer_append_stream);
     }
 
     #[test]

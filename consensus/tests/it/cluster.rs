@@ -147,7 +147,11 @@ async fn acked_len(acked: &Arc<Mutex<BTreeMap<String, String>>>) -> usize {
 }
 
 async fn leader_failover(n: usize) {
-    let mut c = Cluster::start(program(), n, &[]).await;
+    leader_failover_with(n, &[]).await;
+}
+
+async fn leader_failover_with(n: usize, extra: &[&str]) -> Cluster {
+    let mut c = Cluster::start(program(), n, extra).await;
     let leader = c.wait_leader(Duration::from_secs(30)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
@@ -205,6 +209,50 @@ async fn leader_failover(n: usize) {
             );
         }
     }
+    c
+}
+
+/// Members that do not serve the append stream (as members built before
+/// it): every leader, the first and the one after the kill, must notice
+/// and replicate with unary calls, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_without_the_append_stream_get_unary_appends() {
+    let mut c = leader_failover_with(3, &["--experimental-peer-append-stream=false"]).await;
+    let fell_back = c
+        .members
+        .iter()
+        .filter(|m| {
+            m.log_text()
+                .contains("peer has no append stream; unary appends")
+        })
+        .count();
+    assert!(
+        fell_back >= 2,
+        "both leaders fell back to unary appends; {fell_back} member logs say so"
+    );
+    // And a member that does serve it is still fed by stream or unary
+    // alike: a write after a restart with the flag at its default commits.
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    c.members[follower]
+        .args
+        .retain(|a| a != "--experimental-peer-append-stream=false");
+    c.restart(follower).await;
+    let ep = c.members[leader].endpoint.clone();
+    kv(&ep)
+        .await
+        .put(PutRequest {
+            key: "w-mixed".into(),
+            value: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a write in the mixed cluster");
+    let (rev, hashes) = converged_hashes(&mut c).await;
+    assert!(
+        hashes.iter().all(|(_, h)| *h == hashes[0].1),
+        "HashKV differs at revision {rev}: {hashes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
