@@ -687,7 +687,7 @@ impl Cache {
                 continue;
             }
             let matched = ev.index_values(f.index()).0 == Some(f.value());
-            let then = matched.then(|| ev.to_event(true).prev_kv).flatten();
+            let then = matched.then(|| ev.prev_kv().cloned()).flatten();
             touched.insert(ev.key().clone(), then);
         }
         drop(h);
@@ -1042,13 +1042,13 @@ impl Applier {
                     // One descent of the map: insert hands back the previous entry.
                     let kv = Arc::new(kv);
                     let prev = map.insert(MapKey::from(&kv.key), kv.clone());
-                    let ev = CachedEvent::indexed(kind, &kv, prev.as_deref(), defs);
+                    let ev = CachedEvent::indexed(kind, kv.clone(), prev, defs);
                     update_indexes(states, &ev, Some(&kv));
                     ev
                 }
                 EventKind::Delete => {
                     let prev = map.remove(&kv.key[..]);
-                    let ev = CachedEvent::indexed(kind, &kv, prev.as_deref(), defs);
+                    let ev = CachedEvent::indexed(kind, Arc::new(kv), prev, defs);
                     update_indexes(states, &ev, None);
                     ev
                 }

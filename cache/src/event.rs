@@ -5,7 +5,6 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use lookout_proto::mvccpb::{Event, KeyValue, event::EventType};
-use prost::Message;
 use prost::encoding::{encode_varint, encoded_len_varint};
 
 use crate::secondary::IndexSet;
@@ -30,13 +29,19 @@ impl EventKind {
     }
 }
 
-/// An upstream event with its wire form computed once.
+/// An upstream event with its wire form computed at most once.
+///
+/// The event holds the entry (shared with the cache's map) and the entry it
+/// replaced; the wire form is built the first time a watcher needs it and
+/// then shared, so an event no watcher receives (a gateway whose watchers
+/// are all filtered elsewhere, or have none) costs no encoding and no copy
+/// of its key and value.
 ///
 /// The body holds the `mvccpb.Event` fields `type`, `kv` and then `prev_kv`.
 /// Because protobuf messages are a concatenation of fields, the body cut
 /// before `prev_kv` is the event without it; each variant only needs its own
-/// `events` field header (tag + length), kept inline. So both variants the
-/// task asks for exist without storing the key and value twice:
+/// `events` field header (tag + length), written on the fly. So both
+/// variants a watch asks for exist without storing the key and value twice:
 ///
 /// ```text
 ///   head_plain = [0x5a, len(type+kv)]          body = [type][kv][prev_kv]
@@ -44,15 +49,15 @@ impl EventKind {
 /// ```
 #[derive(Debug)]
 pub struct CachedEvent {
-    revision: i64,
-    key: Bytes,
     kind: EventKind,
-    body: Bytes,
-    /// Length of `body` without the `prev_kv` field.
+    kv: Arc<KeyValue>,
+    prev: Option<Arc<KeyValue>>,
+    /// Length of the body without, and with, the `prev_kv` field: known up
+    /// front (byte budgets need them), without encoding.
     plain_len: u32,
-    /// `events` field headers: `[plain | prev]`, lengths in `head_lens`.
-    heads: [u8; 12],
-    head_lens: [u8; 2],
+    full_len: u32,
+    /// The wire form, built on first use.
+    body: OnceLock<Bytes>,
     /// Other encodings front ends derive from the event (the HTTP layer's
     /// JSON), built on first use and then shared by every watcher. Boxed so
     /// an event nobody reads over HTTP pays one pointer.
@@ -71,52 +76,66 @@ pub(crate) struct EventIndex {
     values: Box<[(Option<Bytes>, Option<Bytes>)]>,
     /// For a Put that moves the entry away from an index value: the DELETE
     /// that watchers filtered on the old value receive (key, this revision,
-    /// `prev_kv` = the old entry), encoded once and shared like any event.
+    /// `prev_kv` = the old entry), shared like any event.
     moved_out: Option<Arc<CachedEvent>>,
 }
 
 /// How many derived encodings an event can hold ([`CachedEvent::derived`]).
 pub const DERIVED_SLOTS: usize = 3;
 
+/// `mvccpb.Event.type` is field 1: a DELETE (1) is written as tag + value,
+/// a PUT (0, proto3's default) not at all.
+const DELETE_TYPE_FIELD: [u8; 2] = [1 << 3, 1];
+
 impl CachedEvent {
-    /// Encodes `kv` (as the upstream sent it) with the previous value the cache
-    /// knew for that key (`None` for a create, or when the cache has none).
+    /// The event for `kv` (as the upstream sent it) with the previous value
+    /// the cache knew for that key (`None` for a create, or when the cache
+    /// has none). Copies `kv` and `prev` into shared entries; the applier,
+    /// which has them shared already, uses [`CachedEvent::shared`].
     pub fn new(kind: EventKind, kv: &KeyValue, prev: Option<&KeyValue>) -> Self {
-        let head = Event {
-            r#type: match kind {
-                EventKind::Put => EventType::Put as i32,
-                EventKind::Delete => EventType::Delete as i32,
-            },
-            kv: Some(kv.clone()),
-            prev_kv: None,
-        };
-        let plain_len = head.encoded_len();
-        let prev_len = prev.map_or(0, |p| prost::encoding::message::encoded_len(3, p));
-        let mut body = BytesMut::with_capacity(plain_len + prev_len);
-        head.encode(&mut body).expect("capacity reserved");
-        if let Some(p) = prev {
-            prost::encoding::message::encode(3, p, &mut body);
-        }
-        let full_len = body.len();
-        let mut heads = [0u8; 12];
-        let mut head_lens = [0u8; 2];
-        for (i, len) in [plain_len, full_len].into_iter().enumerate() {
-            let mut slot = &mut heads[i * 6..i * 6 + 6];
-            slot.put_u8(EVENTS_FIELD_KEY);
-            encode_varint(len as u64, &mut slot);
-            head_lens[i] = (1 + encoded_len_varint(len as u64)) as u8;
-        }
-        Self {
-            revision: kv.mod_revision,
-            key: kv.key.clone(),
+        Self::shared(
             kind,
-            body: body.freeze(),
+            Arc::new(kv.clone()),
+            prev.map(|p| Arc::new(p.clone())),
+        )
+    }
+
+    /// [`CachedEvent::new`] on entries already shared (with the map).
+    pub fn shared(kind: EventKind, kv: Arc<KeyValue>, prev: Option<Arc<KeyValue>>) -> Self {
+        let type_len = match kind {
+            EventKind::Put => 0,
+            EventKind::Delete => DELETE_TYPE_FIELD.len(),
+        };
+        let plain_len = type_len + prost::encoding::message::encoded_len(2, &*kv);
+        let full_len = plain_len
+            + prev
+                .as_deref()
+                .map_or(0, |p| prost::encoding::message::encoded_len(3, p));
+        Self {
+            kind,
+            kv,
+            prev,
             plain_len: plain_len as u32,
-            heads,
-            head_lens,
+            full_len: full_len as u32,
+            body: OnceLock::new(),
             derived: OnceLock::new(),
             index: None,
         }
+    }
+
+    fn body(&self) -> &Bytes {
+        self.body.get_or_init(|| {
+            let mut b = BytesMut::with_capacity(self.full_len as usize);
+            if self.kind == EventKind::Delete {
+                b.put_slice(&DELETE_TYPE_FIELD);
+            }
+            prost::encoding::message::encode(2, &*self.kv, &mut b);
+            if let Some(p) = &self.prev {
+                prost::encoding::message::encode(3, &**p, &mut b);
+            }
+            debug_assert_eq!(b.len(), self.full_len as usize);
+            b.freeze()
+        })
     }
 
     /// [`CachedEvent::new`] plus every declared index's value before and
@@ -124,17 +143,16 @@ impl CachedEvent {
     /// moves away from their value.
     pub fn indexed(
         kind: EventKind,
-        kv: &KeyValue,
-        prev: Option<&KeyValue>,
+        kv: Arc<KeyValue>,
+        prev: Option<Arc<KeyValue>>,
         set: &IndexSet,
     ) -> Self {
-        let mut ev = Self::new(kind, kv, prev);
         if set.is_empty() {
-            return ev;
+            return Self::shared(kind, kv, prev);
         }
-        let old = set.values(prev);
+        let old = set.values(prev.as_deref());
         let new = match kind {
-            EventKind::Put => set.values(Some(kv)),
+            EventKind::Put => set.values(Some(&kv)),
             EventKind::Delete => vec![None; old.len()],
         };
         let moves =
@@ -145,8 +163,13 @@ impl CachedEvent {
                 mod_revision: kv.mod_revision,
                 ..Default::default()
             };
-            Arc::new(Self::new(EventKind::Delete, &tombstone, prev))
+            Arc::new(Self::shared(
+                EventKind::Delete,
+                Arc::new(tombstone),
+                prev.clone(),
+            ))
         });
+        let mut ev = Self::shared(kind, kv, prev);
         ev.index = Some(Box::new(EventIndex {
             values: old.into_iter().zip(new).collect(),
             moved_out,
@@ -160,8 +183,8 @@ impl CachedEvent {
         let kv = ev.kv.clone().unwrap_or_default();
         Self::indexed(
             EventKind::from_i32(ev.r#type),
-            &kv,
-            ev.prev_kv.as_ref(),
+            Arc::new(kv),
+            ev.prev_kv.clone().map(Arc::new),
             set,
         )
     }
@@ -195,11 +218,16 @@ impl CachedEvent {
 
     /// The event's `mod_revision` (for a delete, the revision of the delete).
     pub fn revision(&self) -> i64 {
-        self.revision
+        self.kv.mod_revision
     }
 
     pub fn key(&self) -> &Bytes {
-        &self.key
+        &self.kv.key
+    }
+
+    /// The entry this event replaced or deleted, as the cache knew it.
+    pub fn prev_kv(&self) -> Option<&KeyValue> {
+        self.prev.as_deref()
     }
 
     pub fn kind(&self) -> EventKind {
@@ -208,13 +236,13 @@ impl CachedEvent {
 
     /// Bytes this event adds to a `WatchResponse` (field header included).
     pub fn encoded_len(&self, prev_kv: bool) -> usize {
-        let i = usize::from(prev_kv);
-        self.head_lens[i] as usize + self.body_len(prev_kv)
+        let len = self.body_len(prev_kv);
+        1 + encoded_len_varint(len as u64) + len
     }
 
     fn body_len(&self, prev_kv: bool) -> usize {
         if prev_kv {
-            self.body.len()
+            self.full_len as usize
         } else {
             self.plain_len as usize
         }
@@ -223,9 +251,10 @@ impl CachedEvent {
     /// Writes the `events` field (tag, length, `mvccpb.Event`) as it appears
     /// inside a `WatchResponse`: two slices, no protobuf work.
     pub fn write_to(&self, prev_kv: bool, buf: &mut impl BufMut) {
-        let i = usize::from(prev_kv);
-        buf.put_slice(&self.heads[i * 6..i * 6 + self.head_lens[i] as usize]);
-        buf.put_slice(&self.body[..self.body_len(prev_kv)]);
+        let len = self.body_len(prev_kv);
+        buf.put_u8(EVENTS_FIELD_KEY);
+        encode_varint(len as u64, buf);
+        buf.put_slice(&self.body()[..len]);
     }
 
     /// The encoded `events` field as one buffer (copies; for tests and
@@ -236,9 +265,21 @@ impl CachedEvent {
         b.freeze()
     }
 
-    /// Decodes the event back (tests and diagnostics; never on a hot path).
+    /// The event as a message (front ends that encode it another way,
+    /// tests).
     pub fn to_event(&self, prev_kv: bool) -> Event {
-        Event::decode(&self.body[..self.body_len(prev_kv)]).expect("we encoded it")
+        Event {
+            r#type: match self.kind {
+                EventKind::Put => EventType::Put as i32,
+                EventKind::Delete => EventType::Delete as i32,
+            },
+            kv: Some((*self.kv).clone()),
+            prev_kv: if prev_kv {
+                self.prev.as_deref().cloned()
+            } else {
+                None
+            },
+        }
     }
 
     /// Another encoding of this event, built by `build` the first time
@@ -255,7 +296,9 @@ impl CachedEvent {
         slots[slot].get_or_init(|| build(self)).clone()
     }
 
-    /// Heap bytes this event holds, for the history ring's byte budget.
+    /// Heap bytes this event holds, for the history ring's byte budget:
+    /// the wire form is counted whether built yet or not, so the figure
+    /// never changes while the event is in the ring.
     pub fn weight(&self) -> usize {
         let index = self.index.as_ref().map_or(0, |x| {
             std::mem::size_of::<EventIndex>()
@@ -269,7 +312,7 @@ impl CachedEvent {
                     .sum::<usize>()
                 + x.moved_out.as_ref().map_or(0, |m| m.weight())
         });
-        self.body.len() + std::mem::size_of::<Self>() + index
+        self.full_len as usize + std::mem::size_of::<Self>() + index
     }
 }
 
@@ -317,6 +360,13 @@ mod tests {
         let ev = CachedEvent::new(EventKind::Delete, &del, Some(&kv("k", "x", 3)));
         assert_eq!(ev.to_event(false).r#type, EventType::Delete as i32);
         assert_eq!(ev.revision(), 9);
+        // The lazily built wire form is prost's, type field included.
+        for with_prev in [false, true] {
+            let mut want = Vec::new();
+            prost::encoding::message::encode(11, &ev.to_event(with_prev), &mut want);
+            assert_eq!(ev.encoded(with_prev).as_ref(), &want[..]);
+            assert_eq!(ev.encoded_len(with_prev), want.len());
+        }
         let create = CachedEvent::new(EventKind::Put, &kv("n", "x", 10), None);
         assert_eq!(create.encoded(true), create.encoded(false));
     }

@@ -1121,7 +1121,7 @@ impl CatchUp<'_> {
                     done = false;
                     break;
                 }
-                let ev = Arc::new(CachedEvent::new(EventKind::Put, kv, None));
+                let ev = Arc::new(CachedEvent::shared(EventKind::Put, kv.clone(), None));
                 bytes += ev.encoded_len(false);
                 self.scratch.push(ev);
                 self.budget = self.budget.saturating_sub(1);
