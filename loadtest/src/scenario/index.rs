@@ -6,6 +6,9 @@
 //!   filtered to its node (server-side index) vs the same W watchers on the
 //!   whole prefix (filtering on the client), a writer at R puts/s moving
 //!   entries between nodes. Gateway CPU per useful event and bytes sent.
+//!   The watchers share C connections (`--connections`): C = W is every
+//!   agent its own client; fewer let the gateway hand a whole-prefix event
+//!   to a connection's watchers in one write, a cheaper baseline.
 //! - `initial`: I informers, each syncing K keys, with one initial-state
 //!   watch vs list (paged) + watch from the list's revision + 1. Time until
 //!   all are synced and the gateway's peak RSS.
