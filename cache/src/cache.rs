@@ -1065,9 +1065,7 @@ impl Applier {
             inner.publish(&mut w);
         }
         drop(w);
-        if batch.is_empty() {
-            inner.fanout_rev.store(through, Release);
-        } else {
+        let reg = (!batch.is_empty()).then(|| {
             let reg = inner.registry.read();
             reg.fan_out(
                 &batch,
@@ -1075,12 +1073,13 @@ impl Applier {
                 inner.config.stream_queue_bytes,
                 &inner.metrics,
             );
-            // Before the lock is released: a watcher created right after
-            // this fan-out must read `through`, or it would go live at a
-            // revision whose events were already handed out without it.
-            inner.fanout_rev.store(through, Release);
-            drop(reg);
-        }
+            reg
+        });
+        // Before the registry lock is released: a watcher created right
+        // after this fan-out must read `through`, or it would go live at a
+        // revision whose events were already handed out without it.
+        inner.fanout_rev.store(through, Release);
+        drop(reg);
         inner.prune_hints(through);
         inner.applied.send_replace(through);
         self.publish_gauges();

@@ -212,8 +212,11 @@ impl CachedEvent {
     /// Builds from an `mvccpb.Event` as a watch delivers it, keeping its
     /// `prev_kv` (used for events an upstream splice watch delivers).
     pub fn from_event(ev: &Event) -> Self {
-        let kv = ev.kv.clone().unwrap_or_default();
-        Self::new(EventKind::from_i32(ev.r#type), &kv, ev.prev_kv.as_ref())
+        Self::shared(
+            EventKind::from_i32(ev.r#type),
+            Arc::new(ev.kv.clone().unwrap_or_default()),
+            ev.prev_kv.clone().map(Arc::new),
+        )
     }
 
     /// The event's `mod_revision` (for a delete, the revision of the delete).
@@ -249,7 +252,8 @@ impl CachedEvent {
     }
 
     /// Writes the `events` field (tag, length, `mvccpb.Event`) as it appears
-    /// inside a `WatchResponse`: two slices, no protobuf work.
+    /// inside a `WatchResponse`: the field header and the shared body, which
+    /// the first caller encodes and every later one copies.
     pub fn write_to(&self, prev_kv: bool, buf: &mut impl BufMut) {
         let len = self.body_len(prev_kv);
         buf.put_u8(EVENTS_FIELD_KEY);

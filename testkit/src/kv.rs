@@ -55,7 +55,6 @@ pub async fn compact(kv: &mut KvClient<Channel>, revision: i64) {
     .expect("compact");
 }
 
-/// A put as a txn operation.
 /// A Txn with no compares running `success`; its revision.
 pub async fn txn(kv: &mut KvClient<Channel>, success: Vec<RequestOp>) -> i64 {
     kv.txn(TxnRequest {
@@ -70,6 +69,7 @@ pub async fn txn(kv: &mut KvClient<Channel>, success: Vec<RequestOp>) -> i64 {
     .revision
 }
 
+/// A put as a txn operation.
 pub fn put_op(key: &str, value: &str) -> RequestOp {
     RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest {

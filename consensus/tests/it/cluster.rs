@@ -239,15 +239,7 @@ async fn members_without_the_append_stream_get_unary_appends() {
         .retain(|a| a != "--experimental-peer-append-stream=false");
     c.restart(follower).await;
     let ep = c.members[leader].endpoint.clone();
-    kv(&ep)
-        .await
-        .put(PutRequest {
-            key: "w-mixed".into(),
-            value: "1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("a write in the mixed cluster");
+    lookout_testkit::kv::put(&mut kv(&ep).await, "w-mixed", "1").await;
     let (rev, hashes) = converged_hashes(&mut c).await;
     assert!(
         hashes.iter().all(|(_, h)| *h == hashes[0].1),
