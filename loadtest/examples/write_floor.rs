@@ -29,30 +29,56 @@
 //!   through a channel, which writes it (one wake-up per write, as a
 //!   watch stream's task has).
 //!
-//! The readers are a child process (its PID kept, killed at the end).
+//! The readers and the feeder are child processes (their PIDs kept,
+//! killed at the end), their output in a temporary directory.
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use lookout_loadtest::procstat;
+use lookout_testkit::{ChildGuard, spawn_logged};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 const MESSAGE: usize = 180;
 
+/// This process's CPU seconds so far (utime + stime).
 fn cpu_seconds() -> f64 {
-    let mut s = String::new();
-    std::fs::File::open("/proc/self/stat")
-        .and_then(|mut f| f.read_to_string(&mut s))
-        .expect("read /proc/self/stat");
-    // Fields after the command name (which may contain spaces).
-    let rest = &s[s.rfind(')').expect("stat format") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
-    ticks / rustix::param::clock_ticks_per_second() as f64
+    procstat::sample(std::process::id())
+        .expect("read /proc/self")
+        .cpu_s
+}
+
+/// When message `i` of a run paced at `rate` per second is due.
+fn due(t0: Instant, i: u64, rate: u64) -> Instant {
+    t0 + Duration::from_secs_f64(i as f64 / rate as f64)
+}
+
+/// Picks target connections: a fixed-seed LCG, so every phase spreads its
+/// writes alike without a shared generator's cost.
+struct Pick(u64);
+
+impl Pick {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) as usize % n
+    }
+}
+
+/// Starts this binary again in `role`, its PID kept by the guard (killed
+/// and reaped on drop), its output in `dir`.
+fn spawn_self(dir: &Path, role: &str, args: &[String]) -> ChildGuard {
+    let mut cmd = Command::new(std::env::current_exe().expect("own path"));
+    cmd.arg(role).args(args);
+    spawn_logged(cmd, &dir.join(format!("{role}.log"))).expect("start a child")
 }
 
 fn readers(addr: SocketAddr, n: usize) {
@@ -79,16 +105,6 @@ fn readers(addr: SocketAddr, n: usize) {
     });
 }
 
-/// Kills the reader process on every way out.
-struct Reader(Child);
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("readers") {
@@ -110,12 +126,11 @@ fn main() {
 
     let std_listener = StdListener::bind("127.0.0.1:0").expect("bind loopback");
     let addr = std_listener.local_addr().expect("address");
-    let _reader = Reader(
-        Command::new(std::env::current_exe().expect("own path"))
-            .args(["readers", &addr.to_string(), &conns.to_string()])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the readers"),
+    let logs = tempfile::tempdir().expect("temporary directory");
+    let _readers = spawn_self(
+        logs.path(),
+        "readers",
+        &[addr.to_string(), conns.to_string()],
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -150,19 +165,14 @@ fn main() {
             tokio::task::spawn_blocking(move || {
                 let c0 = cpu_seconds();
                 let t0 = Instant::now();
-                let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+                let mut pick = Pick(0x2545_f491_4f6c_dd1d);
                 for i in 0..total {
-                    let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
-                    if let Some(d) = due.checked_duration_since(Instant::now()) {
+                    if let Some(d) = due(t0, i, rate).checked_duration_since(Instant::now()) {
                         std::thread::sleep(d);
                     }
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
                     // Non-blocking like the others: a refused write is
                     // dropped (180 B never fills a socket buffer here).
-                    let _ =
-                        std::io::Write::write(&mut &plain_socks[(x >> 33) as usize % conns], &msg);
+                    let _ = std::io::Write::write(&mut &plain_socks[pick.next(conns)], &msg);
                 }
                 (cpu_seconds() - c0) * 1e6 / total as f64
             })
@@ -174,14 +184,10 @@ fn main() {
         // Phase 1: the timer task writes itself.
         let c0 = cpu_seconds();
         let t0 = Instant::now();
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut pick = Pick(0x9e37_79b9_7f4a_7c15);
         for i in 0..total {
             pace(t0, i, rate).await;
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let s = &socks[(x >> 33) as usize % conns];
-            write_one(s, &msg).await;
+            write_one(&socks[pick.next(conns)], &msg).await;
         }
         let direct = (cpu_seconds() - c0) * 1e6 / total as f64;
         println!("direct:   {direct:.2} µs of CPU per write");
@@ -193,10 +199,7 @@ fn main() {
         for i in 0..total / 2 {
             pace(t0, i, rate / 2).await;
             for _ in 0..2 {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                write_one(&socks[(x >> 33) as usize % conns], &msg).await;
+                write_one(&socks[pick.next(conns)], &msg).await;
             }
         }
         let pair = (cpu_seconds() - c0) * 1e6 / total as f64;
@@ -211,17 +214,14 @@ fn main() {
         let feed_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let feed_addr = feed_listener.local_addr().expect("address");
         let puts = total / 2;
-        let _feeder = Reader(
-            Command::new(std::env::current_exe().expect("own path"))
-                .args([
-                    "feeder",
-                    &feed_addr.to_string(),
-                    &(rate / 2).to_string(),
-                    &puts.to_string(),
-                ])
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("start the feeder"),
+        let _feeder = spawn_self(
+            logs.path(),
+            "feeder",
+            &[
+                feed_addr.to_string(),
+                (rate / 2).to_string(),
+                puts.to_string(),
+            ],
         );
         let (mut feed, _) = tokio::time::timeout(Duration::from_secs(60), feed_listener.accept())
             .await
@@ -240,10 +240,7 @@ fn main() {
             let whole = (got + k) / 64 - got / 64;
             got += k;
             for _ in 0..whole * 2 {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                write_one(&socks[(x >> 33) as usize % conns], &msg).await;
+                write_one(&socks[pick.next(conns)], &msg).await;
             }
         }
         let relay = (cpu_seconds() - c0) * 1e6 / (got / 64 * 2).max(1) as f64;
@@ -253,13 +250,18 @@ fn main() {
         );
 
         // Phase 4: one task per connection, woken through a channel.
+        let written = Arc::new(AtomicU64::new(0));
+        let all_written = Arc::new(Notify::new());
         let mut txs = Vec::with_capacity(conns);
         for s in &socks {
             let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Vec<u8>>>();
-            let s = s.clone();
+            let (s, written, all_written) = (s.clone(), written.clone(), all_written.clone());
             tokio::spawn(async move {
                 while let Some(m) = rx.recv().await {
                     write_one(&s, &m).await;
+                    if written.fetch_add(1, Relaxed) + 1 == total {
+                        all_written.notify_one();
+                    }
                 }
             });
             txs.push(tx);
@@ -269,13 +271,11 @@ fn main() {
         let t0 = Instant::now();
         for i in 0..total {
             pace(t0, i, rate).await;
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let _ = txs[(x >> 33) as usize % conns].send(msg.clone());
+            let _ = txs[pick.next(conns)].send(msg.clone());
         }
-        // Let the last writes go out before reading the clock.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The clock is read once the last write went out (bounded: a
+        // connection that died loses its writes).
+        let _ = tokio::time::timeout(Duration::from_secs(10), all_written.notified()).await;
         let hop = (cpu_seconds() - c0) * 1e6 / total as f64;
         println!(
             "task hop: {hop:.2} µs of CPU per write ({:.2}x direct)",
@@ -291,8 +291,7 @@ fn feed(addr: SocketAddr, rate: u64, total: u64) {
     s.set_nodelay(true).expect("nodelay");
     let t0 = Instant::now();
     for i in 0..total {
-        let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
-        if let Some(d) = due.checked_duration_since(Instant::now()) {
+        if let Some(d) = due(t0, i, rate).checked_duration_since(Instant::now()) {
             std::thread::sleep(d);
         }
         if std::io::Write::write_all(&mut s, &[b'p'; 64]).is_err() {
@@ -302,10 +301,9 @@ fn feed(addr: SocketAddr, rate: u64, total: u64) {
 }
 
 async fn pace(t0: Instant, i: u64, rate: u64) {
-    let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
-    let now = Instant::now();
-    if due > now {
-        tokio::time::sleep(due - now).await;
+    // A message already due goes out without touching the timer.
+    if let Some(d) = due(t0, i, rate).checked_duration_since(Instant::now()) {
+        tokio::time::sleep(d).await;
     }
 }
 
