@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use imbl::OrdMap;
-use lookout_proto::mvccpb::event::EventType;
 use lookout_proto::pb::{RangeRequest, RangeResponse, ResponseHeader, WatchCreateRequest};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
@@ -1032,11 +1031,7 @@ impl Applier {
             if !inner.in_scope(&kv.key) {
                 continue;
             }
-            let kind = if ev.r#type == EventType::Delete as i32 {
-                EventKind::Delete
-            } else {
-                EventKind::Put
-            };
+            let kind = EventKind::from_i32(ev.r#type);
             let ev = match kind {
                 EventKind::Put => {
                     // One descent of the map: insert hands back the previous entry.

@@ -20,11 +20,19 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    fn from_i32(v: i32) -> Self {
+    /// From `mvccpb.Event.type`: anything but DELETE is a PUT.
+    pub(crate) fn from_i32(v: i32) -> Self {
         if v == EventType::Delete as i32 {
             Self::Delete
         } else {
             Self::Put
+        }
+    }
+
+    fn as_i32(self) -> i32 {
+        match self {
+            Self::Put => EventType::Put as i32,
+            Self::Delete => EventType::Delete as i32,
         }
     }
 }
@@ -273,10 +281,7 @@ impl CachedEvent {
     /// tests).
     pub fn to_event(&self, prev_kv: bool) -> Event {
         Event {
-            r#type: match self.kind {
-                EventKind::Put => EventType::Put as i32,
-                EventKind::Delete => EventType::Delete as i32,
-            },
+            r#type: self.kind.as_i32(),
             kv: Some((*self.kv).clone()),
             prev_kv: if prev_kv {
                 self.prev.as_deref().cloned()
