@@ -34,6 +34,7 @@ mod serve;
 mod text;
 mod v1;
 mod v3;
+mod version;
 mod watch;
 
 use std::sync::Arc;
@@ -52,6 +53,7 @@ pub use api::{ApiResult, EtcdApi, KeepAlives, WatchEvent, WatchReplies, WatchRep
 pub use error::{HttpError, http_status};
 pub use serve::{fallback, serve, serve_store, serve_store_tls, with_fallback};
 pub use text::event_line;
+pub use version::{ETCD_SERVER_VERSION, etcd_cluster_version, version_json};
 
 /// Limits and timings of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -172,6 +174,7 @@ pub const API_PATHS: &[&str] = &[
     "POST /v3/watch",
     "POST /v3/maintenance/status",
     "POST /v3/cluster/member/list",
+    "GET /version",
     "GET /v1/kv/<key>[?rev=N&serializable=true]",
     "GET /v1/kv/<prefix>?prefix=true[&rev=N&limit=N&keys_only=true&count_only=true]",
     "PUT /v1/kv/<key>[?lease=ID&prev_kv=true]",

@@ -144,4 +144,5 @@ pub(crate) fn routes<A: EtcdApi>() -> Router<Arc<HttpState<A>>> {
         .route("/", any(super::serve::listing))
         .route("/v3", any(super::serve::listing))
         .route("/v1", any(super::serve::listing))
+        .route("/version", any(super::version::version))
 }

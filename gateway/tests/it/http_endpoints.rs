@@ -95,3 +95,30 @@ async fn health_waits_for_the_cache_and_metrics_follow_the_traffic() {
     .await;
     gw.stop().await.unwrap();
 }
+
+/// `GET /version` answers etcd's shape with the same cluster version etcd
+/// 3.4 reports, so clients that pick their path prefix from it (`/v3` from
+/// 3.4) choose the same one for a gateway as for etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_answers_like_etcd() {
+    let etcd = EtcdServer::start().await;
+    let gw = TestGateway::start(&[&etcd.endpoint]).await;
+    let (code, theirs) = http_get(&etcd.endpoint, "/version").await.unwrap();
+    assert_eq!(code, 200, "{theirs}");
+    let (code, ours) = http_get(&gw.endpoint, "/version").await.unwrap();
+    assert_eq!(code, 200, "{ours}");
+    let theirs: serde_json::Value = serde_json::from_str(&theirs).unwrap();
+    let ours: serde_json::Value = serde_json::from_str(&ours).unwrap();
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&ours), keys(&theirs));
+    assert_eq!(ours["etcdcluster"], theirs["etcdcluster"]);
+    let minor = |v: &serde_json::Value| {
+        let s = v["etcdserver"].as_str().unwrap().to_string();
+        s.rsplit_once('.').unwrap().0.to_string()
+    };
+    assert_eq!(minor(&ours), minor(&theirs));
+}
