@@ -71,6 +71,11 @@ pub enum Error {
     /// The disk failed under redb. The batch it hit is not acknowledged.
     #[error("etcdserver: storage error: {0}")]
     Storage(String),
+    /// An unknown sort target (etcd 3.5's answer; 3.4 crashes on it).
+    /// Last, so replies between members of different versions keep their
+    /// variant numbers (bincode numbers variants by position).
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
 }
 
 /// gRPC status codes as numbers, so this crate's core does not depend on
@@ -92,6 +97,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::EmptyKey
+            | Error::InvalidSortOption
             | Error::KeyNotFound
             | Error::ValueProvided
             | Error::LeaseProvided
@@ -114,6 +120,15 @@ impl Error {
             | Error::UnhealthyCluster => Code::Unavailable,
             Error::Unsupported(_) => Code::Unimplemented,
             Error::Storage(_) | Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<lookout_semantics::SemanticsError> for Error {
+    fn from(e: lookout_semantics::SemanticsError) -> Self {
+        match e {
+            lookout_semantics::SemanticsError::EmptyKey => Error::EmptyKey,
+            lookout_semantics::SemanticsError::InvalidSortOption => Error::InvalidSortOption,
         }
     }
 }

@@ -33,8 +33,8 @@ use crate::backend::{self, KV};
 use crate::error::Result;
 use crate::hub::{HubMsg, Lagged};
 use crate::revision::Revision;
-use crate::state::in_range;
 use crate::store::Store;
+use lookout_semantics::in_range;
 
 /// Buffer between the hub and one stream, in revisions.
 const HUB_BUFFER: usize = 1024;
