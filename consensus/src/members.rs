@@ -177,18 +177,39 @@ impl Store {
 
     // === Cluster API ===
 
-    /// Every member as etcd lists them (voters and learners).
+    /// etcd's Cluster API header (`v3rpc/member.go`): cluster, member and
+    /// term, but no revision (membership is not in the keyspace).
+    fn cluster_header(&self) -> Option<lookout_proto::pb::ResponseHeader> {
+        self.header(0)
+    }
+
+    /// Every member as etcd lists them (voters and learners). This member
+    /// shows its own name and client URLs even before the membership
+    /// records them (publishing them takes a raft round after start): etcd
+    /// serves clients only once it has published, so its own entry is
+    /// never blank.
     pub fn members(&self) -> Vec<Member> {
         let m = self.membership();
         let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        let own = self.member_id();
         m.membership()
             .nodes()
-            .map(|(id, n)| Member {
-                id: *id,
-                name: n.name.clone(),
-                peer_ur_ls: n.peer_urls.clone(),
-                client_ur_ls: n.client_urls.clone(),
-                is_learner: !voters.contains(id),
+            .map(|(id, n)| {
+                let n = if *id == own && n.name.is_empty() {
+                    MemberNode {
+                        peer_urls: n.peer_urls.clone(),
+                        ..self.own_node()
+                    }
+                } else {
+                    n.clone()
+                };
+                Member {
+                    id: *id,
+                    name: n.name,
+                    peer_ur_ls: n.peer_urls,
+                    client_ur_ls: n.client_urls,
+                    is_learner: !voters.contains(id),
+                }
             })
             .collect()
     }
@@ -211,7 +232,7 @@ impl Store {
 
     pub async fn member_list(&self) -> MemberListResponse {
         MemberListResponse {
-            header: self.header(self.revision()),
+            header: self.cluster_header(),
             members: self.members(),
         }
     }
@@ -235,7 +256,7 @@ impl Store {
         };
         self.wait_member(|ms| ms.iter().any(|m| m.id == id)).await;
         Ok(MemberAddResponse {
-            header: self.header(self.revision()),
+            header: self.cluster_header(),
             member: Some(Member {
                 id,
                 name: String::new(),
@@ -253,7 +274,7 @@ impl Store {
         self.to_leader(Forward::MemberRemove(id)).await?;
         self.wait_member(|ms| ms.iter().all(|m| m.id != id)).await;
         Ok(MemberRemoveResponse {
-            header: self.header(self.revision()),
+            header: self.cluster_header(),
             members: self.members(),
         })
     }
@@ -265,7 +286,7 @@ impl Store {
         self.wait_member(|ms| ms.iter().any(|m| m.id == id && !m.is_learner))
             .await;
         Ok(MemberPromoteResponse {
-            header: self.header(self.revision()),
+            header: self.cluster_header(),
             members: self.members(),
         })
     }
@@ -280,7 +301,7 @@ impl Store {
         self.to_leader(Forward::MemberUpdate { id, peer_urls })
             .await?;
         Ok(MemberUpdateResponse {
-            header: self.header(self.revision()),
+            header: self.cluster_header(),
             members: self.members(),
         })
     }
