@@ -99,7 +99,11 @@ impl Cluster for ClusterService {
             });
         }
         Ok(Response::new(MemberListResponse {
-            header: Some(s.cache.header(s.cache.revision())),
+            // etcd's Cluster answers name no revision.
+            header: Some(lookout_proto::pb::ResponseHeader {
+                revision: 0,
+                ..s.cache.header(s.cache.revision())
+            }),
             members,
         }))
     }

@@ -15,6 +15,7 @@ mod http_v1;
 mod http_watch;
 mod index_filters;
 mod informer;
+mod json_gateway_table;
 mod kv_vs_etcd;
 mod lifecycle;
 mod lock_election;
