@@ -1,7 +1,7 @@
 //! [`EtcdApi`]: one backend's etcd v3 services, as the HTTP layer and the
 //! Lock and Election services call them. The store implements it by calling
-//! [`Store`] directly ([`StoreApi`]); the gateway over its cache and its
-//! upstream ([`GatewayApi`]). Everything above it (every `/v3` JSON path,
+//! `Store` directly ([`StoreApi`]); the gateway over its cache and its
+//! upstream (`GatewayApi`). Everything above it (every `/v3` JSON path,
 //! `/v1`, Lock, Election) is written once for both.
 //!
 //! ```text
