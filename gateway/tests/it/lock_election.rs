@@ -1,7 +1,7 @@
 //! etcd's Lock and Election services through the Rust `etcd-client`
-//! crate's `LockClient` and `ElectionClient`, unchanged: one scenario run
-//! against real etcd 3.4, `lookout store`, a gateway over `lookout store`
-//! and a gateway over etcd, each run written down as a transcript (keys
+//! crate's `LockClient`, `ElectionClient` and `MaintenanceClient`,
+//! unchanged: one scenario run against real etcd 3.4, `lookout store`, a
+//! gateway over `lookout store`, a gateway over etcd and `lookout dev`, each run written down as a transcript (keys
 //! with lease IDs named, answers, errors) and compared with etcd's line by
 //! line.
 
@@ -288,6 +288,36 @@ async fn scenario(endpoint: &str) -> Vec<String> {
         .unwrap()
         .unwrap();
     t.say(format!("observe: {}", text(m.kv().unwrap().value())));
+    // MaintenanceClient: status, alarms, hashes, defragment, a snapshot.
+    let mut m = c.maintenance_client();
+    t.outcome("status", m.status().await, |r| {
+        let v = r.version().rsplit_once('.').map(|(mm, _)| mm.to_string());
+        format!("version {v:?}, leader known {}", r.leader() != 0)
+    });
+    t.outcome(
+        "alarms",
+        m.alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await,
+        |r| format!("{} raised", r.alarms().len()),
+    );
+    t.outcome("hash_kv", m.hash_kv(0).await, |r| {
+        format!("compacted at {}", r.compact_version())
+    });
+    t.outcome("defragment", m.defragment().await, |_| String::new());
+    let mut snap = m.snapshot().await.unwrap();
+    let mut bytes = 0usize;
+    while let Some(chunk) = tokio::time::timeout(T, snap.message())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        bytes += chunk.blob().len();
+    }
+    t.say(format!("snapshot has bytes: {}", bytes > 0));
     t.lines
 }
 
@@ -327,4 +357,29 @@ async fn lock_and_election_match_etcd_on_every_target() {
     let gw2 = TestGateway::start(&[&etcd2.endpoint]).await;
     eprintln!("gateway over etcd:");
     compare("gateway over etcd", &scenario(&gw2.endpoint).await, &theirs);
+
+    // `lookout dev`: the store and a gateway in one process.
+    let dir3 = tempfile::tempdir().unwrap();
+    let endpoint = format!("127.0.0.1:{}", lookout_testkit::free_port());
+    let args = vec![
+        "dev".to_string(),
+        "--data-dir".into(),
+        dir3.path().join("data").display().to_string(),
+        "--listen-client-urls".into(),
+        format!("http://{endpoint}"),
+    ];
+    let _dev = lookout_testkit::LookoutProcess::spawn(
+        &crate::support::lookout_bin(),
+        &args,
+        &endpoint,
+        &dir3.path().join("dev.log"),
+    )
+    .await;
+    lookout_testkit::wait_for("dev gateway synced", T, || {
+        let ep = endpoint.clone();
+        async move { health_ok(&ep).await.then_some(()) }
+    })
+    .await;
+    eprintln!("lookout dev:");
+    compare("lookout dev", &scenario(&endpoint).await, &theirs);
 }
