@@ -138,6 +138,14 @@ pub(crate) fn routes<A: EtcdApi>() -> Router<Arc<HttpState<A>>> {
         )
         .route("/v3/lease/leases", post_only(post(lease_leases::<A>)))
         .route("/v3/lease/keepalive", post_only(post(keep_alive::<A>)))
+        // etcd 3.4's additional bindings for the same three calls; clients
+        // such as Python etcd3gw revoke and read TTLs only through these.
+        .route("/v3/kv/lease/revoke", post_only(post(lease_revoke::<A>)))
+        .route(
+            "/v3/kv/lease/timetolive",
+            post_only(post(lease_time_to_live::<A>)),
+        )
+        .route("/v3/kv/lease/leases", post_only(post(lease_leases::<A>)))
         .route("/v3/watch", post_only(post(super::watch::v3_watch::<A>)))
         .route("/v3/maintenance/status", post_only(post(status::<A>)))
         .route("/v3/cluster/member/list", post_only(post(member_list::<A>)))
