@@ -1,5 +1,5 @@
 //! The store's etcd v3 gRPC services (KV, Watch, Lease, Cluster,
-//! Maintenance) over a [`Store`], and [`serve`] to run them on a listener.
+//! Maintenance, Auth) over a [`Store`], and [`serve`] to run them on a listener.
 //! This is the one place store errors become `tonic::Status`.
 
 use std::future::Future;
@@ -7,8 +7,8 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use lookout_proto::pb::{
-    self, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    self, auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -174,10 +174,11 @@ pub fn routes(store: &Store) -> tonic::service::Routes {
     )
     .add_service(ClusterServer::new(svc.clone()).max_decoding_message_size(max_in))
     .add_service(
-        MaintenanceServer::new(svc)
+        MaintenanceServer::new(svc.clone())
             .max_decoding_message_size(max_in)
             .max_encoding_message_size(usize::MAX),
     )
+    .add_service(AuthServer::new(svc).max_decoding_message_size(max_in))
 }
 
 /// Serves the etcd API for `store` on `listener` until `shutdown`
@@ -487,4 +488,41 @@ impl pb::maintenance_server::Maintenance for EtcdService {
         // openraft 0.9 has no leadership transfer.
         Err(unsupported("MoveLeader"))
     }
+}
+
+// === impl Auth ===
+
+/// Every Auth method answers Unimplemented until the store keeps users and
+/// roles (the auth store replaces this whole block).
+macro_rules! auth_unimplemented {
+    ($($method:ident: $req:ident => $resp:ident;)*) => {
+        #[tonic::async_trait]
+        impl pb::auth_server::Auth for EtcdService {
+            $(
+                async fn $method(&self, _r: Request<pb::$req>) -> Rpc<pb::$resp> {
+                    Err(unsupported("the Auth service"))
+                }
+            )*
+        }
+    };
+}
+
+auth_unimplemented! {
+    auth_enable: AuthEnableRequest => AuthEnableResponse;
+    auth_disable: AuthDisableRequest => AuthDisableResponse;
+    auth_status: AuthStatusRequest => AuthStatusResponse;
+    authenticate: AuthenticateRequest => AuthenticateResponse;
+    user_add: AuthUserAddRequest => AuthUserAddResponse;
+    user_get: AuthUserGetRequest => AuthUserGetResponse;
+    user_list: AuthUserListRequest => AuthUserListResponse;
+    user_delete: AuthUserDeleteRequest => AuthUserDeleteResponse;
+    user_change_password: AuthUserChangePasswordRequest => AuthUserChangePasswordResponse;
+    user_grant_role: AuthUserGrantRoleRequest => AuthUserGrantRoleResponse;
+    user_revoke_role: AuthUserRevokeRoleRequest => AuthUserRevokeRoleResponse;
+    role_add: AuthRoleAddRequest => AuthRoleAddResponse;
+    role_get: AuthRoleGetRequest => AuthRoleGetResponse;
+    role_list: AuthRoleListRequest => AuthRoleListResponse;
+    role_delete: AuthRoleDeleteRequest => AuthRoleDeleteResponse;
+    role_grant_permission: AuthRoleGrantPermissionRequest => AuthRoleGrantPermissionResponse;
+    role_revoke_permission: AuthRoleRevokePermissionRequest => AuthRoleRevokePermissionResponse;
 }

@@ -83,6 +83,7 @@
 
 mod admission;
 mod args;
+mod auth;
 pub mod authz;
 mod cluster;
 mod codec;

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use lookout_cache::{Cache, CacheError, EtcdUpstream, Snapshot, WriteScope};
 use lookout_proto::pb::{
-    ResponseHeader, StatusResponse, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
+    ResponseHeader, StatusResponse, auth_server::AuthServer, cluster_server::ClusterServer,
+    kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -300,6 +300,10 @@ impl Gateway {
             )
             .add_service(
                 ClusterServer::new(crate::cluster::ClusterService::new(shared.clone()))
+                    .max_decoding_message_size(max_recv),
+            )
+            .add_service(
+                AuthServer::new(crate::auth::AuthService::new(shared.clone()))
                     .max_decoding_message_size(max_recv),
             );
         // etcd serves /metrics and /health on its client port too; curl
