@@ -82,11 +82,13 @@
 //!   each).
 
 mod admission;
+pub mod api;
 mod args;
 mod auth;
 pub mod authz;
 mod cluster;
 mod codec;
+pub mod concurrency;
 mod config;
 pub mod config_file;
 mod error;

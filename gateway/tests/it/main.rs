@@ -17,6 +17,7 @@ mod index_filters;
 mod informer;
 mod kv_vs_etcd;
 mod lifecycle;
+mod lock_election;
 mod many_gateways;
 mod metrics_scrape;
 mod otlp;
