@@ -25,5 +25,6 @@ mod otlp;
 mod prefixes;
 mod snapshot;
 mod support;
+mod third_party_clients;
 mod tls;
 mod watch_guarantees;
