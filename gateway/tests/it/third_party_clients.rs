@@ -32,10 +32,8 @@ const SCRIPT_LIMIT: Duration = Duration::from_secs(150);
 /// `checks.known`): the script prints each and fails when one no longer
 /// shows, so an entry goes as soon as Lookout is fixed.
 ///
-/// `status-leader-not-a-member`: the gateway lists itself as the only
-/// member (grpc-proxy style) while Status reports the store's leader id,
-/// so Python etcd3's `status().leader` is None.
-const LOOKOUT_KNOWN: &[&str] = &["status-leader-not-a-member"];
+/// (None today.)
+const LOOKOUT_KNOWN: &[&str] = &[];
 
 // === targets ===
 
