@@ -204,6 +204,16 @@ pub struct StoreArgs {
     /// --peer-trusted-ca-file.
     #[arg(long)]
     pub peer_client_cert_auth: bool,
+    /// Auth token kind and options: `simple`, or
+    /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256,ttl=5m` (etcd's).
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Lifetime of a simple token after its last use, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of password hashes (4 to 31).
+    #[arg(long, default_value_t = 10)]
+    pub bcrypt_cost: u32,
 }
 
 /// `lookout dev` flags.
@@ -387,6 +397,13 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     cfg.auto_compaction =
         parse_auto_compaction(&a.auto_compaction_mode, &a.auto_compaction_retention)?;
     let client_tls = a.tls.files()?;
+    cfg.auth = lookout_consensus::auth::AuthConfig {
+        token: lookout_consensus::auth::parse_auth_token(&a.auth_token)
+            .map_err(|e| CliError::BadFlag(format!("--auth-token: {e}")))?,
+        simple_ttl: Duration::from_secs(a.auth_token_ttl),
+        bcrypt_cost: a.bcrypt_cost,
+        client_cert_auth: a.tls.client_cert_auth,
+    };
     cfg.peer_tls = lookout_consensus::tls::TlsFiles::from_flags(
         a.peer_cert_file.as_deref(),
         a.peer_key_file.as_deref(),
