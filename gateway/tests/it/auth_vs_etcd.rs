@@ -152,3 +152,101 @@ async fn auth_script_with_jwt_tokens_matches_etcd() {
     assert!(t.contains("Authentication Enabled"), "{t}");
     assert!(!t.contains("never printed"), "{t}");
 }
+
+/// Starts etcd 3.4 serving TLS on `url` with `--client-cert-auth` and
+/// waits (bounded) until `client` can read through it.
+async fn start_tls_etcd(
+    dir: &Path,
+    port: u16,
+    server: &lookout_testkit::certs::CertFiles,
+    ca: &Path,
+    client: &lookout_testkit::certs::CertFiles,
+) -> lookout_testkit::ChildGuard {
+    let url = format!("https://127.0.0.1:{port}");
+    let peer = format!("http://127.0.0.1:{}", lookout_testkit::free_port());
+    let mut cmd = std::process::Command::new("etcd");
+    cmd.args([
+        "--name=tls",
+        &format!("--data-dir={}", dir.join("etcd").display()),
+        &format!("--listen-client-urls={url}"),
+        &format!("--advertise-client-urls={url}"),
+        &format!("--listen-peer-urls={peer}"),
+        &format!("--initial-advertise-peer-urls={peer}"),
+        &format!("--initial-cluster=tls={peer}"),
+        &format!("--cert-file={}", server.cert.display()),
+        &format!("--key-file={}", server.key.display()),
+        &format!("--trusted-ca-file={}", ca.display()),
+        "--client-cert-auth",
+        "--bcrypt-cost=4",
+        "--log-level=warn",
+    ]);
+    let mut child = lookout_testkit::spawn_logged(cmd, &dir.join("etcd.log")).unwrap();
+    crate::tls::wait_tls_ready(&url, ca, client, &mut child).await;
+    child
+}
+
+/// `--client-cert-auth`: without a token, the verified certificate's
+/// common name is the user (a `--no-password` user, typically); a token
+/// wins over the certificate. Same script on etcd and `lookout store`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_common_name_is_the_user_like_etcd() {
+    use lookout_testkit::certs::{TestCa, etcdctl_tls_args};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = TestCa::new(d, "main");
+    let server = ca.issue_server("server");
+    let root = ca.issue_client("root");
+    let alice = ca.issue_client("alice");
+    let mallory = ca.issue_client("mallory");
+    let tls =
+        |c: &lookout_testkit::certs::CertFiles| etcdctl_tls_args(&ca.ca_file, Some(c)).join(" ");
+    let script = format!(
+        "\
+$ {root} user add root --new-user-password=rootpw --interactive=false
+$ {root} user add alice --no-password
+$ {root} role add app
+$ {root} role grant-permission app readwrite /app/ --prefix
+$ {root} user grant-role alice app
+$ {root} auth enable
+$ {root} put /secret/x 1
+$ {alice} put /app/a 1
+$ {alice} get /app/a
+$ {alice} get /secret/x
+$ {alice} user get alice
+$ {alice} user list
+$ {mallory} get /app/a
+$ {mallory} put /app/a 2
+$ {alice} --user root:rootpw get /secret/x
+$ {alice} --user alice:x get /app/a
+$ {root} defrag
+$ {alice} defrag
+$ {root} auth disable
+",
+        root = tls(&root),
+        alice = tls(&alice),
+        mallory = tls(&mallory),
+    );
+    let etcd_port = lookout_testkit::free_port();
+    let _etcd = start_tls_etcd(d, etcd_port, &server, &ca.ca_file, &root).await;
+    let port = lookout_testkit::free_port();
+    let mut args = crate::tls::tls_store_args(d, port, &server, &ca.ca_file);
+    args.push("--bcrypt-cost=4".into());
+    let mut store = crate::tls::spawn(d, "store", &args);
+    let url = format!("https://127.0.0.1:{port}");
+    crate::tls::wait_tls_ready(&url, &ca.ca_file, &root, &mut store).await;
+
+    let (s1, s2) = (script.clone(), script);
+    let e_url = format!("https://127.0.0.1:{etcd_port}");
+    let want = tokio::task::spawn_blocking(move || run_script(&s1, &e_url));
+    let got = tokio::task::spawn_blocking(move || run_script(&s2, &url));
+    let (want, got) = (want.await.unwrap(), got.await.unwrap());
+    let (d1, d2) = (d.display().to_string(), d.display().to_string());
+    let (want, got) = (want.replace(&d1, "<dir>"), got.replace(&d2, "<dir>"));
+    assert_same(&want, &got, "Store", &store.log_text());
+    assert!(want.contains("Authentication Enabled"), "{want}");
+    assert!(
+        want.contains("alice.pem --key=<dir>/alice-key.pem put /app/a 1\nOK"),
+        "{want}"
+    );
+    assert!(want.contains("etcdserver: permission denied"), "{want}");
+}
