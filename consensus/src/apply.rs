@@ -72,22 +72,26 @@ impl<'txn> Applier<'txn> {
     /// and discard `state`.
     pub fn apply(&mut self, state: &mut MvccState, index: u64, req: &Request) -> Result<Applied> {
         state.applied_index = index;
-        // A client's request: etcd's auth applier checks it first.
-        if let Request::As {
-            user,
-            revision,
-            req,
-        } = req
-        {
-            if let Err(e) = crate::auth::check_write(state, user, *revision, req) {
+        // etcd's auth applier first: a client's request is checked as its
+        // user, a bare write as an anonymous client.
+        let checked = match req {
+            Request::As {
+                user,
+                revision,
+                req,
+            } => crate::auth::check_write(state, user, *revision, req).map(|()| &**req),
+            bare => crate::auth::check_bare(state, bare).map(|()| bare),
+        };
+        let req = match checked {
+            Ok(r) => r,
+            Err(e) => {
                 return Ok(Applied {
                     response: Err(e),
                     events: Vec::new(),
                     revision: state.rev,
                 });
             }
-            return self.apply(state, index, req);
-        }
+        };
         // etcd's capped applier: while NOSPACE is raised, nothing that
         // grows the store is applied (deletes and compaction still are).
         if state.nospace() && req.grows_store() {

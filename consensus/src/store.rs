@@ -595,7 +595,7 @@ impl Store {
         self.check_size(&req)?;
         self.check_quota(req.encoded_len()).await?;
         match self
-            .propose(Self::wrap(who, Request::Put(req)))
+            .propose(self.wrap(who, Request::Put(req)))
             .await?
             .response?
         {
@@ -625,7 +625,7 @@ impl Store {
         validate::check_delete(&req)?;
         self.check_size(&req)?;
         match self
-            .propose(Self::wrap(who, Request::DeleteRange(req)))
+            .propose(self.wrap(who, Request::DeleteRange(req)))
             .await?
             .response?
         {
@@ -658,7 +658,7 @@ impl Store {
         {
             self.check_quota(t.encoded_len()).await?;
         }
-        match self.propose(Self::wrap(who, r)).await?.response? {
+        match self.propose(self.wrap(who, r)).await?.response? {
             Response::Txn(mut r) => {
                 self.fill(&mut r.header);
                 Ok(r)
@@ -741,7 +741,7 @@ impl Store {
         id: i64,
     ) -> Result<LeaseRevokeResponse> {
         match self
-            .propose(Self::wrap(who, Request::LeaseRevoke { id }))
+            .propose(self.wrap(who, Request::LeaseRevoke { id }))
             .await?
             .response?
         {

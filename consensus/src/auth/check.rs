@@ -159,6 +159,25 @@ fn txn(st: &MvccState, user: &str, rev: u64, t: &TxnRequest) -> Result<()> {
     ops(st, user, rev, &t.failure)
 }
 
+/// A write that reached the log without [`Request::As`]: a client that
+/// named nobody (its member had never seen a user), or the store itself
+/// (lease expiry while auth was off). With auth on, checked as anonymous.
+///
+/// # Errors
+/// [`Error::UserEmpty`] for a write auth would need a user for.
+pub fn check_bare(st: &MvccState, req: &Request) -> Result<()> {
+    if !st.auth.enabled {
+        return Ok(());
+    }
+    match req {
+        Request::Put(_)
+        | Request::DeleteRange(_)
+        | Request::Txn(_)
+        | Request::LeaseRevoke { .. } => check_write(st, "", 0, req),
+        _ => Ok(()),
+    }
+}
+
 /// The apply-time check of a client's write (etcd's auth applier), made
 /// by every member against the state the write applies to.
 ///

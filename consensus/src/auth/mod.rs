@@ -41,7 +41,7 @@ mod token;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use apply::apply_auth;
-pub use check::{check_admin, check_range, check_watch, check_write};
+pub use check::{check_admin, check_bare, check_range, check_watch, check_write};
 pub use password::{DEFAULT_COST, effective_cost};
 pub use perms::{KeyRange, RangeSet, UserPerms, valid_permission_range};
 pub use service::Credentials;

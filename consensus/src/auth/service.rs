@@ -137,7 +137,14 @@ impl Store {
     }
 
     /// Wraps a client's write with who sent it (see [`Request::As`]).
-    pub(crate) fn wrap(who: Option<&AuthInfo>, req: Request) -> Request {
+    /// A store that has never had a user writes the request bare, as
+    /// before auth existed (so members of an older version still read its
+    /// log); the apply treats a bare client write as anonymous.
+    pub(crate) fn wrap(&self, who: Option<&AuthInfo>, req: Request) -> Request {
+        let a = self.auth_state();
+        if who.is_none() && !a.enabled && a.users.is_empty() {
+            return req;
+        }
         Request::As {
             user: who.map(|w| w.user.clone()).unwrap_or_default(),
             revision: who.map_or(0, |w| w.revision),
@@ -145,14 +152,30 @@ impl Store {
         }
     }
 
+    /// A request the store makes itself (lease expiry) as the root user,
+    /// when auth is on.
+    pub(crate) fn as_root(&self, req: Request) -> Request {
+        let a = self.auth_state();
+        if !a.enabled {
+            return req;
+        }
+        Request::As {
+            user: super::ROOT.to_string(),
+            revision: a.revision,
+            req: Box::new(req),
+        }
+    }
+
     /// Proposes one auth change as `who`; the token an Authenticate
     /// issued (empty otherwise).
     async fn propose_auth(&self, who: Option<&AuthInfo>, a: AuthRequest) -> Result<String> {
-        match self
-            .propose(Self::wrap(who, Request::Auth(a)))
-            .await?
-            .response?
-        {
+        // Always wrapped: the apply checks the root role.
+        let req = Request::As {
+            user: who.map(|w| w.user.clone()).unwrap_or_default(),
+            revision: who.map_or(0, |w| w.revision),
+            req: Box::new(Request::Auth(a)),
+        };
+        match self.propose(req).await?.response? {
             Response::Auth { token } => Ok(token),
             other => Err(Error::Internal(format!("unexpected answer {other:?}"))),
         }

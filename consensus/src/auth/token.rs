@@ -61,7 +61,7 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone)]
 pub enum TokenKind {
     Simple,
-    Jwt(JwtConfig),
+    Jwt(Box<JwtConfig>),
 }
 
 /// A JWT key set, loaded and checked at start.
@@ -94,10 +94,10 @@ enum Alg {
 
 impl Alg {
     fn parse(s: &str) -> Option<Self> {
-        let bits = match &s.get(2..)? {
-            &"256" => 256,
-            &"384" => 384,
-            &"512" => 512,
+        let bits = match s.get(2..)? {
+            "256" => 256,
+            "384" => 384,
+            "512" => 512,
             _ => return None,
         };
         match s.get(..2)? {
@@ -346,10 +346,10 @@ impl JwtConfig {
             .ok()?
             .as_secs_f64();
         // golang-jwt: exp, iat and nbf are checked when present.
-        if let Some(exp) = claims.get("exp") {
-            if now > exp.as_f64()? {
-                return None;
-            }
+        if let Some(exp) = claims.get("exp")
+            && now > exp.as_f64()?
+        {
+            return None;
         }
         for past in ["iat", "nbf"] {
             if let Some(t) = claims.get(past)
@@ -471,7 +471,7 @@ pub fn parse_auth_token(s: &str) -> Result<TokenKind, String> {
                     tracing::warn!(option = %k, "unknown JWT option");
                 }
             }
-            JwtConfig::from_options(&opts).map(TokenKind::Jwt)
+            JwtConfig::from_options(&opts).map(|j| TokenKind::Jwt(Box::new(j)))
         }
         other => Err(format!(
             "auth: unknown token type {other:?} (simple or jwt)"

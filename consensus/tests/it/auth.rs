@@ -254,6 +254,42 @@ async fn lease_keys_and_from_key_watches_need_read_on_every_key() {
     assert!(second.created && !second.canceled, "{second:?}");
 }
 
+/// Lease expiry goes on with auth on: the store revokes as root (etcd's
+/// WithRoot), so keys the anonymous caller could never delete still go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_with_auth_on() {
+    let s = TestServer::start_with(|c| {
+        fast(c);
+        c.min_lease_ttl = 1;
+    })
+    .await;
+    let (root, alice) = setup(&s.endpoint).await;
+    let mut lease = pb::lease_client::LeaseClient::new(alice.ch.clone());
+    let id = lease
+        .lease_grant(alice.req(pb::LeaseGrantRequest { ttl: 1, id: 0 }))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut p = put("/app/ephemeral", "v");
+    p.lease = id;
+    alice.kv().put(alice.req(p)).await.unwrap();
+    let kv = root.kv();
+    lookout_testkit::wait_for("lease expiry", Duration::from_secs(10), || {
+        let (mut kv, r) = (kv.clone(), root.req(get("/app/ephemeral")));
+        async move {
+            kv.range(r)
+                .await
+                .ok()?
+                .into_inner()
+                .kvs
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_grants_and_bad_tokens_get_etcds_errors() {
     let s = TestServer::start_with(fast).await;
