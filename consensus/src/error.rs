@@ -52,6 +52,9 @@ pub enum Error {
     /// The member asked is not the leader (peers retry elsewhere).
     #[error("etcdserver: not leader")]
     NotLeader,
+    /// MoveLeader to a member that is not a voting member.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
     #[error("etcdserver: member ID already exist")]
     MemberExist,
     #[error("etcdserver: Peer URLs already exists")]
@@ -147,6 +150,7 @@ impl Error {
             | Error::MemberExist
             | Error::PeerUrlExist
             | Error::MemberNotLearner
+            | Error::BadLeaderTransferee
             | Error::LearnerNotReady
             | Error::NotEnoughStartedMembers => Code::FailedPrecondition,
             Error::TooManyRequests | Error::NoSpace => Code::ResourceExhausted,

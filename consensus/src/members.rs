@@ -354,7 +354,13 @@ impl Store {
         Ok(HashKvResponse {
             header: self.header(st.rev),
             hash: h.finalize(),
-            compact_revision: st.compact_rev,
+            // etcd's store starts with compactMainRev = -1: a never
+            // compacted store answers -1, not 0.
+            compact_revision: if st.compact_rev == 0 {
+                -1
+            } else {
+                st.compact_rev
+            },
         })
     }
 

@@ -403,6 +403,12 @@ impl pb::lease_server::Lease for EtcdService {
 
 // === impl Cluster ===
 
+/// The Cluster API's header names the cluster, the member and the term, and
+/// no revision (etcd's `ClusterServer.header`).
+fn cluster_header(h: Option<pb::ResponseHeader>) -> Option<pb::ResponseHeader> {
+    h.map(|h| pb::ResponseHeader { revision: 0, ..h })
+}
+
 /// Client URLs as the Cluster API lists them: `http://host:port` becomes
 /// `host:port`. etcdctl dials listed URLs for per-endpoint calls
 /// (`endpoint status --cluster`, `defrag --cluster`) with the whole URL as
@@ -436,6 +442,7 @@ impl pb::cluster_server::Cluster for EtcdService {
             .await
             .map(|mut a| {
                 a.members = dial_form(a.members);
+                a.header = cluster_header(a.header);
                 Response::new(a)
             })
             .map_err(to_status)
@@ -451,6 +458,7 @@ impl pb::cluster_server::Cluster for EtcdService {
             .await
             .map(|mut a| {
                 a.members = dial_form(a.members);
+                a.header = cluster_header(a.header);
                 Response::new(a)
             })
             .map_err(to_status)
@@ -467,6 +475,7 @@ impl pb::cluster_server::Cluster for EtcdService {
             .await
             .map(|mut a| {
                 a.members = dial_form(a.members);
+                a.header = cluster_header(a.header);
                 Response::new(a)
             })
             .map_err(to_status)
@@ -475,6 +484,7 @@ impl pb::cluster_server::Cluster for EtcdService {
     async fn member_list(&self, _r: Request<pb::MemberListRequest>) -> Rpc<pb::MemberListResponse> {
         let mut l = self.store.member_list().await;
         l.members = dial_form(l.members);
+        l.header = cluster_header(l.header);
         Ok(Response::new(l))
     }
 
@@ -488,6 +498,7 @@ impl pb::cluster_server::Cluster for EtcdService {
             .await
             .map(|mut a| {
                 a.members = dial_form(a.members);
+                a.header = cluster_header(a.header);
                 Response::new(a)
             })
             .map_err(to_status)
@@ -500,12 +511,16 @@ impl pb::cluster_server::Cluster for EtcdService {
 impl pb::maintenance_server::Maintenance for EtcdService {
     type SnapshotStream = BoxStream<pb::SnapshotResponse>;
 
+    /// etcd's Alarm answer carries no header.
     async fn alarm(&self, r: Request<pb::AlarmRequest>) -> Rpc<pb::AlarmResponse> {
         self.who(&r).await?;
         self.store
             .alarm(r.into_inner())
             .await
-            .map(Response::new)
+            .map(|mut a| {
+                a.header = None;
+                Response::new(a)
+            })
             .map_err(to_status)
     }
 
@@ -520,9 +535,8 @@ impl pb::maintenance_server::Maintenance for EtcdService {
     async fn defragment(&self, r: Request<pb::DefragmentRequest>) -> Rpc<pb::DefragmentResponse> {
         self.maintenance_admin(&r).await?;
         self.store.defragment().await.map_err(to_status)?;
-        Ok(Response::new(pb::DefragmentResponse {
-            header: self.store.header(self.store.revision()),
-        }))
+        // etcd answers an empty message, header included.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, r: Request<pb::HashRequest>) -> Rpc<pb::HashResponse> {
@@ -549,15 +563,23 @@ impl pb::maintenance_server::Maintenance for EtcdService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// etcd answers MoveLeader only on the leader, refuses a target that is
+    /// not a voting member, and answers with no header.
     async fn move_leader(&self, r: Request<pb::MoveLeaderRequest>) -> Rpc<pb::MoveLeaderResponse> {
         let target = r.into_inner().target_id;
-        if !self.store.members().iter().any(|m| m.id == target) {
-            return Err(to_status(Error::MemberNotFound));
+        if !self.store.is_leader() {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if !self
+            .store
+            .members()
+            .iter()
+            .any(|m| m.id == target && !m.is_learner)
+        {
+            return Err(to_status(Error::BadLeaderTransferee));
         }
         if self.store.leader_id() == Some(target) {
-            return Ok(Response::new(pb::MoveLeaderResponse {
-                header: self.store.header(self.store.revision()),
-            }));
+            return Ok(Response::new(pb::MoveLeaderResponse { header: None }));
         }
         // openraft 0.9 has no leadership transfer.
         Err(unsupported("MoveLeader"))

@@ -306,12 +306,14 @@ impl Gateway {
                 AuthServer::new(crate::auth::AuthService::new(shared.clone()))
                     .max_decoding_message_size(max_recv),
             );
+        let api = crate::api::GatewayApi::new(shared.clone());
+        let routes = crate::concurrency::add_routes(routes.routes(), &api, max_recv);
         // etcd serves /metrics and /health on its client port too; curl
         // speaks HTTP/1.1 there, gRPC clients HTTP/2.
         // The HTTP/JSON API (etcd's /v3 paths, the readable /v1) shares
         // the port too, served from the cache like the gRPC services.
         let http_api = crate::http::router(
-            crate::http::GatewayApi::new(shared.clone()),
+            api,
             crate::http::HttpConfig {
                 max_request_bytes: max_recv
                     .min(crate::http::HttpConfig::default().max_request_bytes),
@@ -322,7 +324,6 @@ impl Gateway {
         );
         let router = crate::http::with_fallback(
             routes
-                .routes()
                 .into_axum_router()
                 .merge(crate::http::ops::router(shared.clone()))
                 .merge(http_api),

@@ -25,13 +25,11 @@
 //! the last event of a revision), and never encode an event per watcher
 //! when the backend shares encodings (the gateway's `CachedEvent`s).
 
-mod api;
 mod body;
 mod error;
-mod gateway_api;
 pub(crate) mod ops;
 mod serve;
-mod text;
+pub(crate) mod text;
 mod v1;
 mod v3;
 mod version;
@@ -47,9 +45,9 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use tokio::sync::watch as signal;
 
-pub(crate) use gateway_api::GatewayApi;
-
-pub use api::{ApiResult, EtcdApi, KeepAlives, WatchEvent, WatchReplies, WatchReply};
+pub use crate::api::{
+    ApiResult, EtcdApi, KeepAlives, StoreApi, WatchEvent, WatchReplies, WatchReply,
+};
 pub use error::{HttpError, http_status};
 pub use serve::{fallback, serve, serve_store, serve_store_tls, with_fallback};
 pub use text::event_line;
@@ -106,6 +104,9 @@ pub struct HttpMetrics {
 #[derive(Debug)]
 pub(crate) struct HttpState<A> {
     pub(crate) api: A,
+    /// Lock and Election over the same backend.
+    pub(crate) lock: crate::concurrency::LockService<A>,
+    pub(crate) election: crate::concurrency::ElectionService<A>,
     pub(crate) cfg: HttpConfig,
     pub(crate) metrics: Arc<HttpMetrics>,
     /// Flips to true when the server stops: open streams end on it.
@@ -123,6 +124,8 @@ pub fn router<A: EtcdApi>(
     stop: signal::Receiver<bool>,
 ) -> Router {
     let state = Arc::new(HttpState {
+        lock: crate::concurrency::LockService::new(api.clone()),
+        election: crate::concurrency::ElectionService::new(api.clone()),
         api,
         cfg,
         metrics: metrics.clone(),
@@ -159,25 +162,26 @@ fn finish(metrics: &HttpMetrics, mut r: Response) -> Response {
     r
 }
 
-/// Every HTTP path, for the listing at `/` and in 404 answers.
-pub const API_PATHS: &[&str] = &[
-    "POST /v3/kv/range",
-    "POST /v3/kv/put",
-    "POST /v3/kv/deleterange",
-    "POST /v3/kv/txn",
-    "POST /v3/kv/compaction",
-    "POST /v3/lease/grant",
-    "POST /v3/lease/revoke",
-    "POST /v3/lease/timetolive",
-    "POST /v3/lease/leases",
-    "POST /v3/lease/keepalive",
-    "POST /v3/watch",
-    "POST /v3/maintenance/status",
-    "POST /v3/cluster/member/list",
-    "GET /version",
-    "GET /v1/kv/<key>[?rev=N&serializable=true]",
-    "GET /v1/kv/<prefix>?prefix=true[&rev=N&limit=N&keys_only=true&count_only=true]",
-    "PUT /v1/kv/<key>[?lease=ID&prev_kv=true]",
-    "DELETE /v1/kv/<key>[?prefix=true&prev_kv=true]",
-    "GET /v1/watch/<key>[?prefix=true&rev=N] (NDJSON; Accept: text/event-stream for SSE)",
-];
+/// Every HTTP path, for the listing at `/` and in 404 answers: etcd's
+/// JSON gateway paths under `/v3` (also served under `/v3beta` and
+/// `/v3alpha`), the readable `/v1` API and `/version`.
+pub fn api_paths() -> Vec<String> {
+    let mut v: Vec<String> = v3::PATHS.iter().map(|p| format!("POST /v3{p}")).collect();
+    v.push(format!(
+        "(every /v3 path also under {})",
+        v3::PREFIXES[1..].join(" and ")
+    ));
+    v.extend(
+        [
+            "GET /v1/kv/<key>[?rev=N&serializable=true]",
+            "GET /v1/kv/<prefix>?prefix=true[&rev=N&limit=N&keys_only=true&count_only=true]",
+            "PUT /v1/kv/<key>[?lease=ID&prev_kv=true]",
+            "DELETE /v1/kv/<key>[?prefix=true&prev_kv=true]",
+            "GET /v1/watch/<key>[?prefix=true&rev=N] (NDJSON; Accept: text/event-stream for SSE)",
+            "GET /version",
+            "GET /health, /livez, /readyz, /metrics",
+        ]
+        .map(String::from),
+    );
+    v
+}
