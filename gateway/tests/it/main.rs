@@ -9,6 +9,7 @@ mod crash;
 mod drain;
 mod etcdctl_session;
 mod harness;
+mod http_access;
 mod http_client;
 mod http_endpoints;
 mod http_etcd_compat;
