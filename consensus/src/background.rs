@@ -142,7 +142,11 @@ async fn expiry_loop(w: Weak<Inner>) {
             due
         };
         for id in due {
-            match store.propose(Request::LeaseRevoke { id }).await {
+            // With auth on, the store revokes as root (etcd's WithRoot):
+            // the apply would refuse an anonymous revoke of a lease with
+            // keys. A refusal (the auth state moved) is retried next tick.
+            let req = store.as_root(Request::LeaseRevoke { id });
+            match store.propose(req).await {
                 Ok(_) => tracing::debug!(lease = id, "lease expired"),
                 Err(Error::Stopped) => return,
                 Err(e) => tracing::warn!(lease = id, error = %e, "lease expiry failed; retrying"),

@@ -22,6 +22,8 @@
 //!        -> 32 KiB chunks + sha256; `restore` writes a new member's data dir
 //!  TLS (tls.rs): reloading rustls acceptor for client and peer listeners,
 //!        peer clients dial https:// peer URLs with the peer certificate
+//!  auth (auth/): users, roles, permissions and the enabled flag as
+//!        replicated state; tokens; checks at the places etcd makes them
 //! ```
 //!
 //! It must never depend on the cache or the gateway, never acknowledge a
@@ -30,6 +32,7 @@
 //! it), and never hold a whole snapshot in memory.
 
 pub mod apply;
+pub mod auth;
 pub mod backend;
 mod background;
 pub mod cluster;

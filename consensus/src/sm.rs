@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     /// The raft log's durability, set once the log is open: redb may hold
     /// applied entries the log has not synced yet (see the module doc).
     pub log_durable: std::sync::OnceLock<Arc<crate::log_store::Durability>>,
+    /// This member's auth tokens: applied Authenticates add simple ones.
+    pub tokens: Arc<crate::auth::Tokens>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -96,7 +98,16 @@ impl Shared {
     ///
     /// # Errors
     /// The file cannot be opened or read.
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<Arc<Self>> {
+        Self::open_with(dir, Arc::new(crate::auth::Tokens::new(Default::default())))
+    }
+
+    /// [`Shared::open`] with the member's token provider.
+    ///
+    /// # Errors
+    /// As [`Shared::open`].
+    pub fn open_with(dir: &Path, tokens: Arc<crate::auth::Tokens>) -> Result<Arc<Self>> {
         let db = backend::open_db(dir)?;
         let state = backend::load_state(&db)?;
         let membership = read_membership(&db)?;
@@ -118,6 +129,7 @@ impl Shared {
             snapshots_installed: AtomicU64::new(0),
             snapshots_built: AtomicU64::new(0),
             log_durable: std::sync::OnceLock::new(),
+            tokens,
         }))
     }
 
@@ -201,6 +213,11 @@ pub(crate) fn defragment(sh: &Shared) -> Result<(u64, u64)> {
                 let (k, v) = row?;
                 raft_sm.insert(k.value(), v.value())?;
             }
+            let mut auth = w.open_table(crate::auth::AUTH)?;
+            for row in r.open_table(crate::auth::AUTH)?.iter()? {
+                let (k, v) = row?;
+                auth.insert(k.value(), v.value())?;
+            }
         }
         w.commit()?;
     }
@@ -261,6 +278,8 @@ struct Prepared {
     membership: Option<StoredMembership>,
     /// Granted (with TTL) or revoked leases, for the expiry timers.
     leases: Vec<(i64, Option<i64>)>,
+    /// Simple tokens issued or revoked, for this member's token table.
+    tokens: Vec<crate::auth::TokenEvent>,
 }
 
 impl StateMachine {
@@ -292,6 +311,7 @@ impl StateMachine {
         let mut replies = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
         let mut leases: Vec<(i64, Option<i64>)> = Vec::new();
+        let mut tokens = Vec::new();
         let mut membership = None;
         {
             let mut ap = Applier::new(&txn)?;
@@ -307,7 +327,7 @@ impl StateMachine {
                             if !a.events.is_empty() {
                                 events.push((a.revision, a.events));
                             }
-                            match (&a.response, req) {
+                            match (&a.response, req.inner()) {
                                 (Ok(Response::LeaseGrant(g)), _) => {
                                     leases.push((g.id, Some(g.ttl)))
                                 }
@@ -316,6 +336,7 @@ impl StateMachine {
                                 }
                                 _ => {}
                             }
+                            tokens.extend(crate::auth::token_event(req, &a.response));
                             out.push(Reply {
                                 response: a.response,
                                 revision: a.revision,
@@ -343,6 +364,7 @@ impl StateMachine {
             events,
             membership,
             leases,
+            tokens,
         })
     }
 
@@ -355,6 +377,7 @@ impl StateMachine {
             events,
             membership,
             leases,
+            tokens,
         } = p;
         let rev = state.rev;
         sh.state.store(Arc::new(state));
@@ -363,6 +386,9 @@ impl StateMachine {
         sh.hub.publish(&events, rev);
         if let Some(m) = membership {
             sh.membership.store(Arc::new(m));
+        }
+        for ev in tokens {
+            sh.tokens.on_event(ev);
         }
         if !leases.is_empty() {
             let now = Instant::now();
@@ -522,6 +548,9 @@ pub(crate) const TAG_KV: u8 = 1;
 pub(crate) const TAG_LEASE: u8 = 2;
 const TAG_ALARM: u8 = 3;
 const TAG_RAFT_SM: u8 = 4;
+/// Auth rows (users, roles, flag, revision). A store that never used auth
+/// writes none, so its snapshots read on members built before auth.
+pub(crate) const TAG_AUTH: u8 = 5;
 
 /// Writer that keeps a running CRC of everything written.
 struct CrcWriter<W: Write> {
@@ -609,6 +638,10 @@ fn build(sh: &Shared) -> Result<(SnapshotMeta, PathBuf)> {
     for row in tx.open_table(RAFT_SM)?.iter()? {
         let (k, v) = row?;
         put_row(&mut w, TAG_RAFT_SM, k.value().as_bytes(), v.value())?;
+    }
+    for row in tx.open_table(crate::auth::AUTH)?.iter()? {
+        let (k, v) = row?;
+        put_row(&mut w, TAG_AUTH, k.value(), v.value())?;
     }
     w.write_all(&[TAG_END])?;
     let crc = w.crc.clone().finalize();
@@ -723,11 +756,13 @@ fn install(sh: &Shared, meta: &SnapshotMeta, mut file: std::fs::File) -> Result<
     txn.delete_table(LEASES)?;
     txn.delete_table(ALARMS)?;
     txn.delete_table(RAFT_SM)?;
+    txn.delete_table(crate::auth::AUTH)?;
     {
         let mut kv = txn.open_table(KV)?;
         let mut leases = txn.open_table(LEASES)?;
         let mut alarms = txn.open_table(ALARMS)?;
         let mut raft_sm = txn.open_table(RAFT_SM)?;
+        let mut auth = txn.open_table(crate::auth::AUTH)?;
         loop {
             let tag = take(&mut r, 1)?[0];
             if tag == TAG_END {
@@ -755,6 +790,9 @@ fn install(sh: &Shared, meta: &SnapshotMeta, mut file: std::fs::File) -> Result<
                 TAG_RAFT_SM => {
                     let key = String::from_utf8(k).map_err(|_| bad("raft_sm key"))?;
                     raft_sm.insert(key.as_str(), v.as_slice())?;
+                }
+                TAG_AUTH => {
+                    auth.insert(k.as_slice(), v.as_slice())?;
                 }
                 _ => return Err(bad("unknown row tag")),
             }

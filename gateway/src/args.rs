@@ -26,6 +26,13 @@ pub struct GatewayArgs {
     /// Also serve /metrics and /health here (host:port or http://host:port).
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// HTTP API: origins allowed by CORS, comma separated (`*`: any).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub cors: Vec<String>,
+    /// HTTP API over plain HTTP: accepted Host names (`*`: any), against
+    /// DNS rebinding.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub host_whitelist: Vec<String>,
     /// Cache only keys under this prefix (repeatable; default: all keys).
     #[arg(long = "prefix")]
     pub prefixes: Vec<String>,
@@ -193,6 +200,10 @@ impl GatewayArgs {
         let mut c = GatewayConfig::new(self.endpoints.iter().cloned());
         c.advertise_client_url = self.advertise_client_url.clone();
         c.metrics_addr = self.metrics_addr.clone();
+        c.http_access = crate::http::Access {
+            cors: self.cors.clone(),
+            host_whitelist: self.host_whitelist.clone(),
+        };
         c.prefixes = self
             .prefixes
             .iter()

@@ -204,6 +204,23 @@ pub struct StoreArgs {
     /// --peer-trusted-ca-file.
     #[arg(long)]
     pub peer_client_cert_auth: bool,
+    /// Auth token kind and options: `simple`, or
+    /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256,ttl=5m` (etcd's).
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Lifetime of a simple token after its last use, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of password hashes (4 to 31).
+    #[arg(long, default_value_t = 10)]
+    pub bcrypt_cost: u32,
+    /// HTTP API: origins allowed by CORS, comma separated (`*`: any).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub cors: Vec<String>,
+    /// HTTP API over plain HTTP: accepted Host names (`*`: any), against
+    /// DNS rebinding.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub host_whitelist: Vec<String>,
 }
 
 /// `lookout dev` flags.
@@ -387,6 +404,17 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     cfg.auto_compaction =
         parse_auto_compaction(&a.auto_compaction_mode, &a.auto_compaction_retention)?;
     let client_tls = a.tls.files()?;
+    let access = lookout_gateway::http::Access {
+        cors: a.cors.clone(),
+        host_whitelist: a.host_whitelist.clone(),
+    };
+    cfg.auth = lookout_consensus::auth::AuthConfig {
+        token: lookout_consensus::auth::parse_auth_token(&a.auth_token)
+            .map_err(|e| CliError::BadFlag(format!("--auth-token: {e}")))?,
+        simple_ttl: Duration::from_secs(a.auth_token_ttl),
+        bcrypt_cost: a.bcrypt_cost,
+        client_cert_auth: a.tls.client_cert_auth,
+    };
     cfg.peer_tls = lookout_consensus::tls::TlsFiles::from_flags(
         a.peer_cert_file.as_deref(),
         a.peer_key_file.as_deref(),
@@ -403,7 +431,7 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
         reload_interval: a.tls.tls_reload_interval,
         ..f
     });
-    serve_member(cfg, client_tls, &addrs, &peer_addrs).await
+    serve_member(cfg, client_tls, access, &addrs, &peer_addrs).await
 }
 
 /// etcd's `--auto-compaction-mode` / `--auto-compaction-retention`: a
@@ -570,6 +598,7 @@ async fn bind_all(addrs: &[String]) -> Result<Vec<TcpListener>, CliError> {
 async fn serve_member(
     cfg: StoreConfig,
     client_tls: Option<lookout_consensus::tls::TlsFiles>,
+    access: lookout_gateway::http::Access,
     addrs: &[String],
     peer_addrs: &[String],
 ) -> Result<(), CliError> {
@@ -610,6 +639,7 @@ async fn serve_member(
         let store = store.clone();
         let http = lookout_gateway::http::HttpConfig {
             max_request_bytes: store.config().max_request_bytes,
+            access: access.clone(),
             ..Default::default()
         };
         let metrics = http_metrics.clone();

@@ -25,6 +25,8 @@ pub struct GatewayConfig {
     pub advertise_client_url: Option<String>,
     /// Where to serve `/metrics` and `/health` besides the client port.
     pub metrics_addr: Option<String>,
+    /// `--cors` and `--host-whitelist` of the HTTP API.
+    pub http_access: crate::http::Access,
     /// Longest a linearizable read waits for the cache to reach the store's
     /// revision before answering Unavailable.
     pub read_timeout: Duration,
@@ -63,6 +65,7 @@ impl GatewayConfig {
             prefixes: Vec::new(),
             advertise_client_url: None,
             metrics_addr: None,
+            http_access: Default::default(),
             read_timeout: Duration::from_secs(5),
             write_wait_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),

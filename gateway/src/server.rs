@@ -317,6 +317,7 @@ impl Gateway {
             crate::http::HttpConfig {
                 max_request_bytes: max_recv
                     .min(crate::http::HttpConfig::default().max_request_bytes),
+                access: shared.config.http_access.clone(),
                 ..Default::default()
             },
             shared.metrics.http.clone(),

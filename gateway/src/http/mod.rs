@@ -25,6 +25,7 @@
 //! the last event of a revision), and never encode an event per watcher
 //! when the backend shares encodings (the gateway's `CachedEvent`s).
 
+mod access;
 mod body;
 mod error;
 pub(crate) mod ops;
@@ -41,13 +42,13 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use tokio::sync::watch as signal;
 
 pub use crate::api::{
     ApiResult, EtcdApi, KeepAlives, StoreApi, WatchEvent, WatchReplies, WatchReply,
 };
+pub use access::Access;
 pub use error::{HttpError, http_status};
 pub use serve::{fallback, serve, serve_store, serve_store_tls, with_fallback};
 pub use text::event_line;
@@ -65,6 +66,8 @@ pub struct HttpConfig {
     /// A `/v1/watch` stream with no event for this long asks for progress
     /// and writes a progress line carrying the revision.
     pub progress_interval: Duration,
+    /// `--cors` and `--host-whitelist` (etcd's defaults: any).
+    pub access: Access,
 }
 
 impl Default for HttpConfig {
@@ -72,6 +75,7 @@ impl Default for HttpConfig {
         Self {
             max_request_bytes: lookout_consensus::config::DEFAULT_MAX_REQUEST_BYTES,
             progress_interval: Duration::from_secs(10),
+            access: Access::default(),
         }
     }
 }
@@ -123,6 +127,7 @@ pub fn router<A: EtcdApi>(
     metrics: Arc<HttpMetrics>,
     stop: signal::Receiver<bool>,
 ) -> Router {
+    let access = Arc::new(cfg.access.clone());
     let state = Arc::new(HttpState {
         lock: crate::concurrency::LockService::new(api.clone()),
         election: crate::concurrency::ElectionService::new(api.clone()),
@@ -134,31 +139,20 @@ pub fn router<A: EtcdApi>(
     v3::routes::<A>()
         .merge(v1::routes::<A>())
         .with_state(state)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            access::check(access.clone(), req, next)
+        }))
         .layer(axum::middleware::map_response(move |r| {
             let m = metrics.clone();
             async move { finish(&m, r) }
         }))
 }
 
-/// Every HTTP answer: counted, and with the CORS headers etcd's gateway
-/// sends, so browser pages (EventSource) can read it.
-fn finish(metrics: &HttpMetrics, mut r: Response) -> Response {
+/// Every HTTP answer is counted (CORS headers: `access.rs`).
+fn finish(metrics: &HttpMetrics, r: Response) -> Response {
     metrics
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let h = r.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("accept, content-type, authorization, last-event-id"),
-    );
     r
 }
 

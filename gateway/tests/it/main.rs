@@ -2,12 +2,14 @@
 //! store: one binary, one module per concern (`http_*`: the HTTP/JSON API).
 
 mod admin;
+mod auth_vs_etcd;
 mod authz;
 mod config_env;
 mod crash;
 mod drain;
 mod etcdctl_session;
 mod harness;
+mod http_access;
 mod http_client;
 mod http_endpoints;
 mod http_etcd_compat;
