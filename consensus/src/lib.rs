@@ -22,6 +22,9 @@
 //!        -> 32 KiB chunks + sha256; `restore` writes a new member's data dir
 //!  TLS (tls.rs): reloading rustls acceptor for client and peer listeners,
 //!        peer clients dial https:// peer URLs with the peer certificate
+//!  metrics (metrics.rs): etcd's etcd_server_*, etcd_disk_*, etcd_mvcc_*,
+//!        etcd_network_peer_* and etcd_debugging_* families, updated by the
+//!        parts above with relaxed atomics, rendered by Store::render_metrics
 //! ```
 //!
 //! It must never depend on the cache or the gateway, never acknowledge a
@@ -40,6 +43,7 @@ mod hub;
 pub mod keyindex;
 pub mod log_store;
 mod members;
+pub mod metrics;
 pub mod peer;
 mod proposer;
 pub mod request;

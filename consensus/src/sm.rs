@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     /// The raft log's durability, set once the log is open: redb may hold
     /// applied entries the log has not synced yet (see the module doc).
     pub log_durable: std::sync::OnceLock<Arc<crate::log_store::Durability>>,
+    /// etcd's counters and histograms of this member (`metrics.rs`).
+    pub metrics: crate::metrics::StoreMetrics,
 }
 
 impl std::fmt::Debug for Shared {
@@ -118,6 +120,7 @@ impl Shared {
             snapshots_installed: AtomicU64::new(0),
             snapshots_built: AtomicU64::new(0),
             log_durable: std::sync::OnceLock::new(),
+            metrics: Default::default(),
         }))
     }
 
@@ -164,6 +167,24 @@ impl Shared {
     }
 }
 
+/// `etcd_disk_defrag_inflight` while alive; observes the duration on drop
+/// (a failed defragment counts too, as in etcd).
+struct DefragTimer<'a>(&'a crate::metrics::StoreMetrics, Instant);
+
+impl<'a> DefragTimer<'a> {
+    fn start(m: &'a crate::metrics::StoreMetrics) -> Self {
+        m.defrag_inflight.fetch_add(1, Ordering::Relaxed);
+        Self(m, Instant::now())
+    }
+}
+
+impl Drop for DefragTimer<'_> {
+    fn drop(&mut self) {
+        self.0.backend_defrag.since(self.1);
+        self.0.defrag_inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Rewrites the MVCC file compactly (etcd's defragment): every table is
 /// copied into a fresh file, which atomically replaces the old one;
 /// readers still on the old file finish there. Applies wait meanwhile.
@@ -171,6 +192,7 @@ pub(crate) fn defragment(sh: &Shared) -> Result<(u64, u64)> {
     let path = sh.dir.join("lookout.redb");
     let tmp = sh.dir.join("lookout.redb.defrag");
     let _file = sh.file_lock.lock().expect("file lock");
+    let _timer = DefragTimer::start(&sh.metrics);
     // The copy is committed durably: it must hold synced entries only.
     sh.settle()?;
     let before = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -303,15 +325,19 @@ impl StateMachine {
                     EntryPayload::Normal(batch) => {
                         let mut out = Vec::with_capacity(batch.0.len());
                         for req in &batch.0 {
+                            sh.metrics.count_request(req);
                             let a = ap.apply(&mut working, e.log_id.index, req)?;
                             if !a.events.is_empty() {
                                 events.push((a.revision, a.events));
                             }
                             match (&a.response, req) {
                                 (Ok(Response::LeaseGrant(g)), _) => {
+                                    sh.metrics.leases_granted.fetch_add(1, Ordering::Relaxed);
+                                    sh.metrics.lease_ttl.observe(g.ttl as f64);
                                     leases.push((g.id, Some(g.ttl)))
                                 }
                                 (Ok(Response::LeaseRevoke(_)), Request::LeaseRevoke { id }) => {
+                                    sh.metrics.leases_revoked.fetch_add(1, Ordering::Relaxed);
                                     leases.push((*id, None))
                                 }
                                 _ => {}
@@ -336,7 +362,16 @@ impl StateMachine {
             txn.open_table(RAFT_SM)?
                 .insert(MEMBERSHIP_KEY, bytes.as_slice())?;
         }
+        if sh.metrics.in_use_due() {
+            // redb's allocated pages: what bolt calls the in-use size.
+            if let Ok(st) = txn.stats() {
+                let bytes = st.allocated_pages() * st.page_size() as u64;
+                sh.metrics.db_in_use_bytes.store(bytes, Ordering::Relaxed);
+            }
+        }
+        let commit = Instant::now();
         txn.commit()?;
+        sh.metrics.backend_commit.since(commit);
         Ok(Prepared {
             state: working,
             replies,
@@ -414,6 +449,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // still run) unless a whole-file operation (snapshot install,
         // defragment, purge's sync) holds the file, in which case it
         // waits off the async workers.
+        let started = Instant::now();
         let prepared = match self.try_apply_now(&entries) {
             Some(done) => done,
             None => {
@@ -424,6 +460,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        if started.elapsed() > crate::metrics::SLOW_APPLY {
+            self.shared
+                .metrics
+                .slow_apply
+                .fetch_add(1, Ordering::Relaxed);
+        }
         // Nothing takes effect before it is on this member's disk. The
         // fsync is usually a few tens of µs from done here: for a small
         // batch (few writers, so the CPU is mostly idle and latency is
@@ -479,10 +521,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         let meta = meta.clone();
         let file = snapshot.into_std().await;
-        tokio::task::spawn_blocking(move || install(&shared, &meta, file))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, e))
+        tokio::task::spawn_blocking(move || {
+            let m = &shared.metrics;
+            m.snapshot_apply_in_progress.fetch_add(1, Ordering::Relaxed);
+            let r = install(&shared, &meta, file);
+            m.snapshot_apply_in_progress.fetch_sub(1, Ordering::Relaxed);
+            r
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
@@ -499,10 +547,15 @@ pub(crate) struct SnapBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let shared = self.shared.clone();
-        let (meta, path) = tokio::task::spawn_blocking(move || build(&shared))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let (meta, path) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let r = build(&shared);
+            shared.metrics.backend_snapshot.since(started);
+            r
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let f = tokio::fs::File::open(&path)
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
