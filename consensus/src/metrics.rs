@@ -306,20 +306,21 @@ impl StoreMetrics {
             .is_ok()
     }
 
-    /// Counts one applied request (etcd counts the ops inside a txn too).
-    pub fn count_request(&self, req: &crate::request::Request) {
-        use crate::request::Request;
-        match req {
-            Request::Put(p) => self.count_put(p.key.len() + p.value.len()),
-            Request::DeleteRange(_) => {
+    /// Counts one applied request that succeeded, as etcd's MVCC layer
+    /// counts writes: puts and deletes, inside a txn those of the branch
+    /// that ran (and its ranges).
+    pub fn count_applied(
+        &self,
+        req: &crate::request::Request,
+        resp: &crate::Result<crate::request::Response>,
+    ) {
+        use crate::request::{Request, Response};
+        match (req, resp) {
+            (Request::Put(p), Ok(_)) => self.count_put(p.key.len() + p.value.len()),
+            (Request::DeleteRange(_), Ok(_)) => {
                 self.deletes.fetch_add(1, Relaxed);
             }
-            Request::Txn(t) => {
-                self.txns.fetch_add(1, Relaxed);
-                for op in t.success.iter().chain(&t.failure) {
-                    self.count_op(op);
-                }
-            }
+            (Request::Txn(t), Ok(Response::Txn(r))) => self.count_txn(t, r),
             _ => {}
         }
     }
@@ -329,22 +330,23 @@ impl StoreMetrics {
         self.put_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
-    fn count_op(&self, op: &lookout_proto::pb::RequestOp) {
+    fn count_txn(&self, t: &lookout_proto::pb::TxnRequest, r: &lookout_proto::pb::TxnResponse) {
         use lookout_proto::pb::request_op::Request as Op;
-        match &op.request {
-            Some(Op::RequestPut(p)) => self.count_put(p.key.len() + p.value.len()),
-            Some(Op::RequestDeleteRange(_)) => {
-                self.deletes.fetch_add(1, Relaxed);
-            }
-            Some(Op::RequestRange(_)) => {
-                self.ranges.fetch_add(1, Relaxed);
-            }
-            Some(Op::RequestTxn(t)) => {
-                for op in t.success.iter().chain(&t.failure) {
-                    self.count_op(op);
+        use lookout_proto::pb::response_op::Response as Rop;
+        self.txns.fetch_add(1, Relaxed);
+        let ops = if r.succeeded { &t.success } else { &t.failure };
+        for (op, res) in ops.iter().zip(&r.responses) {
+            match (&op.request, &res.response) {
+                (Some(Op::RequestPut(p)), _) => self.count_put(p.key.len() + p.value.len()),
+                (Some(Op::RequestDeleteRange(_)), _) => {
+                    self.deletes.fetch_add(1, Relaxed);
                 }
+                (Some(Op::RequestRange(_)), _) => {
+                    self.ranges.fetch_add(1, Relaxed);
+                }
+                (Some(Op::RequestTxn(t)), Some(Rop::ResponseTxn(r))) => self.count_txn(t, r),
+                _ => {}
             }
-            None => {}
         }
     }
 }

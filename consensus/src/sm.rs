@@ -325,8 +325,8 @@ impl StateMachine {
                     EntryPayload::Normal(batch) => {
                         let mut out = Vec::with_capacity(batch.0.len());
                         for req in &batch.0 {
-                            sh.metrics.count_request(req);
                             let a = ap.apply(&mut working, e.log_id.index, req)?;
+                            sh.metrics.count_applied(req, &a.response);
                             if !a.events.is_empty() {
                                 events.push((a.revision, a.events));
                             }

@@ -6,6 +6,7 @@ mod authz;
 mod config_env;
 mod crash;
 mod drain;
+mod etcd_metrics;
 mod etcdctl_session;
 mod harness;
 mod http_client;
