@@ -5,6 +5,7 @@ mod admin;
 mod authz;
 mod config_env;
 mod crash;
+mod deploy_files;
 mod drain;
 mod etcd_metrics;
 mod etcdctl_session;
