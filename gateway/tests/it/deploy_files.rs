@@ -252,7 +252,15 @@ fn installed_file(installed: &str) -> String {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
     for line in cargo.lines() {
         let parts: Vec<&str> = line.split('"').collect();
-        if parts.len() >= 4 && format!("/{}", parts[3]) == installed {
+        if parts.len() < 4 {
+            continue;
+        }
+        // A target ending in '/' is a directory: the file keeps its name.
+        let target = match parts[3].strip_suffix('/') {
+            Some(d) => format!("/{d}/{}", parts[1].rsplit('/').next().unwrap()),
+            None => format!("/{}", parts[3]),
+        };
+        if target == installed {
             return Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join(parts[1])
                 .display()
@@ -445,4 +453,44 @@ async fn probe_paths_answer_on_a_running_fleet() {
             assert_eq!((code, body.as_str()), (200, "ok\n"), "{sub} {path}");
         }
     }
+}
+
+/// The configurations README's "Operating a fleet" shows are ones the
+/// binary accepts (store and gateway YAML), and its Prometheus snippet
+/// names the rule files the package installs.
+#[test]
+fn readme_fleet_configs_are_accepted() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let start = readme.find("## Operating a fleet").expect("section");
+    let section = &readme[start..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
+    let section = &section[..end];
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = Vec::new();
+    for (i, block) in section.split("```yaml\n").skip(1).enumerate() {
+        let yaml = block.split("```").next().unwrap();
+        let sub = if yaml.contains("initial-cluster:") {
+            "store"
+        } else if yaml.contains("listen-addr:") {
+            "gateway"
+        } else {
+            assert!(yaml.contains("scrape_configs:"), "unknown block:\n{yaml}");
+            for rules in ["lookout-store.rules.yml", "lookout-gateway.rules.yml"] {
+                assert!(yaml.contains(&format!("/usr/share/lookout/prometheus/{rules}")));
+                installed_file(&format!("/usr/share/lookout/prometheus/{rules}"));
+            }
+            continue;
+        };
+        let f = dir.path().join(format!("{i}.yaml"));
+        std::fs::write(&f, yaml).unwrap();
+        accepts(
+            &[sub.into(), "--config".into(), f.display().to_string()],
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("README's {sub} config: {e}"));
+        checked.push(sub);
+    }
+    assert_eq!(checked, ["store", "gateway"]);
 }
