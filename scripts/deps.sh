@@ -34,12 +34,16 @@ fi
 
 # deploy/ checks (scripts/deploy-check.sh): promtool (Debian's prometheus
 # package; its server is not needed), systemd-analyze, curl, python3-venv
-# for kubernetes-validate, and cargo-deb at a pinned version.
+# for kubernetes-validate, adduser, and cargo-deb at a pinned version.
 deploy_pkgs=()
 command -v promtool >/dev/null 2>&1 || deploy_pkgs+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || deploy_pkgs+=(systemd)
 command -v curl >/dev/null 2>&1 || deploy_pkgs+=(curl)
-python3 -c 'import ensurepip' >/dev/null 2>&1 || deploy_pkgs+=(python3-venv)
+command -v python3 >/dev/null 2>&1 || deploy_pkgs+=(python3)
+# Debian's python3 makes venvs (with pip) only with python3-venv; the
+# package's Depends (adduser) must be present for a plain dpkg -i.
+dpkg -s python3-venv >/dev/null 2>&1 || deploy_pkgs+=(python3-venv)
+dpkg -s adduser >/dev/null 2>&1 || deploy_pkgs+=(adduser)
 if [ "${#deploy_pkgs[@]}" -gt 0 ]; then
     echo "installing ${deploy_pkgs[*]} from Debian (deploy/ checks)" >&2
     sudo_if_needed apt-get update -qq
