@@ -24,6 +24,9 @@
 //!        peer clients dial https:// peer URLs with the peer certificate
 //!  auth (auth/): users, roles, permissions and the enabled flag as
 //!        replicated state; tokens; checks at the places etcd makes them
+//!  metrics (metrics.rs): etcd's etcd_server_*, etcd_disk_*, etcd_mvcc_*,
+//!        etcd_network_peer_* and etcd_debugging_* families, updated by the
+//!        parts above with relaxed atomics, rendered by Store::render_metrics
 //! ```
 //!
 //! It must never depend on the cache or the gateway, never acknowledge a
@@ -43,6 +46,7 @@ mod hub;
 pub mod keyindex;
 pub mod log_store;
 mod members;
+pub mod metrics;
 pub mod peer;
 mod proposer;
 pub mod request;

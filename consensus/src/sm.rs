@@ -85,6 +85,8 @@ pub(crate) struct Shared {
     pub log_durable: std::sync::OnceLock<Arc<crate::log_store::Durability>>,
     /// This member's auth tokens: applied Authenticates add simple ones.
     pub tokens: Arc<crate::auth::Tokens>,
+    /// etcd's counters and histograms of this member (`metrics.rs`).
+    pub metrics: crate::metrics::StoreMetrics,
 }
 
 impl std::fmt::Debug for Shared {
@@ -130,6 +132,7 @@ impl Shared {
             snapshots_built: AtomicU64::new(0),
             log_durable: std::sync::OnceLock::new(),
             tokens,
+            metrics: Default::default(),
         }))
     }
 
@@ -176,6 +179,24 @@ impl Shared {
     }
 }
 
+/// `etcd_disk_defrag_inflight` while alive; observes the duration on drop
+/// (a failed defragment counts too, as in etcd).
+struct DefragTimer<'a>(&'a crate::metrics::StoreMetrics, Instant);
+
+impl<'a> DefragTimer<'a> {
+    fn start(m: &'a crate::metrics::StoreMetrics) -> Self {
+        m.defrag_inflight.fetch_add(1, Ordering::Relaxed);
+        Self(m, Instant::now())
+    }
+}
+
+impl Drop for DefragTimer<'_> {
+    fn drop(&mut self) {
+        self.0.backend_defrag.since(self.1);
+        self.0.defrag_inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Rewrites the MVCC file compactly (etcd's defragment): every table is
 /// copied into a fresh file, which atomically replaces the old one;
 /// readers still on the old file finish there. Applies wait meanwhile.
@@ -183,6 +204,7 @@ pub(crate) fn defragment(sh: &Shared) -> Result<(u64, u64)> {
     let path = sh.dir.join("lookout.redb");
     let tmp = sh.dir.join("lookout.redb.defrag");
     let _file = sh.file_lock.lock().expect("file lock");
+    let _timer = DefragTimer::start(&sh.metrics);
     // The copy is committed durably: it must hold synced entries only.
     sh.settle()?;
     let before = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -324,14 +346,18 @@ impl StateMachine {
                         let mut out = Vec::with_capacity(batch.0.len());
                         for req in &batch.0 {
                             let a = ap.apply(&mut working, e.log_id.index, req)?;
+                            sh.metrics.count_applied(req, &a.response);
                             if !a.events.is_empty() {
                                 events.push((a.revision, a.events));
                             }
                             match (&a.response, req.inner()) {
                                 (Ok(Response::LeaseGrant(g)), _) => {
+                                    sh.metrics.leases_granted.fetch_add(1, Ordering::Relaxed);
+                                    sh.metrics.lease_ttl.observe(g.ttl as f64);
                                     leases.push((g.id, Some(g.ttl)))
                                 }
                                 (Ok(Response::LeaseRevoke(_)), Request::LeaseRevoke { id }) => {
+                                    sh.metrics.leases_revoked.fetch_add(1, Ordering::Relaxed);
                                     leases.push((*id, None))
                                 }
                                 _ => {}
@@ -357,7 +383,16 @@ impl StateMachine {
             txn.open_table(RAFT_SM)?
                 .insert(MEMBERSHIP_KEY, bytes.as_slice())?;
         }
+        if sh.metrics.in_use_due() {
+            // redb's allocated pages: what bolt calls the in-use size.
+            if let Ok(st) = txn.stats() {
+                let bytes = st.allocated_pages() * st.page_size() as u64;
+                sh.metrics.db_in_use_bytes.store(bytes, Ordering::Relaxed);
+            }
+        }
+        let commit = Instant::now();
         txn.commit()?;
+        sh.metrics.backend_commit.since(commit);
         Ok(Prepared {
             state: working,
             replies,
@@ -440,6 +475,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // still run) unless a whole-file operation (snapshot install,
         // defragment, purge's sync) holds the file, in which case it
         // waits off the async workers.
+        let started = Instant::now();
         let prepared = match self.try_apply_now(&entries) {
             Some(done) => done,
             None => {
@@ -450,6 +486,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        if started.elapsed() > crate::metrics::SLOW_APPLY {
+            self.shared
+                .metrics
+                .slow_apply
+                .fetch_add(1, Ordering::Relaxed);
+        }
         // Nothing takes effect before it is on this member's disk. The
         // fsync is usually a few tens of µs from done here: for a small
         // batch (few writers, so the CPU is mostly idle and latency is
@@ -505,10 +547,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         let meta = meta.clone();
         let file = snapshot.into_std().await;
-        tokio::task::spawn_blocking(move || install(&shared, &meta, file))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, e))
+        tokio::task::spawn_blocking(move || {
+            let m = &shared.metrics;
+            m.snapshot_apply_in_progress.fetch_add(1, Ordering::Relaxed);
+            let r = install(&shared, &meta, file);
+            m.snapshot_apply_in_progress.fetch_sub(1, Ordering::Relaxed);
+            r
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
@@ -525,10 +573,15 @@ pub(crate) struct SnapBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let shared = self.shared.clone();
-        let (meta, path) = tokio::task::spawn_blocking(move || build(&shared))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let (meta, path) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let r = build(&shared);
+            shared.metrics.backend_snapshot.since(started);
+            r
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let f = tokio::fs::File::open(&path)
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;

@@ -258,6 +258,14 @@ impl Store {
         &self.inner.shared
     }
 
+    pub(crate) fn wal_stats(&self) -> &crate::metrics::WalStats {
+        self.inner.log.wal_stats()
+    }
+
+    pub(crate) fn peer_metrics(&self) -> &crate::metrics::PeerMetrics {
+        &self.inner.peers.stats
+    }
+
     /// A response header for `rev` with this member's IDs and raft term.
     pub fn header(&self, rev: i64) -> Option<ResponseHeader> {
         Some(ResponseHeader {
@@ -293,11 +301,20 @@ impl Store {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(Error::Stopped);
         }
-        let reply = self.inner.proposer.propose(self, req).await?;
-        // A follower gets its answer from the leader, possibly before it
-        // applied the entry itself: wait, so read-your-writes holds here.
-        self.wait_applied_rev(reply.revision).await?;
-        Ok(reply)
+        let m = &self.inner.shared.metrics;
+        let _pending = crate::metrics::Pending::new(&m.proposals_pending);
+        let reply = async {
+            let reply = self.inner.proposer.propose(self, req).await?;
+            // A follower gets its answer from the leader, possibly before it
+            // applied the entry itself: wait, so read-your-writes holds here.
+            self.wait_applied_rev(reply.revision).await?;
+            Ok(reply)
+        }
+        .await;
+        if reply.is_err() {
+            m.proposals_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        reply
     }
 
     async fn wait_applied_rev(&self, rev: i64) -> Result<()> {
@@ -428,6 +445,18 @@ impl Store {
     /// # Errors
     /// No leader or timeout.
     pub async fn read_index(&self) -> Result<()> {
+        let r = self.read_index_inner().await;
+        if let Err(e) = &r {
+            let m = &self.inner.shared.metrics;
+            m.read_indexes_failed.fetch_add(1, Ordering::Relaxed);
+            if matches!(e, Error::Timeout) {
+                m.slow_read_indexes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    async fn read_index_inner(&self) -> Result<()> {
         let index = match self.to_leader(Forward::ReadIndex).await? {
             ForwardOk::Index(i) => i,
             other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
@@ -507,12 +536,18 @@ impl Store {
         req: RangeRequest,
     ) -> Result<RangeResponse> {
         validate::check_range(&req)?;
+        self.count_range();
         if !req.serializable {
             self.read_index().await?;
         }
         let st = self.snapshot();
         Self::read_permitted(&st, who, &req)?;
         self.range_local(&st, &req)
+    }
+
+    fn count_range(&self) {
+        let m = &self.inner.shared.metrics;
+        m.ranges.fetch_add(1, Ordering::Relaxed);
     }
 
     fn read_permitted(st: &MvccState, who: Option<&AuthInfo>, req: &RangeRequest) -> Result<()> {
@@ -566,6 +601,7 @@ impl Store {
         req: RangeRequest,
     ) -> Result<bytes::Bytes> {
         validate::check_range(&req)?;
+        self.count_range();
         if !req.serializable {
             self.read_index().await?;
         }
@@ -758,6 +794,10 @@ impl Store {
     pub(crate) fn keep_alive_local(&self, id: i64) -> i64 {
         let st = self.snapshot();
         let mut exp = self.inner.shared.expiry.lock().expect("expiry map");
+        if st.leases.contains_key(&id) {
+            let m = &self.inner.shared.metrics;
+            m.leases_renewed.fetch_add(1, Ordering::Relaxed);
+        }
         match (st.leases.get(&id), exp.get_mut(&id)) {
             (Some(l), Some(deadline)) => {
                 *deadline = Instant::now() + Duration::from_secs(l.ttl as u64);

@@ -221,6 +221,10 @@ pub struct StoreArgs {
     /// DNS rebinding.
     #[arg(long, value_delimiter = ',', default_value = "*")]
     pub host_whitelist: Vec<String>,
+    /// `basic`, or `extensive` for per-method gRPC latency histograms
+    /// (`grpc_server_handling_seconds`), as etcd's `--metrics`.
+    #[arg(long, value_enum, default_value = "basic")]
+    pub metrics: lookout_gateway::telemetry::MetricsLevel,
 }
 
 /// `lookout dev` flags.
@@ -235,6 +239,11 @@ pub struct DevArgs {
     /// Secondary indexes of the gateway, as `lookout gateway --index`.
     #[arg(long = "index", value_parser = lookout_gateway::parse_index)]
     pub indexes: Vec<lookout_cache::IndexDef>,
+    /// `basic`, or `extensive` for per-method gRPC latency histograms, as
+    /// etcd's `--metrics`. `/metrics` on the client port carries the
+    /// gateway's families and the store's `etcd_*` ones.
+    #[arg(long, value_enum, default_value = "basic")]
+    pub metrics: lookout_gateway::telemetry::MetricsLevel,
 }
 
 /// Go-style durations as etcd's flags take them ("10m", "500ms"), the
@@ -431,7 +440,7 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
         reload_interval: a.tls.tls_reload_interval,
         ..f
     });
-    serve_member(cfg, client_tls, access, &addrs, &peer_addrs).await
+    serve_member(cfg, client_tls, access, &addrs, &peer_addrs, a.metrics).await
 }
 
 /// etcd's `--auto-compaction-mode` / `--auto-compaction-retention`: a
@@ -515,6 +524,13 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CliError> {
     let mut gcfg = GatewayConfig::new([store_addr.to_string()]);
     gcfg.advertise_client_url = Some(a.listen_client_urls.clone());
     gcfg.shutdown_timeout = Duration::from_secs(5);
+    gcfg.metrics = a.metrics;
+    // One port, both sets: the store's etcd_* families beside the
+    // gateway's (the gRPC families are the gateway's, whose port clients use).
+    let metered = store.clone();
+    gcfg.extra_metrics = Some(lookout_gateway::telemetry::ExtraMetrics(
+        std::sync::Arc::new(move |out: &mut String| metered.render_metrics(out)),
+    ));
     gcfg.cache.indexes = lookout_cache::IndexSet::new(a.indexes.clone()).map_err(|e| {
         CliError::from(GatewayError::BadFlag {
             what: "--index",
@@ -601,6 +617,7 @@ async fn serve_member(
     access: lookout_gateway::http::Access,
     addrs: &[String],
     peer_addrs: &[String],
+    level: lookout_gateway::telemetry::MetricsLevel,
 ) -> Result<(), CliError> {
     use lookout_consensus::tls::ReloadingTls;
     let listeners = bind_all(addrs).await?;
@@ -631,7 +648,7 @@ async fn serve_member(
         });
     }
     let http_metrics = std::sync::Arc::new(lookout_gateway::http::HttpMetrics::default());
-    let grpc_metrics = std::sync::Arc::new(lookout_gateway::telemetry::GrpcMetrics::default());
+    let grpc_metrics = std::sync::Arc::new(lookout_gateway::telemetry::GrpcMetrics::new(level));
     for l in listeners {
         let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %local, member = %format!("{:x}", store.member_id()), "serving etcd v3 gRPC and HTTP/JSON");

@@ -55,6 +55,10 @@ pub struct GatewayConfig {
     pub tls: Option<lookout_consensus::tls::TlsFiles>,
     /// `--auth-config`: per-client key prefixes (see `authz`).
     pub auth_config: Option<std::path::PathBuf>,
+    /// etcd's `--metrics`: `extensive` adds `grpc_server_handling_seconds`.
+    pub metrics: crate::telemetry::MetricsLevel,
+    /// More families for `/metrics` (`lookout dev` adds its store's).
+    pub extra_metrics: Option<crate::telemetry::ExtraMetrics>,
 }
 
 impl GatewayConfig {
@@ -86,6 +90,8 @@ impl GatewayConfig {
             },
             tls: None,
             auth_config: None,
+            metrics: Default::default(),
+            extra_metrics: None,
         }
     }
 

@@ -28,13 +28,14 @@
 //!
 //! Around every listener (store and gateway): TLS with etcd's flag names
 //! and reloading certificates (`lookout_consensus::tls`), gRPC request
-//! counters and `/metrics` `/health` `/readyz` ([`telemetry`]), per-client
+//! metrics and `/metrics` `/health` ([`telemetry`]), etcd 3.5's `/livez`
+//! and `/readyz` (`health.rs`), per-client
 //! prefixes on the gateway ([`authz`], `--auth-config`), and flags from
 //! `LOOKOUT_<FLAG>` variables or a `--config` file ([`config_file`]).
 //!
 //! ```text
 //!  TCP ─(TLS handshake, refusals logged)─> GrpcMetricsLayer ─> AuthzLayer (gateway,
-//!       optional) ─> gRPC routes | HTTP API | /metrics /health /readyz
+//!       optional) ─> gRPC routes | HTTP API | /metrics /health /livez /readyz
 //! ```
 //!
 //! [`api::EtcdApi`] is one backend's services (the store's in `lookout
@@ -98,6 +99,7 @@ pub mod concurrency;
 mod config;
 pub mod config_file;
 mod error;
+mod health;
 pub mod http;
 mod keepalive;
 mod kv;

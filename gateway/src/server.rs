@@ -223,8 +223,8 @@ impl Gateway {
             catchups: Gate::new("catch-ups", config.catchups),
             keepalive: KeepAliveHub::default(),
             resolver_lease: std::sync::atomic::AtomicI64::new(0),
+            grpc: Arc::new(crate::telemetry::GrpcMetrics::new(config.metrics)),
             config,
-            grpc: Arc::default(),
         });
         Ok(Self {
             shared,
