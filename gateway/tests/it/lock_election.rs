@@ -14,7 +14,9 @@ use lookout_testkit::EtcdServer;
 
 use crate::harness::*;
 
-const T: Duration = Duration::from_secs(20);
+/// Bound on each wait of the scenario (generous: the suite runs beside
+/// heavy builds on two cores).
+const T: Duration = Duration::from_secs(30);
 
 /// The transcript of one run, with each lease ID written as its name.
 #[derive(Default)]
@@ -375,7 +377,7 @@ async fn lock_and_election_match_etcd_on_every_target() {
         &dir3.path().join("dev.log"),
     )
     .await;
-    lookout_testkit::wait_for("dev gateway synced", T, || {
+    lookout_testkit::wait_for("dev gateway synced", WAIT, || {
         let ep = endpoint.clone();
         async move { health_ok(&ep).await.then_some(()) }
     })
