@@ -9,7 +9,10 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/mvccpb/kv.proto",
+        "proto/authpb/auth.proto",
         "proto/etcdserverpb/rpc.proto",
+        "proto/v3lockpb/v3lock.proto",
+        "proto/v3electionpb/v3election.proto",
         "proto/lookout/peer.proto",
     ];
     for f in &files {
@@ -31,6 +34,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .preserve_proto_field_names()
         // jsonpb as etcd's gateway configures it skips unknown fields.
         .ignore_unknown_fields()
-        .build(&[".mvccpb", ".etcdserverpb"])?;
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     Ok(())
 }

@@ -44,6 +44,7 @@ pub struct Applier<'txn> {
     kv: Table<'txn, u128, &'static [u8]>,
     leases: Table<'txn, i64, i64>,
     alarms: Table<'txn, u64, u64>,
+    auth: Table<'txn, &'static [u8], &'static [u8]>,
 }
 
 impl std::fmt::Debug for Applier<'_> {
@@ -60,6 +61,7 @@ impl<'txn> Applier<'txn> {
             kv: txn.open_table(KV)?,
             leases: txn.open_table(LEASES)?,
             alarms: txn.open_table(ALARMS)?,
+            auth: txn.open_table(crate::auth::AUTH)?,
         })
     }
 
@@ -70,6 +72,26 @@ impl<'txn> Applier<'txn> {
     /// and discard `state`.
     pub fn apply(&mut self, state: &mut MvccState, index: u64, req: &Request) -> Result<Applied> {
         state.applied_index = index;
+        // etcd's auth applier first: a client's request is checked as its
+        // user, a bare write as an anonymous client.
+        let checked = match req {
+            Request::As {
+                user,
+                revision,
+                req,
+            } => crate::auth::check_write(state, user, *revision, req).map(|()| &**req),
+            bare => crate::auth::check_bare(state, bare).map(|()| bare),
+        };
+        let req = match checked {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Applied {
+                    response: Err(e),
+                    events: Vec::new(),
+                    revision: state.rev,
+                });
+            }
+        };
         // etcd's capped applier: while NOSPACE is raised, nothing that
         // grows the store is applied (deletes and compaction still are).
         if state.nospace() && req.grows_store() {
@@ -98,6 +120,9 @@ impl<'txn> Applier<'txn> {
                 member,
                 alarm,
             } => cx.alarm(*activate, *member, *alarm).map(Response::Alarm),
+            Request::Auth(a) => crate::auth::apply_auth(cx.state, &mut cx.w.auth, index, a),
+            // Unwrapped above.
+            Request::As { .. } => Err(Error::Internal("nested client request".into())),
         };
         // Storage errors abort the batch; etcd answers pass through.
         let response = match response {

@@ -7,6 +7,7 @@
 //!   leases:   lease ID -> granted TTL (seconds)
 //!   alarms:   member ID -> alarm bits (1 << etcd AlarmType)
 //!   raft_sm:  "membership" -> bincode StoredMembership (last applied one)
+//!   auth:     users, roles, enabled flag, auth revision (auth/state.rs)
 //! ```
 //!
 //! The raft log lives in its own file (see `log_store.rs`).
@@ -108,6 +109,7 @@ pub fn open_db(dir: &Path) -> Result<Database> {
         tx.open_table(LEASES)?;
         tx.open_table(ALARMS)?;
         tx.open_table(RAFT_SM)?;
+        tx.open_table(crate::auth::AUTH)?;
     }
     tx.commit()?;
     Ok(db)
@@ -131,6 +133,12 @@ pub fn load_state(db: &Database) -> Result<MvccState> {
     for row in tx.open_table(ALARMS)?.iter()? {
         let (m, bits) = row?;
         st.alarms.insert(m.value(), bits.value());
+    }
+    // A file from before auth existed has no auth table: auth is off.
+    match tx.open_table(crate::auth::AUTH) {
+        Ok(t) => st.auth = Arc::new(crate::auth::AuthState::load(&t)?),
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
     }
     for row in tx.open_table(LEASES)?.iter()? {
         let (id, ttl) = row?;

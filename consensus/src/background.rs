@@ -92,12 +92,20 @@ async fn follow_metrics(w: Weak<Inner>) {
     let mut m = store.raft().metrics();
     drop(store);
     let mut was_leader = false;
+    let mut last_leader = None;
     loop {
         let (term, leader, state) = {
             let cur = m.borrow_and_update();
             (cur.current_term, cur.current_leader, cur.state)
         };
         let Some(store) = upgrade(&w) else { return };
+        // etcd counts a leader that differs from the last one seen,
+        // including the first and one after a spell without a leader.
+        if leader.is_some() && leader != last_leader {
+            let m = store.metrics();
+            m.leader_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        last_leader = leader;
         store.inner.term.store(term, Ordering::Relaxed);
         store
             .inner
@@ -142,8 +150,16 @@ async fn expiry_loop(w: Weak<Inner>) {
             due
         };
         for id in due {
-            match store.propose(Request::LeaseRevoke { id }).await {
-                Ok(_) => tracing::debug!(lease = id, "lease expired"),
+            // With auth on, the store revokes as root (etcd's WithRoot):
+            // the apply would refuse an anonymous revoke of a lease with
+            // keys. A refusal (the auth state moved) is retried next tick.
+            let req = store.as_root(Request::LeaseRevoke { id });
+            match store.propose(req).await {
+                Ok(_) => {
+                    let m = store.metrics();
+                    m.leases_expired.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(lease = id, "lease expired")
+                }
                 Err(Error::Stopped) => return,
                 Err(e) => tracing::warn!(lease = id, error = %e, "lease expiry failed; retrying"),
             }

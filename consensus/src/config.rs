@@ -79,6 +79,9 @@ pub struct StoreConfig {
     /// fallback). This member still uses streams towards peers that serve
     /// them.
     pub serve_append_stream: bool,
+    /// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`,
+    /// `--client-cert-auth` (see `auth/`).
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl StoreConfig {
@@ -104,6 +107,7 @@ impl StoreConfig {
             auto_compaction: None,
             peer_tls: None,
             serve_append_stream: true,
+            auth: Default::default(),
         }
     }
 

@@ -52,6 +52,9 @@ pub enum Error {
     /// The member asked is not the leader (peers retry elsewhere).
     #[error("etcdserver: not leader")]
     NotLeader,
+    /// MoveLeader to a member that is not a voting member.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
     #[error("etcdserver: member ID already exist")]
     MemberExist,
     #[error("etcdserver: Peer URLs already exists")]
@@ -71,6 +74,46 @@ pub enum Error {
     /// The disk failed under redb. The batch it hit is not acknowledged.
     #[error("etcdserver: storage error: {0}")]
     Storage(String),
+    // === auth (etcd's rpctypes texts) ===
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// An error etcd 3.4 passes to gRPC without mapping it, so clients see
+    /// code Unknown and the auth store's own text ("auth: permission
+    /// denied" from Maintenance's admin calls, for one).
+    #[error("{0}")]
+    Unmapped(String),
     /// An unknown sort target (etcd 3.5's answer; 3.4 crashes on it).
     /// Last, so replies between members of different versions keep their
     /// variant numbers (bincode numbers variants by position).
@@ -90,6 +133,9 @@ pub enum Code {
     Unavailable,
     Unimplemented,
     Internal,
+    PermissionDenied,
+    Unauthenticated,
+    Unknown,
 }
 
 impl Error {
@@ -110,6 +156,7 @@ impl Error {
             | Error::MemberExist
             | Error::PeerUrlExist
             | Error::MemberNotLearner
+            | Error::BadLeaderTransferee
             | Error::LearnerNotReady
             | Error::NotEnoughStartedMembers => Code::FailedPrecondition,
             Error::TooManyRequests | Error::NoSpace => Code::ResourceExhausted,
@@ -120,6 +167,24 @@ impl Error {
             | Error::UnhealthyCluster => Code::Unavailable,
             Error::Unsupported(_) => Code::Unimplemented,
             Error::Storage(_) | Error::Internal(_) => Code::Internal,
+            Error::RootUserNotExist
+            | Error::RootRoleNotExist
+            | Error::UserAlreadyExist
+            | Error::UserNotFound
+            | Error::RoleAlreadyExist
+            | Error::RoleNotFound
+            | Error::RoleNotGranted
+            | Error::PermissionNotGranted
+            | Error::AuthNotEnabled => Code::FailedPrecondition,
+            Error::UserEmpty
+            | Error::RoleEmpty
+            | Error::AuthFailed
+            | Error::PermissionNotGiven
+            | Error::InvalidAuthMgmt
+            | Error::AuthOldRevision => Code::InvalidArgument,
+            Error::PermissionDenied => Code::PermissionDenied,
+            Error::InvalidAuthToken => Code::Unauthenticated,
+            Error::Unmapped(_) => Code::Unknown,
         }
     }
 }

@@ -25,6 +25,11 @@
 //!        -> 32 KiB chunks + sha256; `restore` writes a new member's data dir
 //!  TLS (tls.rs): reloading rustls acceptor for client and peer listeners,
 //!        peer clients dial https:// peer URLs with the peer certificate
+//!  auth (auth/): users, roles, permissions and the enabled flag as
+//!        replicated state; tokens; checks at the places etcd makes them
+//!  metrics (metrics.rs): etcd's etcd_server_*, etcd_disk_*, etcd_mvcc_*,
+//!        etcd_network_peer_* and etcd_debugging_* families, updated by the
+//!        parts above with relaxed atomics, rendered by Store::render_metrics
 //! ```
 //!
 //! It must never depend on the cache or the gateway, never acknowledge a
@@ -33,6 +38,7 @@
 //! it), and never hold a whole snapshot in memory.
 
 pub mod apply;
+pub mod auth;
 pub mod backend;
 mod background;
 pub mod cluster;
@@ -43,6 +49,7 @@ mod hub;
 pub mod keyindex;
 pub mod log_store;
 mod members;
+pub mod metrics;
 pub mod peer;
 mod proposer;
 pub mod request;

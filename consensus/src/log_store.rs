@@ -394,6 +394,11 @@ impl LogStore {
         self.inner.durable.clone()
     }
 
+    /// The log's fsync latencies and bytes written.
+    pub(crate) fn wal_stats(&self) -> &crate::metrics::WalStats {
+        &self.inner.wal.stats
+    }
+
     fn send(&self, cmd: Cmd) -> Result<(), StorageError> {
         self.inner.queued.fetch_add(1, Ordering::SeqCst);
         self.inner.tx.send(cmd).map_err(|_| {

@@ -177,12 +177,6 @@ impl Store {
 
     // === Cluster API ===
 
-    /// etcd's Cluster API header (`v3rpc/member.go`): cluster, member and
-    /// term, but no revision (membership is not in the keyspace).
-    fn cluster_header(&self) -> Option<lookout_proto::pb::ResponseHeader> {
-        self.header(0)
-    }
-
     /// Every member as etcd lists them (voters and learners). This member
     /// shows its own name and client URLs even before the membership
     /// records them (publishing them takes a raft round after start): etcd
@@ -232,7 +226,7 @@ impl Store {
 
     pub async fn member_list(&self) -> MemberListResponse {
         MemberListResponse {
-            header: self.cluster_header(),
+            header: self.header(self.revision()),
             members: self.members(),
         }
     }
@@ -256,7 +250,7 @@ impl Store {
         };
         self.wait_member(|ms| ms.iter().any(|m| m.id == id)).await;
         Ok(MemberAddResponse {
-            header: self.cluster_header(),
+            header: self.header(self.revision()),
             member: Some(Member {
                 id,
                 name: String::new(),
@@ -274,7 +268,7 @@ impl Store {
         self.to_leader(Forward::MemberRemove(id)).await?;
         self.wait_member(|ms| ms.iter().all(|m| m.id != id)).await;
         Ok(MemberRemoveResponse {
-            header: self.cluster_header(),
+            header: self.header(self.revision()),
             members: self.members(),
         })
     }
@@ -286,7 +280,7 @@ impl Store {
         self.wait_member(|ms| ms.iter().any(|m| m.id == id && !m.is_learner))
             .await;
         Ok(MemberPromoteResponse {
-            header: self.cluster_header(),
+            header: self.header(self.revision()),
             members: self.members(),
         })
     }
@@ -301,7 +295,7 @@ impl Store {
         self.to_leader(Forward::MemberUpdate { id, peer_urls })
             .await?;
         Ok(MemberUpdateResponse {
-            header: self.cluster_header(),
+            header: self.header(self.revision()),
             members: self.members(),
         })
     }
@@ -375,7 +369,13 @@ impl Store {
         Ok(HashKvResponse {
             header: self.header(st.rev),
             hash: h.finalize(),
-            compact_revision: st.compact_rev,
+            // etcd's store starts with compactMainRev = -1: a never
+            // compacted store answers -1, not 0.
+            compact_revision: if st.compact_rev == 0 {
+                -1
+            } else {
+                st.compact_rev
+            },
         })
     }
 

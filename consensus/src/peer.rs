@@ -108,6 +108,8 @@ pub(crate) struct PeerClients {
     /// `--peer-trusted-ca-file` (verifies the other members), for
     /// `https://` peer URLs.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Bytes, failures and round trips per peer (etcd_network_peer_*).
+    pub stats: crate::metrics::PeerMetrics,
 }
 
 impl PeerClients {
@@ -116,6 +118,7 @@ impl PeerClients {
             conns: Default::default(),
             cluster_id,
             tls,
+            stats: Default::default(),
         }
     }
 
@@ -189,7 +192,14 @@ impl PeerClients {
             return Err(ForwardError::Retry);
         };
         let req = self.envelope(f, timeout);
+        let sent = req.get_ref().payload.len();
+        let stats = self.stats.peer(id);
         let res = tokio::time::timeout(timeout, c.forward(req)).await;
+        if let Ok(Ok(r)) = &res {
+            stats.answered(sent, r.get_ref().payload.len());
+        } else {
+            stats.failed(sent);
+        }
         let reply = match res {
             Err(_) => return Err(ForwardError::Unknown),
             Ok(Err(s)) => {
@@ -253,6 +263,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerConn {
         PeerConn {
             target,
+            stats: self.clients.stats.peer(target),
             client: self.clients.get(target, node),
             clients: self.clients.clone(),
             log: self.log.clone(),
@@ -266,6 +277,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[derive(Debug)]
 pub(crate) struct PeerConn {
     target: NodeId,
+    /// This peer's traffic numbers (looked up once per connection).
+    stats: Arc<crate::metrics::PeerStats>,
     client: Option<PeerClient<Channel>>,
     clients: Arc<PeerClients>,
     log: LogStore,
@@ -303,11 +316,19 @@ impl PeerConn {
             return Err(unreachable("member has no peer URL"));
         };
         let req = self.clients.envelope(q, ttl);
+        let sent = req.get_ref().payload.len();
         let reply = match tokio::time::timeout(ttl, send(c, req)).await {
-            Err(_) => return Err(no_answer(ttl)),
-            Ok(Err(s)) => return Err(refused(&s)),
+            Err(_) => {
+                self.stats.failed(sent);
+                return Err(no_answer(ttl));
+            }
+            Ok(Err(s)) => {
+                self.stats.failed(sent);
+                return Err(refused(&s));
+            }
             Ok(Ok(r)) => r.into_inner(),
         };
+        self.stats.answered(sent, reply.payload.len());
         self.answer(&reply)
     }
 
@@ -349,7 +370,10 @@ impl PeerConn {
             )
             .await;
             match opened {
-                Err(_) => return Err(no_answer(ttl)),
+                Err(_) => {
+                    self.stats.failed(0);
+                    return Err(no_answer(ttl));
+                }
                 Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
                     tracing::info!(
                         target = self.target,
@@ -358,7 +382,10 @@ impl PeerConn {
                     self.no_stream = true;
                     return Ok(None);
                 }
-                Ok(Err(s)) => return Err(refused(&s)),
+                Ok(Err(s)) => {
+                    self.stats.failed(0);
+                    return Err(refused(&s));
+                }
                 Ok(Ok(r)) => {
                     self.stream = Some(AppendStream {
                         tx,
@@ -372,15 +399,20 @@ impl PeerConn {
             return Ok(None);
         };
         st.awaiting = true;
+        let bytes = msg.payload.len();
         let sent = st.tx.send(msg).await.is_ok();
         let got = if sent {
             tokio::time::timeout(ttl, st.rx.message()).await
         } else {
             Ok(Ok(None))
         };
+        if !matches!(got, Ok(Ok(Some(_)))) {
+            self.stats.failed(bytes);
+        }
         match got {
             Ok(Ok(Some(reply))) => {
                 st.awaiting = false;
+                self.stats.answered(bytes, reply.payload.len());
                 Ok(Some(reply))
             }
             Err(_) => {
@@ -416,6 +448,27 @@ fn no_answer<E: std::error::Error>(ttl: Duration) -> RpcErr<E> {
     ))))
 }
 
+impl PeerConn {
+    /// One append on the stream, or unary when the peer has none.
+    async fn send_append(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        if !self.no_stream
+            && let Some(reply) = self.over_stream(rpc, ttl).await?
+        {
+            return self.answer(&reply);
+        }
+        self.call(
+            rpc,
+            ttl,
+            |mut c, r| async move { c.append_entries(r).await },
+        )
+        .await
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerConn {
     /// The leader counts itself in the quorum before its own fsync (see
     /// `log_store.rs`), so a commit index may run ahead of what it holds
@@ -443,17 +496,21 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             }
         }
         let ttl = option.hard_ttl();
-        if !self.no_stream
-            && let Some(reply) = self.over_stream(&rpc, ttl).await?
-        {
-            return self.answer(&reply);
+        // A heartbeat (no entries) makes the follower touch no disk: its
+        // round trip is etcd's peer round-trip time.
+        let heartbeat = rpc.entries.is_empty();
+        let started = std::time::Instant::now();
+        let r = self.send_append(&rpc, ttl).await;
+        if heartbeat {
+            match &r {
+                Ok(_) => self.stats.rtt.since(started),
+                Err(_) => {
+                    let n = &self.clients.stats.heartbeat_failures;
+                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
         }
-        self.call(
-            &rpc,
-            ttl,
-            |mut c, r| async move { c.append_entries(r).await },
-        )
-        .await
+        r
     }
 
     async fn install_snapshot(
@@ -496,6 +553,22 @@ impl PeerService {
         self.open_message(r.into_inner())
     }
 
+    /// Counts a request of `received` bytes from member `from` (0 when
+    /// the message does not say) and its reply.
+    fn count(
+        &self,
+        from: Option<NodeId>,
+        received: usize,
+        reply: &Result<Response<PeerReply>, Status>,
+    ) {
+        let stats = self.store.peer_metrics();
+        match (from, reply) {
+            (Some(id), Ok(r)) => stats.peer(id).served(received, r.get_ref().payload.len()),
+            (Some(id), Err(_)) => stats.peer(id).served(received, 0),
+            (None, _) => stats.received(0, received),
+        }
+    }
+
     fn open_message<T: DeserializeOwned>(&self, r: PeerRequest) -> Result<T, Status> {
         if r.version != PEER_VERSION {
             return Err(Status::failed_precondition(format!(
@@ -529,8 +602,12 @@ impl peer_server::Peer for PeerService {
         &self,
         r: tonic::Request<PeerRequest>,
     ) -> Result<Response<PeerReply>, Status> {
+        let n = r.get_ref().payload.len();
         let req: AppendEntriesRequest<TypeConfig> = self.open(r)?;
-        seal(&self.store.raft().append_entries(req).await)
+        let from = req.vote.leader_id().voted_for();
+        let reply = seal(&self.store.raft().append_entries(req).await);
+        self.count(from, n, &reply);
+        reply
     }
 
     type AppendStreamStream =
@@ -547,44 +624,69 @@ impl peer_server::Peer for PeerService {
         }
         let this = self.clone();
         let replies = futures::stream::unfold(
-            (this, r.into_inner(), false),
-            |(this, mut inbound, failed)| async move {
+            (this, r.into_inner(), false, None),
+            |(this, mut inbound, failed, mut from)| async move {
                 if failed {
                     return None;
                 }
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
-                    Ok(None) | Err(_) => return None,
+                    Ok(None) => return None,
+                    Err(_) => {
+                        // A stream from a known leader broke mid-message.
+                        if let Some(id) = from {
+                            let p = this.store.peer_metrics().peer(id);
+                            p.received_failures
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        return None;
+                    }
                 };
+                let n = msg.payload.len();
                 let reply = match this.open_message::<AppendEntriesRequest<TypeConfig>>(msg) {
                     Ok(req) => {
-                        seal(&this.store.raft().append_entries(req).await).map(Response::into_inner)
+                        from = req.vote.leader_id().voted_for();
+                        let r = seal(&this.store.raft().append_entries(req).await);
+                        this.count(from, n, &r);
+                        r.map(Response::into_inner)
                     }
                     Err(s) => Err(s),
                 };
                 let failed = reply.is_err();
-                Some((reply, (this, inbound, failed)))
+                Some((reply, (this, inbound, failed, from)))
             },
         );
         Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, r: tonic::Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let n = r.get_ref().payload.len();
         let req: VoteRequest<NodeId> = self.open(r)?;
-        seal(&self.store.raft().vote(req).await)
+        let from = req.vote.leader_id().voted_for();
+        let reply = seal(&self.store.raft().vote(req).await);
+        self.count(from, n, &reply);
+        reply
     }
 
     async fn install_snapshot(
         &self,
         r: tonic::Request<PeerRequest>,
     ) -> Result<Response<PeerReply>, Status> {
+        let n = r.get_ref().payload.len();
         let req: InstallSnapshotRequest<TypeConfig> = self.open(r)?;
-        seal(&self.store.raft().install_snapshot(req).await)
+        let from = req.vote.leader_id().voted_for();
+        let reply = seal(&self.store.raft().install_snapshot(req).await);
+        self.count(from, n, &reply);
+        reply
     }
 
     async fn forward(&self, r: tonic::Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        // A forwarded request does not name its member: etcd's From="0".
+        let n = r.get_ref().payload.len();
         let f: Forward = self.open(r)?;
-        seal(&self.store.handle_forward(f).await)
+        let reply = seal(&self.store.handle_forward(f).await);
+        self.count(None, n, &reply);
+        reply
     }
 }
 

@@ -59,13 +59,7 @@ impl std::fmt::Debug for Proposer {
 }
 
 fn request_size(req: &Request) -> usize {
-    use prost::Message;
-    match req {
-        Request::Put(p) => p.encoded_len(),
-        Request::DeleteRange(d) => d.encoded_len(),
-        Request::Txn(t) => t.encoded_len(),
-        _ => 16,
-    }
+    req.size()
 }
 
 impl Proposer {

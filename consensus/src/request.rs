@@ -37,6 +37,18 @@ pub enum Request {
         member: u64,
         alarm: i32,
     },
+    /// A client's request with who sent it (etcd's request header
+    /// `username` and `auth_revision`): the apply checks its permissions
+    /// when auth is enabled. An empty `user` with revision 0 is a client
+    /// that named nobody. Requests without this wrapper come from the
+    /// store itself (lease expiry, quota alarms) and are trusted.
+    As {
+        user: String,
+        revision: u64,
+        req: Box<Request>,
+    },
+    /// A change to users, roles or the auth flag (auth/apply.rs).
+    Auth(crate::auth::AuthRequest),
 }
 
 impl Request {
@@ -46,7 +58,28 @@ impl Request {
         match self {
             Request::Put(_) | Request::LeaseGrant { .. } => true,
             Request::Txn(t) => txn_has_put(t),
+            Request::As { req, .. } => req.grows_store(),
             _ => false,
+        }
+    }
+
+    /// The request itself, without the [`Request::As`] wrapper.
+    pub fn inner(&self) -> &Request {
+        match self {
+            Request::As { req, .. } => req.inner(),
+            r => r,
+        }
+    }
+
+    /// Roughly its size in the log (for batch limits).
+    pub fn size(&self) -> usize {
+        use prost::Message;
+        match self {
+            Request::Put(p) => p.encoded_len(),
+            Request::DeleteRange(d) => d.encoded_len(),
+            Request::Txn(t) => t.encoded_len(),
+            Request::As { user, req, .. } => user.len() + 8 + req.size(),
+            _ => 16,
         }
     }
 }
@@ -75,6 +108,11 @@ pub enum Response {
     LeaseGrant(#[serde(with = "pb_bytes")] LeaseGrantResponse),
     LeaseRevoke(#[serde(with = "pb_bytes")] LeaseRevokeResponse),
     Alarm(#[serde(with = "pb_bytes")] AlarmResponse),
+    /// An applied [`Request::Auth`]; `token` is the simple token an
+    /// Authenticate issued (empty for every other change).
+    Auth {
+        token: String,
+    },
 }
 
 /// One applied request as its proposer sees it: etcd's answer (or etcd's
@@ -86,7 +124,7 @@ pub struct Reply {
 }
 
 /// serde adapter: a prost message as its protobuf encoding.
-mod pb_bytes {
+pub(crate) mod pb_bytes {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<M: prost::Message, S: Serializer>(m: &M, s: S) -> Result<S::Ok, S::Error> {

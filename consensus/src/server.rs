@@ -1,5 +1,5 @@
 //! The store's etcd v3 gRPC services (KV, Watch, Lease, Cluster,
-//! Maintenance) over a [`Store`], and [`serve`] to run them on a listener.
+//! Maintenance, Auth) over a [`Store`], and [`serve`] to run them on a listener.
 //! This is the one place store errors become `tonic::Status`.
 
 use std::future::Future;
@@ -7,13 +7,14 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use lookout_proto::pb::{
-    self, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    self, auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{AuthInfo, Credentials};
 use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::error::{Code, Error};
 use crate::store::Store;
@@ -29,11 +30,59 @@ pub fn to_status(e: Error) -> Status {
         Code::Unavailable => tonic::Code::Unavailable,
         Code::Unimplemented => tonic::Code::Unimplemented,
         Code::Internal => tonic::Code::Internal,
+        Code::PermissionDenied => tonic::Code::PermissionDenied,
+        Code::Unauthenticated => tonic::Code::Unauthenticated,
+        Code::Unknown => tonic::Code::Unknown,
     };
     Status::new(code, e.to_string())
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
+
+/// What a request says about its sender: the token in its metadata
+/// (`token`, or `authorization` as etcd's JSON gateway passes it) and the
+/// common name of the TLS client certificate it connected with.
+pub fn credentials<T>(r: &Request<T>) -> Credentials {
+    let md = r.metadata();
+    let token = md
+        .get("token")
+        .or_else(|| md.get("authorization"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let cert_cn = r
+        .extensions()
+        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+        .and_then(|c| c.first().and_then(|c| crate::tls::common_name(c)));
+    Credentials { token, cert_cn }
+}
+
+impl EtcdService {
+    /// etcd's Maintenance admin gate (Defragment, Snapshot, Hash,
+    /// HashKV): root, refused with etcd's unmapped "auth: ..." texts.
+    async fn maintenance_admin<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        self.store
+            .check_maintenance_admin(&credentials(r))
+            .await
+            .map_err(to_status)
+    }
+
+    /// Membership changes need root.
+    async fn member_admin<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        self.store
+            .check_member_admin(&credentials(r))
+            .await
+            .map_err(to_status)
+    }
+
+    /// The sender of `r` (etcd's `AuthInfoFromCtx`).
+    async fn who<T>(&self, r: &Request<T>) -> Result<Option<AuthInfo>, Status> {
+        self.store
+            .auth_info(&credentials(r))
+            .await
+            .map_err(to_status)
+    }
+}
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// All five services over one store.
@@ -97,8 +146,9 @@ impl tonic::server::UnaryService<pb::RangeRequest> for RangeSvc {
     fn call(&mut self, r: Request<pb::RangeRequest>) -> Self::Future {
         let store = self.0.clone();
         Box::pin(async move {
+            let who = store.auth_info(&credentials(&r)).await.map_err(to_status)?;
             store
-                .range_encoded(r.into_inner())
+                .range_encoded_as(who.as_ref(), r.into_inner())
                 .await
                 .map(Response::new)
                 .map_err(to_status)
@@ -174,10 +224,11 @@ pub fn routes(store: &Store) -> tonic::service::Routes {
     )
     .add_service(ClusterServer::new(svc.clone()).max_decoding_message_size(max_in))
     .add_service(
-        MaintenanceServer::new(svc)
+        MaintenanceServer::new(svc.clone())
             .max_decoding_message_size(max_in)
             .max_encoding_message_size(usize::MAX),
     )
+    .add_service(AuthServer::new(svc).max_decoding_message_size(max_in))
 }
 
 /// Serves the etcd API for `store` on `listener` until `shutdown`
@@ -210,16 +261,18 @@ pub async fn serve(
 #[tonic::async_trait]
 impl pb::kv_server::Kv for EtcdService {
     async fn range(&self, r: Request<pb::RangeRequest>) -> Rpc<pb::RangeResponse> {
+        let who = self.who(&r).await?;
         self.store
-            .range(r.into_inner())
+            .range_as(who.as_ref(), r.into_inner())
             .await
             .map(Response::new)
             .map_err(to_status)
     }
 
     async fn put(&self, r: Request<pb::PutRequest>) -> Rpc<pb::PutResponse> {
+        let who = self.who(&r).await?;
         self.store
-            .put(r.into_inner())
+            .put_as(who.as_ref(), r.into_inner())
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -229,22 +282,27 @@ impl pb::kv_server::Kv for EtcdService {
         &self,
         r: Request<pb::DeleteRangeRequest>,
     ) -> Rpc<pb::DeleteRangeResponse> {
+        let who = self.who(&r).await?;
         self.store
-            .delete_range(r.into_inner())
+            .delete_range_as(who.as_ref(), r.into_inner())
             .await
             .map(Response::new)
             .map_err(to_status)
     }
 
     async fn txn(&self, r: Request<pb::TxnRequest>) -> Rpc<pb::TxnResponse> {
+        let who = self.who(&r).await?;
         self.store
-            .txn(r.into_inner())
+            .txn_as(who.as_ref(), r.into_inner())
             .await
             .map(Response::new)
             .map_err(to_status)
     }
 
     async fn compact(&self, r: Request<pb::CompactionRequest>) -> Rpc<pb::CompactionResponse> {
+        // etcd 3.4 resolves the token (a bad one is refused) but lets any
+        // caller compact.
+        self.who(&r).await?;
         self.store
             .compact(r.into_inner())
             .await
@@ -260,12 +318,13 @@ impl pb::watch_server::Watch for EtcdService {
     type WatchStream = BoxStream<pb::WatchResponse>;
 
     async fn watch(&self, r: Request<Streaming<pb::WatchRequest>>) -> Rpc<Self::WatchStream> {
+        let creds = credentials(&r);
         // A broken client stream ends the watch stream, like a close.
         let requests = r
             .into_inner()
             .take_while(|m| std::future::ready(m.is_ok()))
             .filter_map(|m| std::future::ready(m.ok()));
-        let rx = self.store.watch(Box::pin(requests));
+        let rx = self.store.watch_as(creds, Box::pin(requests));
         Ok(Response::new(Box::pin(
             ReceiverStream::new(rx).map(|m| m.map_err(to_status)),
         )))
@@ -279,6 +338,7 @@ impl pb::lease_server::Lease for EtcdService {
     type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
 
     async fn lease_grant(&self, r: Request<pb::LeaseGrantRequest>) -> Rpc<pb::LeaseGrantResponse> {
+        self.who(&r).await?;
         self.store
             .lease_grant(r.into_inner())
             .await
@@ -290,8 +350,9 @@ impl pb::lease_server::Lease for EtcdService {
         &self,
         r: Request<pb::LeaseRevokeRequest>,
     ) -> Rpc<pb::LeaseRevokeResponse> {
+        let who = self.who(&r).await?;
         self.store
-            .lease_revoke(r.into_inner().id)
+            .lease_revoke_as(who.as_ref(), r.into_inner().id)
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -320,8 +381,13 @@ impl pb::lease_server::Lease for EtcdService {
         &self,
         r: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Rpc<pb::LeaseTimeToLiveResponse> {
+        let who = if r.get_ref().keys {
+            self.who(&r).await?
+        } else {
+            None
+        };
         self.store
-            .lease_time_to_live(r.into_inner())
+            .lease_time_to_live_as(who.as_ref(), r.into_inner())
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -336,6 +402,12 @@ impl pb::lease_server::Lease for EtcdService {
 }
 
 // === impl Cluster ===
+
+/// The Cluster API's header names the cluster, the member and the term, and
+/// no revision (etcd's `ClusterServer.header`).
+fn cluster_header(h: Option<pb::ResponseHeader>) -> Option<pb::ResponseHeader> {
+    h.map(|h| pb::ResponseHeader { revision: 0, ..h })
+}
 
 /// Client URLs as the Cluster API lists them: `http://host:port` becomes
 /// `host:port`. etcdctl dials listed URLs for per-endpoint calls
@@ -363,12 +435,14 @@ fn unsupported(what: &'static str) -> Status {
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for EtcdService {
     async fn member_add(&self, r: Request<pb::MemberAddRequest>) -> Rpc<pb::MemberAddResponse> {
+        self.member_admin(&r).await?;
         let r = r.into_inner();
         self.store
             .member_add(r.peer_ur_ls, r.is_learner)
             .await
             .map(|mut a| {
                 a.members = dial_form(a.members);
+                a.header = cluster_header(a.header);
                 Response::new(a)
             })
             .map_err(to_status)
@@ -378,11 +452,13 @@ impl pb::cluster_server::Cluster for EtcdService {
         &self,
         r: Request<pb::MemberRemoveRequest>,
     ) -> Rpc<pb::MemberRemoveResponse> {
+        self.member_admin(&r).await?;
         self.store
             .member_remove(r.into_inner().id)
             .await
             .map(|mut a| {
                 a.members = dial_form(a.members);
+                a.header = cluster_header(a.header);
                 Response::new(a)
             })
             .map_err(to_status)
@@ -392,12 +468,14 @@ impl pb::cluster_server::Cluster for EtcdService {
         &self,
         r: Request<pb::MemberUpdateRequest>,
     ) -> Rpc<pb::MemberUpdateResponse> {
+        self.member_admin(&r).await?;
         let r = r.into_inner();
         self.store
             .member_update(r.id, r.peer_ur_ls)
             .await
             .map(|mut a| {
                 a.members = dial_form(a.members);
+                a.header = cluster_header(a.header);
                 Response::new(a)
             })
             .map_err(to_status)
@@ -406,6 +484,7 @@ impl pb::cluster_server::Cluster for EtcdService {
     async fn member_list(&self, _r: Request<pb::MemberListRequest>) -> Rpc<pb::MemberListResponse> {
         let mut l = self.store.member_list().await;
         l.members = dial_form(l.members);
+        l.header = cluster_header(l.header);
         Ok(Response::new(l))
     }
 
@@ -413,11 +492,13 @@ impl pb::cluster_server::Cluster for EtcdService {
         &self,
         r: Request<pb::MemberPromoteRequest>,
     ) -> Rpc<pb::MemberPromoteResponse> {
+        self.member_admin(&r).await?;
         self.store
             .member_promote(r.into_inner().id)
             .await
             .map(|mut a| {
                 a.members = dial_form(a.members);
+                a.header = cluster_header(a.header);
                 Response::new(a)
             })
             .map_err(to_status)
@@ -430,11 +511,16 @@ impl pb::cluster_server::Cluster for EtcdService {
 impl pb::maintenance_server::Maintenance for EtcdService {
     type SnapshotStream = BoxStream<pb::SnapshotResponse>;
 
+    /// etcd's Alarm answer carries no header.
     async fn alarm(&self, r: Request<pb::AlarmRequest>) -> Rpc<pb::AlarmResponse> {
+        self.who(&r).await?;
         self.store
             .alarm(r.into_inner())
             .await
-            .map(Response::new)
+            .map(|mut a| {
+                a.header = None;
+                Response::new(a)
+            })
             .map_err(to_status)
     }
 
@@ -446,14 +532,15 @@ impl pb::maintenance_server::Maintenance for EtcdService {
             .map_err(to_status)
     }
 
-    async fn defragment(&self, _r: Request<pb::DefragmentRequest>) -> Rpc<pb::DefragmentResponse> {
+    async fn defragment(&self, r: Request<pb::DefragmentRequest>) -> Rpc<pb::DefragmentResponse> {
+        self.maintenance_admin(&r).await?;
         self.store.defragment().await.map_err(to_status)?;
-        Ok(Response::new(pb::DefragmentResponse {
-            header: self.store.header(self.store.revision()),
-        }))
+        // etcd answers an empty message, header included.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
-    async fn hash(&self, _r: Request<pb::HashRequest>) -> Rpc<pb::HashResponse> {
+    async fn hash(&self, r: Request<pb::HashRequest>) -> Rpc<pb::HashResponse> {
+        self.maintenance_admin(&r).await?;
         let h = self.store.hash_kv(0).await.map_err(to_status)?;
         Ok(Response::new(pb::HashResponse {
             header: h.header,
@@ -462,6 +549,7 @@ impl pb::maintenance_server::Maintenance for EtcdService {
     }
 
     async fn hash_kv(&self, r: Request<pb::HashKvRequest>) -> Rpc<pb::HashKvResponse> {
+        self.maintenance_admin(&r).await?;
         self.store
             .hash_kv(r.into_inner().revision)
             .await
@@ -469,22 +557,184 @@ impl pb::maintenance_server::Maintenance for EtcdService {
             .map_err(to_status)
     }
 
-    async fn snapshot(&self, _r: Request<pb::SnapshotRequest>) -> Rpc<Self::SnapshotStream> {
+    async fn snapshot(&self, r: Request<pb::SnapshotRequest>) -> Rpc<Self::SnapshotStream> {
+        self.maintenance_admin(&r).await?;
         let rx = crate::snapshot_stream::snapshot(&self.store);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// etcd answers MoveLeader only on the leader, refuses a target that is
+    /// not a voting member, and answers with no header.
     async fn move_leader(&self, r: Request<pb::MoveLeaderRequest>) -> Rpc<pb::MoveLeaderResponse> {
         let target = r.into_inner().target_id;
-        if !self.store.members().iter().any(|m| m.id == target) {
-            return Err(to_status(Error::MemberNotFound));
+        if !self.store.is_leader() {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if !self
+            .store
+            .members()
+            .iter()
+            .any(|m| m.id == target && !m.is_learner)
+        {
+            return Err(to_status(Error::BadLeaderTransferee));
         }
         if self.store.leader_id() == Some(target) {
-            return Ok(Response::new(pb::MoveLeaderResponse {
-                header: self.store.header(self.store.revision()),
-            }));
+            return Ok(Response::new(pb::MoveLeaderResponse { header: None }));
         }
         // openraft 0.9 has no leadership transfer.
         Err(unsupported("MoveLeader"))
+    }
+}
+
+// === impl Auth ===
+
+fn ok<T>(r: crate::Result<T>) -> Rpc<T> {
+    r.map(Response::new).map_err(to_status)
+}
+
+#[tonic::async_trait]
+impl pb::auth_server::Auth for EtcdService {
+    async fn auth_enable(&self, r: Request<pb::AuthEnableRequest>) -> Rpc<pb::AuthEnableResponse> {
+        let who = self.who(&r).await?;
+        ok(self.store.auth_enable(who.as_ref()).await)
+    }
+
+    async fn auth_disable(
+        &self,
+        r: Request<pb::AuthDisableRequest>,
+    ) -> Rpc<pb::AuthDisableResponse> {
+        let who = self.who(&r).await?;
+        ok(self.store.auth_disable(who.as_ref()).await)
+    }
+
+    async fn auth_status(&self, r: Request<pb::AuthStatusRequest>) -> Rpc<pb::AuthStatusResponse> {
+        let who = self.who(&r).await?;
+        ok(self.store.auth_status(who.as_ref()).await)
+    }
+
+    async fn authenticate(
+        &self,
+        r: Request<pb::AuthenticateRequest>,
+    ) -> Rpc<pb::AuthenticateResponse> {
+        // A stale token sent along does not stop a client from logging in
+        // again (etcd 3.4's later fix).
+        let r = r.into_inner();
+        ok(self.store.authenticate(&r.name, &r.password).await)
+    }
+
+    async fn user_add(&self, r: Request<pb::AuthUserAddRequest>) -> Rpc<pb::AuthUserAddResponse> {
+        let who = self.who(&r).await?;
+        ok(self.store.user_add(who.as_ref(), r.into_inner()).await)
+    }
+
+    async fn user_get(&self, r: Request<pb::AuthUserGetRequest>) -> Rpc<pb::AuthUserGetResponse> {
+        let who = self.who(&r).await?;
+        ok(self.store.user_get(who.as_ref(), &r.get_ref().name).await)
+    }
+
+    async fn user_list(
+        &self,
+        r: Request<pb::AuthUserListRequest>,
+    ) -> Rpc<pb::AuthUserListResponse> {
+        let who = self.who(&r).await?;
+        ok(self.store.user_list(who.as_ref()).await)
+    }
+
+    async fn user_delete(
+        &self,
+        r: Request<pb::AuthUserDeleteRequest>,
+    ) -> Rpc<pb::AuthUserDeleteResponse> {
+        let who = self.who(&r).await?;
+        ok(self
+            .store
+            .user_delete(who.as_ref(), r.into_inner().name)
+            .await)
+    }
+
+    async fn user_change_password(
+        &self,
+        r: Request<pb::AuthUserChangePasswordRequest>,
+    ) -> Rpc<pb::AuthUserChangePasswordResponse> {
+        let who = self.who(&r).await?;
+        let r = r.into_inner();
+        ok(self
+            .store
+            .user_change_password(who.as_ref(), r.name, r.password)
+            .await)
+    }
+
+    async fn user_grant_role(
+        &self,
+        r: Request<pb::AuthUserGrantRoleRequest>,
+    ) -> Rpc<pb::AuthUserGrantRoleResponse> {
+        let who = self.who(&r).await?;
+        let r = r.into_inner();
+        ok(self
+            .store
+            .user_grant_role(who.as_ref(), r.user, r.role)
+            .await)
+    }
+
+    async fn user_revoke_role(
+        &self,
+        r: Request<pb::AuthUserRevokeRoleRequest>,
+    ) -> Rpc<pb::AuthUserRevokeRoleResponse> {
+        let who = self.who(&r).await?;
+        let r = r.into_inner();
+        ok(self
+            .store
+            .user_revoke_role(who.as_ref(), r.name, r.role)
+            .await)
+    }
+
+    async fn role_add(&self, r: Request<pb::AuthRoleAddRequest>) -> Rpc<pb::AuthRoleAddResponse> {
+        let who = self.who(&r).await?;
+        ok(self.store.role_add(who.as_ref(), r.into_inner().name).await)
+    }
+
+    async fn role_get(&self, r: Request<pb::AuthRoleGetRequest>) -> Rpc<pb::AuthRoleGetResponse> {
+        let who = self.who(&r).await?;
+        ok(self.store.role_get(who.as_ref(), &r.get_ref().role).await)
+    }
+
+    async fn role_list(
+        &self,
+        r: Request<pb::AuthRoleListRequest>,
+    ) -> Rpc<pb::AuthRoleListResponse> {
+        let who = self.who(&r).await?;
+        ok(self.store.role_list(who.as_ref()).await)
+    }
+
+    async fn role_delete(
+        &self,
+        r: Request<pb::AuthRoleDeleteRequest>,
+    ) -> Rpc<pb::AuthRoleDeleteResponse> {
+        let who = self.who(&r).await?;
+        ok(self
+            .store
+            .role_delete(who.as_ref(), r.into_inner().role)
+            .await)
+    }
+
+    async fn role_grant_permission(
+        &self,
+        r: Request<pb::AuthRoleGrantPermissionRequest>,
+    ) -> Rpc<pb::AuthRoleGrantPermissionResponse> {
+        let who = self.who(&r).await?;
+        ok(self
+            .store
+            .role_grant_permission(who.as_ref(), r.into_inner())
+            .await)
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        r: Request<pb::AuthRoleRevokePermissionRequest>,
+    ) -> Rpc<pb::AuthRoleRevokePermissionResponse> {
+        let who = self.who(&r).await?;
+        ok(self
+            .store
+            .role_revoke_permission(who.as_ref(), r.into_inner())
+            .await)
     }
 }

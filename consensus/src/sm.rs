@@ -83,6 +83,10 @@ pub(crate) struct Shared {
     /// The raft log's durability, set once the log is open: redb may hold
     /// applied entries the log has not synced yet (see the module doc).
     pub log_durable: std::sync::OnceLock<Arc<crate::log_store::Durability>>,
+    /// This member's auth tokens: applied Authenticates add simple ones.
+    pub tokens: Arc<crate::auth::Tokens>,
+    /// etcd's counters and histograms of this member (`metrics.rs`).
+    pub metrics: crate::metrics::StoreMetrics,
 }
 
 impl std::fmt::Debug for Shared {
@@ -96,7 +100,16 @@ impl Shared {
     ///
     /// # Errors
     /// The file cannot be opened or read.
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<Arc<Self>> {
+        Self::open_with(dir, Arc::new(crate::auth::Tokens::new(Default::default())))
+    }
+
+    /// [`Shared::open`] with the member's token provider.
+    ///
+    /// # Errors
+    /// As [`Shared::open`].
+    pub fn open_with(dir: &Path, tokens: Arc<crate::auth::Tokens>) -> Result<Arc<Self>> {
         let db = backend::open_db(dir)?;
         let state = backend::load_state(&db)?;
         let membership = read_membership(&db)?;
@@ -118,6 +131,8 @@ impl Shared {
             snapshots_installed: AtomicU64::new(0),
             snapshots_built: AtomicU64::new(0),
             log_durable: std::sync::OnceLock::new(),
+            tokens,
+            metrics: Default::default(),
         }))
     }
 
@@ -164,6 +179,24 @@ impl Shared {
     }
 }
 
+/// `etcd_disk_defrag_inflight` while alive; observes the duration on drop
+/// (a failed defragment counts too, as in etcd).
+struct DefragTimer<'a>(&'a crate::metrics::StoreMetrics, Instant);
+
+impl<'a> DefragTimer<'a> {
+    fn start(m: &'a crate::metrics::StoreMetrics) -> Self {
+        m.defrag_inflight.fetch_add(1, Ordering::Relaxed);
+        Self(m, Instant::now())
+    }
+}
+
+impl Drop for DefragTimer<'_> {
+    fn drop(&mut self) {
+        self.0.backend_defrag.since(self.1);
+        self.0.defrag_inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Rewrites the MVCC file compactly (etcd's defragment): every table is
 /// copied into a fresh file, which atomically replaces the old one;
 /// readers still on the old file finish there. Applies wait meanwhile.
@@ -171,6 +204,7 @@ pub(crate) fn defragment(sh: &Shared) -> Result<(u64, u64)> {
     let path = sh.dir.join("lookout.redb");
     let tmp = sh.dir.join("lookout.redb.defrag");
     let _file = sh.file_lock.lock().expect("file lock");
+    let _timer = DefragTimer::start(&sh.metrics);
     // The copy is committed durably: it must hold synced entries only.
     sh.settle()?;
     let before = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -200,6 +234,11 @@ pub(crate) fn defragment(sh: &Shared) -> Result<(u64, u64)> {
             for row in r.open_table(RAFT_SM)?.iter()? {
                 let (k, v) = row?;
                 raft_sm.insert(k.value(), v.value())?;
+            }
+            let mut auth = w.open_table(crate::auth::AUTH)?;
+            for row in r.open_table(crate::auth::AUTH)?.iter()? {
+                let (k, v) = row?;
+                auth.insert(k.value(), v.value())?;
             }
         }
         w.commit()?;
@@ -261,6 +300,8 @@ struct Prepared {
     membership: Option<StoredMembership>,
     /// Granted (with TTL) or revoked leases, for the expiry timers.
     leases: Vec<(i64, Option<i64>)>,
+    /// Simple tokens issued or revoked, for this member's token table.
+    tokens: Vec<crate::auth::TokenEvent>,
 }
 
 impl StateMachine {
@@ -292,6 +333,7 @@ impl StateMachine {
         let mut replies = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
         let mut leases: Vec<(i64, Option<i64>)> = Vec::new();
+        let mut tokens = Vec::new();
         let mut membership = None;
         {
             let mut ap = Applier::new(&txn)?;
@@ -304,18 +346,23 @@ impl StateMachine {
                         let mut out = Vec::with_capacity(batch.0.len());
                         for req in &batch.0 {
                             let a = ap.apply(&mut working, e.log_id.index, req)?;
+                            sh.metrics.count_applied(req, &a.response);
                             if !a.events.is_empty() {
                                 events.push((a.revision, a.events));
                             }
-                            match (&a.response, req) {
+                            match (&a.response, req.inner()) {
                                 (Ok(Response::LeaseGrant(g)), _) => {
+                                    sh.metrics.leases_granted.fetch_add(1, Ordering::Relaxed);
+                                    sh.metrics.lease_ttl.observe(g.ttl as f64);
                                     leases.push((g.id, Some(g.ttl)))
                                 }
                                 (Ok(Response::LeaseRevoke(_)), Request::LeaseRevoke { id }) => {
+                                    sh.metrics.leases_revoked.fetch_add(1, Ordering::Relaxed);
                                     leases.push((*id, None))
                                 }
                                 _ => {}
                             }
+                            tokens.extend(crate::auth::token_event(req, &a.response));
                             out.push(Reply {
                                 response: a.response,
                                 revision: a.revision,
@@ -336,13 +383,23 @@ impl StateMachine {
             txn.open_table(RAFT_SM)?
                 .insert(MEMBERSHIP_KEY, bytes.as_slice())?;
         }
+        if sh.metrics.in_use_due() {
+            // redb's allocated pages: what bolt calls the in-use size.
+            if let Ok(st) = txn.stats() {
+                let bytes = st.allocated_pages() * st.page_size() as u64;
+                sh.metrics.db_in_use_bytes.store(bytes, Ordering::Relaxed);
+            }
+        }
+        let commit = Instant::now();
         txn.commit()?;
+        sh.metrics.backend_commit.since(commit);
         Ok(Prepared {
             state: working,
             replies,
             events,
             membership,
             leases,
+            tokens,
         })
     }
 
@@ -355,6 +412,7 @@ impl StateMachine {
             events,
             membership,
             leases,
+            tokens,
         } = p;
         let rev = state.rev;
         sh.state.store(Arc::new(state));
@@ -363,6 +421,9 @@ impl StateMachine {
         sh.hub.publish(&events, rev);
         if let Some(m) = membership {
             sh.membership.store(Arc::new(m));
+        }
+        for ev in tokens {
+            sh.tokens.on_event(ev);
         }
         if !leases.is_empty() {
             let now = Instant::now();
@@ -414,6 +475,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // still run) unless a whole-file operation (snapshot install,
         // defragment, purge's sync) holds the file, in which case it
         // waits off the async workers.
+        let started = Instant::now();
         let prepared = match self.try_apply_now(&entries) {
             Some(done) => done,
             None => {
@@ -424,6 +486,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        if started.elapsed() > crate::metrics::SLOW_APPLY {
+            self.shared
+                .metrics
+                .slow_apply
+                .fetch_add(1, Ordering::Relaxed);
+        }
         // Nothing takes effect before it is on this member's disk. The
         // fsync is usually a few tens of µs from done here: for a small
         // batch (few writers, so the CPU is mostly idle and latency is
@@ -479,10 +547,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         let meta = meta.clone();
         let file = snapshot.into_std().await;
-        tokio::task::spawn_blocking(move || install(&shared, &meta, file))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, e))
+        tokio::task::spawn_blocking(move || {
+            let m = &shared.metrics;
+            m.snapshot_apply_in_progress.fetch_add(1, Ordering::Relaxed);
+            let r = install(&shared, &meta, file);
+            m.snapshot_apply_in_progress.fetch_sub(1, Ordering::Relaxed);
+            r
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
@@ -499,10 +573,15 @@ pub(crate) struct SnapBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let shared = self.shared.clone();
-        let (meta, path) = tokio::task::spawn_blocking(move || build(&shared))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let (meta, path) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let r = build(&shared);
+            shared.metrics.backend_snapshot.since(started);
+            r
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let f = tokio::fs::File::open(&path)
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
@@ -522,6 +601,9 @@ pub(crate) const TAG_KV: u8 = 1;
 pub(crate) const TAG_LEASE: u8 = 2;
 const TAG_ALARM: u8 = 3;
 const TAG_RAFT_SM: u8 = 4;
+/// Auth rows (users, roles, flag, revision). A store that never used auth
+/// writes none, so its snapshots read on members built before auth.
+pub(crate) const TAG_AUTH: u8 = 5;
 
 /// Writer that keeps a running CRC of everything written.
 struct CrcWriter<W: Write> {
@@ -609,6 +691,10 @@ fn build(sh: &Shared) -> Result<(SnapshotMeta, PathBuf)> {
     for row in tx.open_table(RAFT_SM)?.iter()? {
         let (k, v) = row?;
         put_row(&mut w, TAG_RAFT_SM, k.value().as_bytes(), v.value())?;
+    }
+    for row in tx.open_table(crate::auth::AUTH)?.iter()? {
+        let (k, v) = row?;
+        put_row(&mut w, TAG_AUTH, k.value(), v.value())?;
     }
     w.write_all(&[TAG_END])?;
     let crc = w.crc.clone().finalize();
@@ -723,11 +809,13 @@ fn install(sh: &Shared, meta: &SnapshotMeta, mut file: std::fs::File) -> Result<
     txn.delete_table(LEASES)?;
     txn.delete_table(ALARMS)?;
     txn.delete_table(RAFT_SM)?;
+    txn.delete_table(crate::auth::AUTH)?;
     {
         let mut kv = txn.open_table(KV)?;
         let mut leases = txn.open_table(LEASES)?;
         let mut alarms = txn.open_table(ALARMS)?;
         let mut raft_sm = txn.open_table(RAFT_SM)?;
+        let mut auth = txn.open_table(crate::auth::AUTH)?;
         loop {
             let tag = take(&mut r, 1)?[0];
             if tag == TAG_END {
@@ -755,6 +843,9 @@ fn install(sh: &Shared, meta: &SnapshotMeta, mut file: std::fs::File) -> Result<
                 TAG_RAFT_SM => {
                     let key = String::from_utf8(k).map_err(|_| bad("raft_sm key"))?;
                     raft_sm.insert(key.as_str(), v.as_slice())?;
+                }
+                TAG_AUTH => {
+                    auth.insert(k.as_slice(), v.as_slice())?;
                 }
                 _ => return Err(bad("unknown row tag")),
             }

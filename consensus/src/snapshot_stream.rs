@@ -19,7 +19,9 @@
 //! snapshot stream. A restored member carries no raft log, no membership
 //! and no alarms of the old cluster: it starts a new cluster from its own
 //! `--initial-cluster` (as `etcdctl snapshot restore` does), with the
-//! same keys, revisions, compaction point and leases.
+//! same keys, revisions, compaction point, leases, and auth state (users,
+//! roles, permissions, the enabled flag: a restored cluster keeps its
+//! access control, as etcd's does).
 //!
 //! It must never hold the database in memory (rows stream through one
 //! chunk buffer) and never restore into a data dir that has data.
@@ -36,7 +38,7 @@ use tonic::Status;
 
 use crate::backend::{self, ALARMS, KV, LEASES, META_KEY, Meta};
 use crate::error::{Error, Result};
-use crate::sm::{TAG_END, TAG_KV, TAG_LEASE, put_row};
+use crate::sm::{TAG_AUTH, TAG_END, TAG_KV, TAG_LEASE, put_row};
 use crate::store::Store;
 
 /// First bytes of a backup file; the digit is the format version.
@@ -74,6 +76,7 @@ pub fn snapshot(store: &Store) -> mpsc::Receiver<Result<SnapshotResponse, Status
             // (see `sm.rs`): a backup carries synced writes only.
             shared.wait_synced(backend::read_meta(&kv)?.applied_index)?;
             let leases = rtx.open_table(LEASES)?;
+            let auth = rtx.open_table(crate::auth::AUTH)?;
             // Pass 1: the exact size, so every chunk carries etcd's
             // remaining_bytes. Same transaction, so both passes agree.
             let mut total = BACKUP_MAGIC.len() as u64 + 1;
@@ -82,6 +85,10 @@ pub fn snapshot(store: &Store) -> mpsc::Receiver<Result<SnapshotResponse, Status
                 total += 1 + 4 + 16 + 4 + v.value().len() as u64;
             }
             total += leases.len()? * (1 + 4 + 8 + 4 + 8);
+            for row in auth.iter()? {
+                let (k, v) = row?;
+                total += 1 + 4 + k.value().len() as u64 + 4 + v.value().len() as u64;
+            }
             // etcdctl 3.4 accepts a snapshot only when its length is a
             // multiple of 512 plus the 32-byte sha256 (bolt's page rule):
             // zero padding after the end tag makes ours so.
@@ -107,6 +114,10 @@ pub fn snapshot(store: &Store) -> mpsc::Receiver<Result<SnapshotResponse, Status
                     &k.value().to_be_bytes(),
                     &v.value().to_be_bytes(),
                 )?;
+            }
+            for row in auth.iter()? {
+                let (k, v) = row?;
+                put_row(&mut w, TAG_AUTH, k.value(), v.value())?;
             }
             w.write_all(&[TAG_END])?;
             w.write_all(&vec![0u8; (padded - total) as usize])?;
@@ -243,6 +254,7 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<Restored> {
     {
         let mut kv = txn.open_table(KV)?;
         let mut leases = txn.open_table(LEASES)?;
+        let mut auth = txn.open_table(crate::auth::AUTH)?;
         // Alarms name members of the old cluster; a new cluster starts clean.
         let _ = txn.open_table(ALARMS)?;
         loop {
@@ -277,6 +289,9 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<Restored> {
                     let ttl = i64::from_be_bytes(v.try_into().map_err(|_| bad("lease ttl"))?);
                     leases.insert(id, ttl)?;
                     out.leases += 1;
+                }
+                TAG_AUTH => {
+                    auth.insert(k.as_slice(), v.as_slice())?;
                 }
                 t => return Err(bad(format!("unknown row tag {t}"))),
             }

@@ -41,6 +41,9 @@ pub struct MvccState {
     pub applied_log: Option<openraft::LogId<u64>>,
     /// Raised alarms: member ID -> bits (1 << etcd AlarmType).
     pub alarms: imbl::OrdMap<u64, u64>,
+    /// Users, roles and the auth flag (see `auth/`), applied with the
+    /// writes so a batch sees its own auth changes.
+    pub auth: Arc<crate::auth::AuthState>,
 }
 
 /// etcd's AlarmType NOSPACE.

@@ -31,6 +31,7 @@ use prost::Message;
 use redb::{Database, ReadableDatabase};
 use tokio::sync::mpsc;
 
+use crate::auth::{AuthInfo, Credentials};
 use crate::backend::{self, KV};
 use crate::cluster::{self, Batch, MemberNode, NodeId, Raft};
 use crate::config::{MAX_LEASE_TTL, StoreConfig};
@@ -62,6 +63,9 @@ pub(crate) struct Inner {
     pub term: AtomicU64,
     pub leader: AtomicU64,
     pub closed: AtomicBool,
+    /// This member's tokens (shared with the state machine, which records
+    /// the simple tokens applied Authenticates issue).
+    pub tokens: Arc<crate::auth::Tokens>,
 }
 
 /// Handle to a running store member. Cheap to clone; every method is safe
@@ -139,11 +143,13 @@ impl Store {
         Ok(store)
     }
 
-    async fn build(cfg: StoreConfig) -> Result<Store> {
+    async fn build(mut cfg: StoreConfig) -> Result<Store> {
         let rcfg = Arc::new(raft_config(&cfg)?);
         let member_id = cluster::member_id(&cfg.peer_urls, &cfg.cluster_token);
         let cluster_id = cluster::derive_id("cluster", &[&cfg.cluster_token]);
-        let shared = Shared::open(&cfg.data_dir)?;
+        cfg.auth.bcrypt_cost = crate::auth::effective_cost(cfg.auth.bcrypt_cost);
+        let tokens = Arc::new(crate::auth::Tokens::new(cfg.auth.clone()));
+        let shared = Shared::open_with(&cfg.data_dir, tokens.clone())?;
         let log = LogStore::open(&cfg.data_dir, member_id, shared.clone())?;
         let peers = Arc::new(PeerClients::new(cluster_id, cfg.peer_tls.clone()));
         let sm = StateMachine {
@@ -188,6 +194,7 @@ impl Store {
                 term: AtomicU64::new(0),
                 leader: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
+                tokens,
             }),
         })
     }
@@ -251,6 +258,14 @@ impl Store {
         &self.inner.shared
     }
 
+    pub(crate) fn wal_stats(&self) -> &crate::metrics::WalStats {
+        self.inner.log.wal_stats()
+    }
+
+    pub(crate) fn peer_metrics(&self) -> &crate::metrics::PeerMetrics {
+        &self.inner.peers.stats
+    }
+
     /// A response header for `rev` with this member's IDs and raft term.
     pub fn header(&self, rev: i64) -> Option<ResponseHeader> {
         Some(ResponseHeader {
@@ -286,11 +301,20 @@ impl Store {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(Error::Stopped);
         }
-        let reply = self.inner.proposer.propose(self, req).await?;
-        // A follower gets its answer from the leader, possibly before it
-        // applied the entry itself: wait, so read-your-writes holds here.
-        self.wait_applied_rev(reply.revision).await?;
-        Ok(reply)
+        let m = &self.inner.shared.metrics;
+        let _pending = crate::metrics::Pending::new(&m.proposals_pending);
+        let reply = async {
+            let reply = self.inner.proposer.propose(self, req).await?;
+            // A follower gets its answer from the leader, possibly before it
+            // applied the entry itself: wait, so read-your-writes holds here.
+            self.wait_applied_rev(reply.revision).await?;
+            Ok(reply)
+        }
+        .await;
+        if reply.is_err() {
+            m.proposals_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        reply
     }
 
     async fn wait_applied_rev(&self, rev: i64) -> Result<()> {
@@ -421,6 +445,18 @@ impl Store {
     /// # Errors
     /// No leader or timeout.
     pub async fn read_index(&self) -> Result<()> {
+        let r = self.read_index_inner().await;
+        if let Err(e) = &r {
+            let m = &self.inner.shared.metrics;
+            m.read_indexes_failed.fetch_add(1, Ordering::Relaxed);
+            if matches!(e, Error::Timeout) {
+                m.slow_read_indexes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    async fn read_index_inner(&self) -> Result<()> {
         let index = match self.to_leader(Forward::ReadIndex).await? {
             ForwardOk::Index(i) => i,
             other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
@@ -484,15 +520,48 @@ impl Store {
     /// Empty key, future or compacted revision, no leader or timeout (for
     /// a linearizable read), storage failure.
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        self.range_as(None, req).await
+    }
+
+    /// [`Store::range`] as `who` (etcd's `doSerialize`): read permission
+    /// on the range, checked against the auth state of the very snapshot
+    /// the read is served from; a token older than that state is refused
+    /// with etcd's "revision of auth store is old".
+    ///
+    /// # Errors
+    /// As [`Store::range`], plus the permission check's.
+    pub async fn range_as(
+        &self,
+        who: Option<&AuthInfo>,
+        req: RangeRequest,
+    ) -> Result<RangeResponse> {
         validate::check_range(&req)?;
+        self.count_range();
         if !req.serializable {
             self.read_index().await?;
         }
-        self.range_local(&req)
+        let st = self.snapshot();
+        Self::read_permitted(&st, who, &req)?;
+        self.range_local(&st, &req)
     }
 
-    fn range_local(&self, req: &RangeRequest) -> Result<RangeResponse> {
-        let st = self.snapshot();
+    fn count_range(&self) {
+        let m = &self.inner.shared.metrics;
+        m.ranges.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read_permitted(st: &MvccState, who: Option<&AuthInfo>, req: &RangeRequest) -> Result<()> {
+        crate::auth::check_range(&st.auth, who, &req.key, &req.range_end)?;
+        if let Some(w) = who
+            && w.revision != 0
+            && w.revision != st.auth.revision
+        {
+            return Err(Error::AuthOldRevision);
+        }
+        Ok(())
+    }
+
+    fn range_local(&self, st: &Arc<MvccState>, req: &RangeRequest) -> Result<RangeResponse> {
         let res = if req.revision <= 0 || req.revision == st.rev {
             st.range(req, &mut |_| Ok(None))?
         } else {
@@ -519,26 +588,53 @@ impl Store {
     /// # Errors
     /// As [`Store::range`].
     pub async fn range_encoded(&self, req: RangeRequest) -> Result<bytes::Bytes> {
+        self.range_encoded_as(None, req).await
+    }
+
+    /// [`Store::range_encoded`] as `who` (see [`Store::range_as`]).
+    ///
+    /// # Errors
+    /// As [`Store::range_as`].
+    pub async fn range_encoded_as(
+        &self,
+        who: Option<&AuthInfo>,
+        req: RangeRequest,
+    ) -> Result<bytes::Bytes> {
         validate::check_range(&req)?;
+        self.count_range();
         if !req.serializable {
             self.read_index().await?;
         }
         let st = self.snapshot();
+        Self::read_permitted(&st, who, &req)?;
         if crate::encode::fast_path(&req, &st) {
             let header = self.header(st.rev).unwrap_or_default();
             return Ok(crate::encode::current_range(&req, &st, &header));
         }
-        Ok(self.range_local(&req)?.encode_to_vec().into())
+        Ok(self.range_local(&st, &req)?.encode_to_vec().into())
     }
 
     /// # Errors
     /// See [`validate::check_put`], lease not found, no space, storage
     /// failure, no leader or timeout.
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        self.put_as(None, req).await
+    }
+
+    /// [`Store::put`] as `who`: every member's apply checks write
+    /// permission (and the lease's keys, and read for `prev_kv`).
+    ///
+    /// # Errors
+    /// As [`Store::put`], plus the permission check's.
+    pub async fn put_as(&self, who: Option<&AuthInfo>, req: PutRequest) -> Result<PutResponse> {
         validate::check_put(&req)?;
         self.check_size(&req)?;
         self.check_quota(req.encoded_len()).await?;
-        match self.propose(Request::Put(req)).await?.response? {
+        match self
+            .propose(self.wrap(who, Request::Put(req)))
+            .await?
+            .response?
+        {
             Response::Put(mut r) => {
                 self.fill(&mut r.header);
                 Ok(r)
@@ -550,9 +646,25 @@ impl Store {
     /// # Errors
     /// Empty key, storage failure, no leader or timeout.
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        self.delete_range_as(None, req).await
+    }
+
+    /// [`Store::delete_range`] as `who` (checked at apply).
+    ///
+    /// # Errors
+    /// As [`Store::delete_range`], plus the permission check's.
+    pub async fn delete_range_as(
+        &self,
+        who: Option<&AuthInfo>,
+        req: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse> {
         validate::check_delete(&req)?;
         self.check_size(&req)?;
-        match self.propose(Request::DeleteRange(req)).await?.response? {
+        match self
+            .propose(self.wrap(who, Request::DeleteRange(req)))
+            .await?
+            .response?
+        {
             Response::DeleteRange(mut r) => {
                 self.fill(&mut r.header);
                 Ok(r)
@@ -565,6 +677,15 @@ impl Store {
     /// Too many ops, duplicate keys, a failing nested request, no space,
     /// storage, no leader or timeout.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        self.txn_as(None, req).await
+    }
+
+    /// [`Store::txn`] as `who`: the apply checks every compare and every
+    /// operation of both branches, nested txns included.
+    ///
+    /// # Errors
+    /// As [`Store::txn`], plus the permission check's.
+    pub async fn txn_as(&self, who: Option<&AuthInfo>, req: TxnRequest) -> Result<TxnResponse> {
         validate::check_txn(&req, self.inner.cfg.max_txn_ops)?;
         self.check_size(&req)?;
         let r = Request::Txn(req);
@@ -573,7 +694,7 @@ impl Store {
         {
             self.check_quota(t.encoded_len()).await?;
         }
-        match self.propose(r).await?.response? {
+        match self.propose(self.wrap(who, r)).await?.response? {
             Response::Txn(mut r) => {
                 self.fill(&mut r.header);
                 Ok(r)
@@ -642,7 +763,24 @@ impl Store {
     /// # Errors
     /// Lease not found, storage failure, no leader or timeout.
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
-        match self.propose(Request::LeaseRevoke { id }).await?.response? {
+        self.lease_revoke_as(None, id).await
+    }
+
+    /// [`Store::lease_revoke`] as `who`: write permission on every key
+    /// attached to the lease, checked at apply.
+    ///
+    /// # Errors
+    /// As [`Store::lease_revoke`], plus the permission check's.
+    pub async fn lease_revoke_as(
+        &self,
+        who: Option<&AuthInfo>,
+        id: i64,
+    ) -> Result<LeaseRevokeResponse> {
+        match self
+            .propose(self.wrap(who, Request::LeaseRevoke { id }))
+            .await?
+            .response?
+        {
             Response::LeaseRevoke(mut r) => {
                 self.fill(&mut r.header);
                 Ok(r)
@@ -656,6 +794,10 @@ impl Store {
     pub(crate) fn keep_alive_local(&self, id: i64) -> i64 {
         let st = self.snapshot();
         let mut exp = self.inner.shared.expiry.lock().expect("expiry map");
+        if st.leases.contains_key(&id) {
+            let m = &self.inner.shared.metrics;
+            m.leases_renewed.fetch_add(1, Ordering::Relaxed);
+        }
         match (st.leases.get(&id), exp.get_mut(&id)) {
             (Some(l), Some(deadline)) => {
                 *deadline = Instant::now() + Duration::from_secs(l.ttl as u64);
@@ -707,6 +849,33 @@ impl Store {
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse> {
+        self.lease_time_to_live_as(None, req).await
+    }
+
+    /// [`Store::lease_time_to_live`] as `who`: listing the keys needs read
+    /// permission on each (etcd 3.4's later fix; 3.4.23 listed them to
+    /// anyone).
+    ///
+    /// # Errors
+    /// As [`Store::lease_time_to_live`], plus the permission check's.
+    pub async fn lease_time_to_live_as(
+        &self,
+        who: Option<&AuthInfo>,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        if req.keys {
+            let st = self.snapshot();
+            if st.auth.enabled {
+                let Some(w) = who else {
+                    return Err(Error::UserEmpty);
+                };
+                if let Some(l) = st.leases.get(&req.id) {
+                    for k in l.keys.iter() {
+                        crate::auth::check_range(&st.auth, Some(w), k, &[])?;
+                    }
+                }
+            }
+        }
         let remaining = match self.to_leader(Forward::TimeToLive(req.id)).await? {
             ForwardOk::Ttl(t) => t,
             other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
@@ -749,8 +918,22 @@ impl Store {
     where
         S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
     {
+        self.watch_as(Credentials::default(), requests)
+    }
+
+    /// [`Store::watch`] for a client with `creds`: each watch create is
+    /// checked (identity resolved again, read permission on its range),
+    /// as etcd does; a refused create is answered created + canceled.
+    pub fn watch_as<S>(
+        &self,
+        creds: Credentials,
+        requests: S,
+    ) -> mpsc::Receiver<Result<WatchResponse>>
+    where
+        S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
+    {
         let (tx, rx) = mpsc::channel(128);
-        tokio::spawn(crate::watch::run_stream(self.clone(), requests, tx));
+        tokio::spawn(crate::watch::run_stream(self.clone(), creds, requests, tx));
         rx
     }
 

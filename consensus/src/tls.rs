@@ -380,7 +380,7 @@ pub fn common_name(cert: &[u8]) -> Option<String> {
 }
 
 /// One DER tag-length-value: (tag, value, rest).
-fn der_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn der_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let tag = *b.first()?;
     let first = *b.get(1)? as usize;
     let (len, hdr) = if first < 0x80 {

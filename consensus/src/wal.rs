@@ -171,6 +171,8 @@ pub(crate) struct Wal {
     // the writer; `index` briefly by the writer and by readers.
     tail: std::sync::Mutex<Tail>,
     index: std::sync::Mutex<Index>,
+    /// fsync latencies and bytes written (etcd's `etcd_disk_wal_*`).
+    pub stats: std::sync::Arc<crate::metrics::WalStats>,
 }
 
 fn corrupt(what: String) -> std::io::Error {
@@ -396,6 +398,7 @@ impl Wal {
             dir: dir.to_path_buf(),
             tail: std::sync::Mutex::new(tail),
             index: std::sync::Mutex::new(index),
+            stats: Default::default(),
         };
         wal.drop_purged_segments(purged)?;
         sync_dir(dir)?;
@@ -530,6 +533,9 @@ impl Wal {
         if let Err(e) = file.write_all_at(&t.buf, t.pos) {
             return Self::fail(t, e);
         }
+        self.stats
+            .write_bytes
+            .fetch_add(t.buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
         t.pos += t.buf.len() as u64;
         t.buf.clear();
         let mut idx = self.index.lock().expect("wal index");
@@ -548,10 +554,13 @@ impl Wal {
             let idx = self.index.lock().expect("wal index");
             idx.segs.get(&t.seq).map(|s| s.file.clone())
         };
-        if let Some(f) = file
-            && let Err(e) = f.sync_data()
-        {
-            return Self::fail(t, e);
+        if let Some(f) = file {
+            let started = std::time::Instant::now();
+            let synced = f.sync_data();
+            self.stats.fsync.since(started);
+            if let Err(e) = synced {
+                return Self::fail(t, e);
+            }
         }
         Ok(())
     }

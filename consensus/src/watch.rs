@@ -69,6 +69,8 @@ struct StreamState {
     lagged: Arc<Lagged>,
     /// Next server-assigned watch ID (etcd starts at 0).
     next_id: i64,
+    /// The client's token or certificate name: each create is checked.
+    creds: crate::auth::Credentials,
 }
 
 /// Output closed: the client went away.
@@ -76,6 +78,7 @@ struct Gone;
 
 pub(crate) async fn run_stream<S>(
     store: Store,
+    creds: crate::auth::Credentials,
     mut requests: S,
     out: mpsc::Sender<Result<WatchResponse>>,
 ) where
@@ -91,6 +94,7 @@ pub(crate) async fn run_stream<S>(
         hub_tx,
         lagged: Arc::new(Lagged::default()),
         next_id: 0,
+        creds,
     };
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -180,6 +184,9 @@ impl StreamState {
             cancel_reason: reason.into(),
             ..Default::default()
         };
+        if let Err(reason) = crate::auth::watch_permitted(&self.store, &self.creds, &c) {
+            return self.send(fail(&reason)).await;
+        }
         if !range_end.is_empty() && range_end.as_ref() != [0] && c.key >= range_end {
             let r = fail("mvcc: watcher range is empty");
             return self.send(r).await;

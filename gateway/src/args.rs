@@ -23,9 +23,21 @@ pub struct GatewayArgs {
     /// Client URL MemberList advertises (default: `http://` + the listen address).
     #[arg(long)]
     pub advertise_client_url: Option<String>,
-    /// Also serve /metrics and /health here (host:port or http://host:port).
+    /// Also serve /metrics, /health, /livez and /readyz here (host:port or
+    /// http://host:port).
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// HTTP API: origins allowed by CORS, comma separated (`*`: any).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub cors: Vec<String>,
+    /// HTTP API over plain HTTP: accepted Host names (`*`: any), against
+    /// DNS rebinding.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub host_whitelist: Vec<String>,
+    /// `basic`, or `extensive` for per-method gRPC latency histograms
+    /// (`grpc_server_handling_seconds`), as etcd's `--metrics`.
+    #[arg(long, value_enum, default_value = "basic")]
+    pub metrics: crate::telemetry::MetricsLevel,
     /// Cache only keys under this prefix (repeatable; default: all keys).
     #[arg(long = "prefix")]
     pub prefixes: Vec<String>,
@@ -193,6 +205,11 @@ impl GatewayArgs {
         let mut c = GatewayConfig::new(self.endpoints.iter().cloned());
         c.advertise_client_url = self.advertise_client_url.clone();
         c.metrics_addr = self.metrics_addr.clone();
+        c.http_access = crate::http::Access {
+            cors: self.cors.clone(),
+            host_whitelist: self.host_whitelist.clone(),
+        };
+        c.metrics = self.metrics;
         c.prefixes = self
             .prefixes
             .iter()

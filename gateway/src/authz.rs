@@ -371,9 +371,20 @@ const ADMIN_PATHS: &[&str] = &[
     "/etcdserverpb.Cluster/MemberPromote",
 ];
 
-/// HTTP paths that reach keys without the per-call checks above.
+/// Paths that reach keys without the per-call checks above: the HTTP
+/// APIs, and Lock and Election (their keys are `name/...`, written through
+/// the gateway's own KV service).
 fn is_http_key_api(path: &str) -> bool {
-    path.starts_with("/v1/") || path.starts_with("/v3/") || path.starts_with("/v3beta/")
+    [
+        "/v1/",
+        "/v3/",
+        "/v3beta/",
+        "/v3alpha/",
+        "/v3lockpb.",
+        "/v3electionpb.",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
 }
 
 /// Puts the [`Principal`] into every request and refuses what can be

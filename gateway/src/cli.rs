@@ -204,6 +204,27 @@ pub struct StoreArgs {
     /// --peer-trusted-ca-file.
     #[arg(long)]
     pub peer_client_cert_auth: bool,
+    /// Auth token kind and options: `simple`, or
+    /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256,ttl=5m` (etcd's).
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Lifetime of a simple token after its last use, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of password hashes (4 to 31).
+    #[arg(long, default_value_t = 10)]
+    pub bcrypt_cost: u32,
+    /// HTTP API: origins allowed by CORS, comma separated (`*`: any).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub cors: Vec<String>,
+    /// HTTP API over plain HTTP: accepted Host names (`*`: any), against
+    /// DNS rebinding.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub host_whitelist: Vec<String>,
+    /// `basic`, or `extensive` for per-method gRPC latency histograms
+    /// (`grpc_server_handling_seconds`), as etcd's `--metrics`.
+    #[arg(long, value_enum, default_value = "basic")]
+    pub metrics: lookout_gateway::telemetry::MetricsLevel,
 }
 
 /// `lookout dev` flags.
@@ -218,6 +239,11 @@ pub struct DevArgs {
     /// Secondary indexes of the gateway, as `lookout gateway --index`.
     #[arg(long = "index", value_parser = lookout_gateway::parse_index)]
     pub indexes: Vec<lookout_cache::IndexDef>,
+    /// `basic`, or `extensive` for per-method gRPC latency histograms, as
+    /// etcd's `--metrics`. `/metrics` on the client port carries the
+    /// gateway's families and the store's `etcd_*` ones.
+    #[arg(long, value_enum, default_value = "basic")]
+    pub metrics: lookout_gateway::telemetry::MetricsLevel,
 }
 
 /// Go-style durations as etcd's flags take them ("10m", "500ms"), the
@@ -387,6 +413,17 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
     cfg.auto_compaction =
         parse_auto_compaction(&a.auto_compaction_mode, &a.auto_compaction_retention)?;
     let client_tls = a.tls.files()?;
+    let access = lookout_gateway::http::Access {
+        cors: a.cors.clone(),
+        host_whitelist: a.host_whitelist.clone(),
+    };
+    cfg.auth = lookout_consensus::auth::AuthConfig {
+        token: lookout_consensus::auth::parse_auth_token(&a.auth_token)
+            .map_err(|e| CliError::BadFlag(format!("--auth-token: {e}")))?,
+        simple_ttl: Duration::from_secs(a.auth_token_ttl),
+        bcrypt_cost: a.bcrypt_cost,
+        client_cert_auth: a.tls.client_cert_auth,
+    };
     cfg.peer_tls = lookout_consensus::tls::TlsFiles::from_flags(
         a.peer_cert_file.as_deref(),
         a.peer_key_file.as_deref(),
@@ -403,7 +440,7 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
         reload_interval: a.tls.tls_reload_interval,
         ..f
     });
-    serve_member(cfg, client_tls, &addrs, &peer_addrs).await
+    serve_member(cfg, client_tls, access, &addrs, &peer_addrs, a.metrics).await
 }
 
 /// etcd's `--auto-compaction-mode` / `--auto-compaction-retention`: a
@@ -487,6 +524,13 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CliError> {
     let mut gcfg = GatewayConfig::new([store_addr.to_string()]);
     gcfg.advertise_client_url = Some(a.listen_client_urls.clone());
     gcfg.shutdown_timeout = Duration::from_secs(5);
+    gcfg.metrics = a.metrics;
+    // One port, both sets: the store's etcd_* families beside the
+    // gateway's (the gRPC families are the gateway's, whose port clients use).
+    let metered = store.clone();
+    gcfg.extra_metrics = Some(lookout_gateway::telemetry::ExtraMetrics(
+        std::sync::Arc::new(move |out: &mut String| metered.render_metrics(out)),
+    ));
     gcfg.cache.indexes = lookout_cache::IndexSet::new(a.indexes.clone()).map_err(|e| {
         CliError::from(GatewayError::BadFlag {
             what: "--index",
@@ -570,8 +614,10 @@ async fn bind_all(addrs: &[String]) -> Result<Vec<TcpListener>, CliError> {
 async fn serve_member(
     cfg: StoreConfig,
     client_tls: Option<lookout_consensus::tls::TlsFiles>,
+    access: lookout_gateway::http::Access,
     addrs: &[String],
     peer_addrs: &[String],
+    level: lookout_gateway::telemetry::MetricsLevel,
 ) -> Result<(), CliError> {
     use lookout_consensus::tls::ReloadingTls;
     let listeners = bind_all(addrs).await?;
@@ -602,7 +648,7 @@ async fn serve_member(
         });
     }
     let http_metrics = std::sync::Arc::new(lookout_gateway::http::HttpMetrics::default());
-    let grpc_metrics = std::sync::Arc::new(lookout_gateway::telemetry::GrpcMetrics::default());
+    let grpc_metrics = std::sync::Arc::new(lookout_gateway::telemetry::GrpcMetrics::new(level));
     for l in listeners {
         let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %local, member = %format!("{:x}", store.member_id()), "serving etcd v3 gRPC and HTTP/JSON");
@@ -610,6 +656,7 @@ async fn serve_member(
         let store = store.clone();
         let http = lookout_gateway::http::HttpConfig {
             max_request_bytes: store.config().max_request_bytes,
+            access: access.clone(),
             ..Default::default()
         };
         let metrics = http_metrics.clone();

@@ -20,6 +20,26 @@ use crate::server::Shared;
 /// The name MemberList shows for a gateway.
 pub(crate) const GATEWAY_MEMBER_NAME: &str = "lookout-gateway";
 
+/// The members a gateway presents: with --resolver-prefix every live
+/// registered gateway (as etcd grpc-proxy lists its peers); until one is
+/// seen, or without it, just this one.
+pub(crate) async fn gateway_members(s: &Shared) -> Result<Vec<Member>, Status> {
+    let mut members = match &s.config.resolver_prefix {
+        Some(p) => crate::register::members(s, p).await?,
+        None => Vec::new(),
+    };
+    if members.is_empty() {
+        members.push(Member {
+            id: s.member_id,
+            name: GATEWAY_MEMBER_NAME.to_string(),
+            peer_ur_ls: Vec::new(),
+            client_ur_ls: vec![s.advertise_url.clone()],
+            is_learner: false,
+        });
+    }
+    Ok(members)
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct ClusterService {
     shared: Arc<Shared>,
@@ -83,23 +103,13 @@ impl Cluster for ClusterService {
         _request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         let s = &self.shared;
-        // With --resolver-prefix: every live registered gateway (as etcd
-        // grpc-proxy lists its peers); until one is seen, just this one.
-        let mut members = match &s.config.resolver_prefix {
-            Some(p) => crate::register::members(s, p).await?,
-            None => Vec::new(),
-        };
-        if members.is_empty() {
-            members.push(Member {
-                id: s.member_id,
-                name: GATEWAY_MEMBER_NAME.to_string(),
-                peer_ur_ls: Vec::new(),
-                client_ur_ls: vec![s.advertise_url.clone()],
-                is_learner: false,
-            });
-        }
+        let members = gateway_members(s).await?;
         Ok(Response::new(MemberListResponse {
-            header: Some(s.cache.header(s.cache.revision())),
+            // etcd's Cluster answers name no revision.
+            header: Some(lookout_proto::pb::ResponseHeader {
+                revision: 0,
+                ..s.cache.header(s.cache.revision())
+            }),
             members,
         }))
     }

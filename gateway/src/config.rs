@@ -25,6 +25,8 @@ pub struct GatewayConfig {
     pub advertise_client_url: Option<String>,
     /// Where to serve `/metrics` and `/health` besides the client port.
     pub metrics_addr: Option<String>,
+    /// `--cors` and `--host-whitelist` of the HTTP API.
+    pub http_access: crate::http::Access,
     /// Longest a linearizable read waits for the cache to reach the store's
     /// revision before answering Unavailable.
     pub read_timeout: Duration,
@@ -53,6 +55,10 @@ pub struct GatewayConfig {
     pub tls: Option<lookout_consensus::tls::TlsFiles>,
     /// `--auth-config`: per-client key prefixes (see `authz`).
     pub auth_config: Option<std::path::PathBuf>,
+    /// etcd's `--metrics`: `extensive` adds `grpc_server_handling_seconds`.
+    pub metrics: crate::telemetry::MetricsLevel,
+    /// More families for `/metrics` (`lookout dev` adds its store's).
+    pub extra_metrics: Option<crate::telemetry::ExtraMetrics>,
 }
 
 impl GatewayConfig {
@@ -63,6 +69,7 @@ impl GatewayConfig {
             prefixes: Vec::new(),
             advertise_client_url: None,
             metrics_addr: None,
+            http_access: Default::default(),
             read_timeout: Duration::from_secs(5),
             write_wait_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
@@ -83,6 +90,8 @@ impl GatewayConfig {
             },
             tls: None,
             auth_config: None,
+            metrics: Default::default(),
+            extra_metrics: None,
         }
     }
 

@@ -16,7 +16,9 @@
 //!              │          ─> gRPC messages written straight into DATA chunks (encode once)
 //!              ├ LeaseKeepAlive ─> KeepAliveHub: one upstream stream for all clients,
 //!              │                   concurrent keep-alives of a lease coalesced
-//!              ├ Maintenance.Status answered here; the rest forwarded
+//!              ├ Maintenance.Status answered here; the rest forwarded; Auth forwarded
+//!              ├ Lock, Election ─> [`concurrency`] over the same services: txns
+//!              │                   forwarded, every wait a cache watcher
 //!              └ Cluster.MemberList: this gateway, or every gateway registered
 //!                under --resolver-prefix (each keeps its own entry alive with a lease)
 //!                          │ one list + one watch (+ one keep-alive stream)
@@ -26,14 +28,19 @@
 //!
 //! Around every listener (store and gateway): TLS with etcd's flag names
 //! and reloading certificates (`lookout_consensus::tls`), gRPC request
-//! counters and `/metrics` `/health` `/readyz` ([`telemetry`]), per-client
+//! metrics and `/metrics` `/health` ([`telemetry`]), etcd 3.5's `/livez`
+//! and `/readyz` (`health.rs`), per-client
 //! prefixes on the gateway ([`authz`], `--auth-config`), and flags from
 //! `LOOKOUT_<FLAG>` variables or a `--config` file ([`config_file`]).
 //!
 //! ```text
 //!  TCP ─(TLS handshake, refusals logged)─> GrpcMetricsLayer ─> AuthzLayer (gateway,
-//!       optional) ─> gRPC routes | HTTP API | /metrics /health /readyz
+//!       optional) ─> gRPC routes | HTTP API | /metrics /health /livez /readyz
 //! ```
+//!
+//! [`api::EtcdApi`] is one backend's services (the store's in `lookout
+//! store`, the gateway's here); the HTTP layer ([`http`]) and Lock/Election
+//! ([`concurrency`]) are written once over it.
 //!
 //! Library first: [`run_gateway`] (or [`Gateway::start`] for tests that
 //! want the cache and the bound addresses) takes a [`GatewayConfig`], a
@@ -82,13 +89,17 @@
 //!   each).
 
 mod admission;
+pub mod api;
 mod args;
+mod auth;
 pub mod authz;
 mod cluster;
 mod codec;
+pub mod concurrency;
 mod config;
 pub mod config_file;
 mod error;
+mod health;
 pub mod http;
 mod keepalive;
 mod kv;

@@ -1,7 +1,7 @@
 //! The Maintenance service: `Status` answers for this gateway (the cache's
-//! revision, the gateway's member id, the store's version, leader and raft
-//! figures); everything else is forwarded to the store, as etcd
-//! grpc-proxy forwards it.
+//! revision, the gateway's member id, the store's version and raft
+//! figures, a leader from the gateways' own MemberList); everything else
+//! is forwarded to the store, as etcd grpc-proxy forwards it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -95,7 +95,8 @@ impl Maintenance for MaintenanceService {
     }
 
     /// The gateway's own status: header at the cache's revision with the
-    /// gateway's member id, the store's version, leader and raft figures
+    /// gateway's member id, the store's version and raft figures, a leader
+    /// among the gateways
     /// (so `etcdctl endpoint status` reads sensibly), and `errors` saying
     /// what is wrong (cache not synced, store unreachable).
     async fn status(
@@ -114,6 +115,20 @@ impl Maintenance for MaintenanceService {
                 last.unwrap_or_default()
             }
         };
+        // The cluster a client sees through gateways is the gateways
+        // (MemberList lists them), so the leader it names is one of them:
+        // the lowest ID, which every gateway agrees on, while the store has
+        // a leader; 0 (no leader) while it has none. Clients that look the
+        // leader up in MemberList (Python etcd3's `status().leader`,
+        // `etcdctl endpoint status`'s IS LEADER) find it.
+        let leader = if up.leader == 0 {
+            0
+        } else {
+            match crate::cluster::gateway_members(s).await {
+                Ok(m) => m.iter().map(|m| m.id).min().unwrap_or(s.member_id),
+                Err(_) => s.member_id,
+            }
+        };
         let version = if up.version.is_empty() {
             "3.4.0".to_string()
         } else {
@@ -123,7 +138,7 @@ impl Maintenance for MaintenanceService {
             header: Some(s.cache.header(s.cache.revision())),
             version,
             db_size: up.db_size,
-            leader: up.leader,
+            leader,
             raft_index: up.raft_index,
             raft_term: up.raft_term,
             raft_applied_index: up.raft_applied_index,

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use lookout_cache::{Cache, CacheError, EtcdUpstream, Snapshot, WriteScope};
 use lookout_proto::pb::{
-    ResponseHeader, StatusResponse, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
+    ResponseHeader, StatusResponse, auth_server::AuthServer, cluster_server::ClusterServer,
+    kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -223,8 +223,8 @@ impl Gateway {
             catchups: Gate::new("catch-ups", config.catchups),
             keepalive: KeepAliveHub::default(),
             resolver_lease: std::sync::atomic::AtomicI64::new(0),
+            grpc: Arc::new(crate::telemetry::GrpcMetrics::new(config.metrics)),
             config,
-            grpc: Arc::default(),
         });
         Ok(Self {
             shared,
@@ -301,16 +301,23 @@ impl Gateway {
             .add_service(
                 ClusterServer::new(crate::cluster::ClusterService::new(shared.clone()))
                     .max_decoding_message_size(max_recv),
+            )
+            .add_service(
+                AuthServer::new(crate::auth::AuthService::new(shared.clone()))
+                    .max_decoding_message_size(max_recv),
             );
+        let api = crate::api::GatewayApi::new(shared.clone());
+        let routes = crate::concurrency::add_routes(routes.routes(), &api, max_recv);
         // etcd serves /metrics and /health on its client port too; curl
         // speaks HTTP/1.1 there, gRPC clients HTTP/2.
         // The HTTP/JSON API (etcd's /v3 paths, the readable /v1) shares
         // the port too, served from the cache like the gRPC services.
         let http_api = crate::http::router(
-            crate::http::GatewayApi::new(shared.clone()),
+            api,
             crate::http::HttpConfig {
                 max_request_bytes: max_recv
                     .min(crate::http::HttpConfig::default().max_request_bytes),
+                access: shared.config.http_access.clone(),
                 ..Default::default()
             },
             shared.metrics.http.clone(),
@@ -318,7 +325,6 @@ impl Gateway {
         );
         let router = crate::http::with_fallback(
             routes
-                .routes()
                 .into_axum_router()
                 .merge(crate::http::ops::router(shared.clone()))
                 .merge(http_api),

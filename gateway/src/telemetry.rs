@@ -1,28 +1,35 @@
-//! Observability shared by every process: the gRPC request counters
-//! (`grpc_server_started_total` / `grpc_server_handled_total`, the names
-//! etcd's go-grpc-prometheus exports), the store's `/metrics`, `/health`
-//! and `/readyz`, and the log/trace setup (`--log-format`,
+//! Observability shared by every process: the gRPC request metrics
+//! (go-grpc-prometheus' `grpc_server_*` families and etcd's
+//! `etcd_network_client_grpc_*_bytes_total`), the process metrics
+//! (`process_*`, as the Prometheus Go client exports them), the store's
+//! `/metrics` and `/health`, and the log/trace setup (`--log-format`,
 //! `--otlp-endpoint`).
 //!
 //! ```text
 //!  request ─> GrpcMetricsLayer: started{service,method,type} += 1
-//!                │ response: grpc-status in headers (trailers-only) or trailers
-//!                v
+//!                │ request body: messages and payload bytes received
+//!                │ response body: messages and payload bytes sent;
+//!                v grpc-status in headers (trailers-only) or trailers
 //!             handled{service,method,type,code} += 1 when the body ends
-//!             (a body dropped before its trailers counts as Canceled)
+//!             (a body dropped before its trailers counts as Canceled),
+//!             handling_seconds observed then (--metrics=extensive)
 //!  tracing ─> fmt layer (text | json) ─> stderr
 //!          └> tracing-opentelemetry ─> OTLP/gRPC batch exporter (only with --otlp-endpoint)
 //! ```
 //!
-//! Counting never blocks a request: one short mutex section per request
-//! start and end, nothing held across an await.
+//! Counting never blocks a request: every method etcd serves has its
+//! counters preallocated (as go-grpc-prometheus initialises them, so
+//! every series exists at 0 from the start), and a request adds to them
+//! with relaxed atomics; only paths outside etcd's services take a short
+//! mutex section.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -31,115 +38,379 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body::{Body, Frame};
 use lookout_consensus::Store;
+use lookout_consensus::metrics::{DEFAULT_BUCKETS, Histogram, header as family_header, sample};
 
-// === gRPC counters ===
+// === gRPC metrics ===
 
-/// (service, method) -> counts; codes by name.
-#[derive(Debug, Default)]
-pub struct GrpcMetrics {
-    /// A std Mutex: a map update per request start/end, never held across
-    /// an await; contention is bounded by the request rate.
-    inner: std::sync::Mutex<HashMap<(String, String), MethodCounts>>,
+/// etcd's gRPC methods: (service, method, go-grpc-prometheus type).
+/// Every one has its series from the start, at 0.
+pub const GRPC_METHODS: &[(&str, &str, &str)] = &[
+    ("etcdserverpb.KV", "Range", "unary"),
+    ("etcdserverpb.KV", "Put", "unary"),
+    ("etcdserverpb.KV", "DeleteRange", "unary"),
+    ("etcdserverpb.KV", "Txn", "unary"),
+    ("etcdserverpb.KV", "Compact", "unary"),
+    ("etcdserverpb.Watch", "Watch", "bidi_stream"),
+    ("etcdserverpb.Lease", "LeaseGrant", "unary"),
+    ("etcdserverpb.Lease", "LeaseRevoke", "unary"),
+    ("etcdserverpb.Lease", "LeaseKeepAlive", "bidi_stream"),
+    ("etcdserverpb.Lease", "LeaseTimeToLive", "unary"),
+    ("etcdserverpb.Lease", "LeaseLeases", "unary"),
+    ("etcdserverpb.Cluster", "MemberAdd", "unary"),
+    ("etcdserverpb.Cluster", "MemberRemove", "unary"),
+    ("etcdserverpb.Cluster", "MemberUpdate", "unary"),
+    ("etcdserverpb.Cluster", "MemberList", "unary"),
+    ("etcdserverpb.Cluster", "MemberPromote", "unary"),
+    ("etcdserverpb.Maintenance", "Alarm", "unary"),
+    ("etcdserverpb.Maintenance", "Status", "unary"),
+    ("etcdserverpb.Maintenance", "Defragment", "unary"),
+    ("etcdserverpb.Maintenance", "Hash", "unary"),
+    ("etcdserverpb.Maintenance", "HashKV", "unary"),
+    ("etcdserverpb.Maintenance", "Snapshot", "server_stream"),
+    ("etcdserverpb.Maintenance", "MoveLeader", "unary"),
+    ("etcdserverpb.Auth", "AuthEnable", "unary"),
+    ("etcdserverpb.Auth", "AuthDisable", "unary"),
+    ("etcdserverpb.Auth", "AuthStatus", "unary"),
+    ("etcdserverpb.Auth", "Authenticate", "unary"),
+    ("etcdserverpb.Auth", "UserAdd", "unary"),
+    ("etcdserverpb.Auth", "UserGet", "unary"),
+    ("etcdserverpb.Auth", "UserList", "unary"),
+    ("etcdserverpb.Auth", "UserDelete", "unary"),
+    ("etcdserverpb.Auth", "UserChangePassword", "unary"),
+    ("etcdserverpb.Auth", "UserGrantRole", "unary"),
+    ("etcdserverpb.Auth", "UserRevokeRole", "unary"),
+    ("etcdserverpb.Auth", "RoleAdd", "unary"),
+    ("etcdserverpb.Auth", "RoleGet", "unary"),
+    ("etcdserverpb.Auth", "RoleList", "unary"),
+    ("etcdserverpb.Auth", "RoleDelete", "unary"),
+    ("etcdserverpb.Auth", "RoleGrantPermission", "unary"),
+    ("etcdserverpb.Auth", "RoleRevokePermission", "unary"),
+    ("v3lockpb.Lock", "Lock", "unary"),
+    ("v3lockpb.Lock", "Unlock", "unary"),
+    ("v3electionpb.Election", "Campaign", "unary"),
+    ("v3electionpb.Election", "Proclaim", "unary"),
+    ("v3electionpb.Election", "Leader", "unary"),
+    ("v3electionpb.Election", "Observe", "server_stream"),
+    ("v3electionpb.Election", "Resign", "unary"),
+];
+
+/// go-grpc-prometheus' names for the status codes, by code.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+fn code_index(code: i32) -> usize {
+    usize::try_from(code)
+        .ok()
+        .filter(|c| *c < CODE_NAMES.len())
+        .unwrap_or(2)
 }
 
-#[derive(Debug, Default, Clone)]
+/// "/service/method" -> index into [`GRPC_METHODS`].
+fn method_index(path: &str) -> Option<usize> {
+    static INDEX: OnceLock<HashMap<String, usize>> = OnceLock::new();
+    INDEX
+        .get_or_init(|| {
+            GRPC_METHODS
+                .iter()
+                .enumerate()
+                .map(|(i, (s, m, _))| (format!("/{s}/{m}"), i))
+                .collect()
+        })
+        .get(path)
+        .copied()
+}
+
+/// The counters of one method.
+#[derive(Debug)]
 struct MethodCounts {
-    started: u64,
-    handled: HashMap<&'static str, u64>,
+    started: AtomicU64,
+    handled: [AtomicU64; 17],
+    msg_received: AtomicU64,
+    msg_sent: AtomicU64,
+    /// `grpc_server_handling_seconds` (observed with --metrics=extensive).
+    handling: Histogram,
 }
 
-/// go-grpc-prometheus' names for the status codes.
-fn code_name(code: i32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "Canceled",
-        2 => "Unknown",
-        3 => "InvalidArgument",
-        4 => "DeadlineExceeded",
-        5 => "NotFound",
-        6 => "AlreadyExists",
-        7 => "PermissionDenied",
-        8 => "ResourceExhausted",
-        9 => "FailedPrecondition",
-        10 => "Aborted",
-        11 => "OutOfRange",
-        12 => "Unimplemented",
-        13 => "Internal",
-        14 => "Unavailable",
-        15 => "DataLoss",
-        16 => "Unauthenticated",
-        _ => "Unknown",
+impl Default for MethodCounts {
+    fn default() -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            handled: std::array::from_fn(|_| AtomicU64::new(0)),
+            msg_received: AtomicU64::new(0),
+            msg_sent: AtomicU64::new(0),
+            handling: Histogram::new(DEFAULT_BUCKETS),
+        }
     }
 }
 
-/// The RPC type label, as etcd's services declare them.
-fn grpc_type(service: &str, method: &str) -> &'static str {
-    match (service, method) {
-        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
-        ("etcdserverpb.Maintenance", "Snapshot") => "server_stream",
-        _ => "unary",
+/// Which counters a request adds to.
+#[derive(Debug, Clone)]
+enum Key {
+    /// One of etcd's methods.
+    Known(usize),
+    /// Anything else under a gRPC content type (an unknown service).
+    Other(Arc<MethodCounts>),
+}
+
+/// gRPC request metrics of one server (one per listener group).
+#[derive(Debug)]
+pub struct GrpcMetrics {
+    known: Box<[MethodCounts]>,
+    /// Requests to paths outside [`GRPC_METHODS`]. A std Mutex: a map
+    /// update per such request, never held across an await.
+    other: std::sync::Mutex<HashMap<(String, String), Arc<MethodCounts>>>,
+    /// Payload bytes of gRPC messages received and sent
+    /// (`etcd_network_client_grpc_*_bytes_total`, counted as etcd's codec
+    /// counts them: marshalled message bytes, without gRPC's 5-byte frame).
+    received_bytes: AtomicU64,
+    sent_bytes: AtomicU64,
+    /// etcd's `--metrics=extensive`: also `grpc_server_handling_seconds`.
+    extensive: AtomicBool,
+}
+
+impl Default for GrpcMetrics {
+    fn default() -> Self {
+        Self {
+            known: GRPC_METHODS
+                .iter()
+                .map(|_| MethodCounts::default())
+                .collect(),
+            other: Default::default(),
+            received_bytes: AtomicU64::new(0),
+            sent_bytes: AtomicU64::new(0),
+            extensive: AtomicBool::new(false),
+        }
+    }
+}
+
+/// etcd's `--metrics`: `basic` or `extensive` (adds the per-method gRPC
+/// latency histogram `grpc_server_handling_seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MetricsLevel {
+    #[default]
+    Basic,
+    Extensive,
+}
+
+/// A renderer of more metric families, called on every scrape.
+#[derive(Clone)]
+pub struct ExtraMetrics(pub Arc<dyn Fn(&mut String) + Send + Sync>);
+
+impl std::fmt::Debug for ExtraMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtraMetrics")
     }
 }
 
 impl GrpcMetrics {
-    fn started(&self, key: &(String, String)) {
-        let mut m = self.inner.lock().expect("grpc metrics");
-        m.entry(key.clone()).or_default().started += 1;
+    /// Metrics at `level`.
+    pub fn new(level: MetricsLevel) -> Self {
+        let m = Self::default();
+        m.extensive.store(level == MetricsLevel::Extensive, Relaxed);
+        m
     }
 
-    fn handled(&self, key: &(String, String), code: i32) {
-        let mut m = self.inner.lock().expect("grpc metrics");
-        *m.entry(key.clone())
+    /// Switches the handling-time histogram on or off.
+    pub fn set_level(&self, level: MetricsLevel) {
+        self.extensive
+            .store(level == MetricsLevel::Extensive, Relaxed);
+    }
+
+    fn key(&self, req: &Request) -> Option<Key> {
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        if !grpc {
+            return None;
+        }
+        let path = req.uri().path();
+        if let Some(i) = method_index(path) {
+            return Some(Key::Known(i));
+        }
+        let (svc, method) = path.strip_prefix('/')?.split_once('/')?;
+        let c = self
+            .other
+            .lock()
+            .expect("grpc metrics")
+            .entry((svc.to_string(), method.to_string()))
             .or_default()
-            .handled
-            .entry(code_name(code))
-            .or_default() += 1;
+            .clone();
+        Some(Key::Other(c))
+    }
+
+    fn with<R>(&self, key: &Key, f: impl FnOnce(&MethodCounts) -> R) -> R {
+        match key {
+            Key::Known(i) => f(&self.known[*i]),
+            Key::Other(c) => f(c),
+        }
+    }
+
+    fn started(&self, key: &Key) {
+        self.with(key, |c| c.started.fetch_add(1, Relaxed));
+    }
+
+    fn handled(&self, key: &Key, code: i32, started: Instant) {
+        let extensive = self.extensive.load(Relaxed);
+        self.with(key, |c| {
+            c.handled[code_index(code)].fetch_add(1, Relaxed);
+            if extensive {
+                c.handling.since(started);
+            }
+        });
+    }
+
+    fn messages(&self, key: &Key, sent: bool, msgs: u64, bytes: u64) {
+        if msgs > 0 {
+            self.with(key, |c| {
+                let n = if sent { &c.msg_sent } else { &c.msg_received };
+                n.fetch_add(msgs, Relaxed);
+            });
+        }
+        if bytes > 0 {
+            let b = if sent {
+                &self.sent_bytes
+            } else {
+                &self.received_bytes
+            };
+            b.fetch_add(bytes, Relaxed);
+        }
     }
 
     /// How many calls of `method` (e.g. "Range") ended with `code` ("OK").
     pub fn handled_count(&self, method: &str, code: &str) -> u64 {
-        let m = self.inner.lock().expect("grpc metrics");
-        m.iter()
-            .filter(|((_, me), _)| me == method)
-            .map(|(_, c)| c.handled.get(code).copied().unwrap_or(0))
-            .sum()
+        let Some(ci) = CODE_NAMES.iter().position(|c| *c == code) else {
+            return 0;
+        };
+        let known: u64 = GRPC_METHODS
+            .iter()
+            .zip(self.known.iter())
+            .filter(|((_, m, _), _)| *m == method)
+            .map(|(_, c)| c.handled[ci].load(Relaxed))
+            .sum();
+        let other: u64 = self
+            .other
+            .lock()
+            .expect("grpc metrics")
+            .iter()
+            .filter(|((_, m), _)| m == method)
+            .map(|(_, c)| c.handled[ci].load(Relaxed))
+            .sum();
+        known + other
     }
 
-    /// Prometheus text for both families.
+    /// Prometheus text for the `grpc_server_*` families and etcd's
+    /// `etcd_network_client_grpc_*_bytes_total`.
     pub fn render(&self, out: &mut String) {
-        let snapshot: Vec<((String, String), MethodCounts)> = {
-            let m = self.inner.lock().expect("grpc metrics");
-            let mut v: Vec<_> = m.iter().map(|(k, c)| (k.clone(), c.clone())).collect();
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-            v
+        let mut rows: Vec<(&str, &str, &str, Arc<MethodCounts>)> = Vec::new();
+        let other: Vec<((String, String), Arc<MethodCounts>)> = {
+            let m = self.other.lock().expect("grpc metrics");
+            m.iter().map(|(k, c)| (k.clone(), c.clone())).collect()
         };
-        let _ = writeln!(
-            out,
-            "# HELP grpc_server_started_total Total number of RPCs started on the server.\n# TYPE grpc_server_started_total counter"
-        );
-        for ((svc, method), c) in &snapshot {
-            let t = grpc_type(svc, method);
-            let _ = writeln!(
-                out,
-                "grpc_server_started_total{{grpc_method=\"{method}\",grpc_service=\"{svc}\",grpc_type=\"{t}\"}} {}",
-                c.started
-            );
+        for ((svc, method), c) in &other {
+            rows.push((svc, method, "unary", c.clone()));
         }
-        let _ = writeln!(
+        // Sorted by label values in label-name order (method, service),
+        // as the Prometheus Go client writes them.
+        let mut known: Vec<(&str, &str, &str, &MethodCounts)> = GRPC_METHODS
+            .iter()
+            .zip(self.known.iter())
+            .map(|((s, m, t), c)| (*s, *m, *t, c))
+            .collect();
+        known.extend(rows.iter().map(|(s, m, t, c)| (*s, *m, *t, &**c)));
+        known.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+        let labels = |s: &str, m: &str, t: &str| {
+            format!("grpc_method=\"{m}\",grpc_service=\"{s}\",grpc_type=\"{t}\"")
+        };
+        family_header(
             out,
-            "# HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure.\n# TYPE grpc_server_handled_total counter"
+            "grpc_server_started_total",
+            "counter",
+            "Total number of RPCs started on the server.",
         );
-        for ((svc, method), c) in &snapshot {
-            let t = grpc_type(svc, method);
-            let mut codes: Vec<_> = c.handled.iter().collect();
-            codes.sort();
-            for (code, n) in codes {
-                let _ = writeln!(
-                    out,
-                    "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{method}\",grpc_service=\"{svc}\",grpc_type=\"{t}\"}} {n}"
-                );
+        for (s, m, t, c) in &known {
+            let v = c.started.load(Relaxed) as f64;
+            sample(out, "grpc_server_started_total", &labels(s, m, t), v);
+        }
+        family_header(
+            out,
+            "grpc_server_handled_total",
+            "counter",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+        );
+        let mut by_code: Vec<usize> = (0..CODE_NAMES.len()).collect();
+        by_code.sort_by_key(|i| CODE_NAMES[*i]);
+        for ci in by_code {
+            for (s, m, t, c) in &known {
+                let v = c.handled[ci].load(Relaxed) as f64;
+                let l = format!("grpc_code=\"{}\",{}", CODE_NAMES[ci], labels(s, m, t));
+                sample(out, "grpc_server_handled_total", &l, v);
             }
         }
+        family_header(
+            out,
+            "grpc_server_msg_received_total",
+            "counter",
+            "Total number of RPC stream messages received on the server.",
+        );
+        for (s, m, t, c) in &known {
+            let v = c.msg_received.load(Relaxed) as f64;
+            sample(out, "grpc_server_msg_received_total", &labels(s, m, t), v);
+        }
+        family_header(
+            out,
+            "grpc_server_msg_sent_total",
+            "counter",
+            "Total number of gRPC stream messages sent by the server.",
+        );
+        for (s, m, t, c) in &known {
+            let v = c.msg_sent.load(Relaxed) as f64;
+            sample(out, "grpc_server_msg_sent_total", &labels(s, m, t), v);
+        }
+        if self.extensive.load(Relaxed) {
+            family_header(
+                out,
+                "grpc_server_handling_seconds",
+                "histogram",
+                "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+            );
+            for (s, m, t, c) in &known {
+                c.handling
+                    .render(out, "grpc_server_handling_seconds", &labels(s, m, t));
+            }
+        }
+        lookout_consensus::metrics::single(
+            out,
+            "etcd_network_client_grpc_received_bytes_total",
+            "counter",
+            "The total number of bytes received from grpc clients.",
+            self.received_bytes.load(Relaxed) as f64,
+        );
+        lookout_consensus::metrics::single(
+            out,
+            "etcd_network_client_grpc_sent_bytes_total",
+            "counter",
+            "The total number of bytes sent to grpc clients.",
+            self.sent_bytes.load(Relaxed) as f64,
+        );
     }
 }
 
@@ -165,20 +436,6 @@ pub struct GrpcMetricsService<S> {
     metrics: Arc<GrpcMetrics>,
 }
 
-fn grpc_key(req: &Request) -> Option<(String, String)> {
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if !grpc {
-        return None;
-    }
-    let path = req.uri().path().strip_prefix('/')?;
-    let (svc, method) = path.split_once('/')?;
-    Some((svc.to_string(), method.to_string()))
-}
-
 fn status_of(h: &http::HeaderMap) -> Option<i32> {
     h.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
@@ -197,34 +454,102 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let key = grpc_key(&req);
-        let fut = self.inner.call(req);
-        let Some(key) = key else {
-            return Box::pin(fut);
+        let Some(key) = self.metrics.key(&req) else {
+            return Box::pin(self.inner.call(req));
         };
         let metrics = self.metrics.clone();
+        let started = Instant::now();
         metrics.started(&key);
+        let req = req.map(|body| {
+            axum::body::Body::new(CountingBody {
+                inner: body,
+                frames: Frames::default(),
+                metrics: metrics.clone(),
+                key: key.clone(),
+                sent: false,
+                done: None,
+            })
+        });
+        let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
             if let Some(code) = status_of(resp.headers()) {
-                metrics.handled(&key, code);
+                metrics.handled(&key, code, started);
                 return Ok(resp);
             }
             let (parts, body) = resp.into_parts();
             let body = CountingBody {
                 inner: body,
-                done: Some((metrics, key)),
+                frames: Frames::default(),
+                metrics: metrics.clone(),
+                key,
+                sent: true,
+                done: Some(started),
             };
             Ok(Response::from_parts(parts, axum::body::Body::new(body)))
         })
     }
 }
 
-/// A response body that records its grpc-status from the trailers (or
+/// Follows gRPC's length-prefixed framing (1 flag byte, 4 length bytes,
+/// the message) across body chunks.
+#[derive(Debug, Default)]
+struct Frames {
+    /// Header bytes seen of the current frame (0 = between frames).
+    header: u8,
+    len: u32,
+    /// Message bytes still to come in the current frame.
+    remaining: u64,
+}
+
+impl Frames {
+    /// Feeds one chunk: (messages started in it, message bytes in it).
+    fn feed(&mut self, mut b: &[u8]) -> (u64, u64) {
+        let (mut msgs, mut bytes) = (0, 0);
+        while !b.is_empty() {
+            if self.remaining > 0 {
+                let n = (self.remaining as usize).min(b.len());
+                self.remaining -= n as u64;
+                bytes += n as u64;
+                b = &b[n..];
+                continue;
+            }
+            if self.header > 0 {
+                self.len = (self.len << 8) | u32::from(b[0]);
+            }
+            self.header += 1;
+            b = &b[1..];
+            if self.header == 5 {
+                msgs += 1;
+                self.remaining = u64::from(self.len);
+                self.header = 0;
+                self.len = 0;
+            }
+        }
+        (msgs, bytes)
+    }
+}
+
+/// A request or response body that counts gRPC messages and their bytes;
+/// a response body also records its grpc-status from the trailers (or
 /// Canceled when dropped before them).
 struct CountingBody {
     inner: axum::body::Body,
-    done: Option<(Arc<GrpcMetrics>, (String, String))>,
+    frames: Frames,
+    metrics: Arc<GrpcMetrics>,
+    key: Key,
+    /// A response (sent) body rather than a request body.
+    sent: bool,
+    /// For a response: when the call started, until it is recorded.
+    done: Option<Instant>,
+}
+
+impl CountingBody {
+    fn finish(&mut self, code: i32) {
+        if let Some(started) = self.done.take() {
+            self.metrics.handled(&self.key, code, started);
+        }
+    }
 }
 
 impl Body for CountingBody {
@@ -238,24 +563,18 @@ impl Body for CountingBody {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
-                if let Some(code) = f.trailers_ref().and_then(status_of)
-                    && let Some((m, k)) = self.done.take()
-                {
-                    m.handled(&k, code);
+                if let Some(d) = f.data_ref() {
+                    let this = &mut *self;
+                    let (msgs, bytes) = this.frames.feed(d);
+                    this.metrics.messages(&this.key, this.sent, msgs, bytes);
+                } else if let Some(code) = f.trailers_ref().and_then(status_of) {
+                    self.finish(code);
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some((m, k)) = self.done.take() {
-                    m.handled(&k, 2);
-                }
-            }
-            Poll::Ready(None) => {
-                // Ended without trailers: tonic always sends them, so the
-                // stream was cut; count it as gRPC would see it.
-                if let Some((m, k)) = self.done.take() {
-                    m.handled(&k, 14);
-                }
-            }
+            Poll::Ready(Some(Err(_))) => self.finish(2),
+            // Ended without trailers: tonic always sends them, so the
+            // stream was cut; count it as gRPC would see it.
+            Poll::Ready(None) => self.finish(14),
             Poll::Pending => {}
         }
         r
@@ -272,206 +591,181 @@ impl Body for CountingBody {
 
 impl Drop for CountingBody {
     fn drop(&mut self) {
-        if let Some((m, k)) = self.done.take() {
-            m.handled(&k, 1);
-        }
+        self.finish(1);
     }
 }
 
-// === the store's /metrics, /health, /readyz ===
+// === process_* ===
+
+/// The Prometheus Go client's process collector, read from /proc/self
+/// (user HZ 100, as Go's procfs assumes). Families that cannot be read
+/// are left out rather than reported as 0.
+pub fn render_process(out: &mut String) {
+    use lookout_consensus::metrics::single;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which sits in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    const HZ: f64 = 100.0;
+    if let (Some(u), Some(s)) = (field(14), field(15)) {
+        single(
+            out,
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            (u + s) / HZ,
+        );
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let limit = |name: &str| {
+        limits.lines().find(|l| l.starts_with(name)).and_then(|l| {
+            let soft = l[name.len()..].split_whitespace().next()?;
+            if soft == "unlimited" {
+                Some(u64::MAX as f64)
+            } else {
+                soft.parse::<f64>().ok()
+            }
+        })
+    };
+    if let Some(v) = limit("Max open files") {
+        single(
+            out,
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            v,
+        );
+    }
+    if let Ok(d) = std::fs::read_dir("/proc/self/fd") {
+        single(
+            out,
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            d.count() as f64,
+        );
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok());
+    if let Some(kb) = rss {
+        single(
+            out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            kb * 1024.0,
+        );
+    }
+    let btime = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    if let (Some(b), Some(start)) = (btime, field(22)) {
+        single(
+            out,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            b + start / HZ,
+        );
+    }
+    if let Some(v) = field(23) {
+        single(
+            out,
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            v,
+        );
+    }
+    if let Some(v) = limit("Max address space") {
+        single(
+            out,
+            "process_virtual_memory_max_bytes",
+            "gauge",
+            "Maximum amount of virtual memory available in bytes.",
+            v,
+        );
+    }
+}
+
+// === the store's /metrics and /health ===
 
 /// What the store's ops endpoints read.
 #[derive(Debug)]
 pub(crate) struct StoreOps {
-    store: Store,
+    pub(crate) store: Store,
     grpc: Arc<GrpcMetrics>,
     http: Arc<crate::http::HttpMetrics>,
-    /// Leader changes this member saw (counted from openraft's metrics).
-    leader_changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// `/metrics`, `/health`, `/readyz` for `lookout store` (etcd's metric
-/// names where the meaning is the same).
+/// `/metrics`, `/health`, `/livez`, `/readyz` for `lookout store`.
 pub(crate) fn store_ops_router(
     store: Store,
     grpc: Arc<GrpcMetrics>,
     http: Arc<crate::http::HttpMetrics>,
 ) -> Router {
-    let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut rx = store.raft().metrics();
-    let counter = leader_changes.clone();
-    tokio::spawn(async move {
-        let mut last = rx.borrow().current_leader;
-        if last.is_some() {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        while rx.changed().await.is_ok() {
-            let now = rx.borrow().current_leader;
-            if now.is_some() && now != last {
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            last = now;
-        }
-    });
+    let checks = crate::health::store_checks(&store);
     Router::new()
         .route("/metrics", get(store_metrics))
         .route("/health", get(store_health))
-        .route("/readyz", get(store_ready))
-        .with_state(Arc::new(StoreOps {
-            store,
-            grpc,
-            http,
-            leader_changes,
-        }))
+        .with_state(Arc::new(StoreOps { store, grpc, http }))
+        .merge(checks)
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str, v: f64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-    );
-}
-
-async fn store_metrics(State(s): State<Arc<StoreOps>>) -> impl IntoResponse {
-    use std::sync::atomic::Ordering::Relaxed;
-    let st = s.store.snapshot();
-    let m = s.store.raft().metrics().borrow().clone();
-    let mut o = String::with_capacity(4096);
-    let leader = s.store.leader_id();
-    family(
-        &mut o,
-        "etcd_server_has_leader",
-        "gauge",
-        "Whether or not a leader exists. 1 is existence, 0 is not.",
-        f64::from(u8::from(leader.is_some())),
-    );
-    family(
-        &mut o,
-        "etcd_server_is_leader",
-        "gauge",
-        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
-        f64::from(u8::from(s.store.is_leader())),
-    );
-    family(
-        &mut o,
-        "etcd_server_leader_changes_seen_total",
-        "counter",
-        "The number of leader changes seen.",
-        s.leader_changes.load(Relaxed) as f64,
-    );
-    family(
-        &mut o,
-        "etcd_server_proposals_committed_total",
-        "gauge",
-        "The total number of consensus proposals committed (raft log index).",
-        m.last_log_index.unwrap_or(0) as f64,
-    );
-    family(
-        &mut o,
-        "etcd_server_proposals_applied_total",
-        "gauge",
-        "The total number of consensus proposals applied.",
-        m.last_applied.map_or(0, |l| l.index) as f64,
-    );
-    family(
-        &mut o,
-        "etcd_server_id",
-        "gauge",
-        "Server or member ID in hexadecimal format (as the label).",
-        1.0,
-    );
-    // etcd puts the ID in a label; rewrite the sample line accordingly.
-    if let Some(pos) = o.rfind("etcd_server_id 1") {
-        o.replace_range(
-            pos..pos + "etcd_server_id 1".len(),
-            &format!(
-                "etcd_server_id{{server_id=\"{:x}\"}} 1",
-                s.store.member_id()
-            ),
-        );
-    }
-    family(
-        &mut o,
-        "etcd_mvcc_db_total_size_in_bytes",
-        "gauge",
-        "Total size of the underlying database physically allocated in bytes.",
-        s.store.db_size() as f64,
-    );
-    family(
-        &mut o,
-        "etcd_debugging_mvcc_keys_total",
-        "gauge",
-        "Total number of keys.",
-        st.keys.len() as f64,
-    );
-    family(
-        &mut o,
-        "etcd_debugging_mvcc_current_revision",
-        "gauge",
-        "The current revision of store.",
-        st.rev as f64,
-    );
-    family(
-        &mut o,
-        "etcd_debugging_mvcc_compact_revision",
-        "gauge",
-        "The revision of the last compaction in store.",
-        st.compact_rev as f64,
-    );
-    family(
-        &mut o,
-        "etcd_debugging_lease_total",
-        "gauge",
-        "The number of leases granted and not expired.",
-        st.leases.len() as f64,
-    );
-    family(
+/// The text `lookout store` serves on `/metrics`: etcd's families, the
+/// gRPC and process families, and Lookout's HTTP counter.
+pub(crate) fn render_store(
+    store: &Store,
+    grpc: &GrpcMetrics,
+    http: &crate::http::HttpMetrics,
+) -> String {
+    let mut o = String::with_capacity(64 * 1024);
+    store.render_metrics(&mut o);
+    grpc.render(&mut o);
+    render_process(&mut o);
+    lookout_consensus::metrics::single(
         &mut o,
         "lookout_http_requests_total",
         "counter",
         "HTTP/JSON API requests answered.",
-        s.http.requests.load(Relaxed) as f64,
+        http.requests.load(Relaxed) as f64,
     );
-    s.grpc.render(&mut o);
+    o
+}
+
+/// The Prometheus text format's content type.
+pub(crate) const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+async fn store_metrics(State(s): State<Arc<StoreOps>>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        o,
+        [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+        render_store(&s.store, &s.grpc, &s.http),
     )
 }
 
-/// etcd's /health: a leader exists (and, for us, answers a read index).
+/// etcd's /health: a leader exists. Counted in
+/// `etcd_server_health_success` / `_failures` as etcd counts it.
 async fn store_health(State(s): State<Arc<StoreOps>>) -> impl IntoResponse {
     let json = [(header::CONTENT_TYPE, "application/json")];
+    let m = s.store.metrics();
     if s.store.leader_id().is_none() {
+        m.health_failures.fetch_add(1, Relaxed);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             json,
             r#"{"health":"false","reason":"no leader"}"#,
         );
     }
+    m.health_success.fetch_add(1, Relaxed);
     (StatusCode::OK, json, r#"{"health":"true"}"#)
-}
-
-/// Ready: a leader confirmed by a quorum, and this member has applied
-/// everything committed up to that moment (a read index round).
-async fn store_ready(State(s): State<Arc<StoreOps>>) -> impl IntoResponse {
-    let json = [(header::CONTENT_TYPE, "application/json")];
-    match tokio::time::timeout(Duration::from_secs(2), s.store.read_index()).await {
-        Ok(Ok(())) => (StatusCode::OK, json, r#"{"ready":"true"}"#.to_string()),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json,
-            serde_json::json!({"ready": "false", "reason": e.to_string()}).to_string(),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json,
-            r#"{"ready":"false","reason":"read index timed out"}"#.to_string(),
-        ),
-    }
 }
 
 // === logs and traces ===
@@ -562,4 +856,51 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<TelemetryG
         .with(otel)
         .try_init();
     Ok(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_followed_across_chunks() {
+        // Two messages (3 and 0 bytes) and the start of a third (2 of 4).
+        let wire = [
+            0, 0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, b'x', b'y',
+        ];
+        for split in 0..wire.len() {
+            let mut f = Frames::default();
+            let (m1, b1) = f.feed(&wire[..split]);
+            let (m2, b2) = f.feed(&wire[split..]);
+            assert_eq!((m1 + m2, b1 + b2), (3, 5), "split at {split}");
+            assert_eq!(f.remaining, 2);
+        }
+    }
+
+    #[test]
+    fn every_etcd_method_exists_from_the_start() {
+        let m = GrpcMetrics::default();
+        let mut o = String::new();
+        m.render(&mut o);
+        assert!(o.contains(
+            "grpc_server_handled_total{grpc_code=\"Unavailable\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 0\n"
+        ));
+        assert!(o.contains(
+            "grpc_server_started_total{grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"} 0\n"
+        ));
+        assert!(o.contains("etcd_network_client_grpc_sent_bytes_total 0\n"));
+        assert!(!o.contains("grpc_server_handling_seconds"));
+        m.set_level(MetricsLevel::Extensive);
+        let key = Key::Known(method_index("/etcdserverpb.KV/Put").unwrap());
+        m.started(&key);
+        m.handled(&key, 0, Instant::now());
+        m.handled(&key, 99, Instant::now());
+        let mut o = String::new();
+        m.render(&mut o);
+        assert!(o.contains(
+            "grpc_server_handling_seconds_count{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 2\n"
+        ));
+        assert_eq!(m.handled_count("Put", "OK"), 1);
+        assert_eq!(m.handled_count("Put", "Unknown"), 1);
+    }
 }

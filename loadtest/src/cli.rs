@@ -135,11 +135,19 @@ fn write_report(out: Option<&std::path::Path>, text: &str) -> Result<()> {
 /// Flags every scenario takes.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// gRPC endpoint of the target ("host:port" or "http://host:port").
-    #[arg(long, default_value = "127.0.0.1:2379")]
-    pub endpoint: String,
+    /// gRPC endpoints of the target ("host:port" or "http://host:port"),
+    /// comma separated as etcd's tools take them; connections are spread
+    /// over them in turn. `--endpoint` is the same flag.
+    #[arg(
+        long = "endpoints",
+        visible_alias = "endpoint",
+        value_delimiter = ',',
+        num_args = 1..,
+        default_value = "127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
     /// The store behind the target, read at the end as the checker's truth
-    /// (default: --endpoint).
+    /// (default: the first of --endpoints).
     #[arg(long)]
     pub truth_endpoint: Option<String>,
     /// A server process to measure (CPU seconds, RSS): PID or LABEL=PID.
@@ -506,11 +514,11 @@ fn parse_labeled(s: &str) -> std::result::Result<(String, String), String> {
 fn ctx(c: &Common, stop: watch::Receiver<bool>) -> RunCtx {
     RunCtx {
         target: c.label.clone(),
-        endpoint: c.endpoint.clone(),
+        endpoint: c.endpoints.join(","),
         truth_endpoint: c
             .truth_endpoint
             .clone()
-            .unwrap_or_else(|| c.endpoint.clone()),
+            .unwrap_or_else(|| c.endpoints[0].clone()),
         prefix: Bytes::from(c.prefix.clone().unwrap_or_else(fresh_prefix)),
         server_pids: c.server_pid.clone(),
         metrics_endpoints: c.metrics_endpoint.clone(),
@@ -599,7 +607,7 @@ pub async fn run(cli: Cli, stop: watch::Receiver<bool>) -> Result<()> {
                 fraction: a.http_fraction,
                 api: a.http_api,
                 addr: crate::conn::host_port(
-                    a.http_endpoint.as_deref().unwrap_or(&a.common.endpoint),
+                    a.http_endpoint.as_deref().unwrap_or(&a.common.endpoints[0]),
                 ),
             });
             let r = fanout::run(&ctx(&a.common, stop), &p).await?;
@@ -670,6 +678,31 @@ mod tests {
         assert_eq!(shell_quote("--rate=100"), "--rate=100");
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn endpoints_take_etcds_spelling_and_the_old_one() {
+        use clap::Parser;
+        let ctx_of = |args: &[&str]| {
+            let mut all = vec!["lookout-load", "fanout"];
+            all.extend(args);
+            let cli = Cli::try_parse_from(all).unwrap();
+            let Command::Fanout(f) = cli.cmd else {
+                panic!("fanout")
+            };
+            ctx(&f.common, watch::channel(false).1)
+        };
+        let c = ctx_of(&["--endpoints", "127.0.0.1:1,http://127.0.0.1:2"]);
+        assert_eq!(c.endpoint, "127.0.0.1:1,http://127.0.0.1:2");
+        assert_eq!(c.truth_endpoint, "127.0.0.1:1");
+        let c = ctx_of(&["--endpoint", "127.0.0.1:3"]);
+        assert_eq!(c.endpoint, "127.0.0.1:3");
+        let c = ctx_of(&["--endpoints=127.0.0.1:4", "--truth-endpoint=127.0.0.1:5"]);
+        assert_eq!(
+            (c.endpoint.as_str(), c.truth_endpoint.as_str()),
+            ("127.0.0.1:4", "127.0.0.1:5")
+        );
+        assert_eq!(ctx_of(&[]).endpoint, "127.0.0.1:2379");
     }
 
     #[test]

@@ -48,11 +48,13 @@ pub fn host_port(endpoint: &str) -> String {
         .to_string()
 }
 
-/// Opens one HTTP/2 connection.
+/// Opens one HTTP/2 connection (to the first of comma-separated
+/// endpoints).
 ///
 /// # Errors
 /// [`LoadError::Connect`] when the connection cannot be made in 5 s.
 pub async fn connect(endpoint: &str) -> Result<Channel> {
+    let endpoint = endpoint.split(',').next().unwrap_or(endpoint);
     let uri = endpoint_uri(endpoint)?;
     let ep = Endpoint::from_shared(uri).map_err(|e| LoadError::Endpoint {
         endpoint: endpoint.into(),
@@ -78,13 +80,18 @@ pub async fn connect(endpoint: &str) -> Result<Channel> {
         })
 }
 
-/// Opens `n` separate connections.
+/// Opens `n` separate connections, spread in turn over comma-separated
+/// endpoints (etcd's `--endpoints` form).
 ///
 /// # Errors
 /// The first connection error.
 pub async fn connect_many(endpoint: &str, n: usize) -> Result<Vec<Channel>> {
+    let all: Vec<&str> = endpoint
+        .split(',')
+        .filter(|e| !e.trim().is_empty())
+        .collect();
     futures::stream::iter(0..n)
-        .map(|_| connect(endpoint))
+        .map(|i| connect(all.get(i % all.len().max(1)).copied().unwrap_or(endpoint)))
         .buffered(CONNECT_PARALLELISM)
         .collect::<Vec<_>>()
         .await

@@ -27,6 +27,26 @@ pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
+#[allow(clippy::all, missing_debug_implementations, rust_2018_idioms)]
+pub mod authpb {
+    tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
+}
+
+/// etcd's server-side lock service (`v3lockpb.Lock`).
+#[allow(clippy::all, missing_debug_implementations, rust_2018_idioms)]
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
+}
+
+/// etcd's server-side election service (`v3electionpb.Election`).
+#[allow(clippy::all, missing_debug_implementations, rust_2018_idioms)]
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
+}
+
 /// The store-to-store (peer) protocol: versioned envelopes around raft
 /// messages and forwarded requests.
 #[allow(clippy::all, missing_debug_implementations, rust_2018_idioms)]

@@ -29,6 +29,7 @@ pub mod kv;
 pub mod linearizability;
 pub mod lookout;
 pub mod lookout_stack;
+pub mod script;
 pub mod session;
 pub mod tcp_proxy;
 

@@ -25,13 +25,12 @@
 //! the last event of a revision), and never encode an event per watcher
 //! when the backend shares encodings (the gateway's `CachedEvent`s).
 
-mod api;
+mod access;
 mod body;
 mod error;
-mod gateway_api;
 pub(crate) mod ops;
 mod serve;
-mod text;
+pub(crate) mod text;
 mod v1;
 mod v3;
 mod version;
@@ -43,13 +42,13 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use tokio::sync::watch as signal;
 
-pub(crate) use gateway_api::GatewayApi;
-
-pub use api::{ApiResult, EtcdApi, KeepAlives, WatchEvent, WatchReplies, WatchReply};
+pub use crate::api::{
+    ApiResult, EtcdApi, KeepAlives, StoreApi, WatchEvent, WatchReplies, WatchReply,
+};
+pub use access::Access;
 pub use error::{HttpError, http_status};
 pub use serve::{fallback, serve, serve_store, serve_store_tls, with_fallback};
 pub use text::event_line;
@@ -67,6 +66,8 @@ pub struct HttpConfig {
     /// A `/v1/watch` stream with no event for this long asks for progress
     /// and writes a progress line carrying the revision.
     pub progress_interval: Duration,
+    /// `--cors` and `--host-whitelist` (etcd's defaults: any).
+    pub access: Access,
 }
 
 impl Default for HttpConfig {
@@ -74,6 +75,7 @@ impl Default for HttpConfig {
         Self {
             max_request_bytes: lookout_consensus::config::DEFAULT_MAX_REQUEST_BYTES,
             progress_interval: Duration::from_secs(10),
+            access: Access::default(),
         }
     }
 }
@@ -106,6 +108,9 @@ pub struct HttpMetrics {
 #[derive(Debug)]
 pub(crate) struct HttpState<A> {
     pub(crate) api: A,
+    /// Lock and Election over the same backend.
+    pub(crate) lock: crate::concurrency::LockService<A>,
+    pub(crate) election: crate::concurrency::ElectionService<A>,
     pub(crate) cfg: HttpConfig,
     pub(crate) metrics: Arc<HttpMetrics>,
     /// Flips to true when the server stops: open streams end on it.
@@ -122,7 +127,10 @@ pub fn router<A: EtcdApi>(
     metrics: Arc<HttpMetrics>,
     stop: signal::Receiver<bool>,
 ) -> Router {
+    let access = Arc::new(cfg.access.clone());
     let state = Arc::new(HttpState {
+        lock: crate::concurrency::LockService::new(api.clone()),
+        election: crate::concurrency::ElectionService::new(api.clone()),
         api,
         cfg,
         metrics: metrics.clone(),
@@ -131,53 +139,43 @@ pub fn router<A: EtcdApi>(
     v3::routes::<A>()
         .merge(v1::routes::<A>())
         .with_state(state)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            access::check(access.clone(), req, next)
+        }))
         .layer(axum::middleware::map_response(move |r| {
             let m = metrics.clone();
             async move { finish(&m, r) }
         }))
 }
 
-/// Every HTTP answer: counted, and with the CORS headers etcd's gateway
-/// sends, so browser pages (EventSource) can read it.
-fn finish(metrics: &HttpMetrics, mut r: Response) -> Response {
+/// Every HTTP answer is counted (CORS headers: `access.rs`).
+fn finish(metrics: &HttpMetrics, r: Response) -> Response {
     metrics
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let h = r.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("accept, content-type, authorization, last-event-id"),
-    );
     r
 }
 
-/// Every HTTP path, for the listing at `/` and in 404 answers.
-pub const API_PATHS: &[&str] = &[
-    "POST /v3/kv/range",
-    "POST /v3/kv/put",
-    "POST /v3/kv/deleterange",
-    "POST /v3/kv/txn",
-    "POST /v3/kv/compaction",
-    "POST /v3/lease/grant",
-    "POST /v3/lease/revoke",
-    "POST /v3/lease/timetolive",
-    "POST /v3/lease/leases",
-    "POST /v3/lease/keepalive",
-    "POST /v3/watch",
-    "POST /v3/maintenance/status",
-    "POST /v3/cluster/member/list",
-    "GET /version",
-    "GET /v1/kv/<key>[?rev=N&serializable=true]",
-    "GET /v1/kv/<prefix>?prefix=true[&rev=N&limit=N&keys_only=true&count_only=true]",
-    "PUT /v1/kv/<key>[?lease=ID&prev_kv=true]",
-    "DELETE /v1/kv/<key>[?prefix=true&prev_kv=true]",
-    "GET /v1/watch/<key>[?prefix=true&rev=N] (NDJSON; Accept: text/event-stream for SSE)",
-];
+/// Every HTTP path, for the listing at `/` and in 404 answers: etcd's
+/// JSON gateway paths under `/v3` (also served under `/v3beta` and
+/// `/v3alpha`), the readable `/v1` API and `/version`.
+pub fn api_paths() -> Vec<String> {
+    let mut v: Vec<String> = v3::PATHS.iter().map(|p| format!("POST /v3{p}")).collect();
+    v.push(format!(
+        "(every /v3 path also under {})",
+        v3::PREFIXES[1..].join(" and ")
+    ));
+    v.extend(
+        [
+            "GET /v1/kv/<key>[?rev=N&serializable=true]",
+            "GET /v1/kv/<prefix>?prefix=true[&rev=N&limit=N&keys_only=true&count_only=true]",
+            "PUT /v1/kv/<key>[?lease=ID&prev_kv=true]",
+            "DELETE /v1/kv/<key>[?prefix=true&prev_kv=true]",
+            "GET /v1/watch/<key>[?prefix=true&rev=N] (NDJSON; Accept: text/event-stream for SSE)",
+            "GET /version",
+            "GET /health, /livez, /readyz, /metrics",
+        ]
+        .map(String::from),
+    );
+    v
+}

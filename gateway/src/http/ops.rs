@@ -1,5 +1,6 @@
-//! `/metrics` (Prometheus text), `/health` (etcd's JSON) and `/readyz`,
-//! served on the client port and on `--metrics-addr`.
+//! `/metrics` (Prometheus text), `/health` (etcd's JSON), `/livez` and
+//! `/readyz` (etcd 3.5's text checks, see `health.rs`), served on the
+//! client port and on `--metrics-addr`.
 
 use std::sync::Arc;
 
@@ -12,15 +13,19 @@ use axum::routing::get;
 use crate::server::Shared;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let checks = crate::health::gateway_checks(&shared);
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .route("/readyz", get(readyz))
         .with_state(shared)
+        .merge(checks)
 }
 
+/// The gateway's families (`lookout_*`), the gRPC and process families,
+/// and whatever the configuration adds (`lookout dev`: its store's
+/// `etcd_*`).
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    let body = crate::metrics::render(
+    let mut body = crate::metrics::render(
         s.cache.metrics(),
         &s.metrics,
         s.read_index
@@ -28,13 +33,13 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
             .load(std::sync::atomic::Ordering::Relaxed),
         s.cache.is_ready(),
     );
-    let mut body = body;
     s.grpc.render(&mut body);
+    crate::telemetry::render_process(&mut body);
+    if let Some(extra) = &s.config.extra_metrics {
+        (extra.0)(&mut body);
+    }
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::telemetry::PROMETHEUS_TEXT)],
         body,
     )
 }
@@ -59,36 +64,4 @@ async fn health(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         );
     }
     (StatusCode::OK, json, r#"{"health":"true"}"#.to_string())
-}
-
-/// Ready = caught up with the upstream: the store's current revision
-/// (one linearizable probe, shared with concurrent reads) is applied in
-/// the cache within a short bound. 503 while listing, stopping, or behind.
-async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    let json = || [(header::CONTENT_TYPE, "application/json")];
-    let not = |reason: String| {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json(),
-            serde_json::json!({"ready": "false", "reason": reason}).to_string(),
-        )
-    };
-    if s.is_shutting_down() {
-        return not("shutting down".into());
-    }
-    if !s.cache.is_ready() {
-        return not("cache not synced with the store yet".into());
-    }
-    let bound = std::time::Duration::from_secs(2);
-    let rev = match tokio::time::timeout(bound, s.read_index.current_revision(s.cache.upstream()))
-        .await
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return not(format!("upstream: {}", e.message())),
-        Err(_) => return not("upstream revision probe timed out".into()),
-    };
-    match s.cache.wait_for_revision(rev, bound).await {
-        Ok(_) => (StatusCode::OK, json(), r#"{"ready":"true"}"#.to_string()),
-        Err(e) => not(format!("cache behind the store revision {rev}: {e}")),
-    }
 }

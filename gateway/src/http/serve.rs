@@ -28,7 +28,7 @@ use tokio::sync::watch as signal;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use super::error::readable_json;
-use super::{API_PATHS, HttpConfig, HttpMetrics, router};
+use super::{HttpConfig, HttpMetrics, api_paths, router};
 
 #[derive(Serialize)]
 struct Listing<'a> {
@@ -36,12 +36,11 @@ struct Listing<'a> {
     error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<i32>,
-    api: &'a [&'a str],
+    api: Vec<String>,
     grpc: &'a str,
 }
 
-const GRPC: &str =
-    "etcd v3 gRPC (etcdserverpb.KV, Watch, Lease, Cluster, Maintenance) on this port over HTTP/2";
+const GRPC: &str = "etcd v3 gRPC (etcdserverpb.KV, Watch, Lease, Cluster, Maintenance, Auth; v3lockpb.Lock; v3electionpb.Election) on this port over HTTP/2";
 
 /// `GET /`: what this port serves.
 pub(crate) async fn listing() -> Response {
@@ -50,7 +49,7 @@ pub(crate) async fn listing() -> Response {
         &Listing {
             error: None,
             code: None,
-            api: API_PATHS,
+            api: api_paths(),
             grpc: GRPC,
         },
     )
@@ -75,7 +74,7 @@ pub async fn fallback(req: Request) -> Response {
         &Listing {
             error: Some(format!("no such path: {}", uri.path())),
             code: Some(tonic::Code::NotFound as i32),
-            api: API_PATHS,
+            api: api_paths(),
             grpc: GRPC,
         },
     )
@@ -159,10 +158,15 @@ pub async fn serve_store_tls(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = signal::channel(false);
-    let grpc = lookout_consensus::routes(&store);
+    let api = crate::api::StoreApi::new(store.clone());
+    let grpc = crate::concurrency::add_routes(
+        lookout_consensus::routes(&store),
+        &api,
+        store.config().max_request_bytes + lookout_consensus::config::GRPC_OVERHEAD_BYTES,
+    );
     let ops =
         crate::telemetry::store_ops_router(store.clone(), grpc_metrics.clone(), metrics.clone());
-    let http = router(store, cfg, metrics, stop_rx).merge(ops);
+    let http = router(api, cfg, metrics, stop_rx).merge(ops);
     let shutdown = async move {
         shutdown.await;
         // HTTP watch streams end first, so the graceful drain can finish.

@@ -19,13 +19,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use bytes::Bytes;
 use lookout_proto::mvccpb::KeyValue;
-use lookout_proto::pb::{DeleteRangeRequest, PutRequest, RangeRequest};
+use lookout_proto::pb::{DeleteRangeRequest, PutRequest, RangeRequest, kv_server::Kv};
 use serde::Serialize;
+use tonic::Request;
 
 use super::body::read_limited;
 use super::error::{HttpError, readable_json};
 use super::text::{TextKv, percent_decode, query_pairs};
 use super::{EtcdApi, HttpState};
+use crate::api::inner;
 
 type S<A> = State<Arc<HttpState<A>>>;
 
@@ -202,7 +204,8 @@ async fn get_kv<A: EtcdApi>(
             .unwrap_or_default(),
         ..Default::default()
     };
-    let resp = s.api.range(req).await?;
+    s.api.check_range_extensions(&req)?;
+    let resp = inner(Kv::range(s.api.kv(), Request::new(req)).await)?;
     let revision = resp.header.map_or(0, |h| h.revision);
     if prefix || p.get("count_only").is_some() {
         let body = ListAnswer {
@@ -279,7 +282,7 @@ async fn put_kv<A: EtcdApi>(
         prev_kv,
         ..Default::default()
     };
-    let resp = s.api.put(req).await?;
+    let resp = inner(Kv::put(s.api.kv(), Request::new(req)).await)?;
     let body = PutAnswer {
         revision: resp.header.map_or(0, |h| h.revision),
         prev_kv: resp.prev_kv.as_ref().map(|kv| TextKv::new(kv, true)),
@@ -295,7 +298,7 @@ async fn delete_kv<A: EtcdApi>(State(s): S<A>, uri: Uri) -> Result<Response, Htt
         range_end: range_end.into(),
         prev_kv: p.flag("prev_kv")?,
     };
-    let resp = s.api.delete_range(req).await?;
+    let resp = inner(Kv::delete_range(s.api.kv(), Request::new(req)).await)?;
     let body = DeleteAnswer {
         revision: resp.header.map_or(0, |h| h.revision),
         deleted: resp.deleted,

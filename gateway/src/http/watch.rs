@@ -90,10 +90,25 @@ pub(crate) async fn v3_watch<A: EtcdApi>(
         None => None,
     };
     let (tx, rx) = mpsc::channel(16);
+    let asked = first.is_some();
     if let Some(f) = first {
         tx.try_send(f).expect("fresh channel has room");
     }
-    let replies = s.api.watch(ReceiverStream::new(rx).boxed()).await?;
+    let mut replies = s.api.watch(ReceiverStream::new(rx).boxed()).await?;
+    // As etcd's gateway, answer (status and headers) with the first
+    // response: a client that sees the headers may rely on its watch being
+    // registered (Python etcd3gw writes right after them).
+    if asked {
+        let mut stop = s.stop.clone();
+        let first = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return Err(HttpError::ShuttingDown.into()),
+            r = replies.next() => r,
+        };
+        if let Some(r) = first {
+            replies = futures::stream::iter([r]).chain(replies).boxed();
+        }
+    }
     let (gone_tx, gone_rx) = oneshot::channel();
     let (err_tx, err_rx) = oneshot::channel();
     tokio::spawn(pump(requests, tx, gone_rx, err_tx));

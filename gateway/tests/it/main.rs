@@ -2,12 +2,16 @@
 //! store: one binary, one module per concern (`http_*`: the HTTP/JSON API).
 
 mod admin;
+mod auth_vs_etcd;
 mod authz;
 mod config_env;
 mod crash;
+mod deploy_files;
 mod drain;
+mod etcd_metrics;
 mod etcdctl_session;
 mod harness;
+mod http_access;
 mod http_client;
 mod http_endpoints;
 mod http_etcd_compat;
@@ -15,8 +19,10 @@ mod http_v1;
 mod http_watch;
 mod index_filters;
 mod informer;
+mod json_gateway_table;
 mod kv_vs_etcd;
 mod lifecycle;
+mod lock_election;
 mod many_gateways;
 mod metrics_scrape;
 mod otlp;
@@ -24,5 +30,6 @@ mod prefixes;
 mod semantics_vs_etcd;
 mod snapshot;
 mod support;
+mod third_party_clients;
 mod tls;
 mod watch_guarantees;

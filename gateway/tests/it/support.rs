@@ -11,6 +11,11 @@ pub fn lookout_bin() -> PathBuf {
 
 /// Starts `lookout store` on a free loopback port with data in `dir`.
 pub async fn start_store(dir: &Path, port: Option<u16>) -> LookoutProcess {
+    start_store_with(dir, port, &[]).await
+}
+
+/// [`start_store`] with extra flags last.
+pub async fn start_store_with(dir: &Path, port: Option<u16>, extra: &[&str]) -> LookoutProcess {
     let port = port.unwrap_or_else(free_port);
     let endpoint = format!("127.0.0.1:{port}");
     let url = format!("http://{endpoint}");
@@ -25,6 +30,8 @@ pub async fn start_store(dir: &Path, port: Option<u16>) -> LookoutProcess {
         "--advertise-client-urls".into(),
         url,
     ];
+    let mut args = args;
+    args.extend(extra.iter().map(|s| s.to_string()));
     let log = dir.join(format!("lookout-{port}.log"));
     LookoutProcess::spawn(&lookout_bin(), &args, &endpoint, &log).await
 }

@@ -76,3 +76,43 @@ fn bad_flags_are_rejected_with_usage() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad duration"));
 }
+
+/// `--endpoints a,b` spreads connections over both in turn: the second
+/// connection goes to the second endpoint (an unbound port fails it,
+/// naming it), and requests on it travel through that endpoint (a proxy
+/// cut under it breaks that connection alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_comma_separated_endpoints() {
+    use lookout_loadtest::conn::{connect_many, kv};
+    use lookout_proto::pb::RangeRequest;
+    let etcd = EtcdServer::start().await;
+    let dead = format!("127.0.0.1:{}", lookout_testkit::free_port());
+    let with_dead = format!("{},{dead}", etcd.endpoint);
+    assert!(
+        connect_many(&with_dead, 1).await.is_ok(),
+        "the first goes to etcd"
+    );
+    let err = connect_many(&with_dead, 2).await.unwrap_err().to_string();
+    assert!(err.contains(&dead), "{err}");
+
+    let proxy = lookout_testkit::TcpProxy::start(&etcd.endpoint).await;
+    let chans = connect_many(&format!("{},{}", etcd.endpoint, proxy.endpoint()), 2)
+        .await
+        .unwrap();
+    let range = |i: usize| {
+        let mut c = kv(&chans[i]);
+        async move {
+            let req = RangeRequest {
+                key: b"k".to_vec().into(),
+                ..Default::default()
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(5), c.range(req))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
+    };
+    assert!(range(0).await && range(1).await);
+    proxy.cut();
+    assert!(range(0).await, "the first connection is direct");
+    assert!(!range(1).await, "the second went through the proxy");
+}

@@ -10,20 +10,15 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use lookout_cache::{CachedEvent, WatchFrame, WatchFrames};
+use lookout_cache::{CachedEvent, KeyRange, WatchFrame, WatchFrames};
 use lookout_proto::pb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseLeasesRequest,
-    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
-    WatchCreateRequest, WatchRequest, cluster_server::Cluster, kv_server::Kv, lease_server::Lease,
-    maintenance_server::Maintenance,
+    LeaseKeepAliveRequest, RangeRequest, ResponseHeader, WatchCreateRequest, WatchRequest,
 };
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status};
+use tonic::transport::Channel;
 
 use super::{ApiResult, EtcdApi, KeepAlives, WatchReplies, WatchReply};
+use crate::auth::AuthService;
 use crate::cluster::ClusterService;
 use crate::error::GatewayError;
 use crate::kv::KvService;
@@ -31,7 +26,8 @@ use crate::lease::LeaseService;
 use crate::maintenance::MaintenanceService;
 use crate::server::Shared;
 
-/// The gateway's services behind the HTTP layer.
+/// The gateway's services, as the HTTP layer and Lock/Election call them
+/// (the same values its gRPC server routes to).
 #[derive(Debug, Clone)]
 pub(crate) struct GatewayApi {
     shared: Arc<Shared>,
@@ -39,6 +35,7 @@ pub(crate) struct GatewayApi {
     lease: LeaseService,
     maintenance: MaintenanceService,
     cluster: ClusterService,
+    auth: AuthService,
 }
 
 impl GatewayApi {
@@ -48,55 +45,38 @@ impl GatewayApi {
             lease: LeaseService::new(shared.clone()),
             maintenance: MaintenanceService::new(shared.clone()),
             cluster: ClusterService::new(shared.clone()),
+            auth: AuthService::new(shared.clone()),
             shared,
         }
     }
 }
 
-fn inner<T>(r: Result<Response<T>, Status>) -> ApiResult<T> {
-    r.map(Response::into_inner)
-}
-
 impl EtcdApi for GatewayApi {
     type Event = Arc<CachedEvent>;
+    type Kv = KvService;
+    type Lease = LeaseService;
+    type Cluster = ClusterService;
+    type Maintenance = MaintenanceService;
+    type Auth = AuthService;
 
-    async fn range(&self, r: RangeRequest) -> ApiResult<RangeResponse> {
-        inner(Kv::range(&self.kv, Request::new(r)).await)
+    fn kv(&self) -> &KvService {
+        &self.kv
     }
 
-    async fn put(&self, r: PutRequest) -> ApiResult<PutResponse> {
-        inner(Kv::put(&self.kv, Request::new(r)).await)
+    fn lease(&self) -> &LeaseService {
+        &self.lease
     }
 
-    async fn delete_range(&self, r: DeleteRangeRequest) -> ApiResult<DeleteRangeResponse> {
-        inner(Kv::delete_range(&self.kv, Request::new(r)).await)
+    fn cluster(&self) -> &ClusterService {
+        &self.cluster
     }
 
-    async fn txn(&self, r: TxnRequest) -> ApiResult<TxnResponse> {
-        inner(Kv::txn(&self.kv, Request::new(r)).await)
+    fn maintenance(&self) -> &MaintenanceService {
+        &self.maintenance
     }
 
-    async fn compact(&self, r: CompactionRequest) -> ApiResult<CompactionResponse> {
-        inner(Kv::compact(&self.kv, Request::new(r)).await)
-    }
-
-    async fn lease_grant(&self, r: LeaseGrantRequest) -> ApiResult<LeaseGrantResponse> {
-        inner(Lease::lease_grant(&self.lease, Request::new(r)).await)
-    }
-
-    async fn lease_revoke(&self, r: LeaseRevokeRequest) -> ApiResult<LeaseRevokeResponse> {
-        inner(Lease::lease_revoke(&self.lease, Request::new(r)).await)
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        r: LeaseTimeToLiveRequest,
-    ) -> ApiResult<LeaseTimeToLiveResponse> {
-        inner(Lease::lease_time_to_live(&self.lease, Request::new(r)).await)
-    }
-
-    async fn lease_leases(&self, r: LeaseLeasesRequest) -> ApiResult<LeaseLeasesResponse> {
-        inner(Lease::lease_leases(&self.lease, Request::new(r)).await)
+    fn auth(&self) -> &AuthService {
+        &self.auth
     }
 
     /// One upstream keep-alive stream per HTTP request, as the gRPC service
@@ -140,14 +120,6 @@ impl EtcdApi for GatewayApi {
         Ok(stream.boxed())
     }
 
-    async fn status(&self, r: StatusRequest) -> ApiResult<StatusResponse> {
-        inner(Maintenance::status(&self.maintenance, Request::new(r)).await)
-    }
-
-    async fn member_list(&self, r: MemberListRequest) -> ApiResult<MemberListResponse> {
-        inner(Cluster::member_list(&self.cluster, Request::new(r)).await)
-    }
-
     /// A cache stream, fed by the same request reader as gRPC watches; its
     /// frames become replies that share the cache's events.
     async fn watch(
@@ -175,6 +147,27 @@ impl EtcdApi for GatewayApi {
 
     fn check_watch_extensions(&self, c: &WatchCreateRequest) -> ApiResult<()> {
         crate::watch::check_extensions(&self.shared, c)
+    }
+
+    fn check_range_extensions(&self, _r: &RangeRequest) -> ApiResult<()> {
+        // The KV service itself serves or refuses a filtered Range.
+        Ok(())
+    }
+
+    /// The cache holds `name/`: waits are cache watchers. Otherwise the
+    /// upstream serves the whole call (it has the keys to watch).
+    async fn concurrency_upstream(&self, name: &[u8]) -> ApiResult<Option<Channel>> {
+        let mut prefix = name.to_vec();
+        prefix.push(b'/');
+        if self.shared.cache.covers(&KeyRange::prefix(prefix)) {
+            return Ok(None);
+        }
+        self.shared.metrics.forwarded.fetch_add(1, Relaxed);
+        Ok(Some(self.shared.upstream.channel().await?))
+    }
+
+    fn restamp(&self, header: &mut Option<ResponseHeader>) {
+        self.shared.restamp(header);
     }
 }
 

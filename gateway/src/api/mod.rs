@@ -1,32 +1,47 @@
-//! [`EtcdApi`]: the etcd v3 operations the HTTP layer needs, implemented by
-//! the store (calling [`Store`] directly) and by the gateway (over the
-//! cache), so one HTTP layer serves both.
+//! [`EtcdApi`]: one backend's etcd v3 services, as the HTTP layer and the
+//! Lock and Election services call them. The store implements it by calling
+//! `Store` directly ([`StoreApi`]); the gateway over its cache and its
+//! upstream (`GatewayApi`). Everything above it (every `/v3` JSON path,
+//! `/v1`, Lock, Election) is written once for both.
+//!
+//! ```text
+//!   HTTP (/v3/*, /v1/*) ─┐
+//!   Lock, Election ──────┼─> EtcdApi ─┬─ StoreApi:   consensus::EtcdService (Store)
+//!                        │            └─ GatewayApi: KvService, LeaseService, ... (cache + upstream)
+//!   gRPC clients ────────┴──────────────> the same service values, through tonic
+//! ```
+//!
+//! Unary calls go through the tonic service traits themselves ([`Kv`],
+//! [`Lease`], ...), so an answer over HTTP is exactly the gRPC answer; the
+//! two streams the HTTP layer feeds from a request body (Watch,
+//! LeaseKeepAlive) have methods of their own.
 //!
 //! Watch replies carry their events as [`WatchEvent`]s: the store hands out
 //! `mvccpb::Event`s, the gateway the cache's shared `Arc<CachedEvent>`s whose
 //! JSON is built once per event for every HTTP watcher.
+
+mod gateway;
+mod store;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
 use lookout_cache::CachedEvent;
-use lookout_consensus::{Store, to_status};
 use lookout_proto::mvccpb::Event;
 use lookout_proto::pb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberListRequest, MemberListResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
-    TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest, WatchResponse,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, RangeRequest, ResponseHeader,
+    WatchCreateRequest, WatchRequest, WatchResponse, auth_server::Auth, cluster_server::Cluster,
+    kv_server::Kv, lease_server::Lease, maintenance_server::Maintenance,
 };
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
+use tonic::transport::Channel;
+use tonic::{Response, Status};
 
-use super::text;
+use crate::http::text;
+
+pub(crate) use gateway::GatewayApi;
+pub use store::StoreApi;
 
 /// What an etcd API call answers: the message, or etcd's status (code and
 /// message exactly as the gRPC API would send them).
@@ -38,49 +53,33 @@ pub type WatchReplies<E> = BoxStream<'static, ApiResult<WatchReply<E>>>;
 /// A stream of keep-alive answers.
 pub type KeepAlives = BoxStream<'static, ApiResult<LeaseKeepAliveResponse>>;
 
-/// The etcd v3 API as the HTTP layer calls it. Every method answers what
-/// the matching gRPC method would (same header, same errors).
+/// A tonic answer without its metadata.
+pub fn inner<T>(r: Result<Response<T>, Status>) -> ApiResult<T> {
+    r.map(Response::into_inner)
+}
+
+/// One backend's etcd v3 API. Every call answers what the matching gRPC
+/// method answers on that backend (same header, same errors).
 pub trait EtcdApi: Clone + Send + Sync + 'static {
     /// How this backend hands out watch events.
     type Event: WatchEvent;
+    type Kv: Kv;
+    type Lease: Lease;
+    type Cluster: Cluster;
+    type Maintenance: Maintenance;
+    type Auth: Auth;
 
-    fn range(&self, r: RangeRequest) -> impl Future<Output = ApiResult<RangeResponse>> + Send;
-    fn put(&self, r: PutRequest) -> impl Future<Output = ApiResult<PutResponse>> + Send;
-    fn delete_range(
-        &self,
-        r: DeleteRangeRequest,
-    ) -> impl Future<Output = ApiResult<DeleteRangeResponse>> + Send;
-    fn txn(&self, r: TxnRequest) -> impl Future<Output = ApiResult<TxnResponse>> + Send;
-    fn compact(
-        &self,
-        r: CompactionRequest,
-    ) -> impl Future<Output = ApiResult<CompactionResponse>> + Send;
-    fn lease_grant(
-        &self,
-        r: LeaseGrantRequest,
-    ) -> impl Future<Output = ApiResult<LeaseGrantResponse>> + Send;
-    fn lease_revoke(
-        &self,
-        r: LeaseRevokeRequest,
-    ) -> impl Future<Output = ApiResult<LeaseRevokeResponse>> + Send;
-    fn lease_time_to_live(
-        &self,
-        r: LeaseTimeToLiveRequest,
-    ) -> impl Future<Output = ApiResult<LeaseTimeToLiveResponse>> + Send;
-    fn lease_leases(
-        &self,
-        r: LeaseLeasesRequest,
-    ) -> impl Future<Output = ApiResult<LeaseLeasesResponse>> + Send;
+    fn kv(&self) -> &Self::Kv;
+    fn lease(&self) -> &Self::Lease;
+    fn cluster(&self) -> &Self::Cluster;
+    fn maintenance(&self) -> &Self::Maintenance;
+    fn auth(&self) -> &Self::Auth;
+
     /// One keep-alive stream: an answer per request, in order.
     fn lease_keep_alive(
         &self,
         requests: BoxStream<'static, LeaseKeepAliveRequest>,
     ) -> impl Future<Output = ApiResult<KeepAlives>> + Send;
-    fn status(&self, r: StatusRequest) -> impl Future<Output = ApiResult<StatusResponse>> + Send;
-    fn member_list(
-        &self,
-        r: MemberListRequest,
-    ) -> impl Future<Output = ApiResult<MemberListResponse>> + Send;
     /// One watch stream, as gRPC `Watch` serves it: `requests` are the
     /// client's messages. The implementation may end the stream when
     /// `requests` ends; the HTTP layer keeps `requests` open for as long as
@@ -93,11 +92,23 @@ pub trait EtcdApi: Clone + Send + Sync + 'static {
     /// `initial_state`) before a stream is opened, so the readable API can
     /// answer 400 instead of a stream that is cancelled at once.
     fn check_watch_extensions(&self, c: &WatchCreateRequest) -> ApiResult<()>;
+    /// The same for a Range's extension fields, which gRPC clients of the
+    /// store never send (etcd ignores unknown fields) but HTTP users may.
+    fn check_range_extensions(&self, r: &RangeRequest) -> ApiResult<()>;
+    /// Where Lock and Election calls on `name` go: `None` when this backend
+    /// serves them itself, else a channel to the upstream that does (a
+    /// gateway that does not cache `name/`).
+    fn concurrency_upstream(
+        &self,
+        name: &[u8],
+    ) -> impl Future<Output = ApiResult<Option<Channel>>> + Send;
+    /// Puts this backend's identity in an answer it forwarded.
+    fn restamp(&self, header: &mut Option<ResponseHeader>);
 }
 
 /// The store serves no index filters: refuse them rather than answer
 /// unfiltered.
-fn refuse_extensions(index: &str, value: &[u8], initial_state: bool) -> ApiResult<()> {
+pub(crate) fn refuse_extensions(index: &str, value: &[u8], initial_state: bool) -> ApiResult<()> {
     if index.is_empty() && value.is_empty() && !initial_state {
         return Ok(());
     }
@@ -138,6 +149,8 @@ pub trait WatchEvent: Send + Sync + 'static {
     fn line(&self) -> Bytes;
     /// The `mvccpb.Event` in etcd's gateway JSON, as `/v3/watch` writes it.
     fn etcd_json(&self, prev_kv: bool) -> Bytes;
+    /// The event as etcd's message (Lock and Election read it).
+    fn to_event(&self, prev_kv: bool) -> Event;
 }
 
 impl WatchEvent for Event {
@@ -151,6 +164,10 @@ impl WatchEvent for Event {
 
     fn etcd_json(&self, _prev_kv: bool) -> Bytes {
         Bytes::from(serde_json::to_vec(self).expect("messages serialize"))
+    }
+
+    fn to_event(&self, _prev_kv: bool) -> Event {
+        self.clone()
     }
 }
 
@@ -180,90 +197,9 @@ impl WatchEvent for Arc<CachedEvent> {
             Bytes::from(serde_json::to_vec(&e.to_event(prev_kv)).expect("messages serialize"))
         })
     }
-}
 
-// === impl EtcdApi for Store ===
-
-impl EtcdApi for Store {
-    type Event = Event;
-
-    async fn range(&self, r: RangeRequest) -> ApiResult<RangeResponse> {
-        refuse_extensions(&r.index, &r.value, false)?;
-        Store::range(self, r).await.map_err(to_status)
-    }
-
-    async fn put(&self, r: PutRequest) -> ApiResult<PutResponse> {
-        Store::put(self, r).await.map_err(to_status)
-    }
-
-    async fn delete_range(&self, r: DeleteRangeRequest) -> ApiResult<DeleteRangeResponse> {
-        Store::delete_range(self, r).await.map_err(to_status)
-    }
-
-    async fn txn(&self, r: TxnRequest) -> ApiResult<TxnResponse> {
-        Store::txn(self, r).await.map_err(to_status)
-    }
-
-    async fn compact(&self, r: CompactionRequest) -> ApiResult<CompactionResponse> {
-        Store::compact(self, r).await.map_err(to_status)
-    }
-
-    async fn lease_grant(&self, r: LeaseGrantRequest) -> ApiResult<LeaseGrantResponse> {
-        Store::lease_grant(self, r).await.map_err(to_status)
-    }
-
-    async fn lease_revoke(&self, r: LeaseRevokeRequest) -> ApiResult<LeaseRevokeResponse> {
-        Store::lease_revoke(self, r.id).await.map_err(to_status)
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        r: LeaseTimeToLiveRequest,
-    ) -> ApiResult<LeaseTimeToLiveResponse> {
-        Store::lease_time_to_live(self, r).await.map_err(to_status)
-    }
-
-    async fn lease_leases(&self, _r: LeaseLeasesRequest) -> ApiResult<LeaseLeasesResponse> {
-        Ok(Store::lease_leases(self).await)
-    }
-
-    async fn lease_keep_alive(
-        &self,
-        requests: BoxStream<'static, LeaseKeepAliveRequest>,
-    ) -> ApiResult<KeepAlives> {
-        let store = self.clone();
-        Ok(requests
-            .then(move |r| {
-                let store = store.clone();
-                async move { store.lease_keep_alive(r.id).await.map_err(to_status) }
-            })
-            .boxed())
-    }
-
-    async fn status(&self, _r: StatusRequest) -> ApiResult<StatusResponse> {
-        Store::status(self).await.map_err(to_status)
-    }
-
-    async fn member_list(&self, _r: MemberListRequest) -> ApiResult<MemberListResponse> {
-        Ok(Store::member_list(self).await)
-    }
-
-    async fn watch(
-        &self,
-        requests: BoxStream<'static, WatchRequest>,
-    ) -> ApiResult<WatchReplies<Event>> {
-        // The store's stream task ends (and unregisters its watchers) as
-        // soon as `requests` ends, which the HTTP layer arranges when its
-        // client goes away.
-        let rx = Store::watch(self, requests);
-        Ok(ReceiverStream::new(rx)
-            .map_err(to_status)
-            .map_ok(WatchReply::from_response)
-            .boxed())
-    }
-
-    fn check_watch_extensions(&self, c: &WatchCreateRequest) -> ApiResult<()> {
-        refuse_extensions(&c.index, &c.value, c.initial_state)
+    fn to_event(&self, prev_kv: bool) -> Event {
+        CachedEvent::to_event(self, prev_kv)
     }
 }
 

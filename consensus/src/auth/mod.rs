@@ -1,0 +1,178 @@
+//! etcd's authentication and role-based access control for the store:
+//! users, roles, key-range permissions, the enabled flag and the auth
+//! revision as replicated state, tokens (simple and JWT), password hashes,
+//! and every permission check at the place etcd 3.4 makes it.
+//!
+//! ```text
+//!  gRPC (server.rs) ─ token | TLS CN ─> Store::auth_info (service.rs, token.rs)
+//!      │                                    └─> AuthInfo{user, revision}
+//!      ├─ reads: Range, Watch create, LeaseTimeToLive --keys, admin calls:
+//!      │         checked on the serving member against its published state (check.rs)
+//!      └─ writes: Request::As{user, revision, req} ─raft─> every member's apply:
+//!                 check.rs (Put, DeleteRange, Txn with compares and nested
+//!                 txns, LeaseRevoke) then the write; auth changes (apply.rs)
+//!                 -> AuthState (state.rs) + redb table "auth"
+//!  simple tokens: Authenticate goes through raft, so every member learns
+//!                 token -> user at the same log index (token.rs keeps them,
+//!                 with a sliding TTL, in memory only, as etcd does)
+//!  JWT: signed by the serving member, verified by any member with the key
+//! ```
+//!
+//! Semantics are etcd 3.4.23's (the installed reference, checked by the
+//! differential test), plus the permission fixes later 3.4 and 3.5
+//! releases made where 3.4.23 let data out: nested txn operations and a
+//! txn's puts are checked like top-level ones, `LeaseTimeToLive` with keys
+//! needs read on every attached key, a watch from a key checks the whole
+//! open range, and a permission on an empty or empty-range key is refused.
+//!
+//! It must never read a clock or a random source inside apply (token
+//! prefixes, password hashes and JWT expiry are decided before raft),
+//! never write a password (only its bcrypt hash) to the log, never hold a
+//! lock across a bcrypt hash, and never compare a secret in variable time.
+
+mod apply;
+mod check;
+mod password;
+mod perms;
+mod service;
+mod state;
+mod token;
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) use apply::apply_auth;
+pub use check::{check_admin, check_bare, check_range, check_watch, check_write};
+pub use password::{DEFAULT_COST, effective_cost};
+pub use perms::{KeyRange, RangeSet, UserPerms, valid_permission_range};
+pub use service::Credentials;
+pub(crate) use state::AUTH;
+pub use state::{AuthState, ROOT};
+pub(crate) use token::Tokens;
+pub use token::{AuthConfig, JwtConfig, TokenKind, parse_auth_token};
+
+/// Who sent a request, as etcd's `AuthInfo`: the user name and the auth
+/// revision the identity was resolved at (a token's, or the store's when
+/// it was looked up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthInfo {
+    pub user: String,
+    pub revision: u64,
+}
+
+/// A change to the auth state, as the log carries it. Everything
+/// nondeterministic (password hashes, a simple token's random prefix) is
+/// decided before it is proposed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthRequest {
+    Enable,
+    Disable,
+    /// Issues the simple token `"{prefix}.{log index}"` to `name` on
+    /// every member.
+    Authenticate {
+        name: String,
+        prefix: String,
+    },
+    /// `hash` is the bcrypt hash (empty for a `no_password` user).
+    UserAdd {
+        name: String,
+        hash: Vec<u8>,
+        no_password: bool,
+    },
+    UserDelete {
+        name: String,
+    },
+    UserChangePassword {
+        name: String,
+        hash: Vec<u8>,
+    },
+    UserGrantRole {
+        user: String,
+        role: String,
+    },
+    UserRevokeRole {
+        name: String,
+        role: String,
+    },
+    RoleAdd {
+        name: String,
+    },
+    RoleDelete {
+        role: String,
+    },
+    RoleGrantPermission {
+        name: String,
+        perm_type: i32,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+    },
+    RoleRevokePermission {
+        role: String,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+    },
+}
+
+impl AuthRequest {
+    /// Whether etcd's auth applier asks for the root role first
+    /// (`needAdminPermission`): every change but Authenticate.
+    pub fn needs_admin(&self) -> bool {
+        !matches!(self, AuthRequest::Authenticate { .. })
+    }
+}
+
+/// What an applied request does to this member's simple tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TokenEvent {
+    Issued { token: String, user: String },
+    UserRevoked(String),
+    Cleared,
+}
+
+/// The token change `req` made, given how it applied.
+pub(crate) fn token_event(
+    req: &crate::request::Request,
+    resp: &crate::Result<crate::request::Response>,
+) -> Option<TokenEvent> {
+    use crate::request::{Request, Response};
+    let (Request::Auth(a), Ok(Response::Auth { token })) = (req.inner(), resp) else {
+        return None;
+    };
+    match a {
+        AuthRequest::Authenticate { name, .. } => Some(TokenEvent::Issued {
+            token: token.clone(),
+            user: name.clone(),
+        }),
+        AuthRequest::UserDelete { name } | AuthRequest::UserChangePassword { name, .. } => {
+            Some(TokenEvent::UserRevoked(name.clone()))
+        }
+        AuthRequest::Disable => Some(TokenEvent::Cleared),
+        _ => None,
+    }
+}
+
+/// etcd's watch-create check: the identity resolved again (a token may
+/// have expired since the stream opened), then read permission on the
+/// range. `Err` is the cancel reason etcd sends: the full gRPC status text.
+pub(crate) fn watch_permitted(
+    store: &crate::store::Store,
+    creds: &Credentials,
+    c: &lookout_proto::pb::WatchCreateRequest,
+) -> Result<(), String> {
+    let checked = store
+        .resolve(creds)
+        .and_then(|who| check_watch(&store.auth_state(), who.as_ref(), &c.key, &c.range_end));
+    checked.map_err(|e| {
+        let code = match e {
+            crate::Error::InvalidAuthToken => "Unauthenticated",
+            crate::Error::UserEmpty | crate::Error::AuthOldRevision => "InvalidArgument",
+            _ => "PermissionDenied",
+        };
+        let msg = match e {
+            crate::Error::InvalidAuthToken
+            | crate::Error::UserEmpty
+            | crate::Error::AuthOldRevision => e.to_string(),
+            _ => crate::Error::PermissionDenied.to_string(),
+        };
+        format!("rpc error: code = {code} desc = {msg}")
+    })
+}
