@@ -12,16 +12,17 @@
 //!        └── same scenario matrix against each ──> side-by-side report
 //! ```
 //!
-//! It owns the scenarios ([`scenario`]), the checker ([`checker`]), latency
-//! histograms ([`hist`]), /proc measurements ([`procstat`]), reports and
-//! plots ([`report`]) and the comparison driver ([`compare`]).
+//! It owns the scenarios ([`scenario`]), latency histograms ([`hist`]),
+//! /proc measurements ([`procstat`]), reports and plots ([`report`]) and the
+//! comparison driver ([`compare`]). Watchers are judged by the project's one
+//! watch checker, `lookout_testkit::checker`, against the store's history
+//! read back by [`truth`].
 //!
 //! It must never link the code it measures (only the wire types from
 //! `lookout-proto`), never decide an event is missing from the writer's view
 //! alone (a timed-out put is unknown until the store's history says), and
 //! never wait without a bound.
 
-pub mod checker;
 pub mod cli;
 pub mod compare;
 pub mod conn;

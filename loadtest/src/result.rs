@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use lookout_testkit::checker::CheckTotals;
 use serde::{Deserialize, Serialize};
 
-use crate::checker::CheckTotals;
 use crate::hist::LatencySummary;
 use crate::procstat::ProcStats;
 use crate::promscrape::ServerMetrics;

@@ -18,10 +18,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lookout_testkit::checker::{CheckTotals, Truth};
 use tokio::task::JoinHandle;
 
 use super::{ClientProc, RunCtx, p, secs, wait_until};
-use crate::checker::CheckTotals;
 use crate::conn;
 use crate::error::{LoadError, Result};
 use crate::hist::LatencyHist;
@@ -426,7 +426,7 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
                 acked.extend(pre.acked_revisions());
             }
             History {
-                truth: crate::checker::Truth::from_revisions(acked),
+                truth: Truth::from_revisions(acked),
                 seq_rev: Default::default(),
                 source: format!("writer acknowledgements only: {e}"),
             }

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lookout_proto::pb;
+use lookout_testkit::checker::{CheckTotals, Truth};
 use tokio::sync::watch;
 
 use super::fanout::cross_check_writer;
 use super::{ClientProc, RunCtx, p, wait_until};
-use crate::checker::{CheckTotals, Truth};
 use crate::conn;
 use crate::error::{LoadError, Result};
 use crate::hist::LatencyHist;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use lookout_proto::pb;
 use lookout_proto::pb::watch_request::RequestUnion;
+use lookout_testkit::checker::{WatchCheck, WatchEnd};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Streaming;
@@ -16,7 +17,6 @@ use tonic::transport::Channel;
 
 use super::lite::{LiteCodec, LiteEvent, LiteResponse};
 use super::{Group, Signals, Stall, StreamLimits, StreamOutcome, Switch, WatchTarget};
-use crate::checker::{WatchCheck, WatchEnd};
 use crate::payload;
 use crate::progress::Counters;
 

@@ -22,11 +22,11 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use lookout_testkit::checker::{WatchCheck, WatchEnd};
 use serde_json::Value;
 
 use super::{Group, Signals, StreamLimits, StreamOutcome, WatchTarget};
-use crate::checker::{WatchCheck, WatchEnd, event_tag};
-use crate::payload;
+use crate::payload::{self, event_tag};
 use crate::progress::Counters;
 
 /// Which HTTP watch API the target serves.

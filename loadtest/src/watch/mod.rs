@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use lookout_testkit::checker::WatchCheck;
 use tokio::sync::watch;
 
-use crate::checker::WatchCheck;
 use crate::hist::LatencyHist;
 use crate::progress::Counters;
 
