@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::compare::{self, CompareArgs};
 use crate::error::Result;
@@ -511,7 +511,7 @@ fn parse_labeled(s: &str) -> std::result::Result<(String, String), String> {
     }
 }
 
-fn ctx(c: &Common, stop: watch::Receiver<bool>) -> RunCtx {
+fn ctx(c: &Common, stop: CancellationToken) -> RunCtx {
     RunCtx {
         target: c.label.clone(),
         endpoint: c.endpoints.join(","),
@@ -532,7 +532,7 @@ fn ctx(c: &Common, stop: watch::Receiver<bool>) -> RunCtx {
 ///
 /// # Errors
 /// When a scenario cannot start or a report cannot be written.
-pub async fn run(cli: Cli, stop: watch::Receiver<bool>) -> Result<()> {
+pub async fn run(cli: Cli, stop: CancellationToken) -> Result<()> {
     // Thousands of watchers or HTTP streams need descriptors; a failure
     // here only matters if the run needs them, and then it says so.
     if let Err(e) = compare::raise_nofile() {
@@ -690,7 +690,7 @@ mod tests {
             let Command::Fanout(f) = cli.cmd else {
                 panic!("fanout")
             };
-            ctx(&f.common, watch::channel(false).1)
+            ctx(&f.common, CancellationToken::new())
         };
         let c = ctx_of(&["--endpoints", "127.0.0.1:1,http://127.0.0.1:2"]);
         assert_eq!(c.endpoint, "127.0.0.1:1,http://127.0.0.1:2");

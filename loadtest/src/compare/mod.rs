@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use self::matrix::{Cell, CellKind, ScenarioKind};
 use self::targets::{TargetKind, TargetOptions};
@@ -125,7 +125,7 @@ pub fn raise_nofile() -> Result<u64> {
 /// # Errors
 /// When the output directory cannot be written. Targets that fail are
 /// reported, not errors.
-pub async fn run(args: CompareArgs, stop: watch::Receiver<bool>) -> Result<Vec<CellOutcome>> {
+pub async fn run(args: CompareArgs, stop: CancellationToken) -> Result<Vec<CellOutcome>> {
     let nofile = raise_nofile()?;
     let load_before = loadavg();
     std::fs::create_dir_all(&args.out).map_err(|e| LoadError::io(&args.out, e))?;
@@ -169,7 +169,7 @@ pub async fn run(args: CompareArgs, stop: watch::Receiver<bool>) -> Result<Vec<C
                     }
                     continue;
                 }
-                if *stop.borrow() {
+                if stop.is_cancelled() {
                     all[i].push(Outcome::Skipped("not run (interrupted)".into()));
                     continue;
                 }
@@ -300,7 +300,7 @@ async fn run_one(
     kind: TargetKind,
     opts: &TargetOptions,
     args: &CompareArgs,
-    stop: &watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Outcome {
     let target = match targets::start(kind, opts, cell.kind.needs_alt()).await {
         Ok(t) => t,

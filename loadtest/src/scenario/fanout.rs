@@ -390,7 +390,7 @@ pub async fn run(ctx: &RunCtx, prm: &FanoutParams) -> Result<RunResult> {
     let drain_s = drain_t.elapsed().as_secs_f64();
     let window_s = wrep.finished.duration_since(wrep.started).as_secs_f64() + drain_s;
 
-    let _ = controls.stop.send(true);
+    controls.stop.cancel();
     let outcomes = join_all(tasks).await;
     let servers = server_watch.finish();
     let server_metrics = scrapes.finish().await;

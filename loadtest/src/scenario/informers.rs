@@ -163,7 +163,7 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
         let sig = sig.clone();
         let target = target.clone();
         let prm = prm.clone();
-        let mut stop = ctx.stop.clone();
+        let stop = ctx.stop.clone();
         tasks.push(tokio::spawn(async move {
             // Everyone waits for the same start.
             let t0 = loop {
@@ -172,7 +172,7 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
                 }
                 tokio::select! {
                     _ = w::next_value(&mut go) => {}
-                    _ = w::stopped(&mut stop) => return (ListOutcome::default(), None, None),
+                    _ = stop.cancelled() => return (ListOutcome::default(), None, None),
                 }
             };
             let list = list_prefix(&ch, &target, &prm).await;
@@ -233,7 +233,7 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
     })
     .await;
     let drain_s = drain_t.elapsed().as_secs_f64();
-    let _ = controls.stop.send(true);
+    controls.stop.cancel();
 
     // Collect: lists, sync times, and the stream outcomes.
     let mut lists = Vec::new();

@@ -18,7 +18,7 @@ pub mod ops;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::procstat::{self, ProcStats};
 
@@ -39,7 +39,7 @@ pub struct RunCtx {
     pub metrics_endpoints: Vec<(String, String)>,
     pub progress: bool,
     /// Fires on Ctrl-C: every phase ends promptly and reports what it has.
-    pub stop: watch::Receiver<bool>,
+    pub stop: CancellationToken,
     /// The command line that reproduces the run.
     pub command: String,
 }
@@ -84,7 +84,7 @@ impl ClientProc {
 /// none can hang.
 pub(crate) async fn wait_until(
     timeout: Duration,
-    stop: &watch::Receiver<bool>,
+    stop: &CancellationToken,
     mut done: impl FnMut() -> bool,
 ) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -92,7 +92,7 @@ pub(crate) async fn wait_until(
         if done() {
             return true;
         }
-        if *stop.borrow() || tokio::time::Instant::now() >= deadline {
+        if stop.is_cancelled() || tokio::time::Instant::now() >= deadline {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -150,7 +150,7 @@ pub async fn run(ctx: &RunCtx, prm: &OpsParams) -> Result<RunResult> {
                 0x9e37_79b9_7f4a_7c15u64 ^ (c as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
-                if n >= prm.total || *stop.borrow() {
+                if n >= prm.total || stop.is_cancelled() {
                     return out;
                 }
                 let t = Instant::now();
@@ -253,7 +253,7 @@ pub async fn run(ctx: &RunCtx, prm: &OpsParams) -> Result<RunResult> {
             stats.errors, stats.timeouts
         ));
     }
-    if *ctx.stop.borrow() {
+    if ctx.stop.is_cancelled() {
         res.problem("interrupted");
     }
     res.ops = Some(stats);

@@ -87,12 +87,12 @@ pub async fn run_watcher(spec: HttpSpec, limits: StreamLimits, mut sig: Signals)
     let mut reached = false;
     let mut counted_ready = false;
     loop {
-        if *sig.stop.borrow() {
+        if sig.stop.is_cancelled() {
             return out;
         }
         let rev = out.checks[0].next_rev();
         let opened = tokio::select! {
-            _ = super::stopped(&mut sig.stop) => return out,
+            _ = sig.stop.cancelled() => return out,
             r = tokio::time::timeout(limits.setup_timeout, open(&spec, rev)) => r,
         };
         let (body, driver) = match opened {
@@ -273,7 +273,7 @@ async fn read_stream(
         }
         let frame = tokio::select! {
             biased;
-            _ = super::stopped(&mut sig.stop) => return Ok(()),
+            _ = sig.stop.cancelled() => return Ok(()),
             t = super::next_value(&mut sig.target) => {
                 target = t;
                 continue;

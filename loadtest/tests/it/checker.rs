@@ -144,7 +144,7 @@ async fn real_etcd_history_judges_real_events() {
     let prefix = Bytes::from_static(b"checker/");
     let ch = conn::connect(&etcd.endpoint).await.unwrap();
     let base = conn::current_revision(&ch).await.unwrap();
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let cfg = WriterConfig {
         prefix: prefix.clone(),
         keys: 5,

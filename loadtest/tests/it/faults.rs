@@ -26,7 +26,7 @@ async fn compacted_start_is_a_compact_cancel_not_a_gap() {
     let ch = conn::connect(&etcd.endpoint).await.unwrap();
     let prefix = Bytes::from_static(b"compact/");
     let base = conn::current_revision(&ch).await.unwrap();
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let cfg = WriterConfig {
         prefix: prefix.clone(),
         keys: 3,
