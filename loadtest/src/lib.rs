@@ -24,6 +24,7 @@
 //! never wait without a bound.
 
 pub mod cli;
+pub mod cmdline;
 pub mod compare;
 pub mod conn;
 pub mod error;

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::matrix::{Cell, CellKind, ScenarioKind};
 use self::targets::{TargetKind, TargetOptions};
-use crate::cli::{own_command, parse_duration};
+use crate::cmdline::{own_command, parse_duration};
 use crate::error::{LoadError, Result};
 use crate::report::{self, Value, fmt_value, md_table, plot};
 use crate::result::RunResult;
