@@ -8,12 +8,18 @@
 //! - [`ops`]: plain put and range throughput;
 //! - [`index`]: secondary-index filters and initial-state watches against
 //!   their unfiltered / list+watch baselines.
+//!
+//! What the watch scenarios share once the load stops (judging stream
+//! outcomes, cross-checking the writer with the store's history, RSS per
+//! watcher) is in `verdict`; this file has the run context and bounded
+//! waits every scenario uses.
 
 pub mod fanout;
 pub mod index;
 pub mod informers;
 pub mod memory;
 pub mod ops;
+mod verdict;
 
 use std::time::Duration;
 
