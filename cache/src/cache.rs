@@ -27,12 +27,12 @@ use crate::error::{CacheError, is_compacted_status};
 use crate::event::{CachedEvent, EventKind};
 use crate::history::History;
 use crate::keys::KeyRange;
-use crate::mapkey::MapKey;
+use crate::mapkey::{KvMap, MapKey};
 use crate::metrics::CacheMetrics;
 use crate::range::evaluate_range;
 use crate::registry::{FanoutScratch, Registry};
 use crate::secondary::{IndexSet, build_states};
-use crate::snapshot::{KvMap, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::stream::{self, MIN_PROGRESS_INTERVAL, Pending, WatchFrames, WatchHandle};
 use crate::upstream::{Upstream, WatchMsg};
 
