@@ -95,6 +95,7 @@ mod error;
 mod etcd;
 mod event;
 mod frame;
+mod group;
 mod history;
 mod index;
 mod keys;

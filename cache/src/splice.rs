@@ -24,7 +24,7 @@ use crate::cache::CacheInner;
 use crate::error::is_compacted_status;
 use crate::event::CachedEvent;
 use crate::frame::{FrameHead, WatchFrame};
-use crate::registry::GroupSpec;
+use crate::group::GroupSpec;
 use crate::stream::{SpliceStep, StreamShared, remove_watcher};
 use crate::upstream::WatchMsg;
 

@@ -42,7 +42,7 @@ use crate::history::{Cursor, History};
 use crate::index::GroupId;
 use crate::keys::KeyRange;
 use crate::metrics::CacheMetrics;
-use crate::registry::GroupSpec;
+use crate::group::GroupSpec;
 use crate::slots::{IdMap, Slots};
 use crate::snapshot::Snapshot;
 
