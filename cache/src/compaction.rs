@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 use tokio::sync::oneshot;
 
-use crate::cache::CacheInner;
+use crate::inner::CacheInner;
 
 /// The probe coalescer of one cache.
 #[derive(Debug, Default)]

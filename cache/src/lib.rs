@@ -88,16 +88,20 @@
 //!   ring's newer half (slack against eviction); no progress response is
 //!   trusted for the hand-over.
 
+mod applier;
 mod backoff;
 mod cache;
 mod compaction;
+mod config;
 mod error;
 mod etcd;
 mod event;
 mod frame;
+mod gate;
 mod group;
 mod history;
 mod index;
+mod inner;
 mod keys;
 mod mapkey;
 mod metrics;
@@ -110,14 +114,16 @@ mod splice;
 mod stream;
 mod upstream;
 
-pub use backoff::Backoff;
 #[doc(hidden)]
-pub use cache::BenchHarness;
-pub use cache::{Cache, CacheConfig, WriteScope};
+pub use applier::BenchHarness;
+pub use backoff::Backoff;
+pub use cache::Cache;
+pub use config::CacheConfig;
 pub use error::CacheError;
 pub use etcd::{EtcdUpstream, EtcdUpstreamConfig, UpstreamTls};
 pub use event::{CachedEvent, DERIVED_SLOTS, EventKind};
 pub use frame::{FrameHead, WatchFrame, encode_watch_response};
+pub use inner::WriteScope;
 pub use keys::{KeyRange, prefix_end};
 pub use mapkey::{KvMap, MapKey};
 pub use metrics::CacheMetrics;

@@ -20,11 +20,11 @@ use std::sync::Arc;
 use lookout_proto::pb::WatchCreateRequest;
 
 use crate::backoff::Backoff;
-use crate::cache::CacheInner;
 use crate::error::is_compacted_status;
 use crate::event::CachedEvent;
 use crate::frame::{FrameHead, WatchFrame};
 use crate::group::GroupSpec;
+use crate::inner::CacheInner;
 use crate::stream::{SpliceStep, StreamShared, remove_watcher};
 use crate::upstream::WatchMsg;
 

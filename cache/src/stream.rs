@@ -34,15 +34,15 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::cache::CacheInner;
 use crate::error::CacheError;
 use crate::event::{CachedEvent, EventKind};
 use crate::frame::{FrameHead, WatchFrame, write_grpc_message};
+use crate::group::GroupSpec;
 use crate::history::{Cursor, History};
 use crate::index::GroupId;
+use crate::inner::CacheInner;
 use crate::keys::KeyRange;
 use crate::metrics::CacheMetrics;
-use crate::group::GroupSpec;
 use crate::slots::{IdMap, Slots};
 use crate::snapshot::Snapshot;
 
@@ -100,8 +100,8 @@ struct InitialState {
     snap: Arc<Snapshot>,
     /// Last key handed out (pages resume after it).
     after: Option<Bytes>,
-    /// Admission ([`crate::cache::InitialGate`]), taken at the first page.
-    permit: Option<crate::cache::InitialPermit>,
+    /// Admission ([`crate::gate::InitialGate`]), taken at the first page.
+    permit: Option<crate::gate::InitialPermit>,
 }
 
 #[derive(Debug)]
@@ -711,7 +711,7 @@ impl WatchFrames {
                 _ = &mut freed, if blocked => {}
                 // A permit holder that stalls stops counting after a while
                 // without telling anyone: look again.
-                _ = tokio::time::sleep(crate::cache::STALE_AFTER / 2), if blocked => {}
+                _ = tokio::time::sleep(crate::gate::STALE_AFTER / 2), if blocked => {}
                 _ = sleep_until_opt(tick) => {
                     self.tick_due = true;
                     self.next_tick = Some(Instant::now() + self.cache.config.progress_notify_interval);
@@ -997,7 +997,7 @@ struct CatchUp<'a> {
     allowance: usize,
     fanout: i64,
     scratch: &'a mut Vec<Arc<CachedEvent>>,
-    gate: &'a Arc<crate::cache::InitialGate>,
+    gate: &'a Arc<crate::gate::InitialGate>,
     /// Initial states skipped this pass for want of admission.
     blocked: usize,
 }
