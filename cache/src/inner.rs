@@ -14,7 +14,7 @@ use lookout_proto::pb::ResponseHeader;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
 
-use crate::compaction::CompactionCheck;
+use crate::compaction::{CompactionCheck, CompactionOwner};
 use crate::config::CacheConfig;
 use crate::gate::InitialGate;
 use crate::history::History;
@@ -238,5 +238,29 @@ impl CacheInner {
         self.ids.cluster_id.store(h.cluster_id, Relaxed);
         self.ids.raft_term.store(h.raft_term, Relaxed);
         self.metrics.note_upstream(h.revision);
+    }
+}
+
+/// The compaction probe coalescer's view of the cache (see
+/// [`crate::compaction`]).
+impl CompactionOwner for CacheInner {
+    fn compaction_check(&self) -> &CompactionCheck {
+        &self.compaction_check
+    }
+
+    fn metrics(&self) -> &CacheMetrics {
+        &self.metrics
+    }
+
+    fn known_compaction(&self) -> i64 {
+        self.compacted.load(Acquire)
+    }
+
+    fn upstream(&self) -> &dyn Upstream {
+        &*self.upstream
+    }
+
+    fn note_compaction(&self, revision: i64) {
+        CacheInner::note_compaction(self, revision);
     }
 }
