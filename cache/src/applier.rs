@@ -33,7 +33,9 @@ use crate::metrics::CacheMetrics;
 use crate::registry::FanoutScratch;
 use crate::secondary::build_states;
 use crate::snapshot::Snapshot;
-use crate::stream::{self, Pending, WatchFrames, WatchHandle};
+use crate::stream::frames::WatchFrames;
+use crate::stream::handle::{WatchHandle, open};
+use crate::stream::state::{Pending, sleep_until_opt};
 use crate::upstream::WatchMsg;
 
 /// How long after an unconfirmed progress report the applier asks again
@@ -227,7 +229,7 @@ impl Applier {
                     watch.request_progress();
                     continue;
                 }
-                _ = crate::stream::sleep_until_opt(confirm_at), if confirm_at.is_some() => {
+                _ = sleep_until_opt(confirm_at), if confirm_at.is_some() => {
                     confirm_at = None;
                     watch.request_progress();
                     continue;
@@ -463,7 +465,7 @@ impl BenchHarness {
     }
 
     pub fn open_stream(&self) -> (WatchHandle, WatchFrames) {
-        stream::open(&self.inner)
+        open(&self.inner)
     }
 
     /// One upstream watch response's events.

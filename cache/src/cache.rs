@@ -24,7 +24,8 @@ use crate::metrics::CacheMetrics;
 use crate::range::evaluate_range;
 use crate::secondary::IndexSet;
 use crate::snapshot::Snapshot;
-use crate::stream::{self, WatchFrames, WatchHandle};
+use crate::stream::frames::WatchFrames;
+use crate::stream::handle::{WatchHandle, open};
 use crate::upstream::Upstream;
 
 /// Most write hints kept (older ones are dropped; a dropped hint only
@@ -372,7 +373,7 @@ impl Cache {
 
     /// Opens a watch stream: the control half and the delivery half.
     pub fn open_stream(&self) -> (WatchHandle, WatchFrames) {
-        stream::open(&self.inner)
+        open(&self.inner)
     }
 
     pub fn upstream(&self) -> &Arc<dyn Upstream> {

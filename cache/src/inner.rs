@@ -22,7 +22,7 @@ use crate::keys::KeyRange;
 use crate::metrics::CacheMetrics;
 use crate::registry::Registry;
 use crate::snapshot::Snapshot;
-use crate::stream::MIN_PROGRESS_INTERVAL;
+use crate::stream::state::MIN_PROGRESS_INTERVAL;
 use crate::upstream::Upstream;
 
 /// Header ids learned from the upstream, copied into every response.

@@ -33,7 +33,7 @@ use crate::group::GroupSpec;
 use crate::index::{GroupId, GroupIndex};
 use crate::metrics::CacheMetrics;
 use crate::slots::IdMap;
-use crate::stream::{ENTRY_COST, Pending, StreamShared};
+use crate::stream::state::{ENTRY_COST, Pending, StreamShared};
 
 #[derive(Debug)]
 struct GroupEntry {

@@ -25,7 +25,8 @@ use crate::event::CachedEvent;
 use crate::frame::{FrameHead, WatchFrame};
 use crate::group::GroupSpec;
 use crate::inner::CacheInner;
-use crate::stream::{SpliceStep, StreamShared, remove_watcher};
+use crate::stream::lifecycle::remove_watcher;
+use crate::stream::state::{SpliceStep, StreamShared};
 use crate::upstream::WatchMsg;
 
 pub(crate) fn spawn(
