@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use imbl::OrdMap;
 use lookout_proto::pb::WatchCreateRequest;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::CacheConfig;
@@ -73,12 +73,12 @@ impl Applier {
     }
 
     pub(crate) async fn run(mut self) {
-        let mut shutdown = self.inner.shutdown.subscribe();
+        let shutdown = self.inner.shutdown.clone();
         // `Some(c)`: (re)list needed; `c` is the upstream compaction that
         // forced it (0 for the initial list).
         let mut relist: Option<i64> = Some(0);
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 return;
             }
             if let Some(compact) = relist {
@@ -86,14 +86,14 @@ impl Applier {
                     Ok(()) => relist = None,
                     Err(e) => {
                         tracing::warn!(error = %e, "list failed; retrying");
-                        if self.sleep_or_shutdown(&mut shutdown).await {
+                        if self.sleep_or_shutdown(&shutdown).await {
                             return;
                         }
                         continue;
                     }
                 }
             }
-            match self.watch(&mut shutdown).await {
+            match self.watch(&shutdown).await {
                 WatchEnd::Shutdown => return,
                 WatchEnd::Compacted(c) => {
                     tracing::warn!(
@@ -104,7 +104,7 @@ impl Applier {
                 }
                 WatchEnd::Broken => {
                     self.inner.metrics.upstream_errors.fetch_add(1, Relaxed);
-                    if self.sleep_or_shutdown(&mut shutdown).await {
+                    if self.sleep_or_shutdown(&shutdown).await {
                         return;
                     }
                 }
@@ -113,11 +113,11 @@ impl Applier {
     }
 
     /// Sleeps one backoff step; true if shut down meanwhile.
-    async fn sleep_or_shutdown(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
+    async fn sleep_or_shutdown(&mut self, shutdown: &CancellationToken) -> bool {
         let d = self.backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(d) => false,
-            _ = shutdown.wait_for(|s| *s) => true,
+            _ = shutdown.cancelled() => true,
         }
     }
 
@@ -196,7 +196,7 @@ impl Applier {
         tracing::info!(revision, compact, "cache listed");
     }
 
-    async fn watch(&mut self, shutdown: &mut watch::Receiver<bool>) -> WatchEnd {
+    async fn watch(&mut self, shutdown: &CancellationToken) -> WatchEnd {
         let inner = self.inner.clone();
         let from = inner.fanout_rev.load(Acquire) + 1;
         let (key, range_end) = inner.hull.to_request();
@@ -208,7 +208,7 @@ impl Applier {
                 progress_notify: true,
                 ..Default::default()
             }) => w,
-            _ = shutdown.wait_for(|s| *s) => return WatchEnd::Shutdown,
+            _ = shutdown.cancelled() => return WatchEnd::Shutdown,
         };
         let mut watch = match opened {
             Ok(w) => w,
@@ -234,7 +234,7 @@ impl Applier {
                     watch.request_progress();
                     continue;
                 }
-                _ = shutdown.wait_for(|s| *s) => return WatchEnd::Shutdown,
+                _ = shutdown.cancelled() => return WatchEnd::Shutdown,
             };
             match msg {
                 Ok(Some(WatchMsg::Events { header, events })) => {

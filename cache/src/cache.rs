@@ -391,7 +391,7 @@ impl Cache {
 
     /// Stops the background task; open streams end with `Closed`.
     pub fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
+        self.inner.shutdown.cancel();
         for s in self.inner.registry.read().streams() {
             s.wake();
         }

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use lookout_proto::pb::ResponseHeader;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::compaction::{CompactionCheck, CompactionOwner};
 use crate::config::CacheConfig;
@@ -78,7 +79,9 @@ pub(crate) struct CacheInner {
     /// Asks the applier to request upstream progress (prefix mode reads).
     pub(crate) progress_kick: Notify,
     pub(crate) next_stream: AtomicU64,
-    pub(crate) shutdown: watch::Sender<bool>,
+    /// Cancelled once by [`crate::Cache::shutdown`]; the applier and
+    /// every stream's consumer look at it.
+    pub(crate) shutdown: CancellationToken,
     /// Coalesces the store compaction probes of watch creates.
     pub(crate) compaction_check: CompactionCheck,
     /// Admission of initial states (`max_concurrent_initial`).
@@ -149,7 +152,7 @@ impl CacheInner {
             metrics: Arc::new(CacheMetrics::default()),
             progress_kick: Notify::new(),
             next_stream: AtomicU64::new(1),
-            shutdown: watch::channel(false).0,
+            shutdown: CancellationToken::new(),
             compaction_check: Default::default(),
             initial_gate: Arc::new(InitialGate::new(config.max_concurrent_initial)),
             config,
@@ -208,7 +211,7 @@ impl CacheInner {
     }
 
     pub(crate) fn is_shut_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.shutdown.is_cancelled()
     }
 
     /// True when `range` lies inside one configured range.
