@@ -33,6 +33,31 @@
 //! compaction while disconnected) it relists and cancels the affected
 //! watchers with `compact_revision` instead.
 //!
+//! # Where things live
+//!
+//! | concern | module |
+//! |---|---|
+//! | the front the gateway holds: reads, waits, opening streams | `cache` ([`Cache`]) |
+//! | how a cache behaves | `config` ([`CacheConfig`]) |
+//! | state the applier, front, streams and splice tasks share | `inner` |
+//! | list-then-watch, applying a batch, fan-out call | `applier` |
+//! | the upstream: trait, etcd client, reconnect backoff | `upstream`, `etcd`, `backoff` |
+//! | data at one revision, its map key, secondary indexes | `snapshot`, `mapkey`, `secondary` |
+//! | history ring | `history` |
+//! | an event encoded once; watch response bytes | `event`, `frame` |
+//! | Range over a snapshot | `range` |
+//! | watch groups: spec, registry and fan-out, interval index, slots | `group`, `registry`, `index`, `slots` |
+//! | watch streams: state, handle, lifecycle, production, catch-up, emit, sinks | `stream/` (map in its doc) |
+//! | watchers below the ring (upstream splice) | `splice` |
+//! | store compaction probes before past-revision watches | `compaction` |
+//! | admission of initial states | `gate` |
+//! | key ranges, errors, metrics | `keys`, `error`, `metrics` |
+//!
+//! Files depend one way: the front and the applier on the shared state,
+//! the streams on the state and the registry, the registry on the
+//! streams' state only; `python3 scripts/import-cycles.py cache` finds no
+//! file importing one that imports it back.
+//!
 //! # For the gateway
 //!
 //! | need | call |
