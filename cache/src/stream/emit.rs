@@ -84,6 +84,8 @@ pub(super) struct Pass {
     /// (initial-state pages say R instead, their events being older, and
     /// history replays the fan-out revision, as etcd's).
     pub(super) header_rev: i64,
+    /// The highest header revision sent in this pass.
+    pub(super) sent_rev: i64,
 }
 
 /// Hands `events` (ascending, every one for this watcher) to watcher `id`
@@ -148,6 +150,7 @@ impl Pass {
         } else {
             events.last().map_or(0, |e| e.revision())
         };
+        self.sent_rev = self.sent_rev.max(header.revision);
         sink.events(
             &FrameHead {
                 header,

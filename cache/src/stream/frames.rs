@@ -189,6 +189,7 @@ impl WatchFrames {
             bytes: 0,
             events: 0,
             header_rev: 0,
+            sent_rev: 0,
         };
         let merged = &mut self.merged;
 
@@ -298,7 +299,8 @@ impl WatchFrames {
         };
 
         let tick_due = std::mem::take(&mut self.tick_due);
-        answer_progress(st, cache, fanout, tick_due, sink);
+        st.sent_rev = st.sent_rev.max(pass.sent_rev);
+        answer_progress(st, cache, fanout, tick_due, queue_left, sink);
 
         cache.metrics.events_out.fetch_add(pass.events, Relaxed);
         if st.queued_bytes < cfg.stream_queue_bytes {
@@ -316,11 +318,15 @@ fn answer_progress<S: Sink>(
     cache: &CacheInner,
     fanout: i64,
     tick_due: bool,
+    queue_left: bool,
     sink: &mut S,
 ) {
-    if st.progress_requested && st.watchers.values().all(|w| w.phase == Phase::Live) {
+    // Not while batches wait in the queue: a progress answer says every
+    // event up to its revision was delivered.
+    if st.progress_requested && !queue_left && st.watchers.values().all(|w| w.phase == Phase::Live)
+    {
         st.progress_requested = false;
-        sink.frame(progress_frame(cache.header(fanout), -1));
+        sink.frame(progress_frame(cache.header(fanout.max(st.sent_rev)), -1));
     }
 
     if tick_due {

@@ -132,6 +132,11 @@ pub(super) struct StreamState {
     pub(super) catchup: VecDeque<i64>,
     pub(super) next_id: i64,
     pub(super) progress_requested: bool,
+    /// The highest header revision this stream sent with events. The
+    /// applier queues a batch before it publishes `fanout_rev`, so a pass
+    /// can deliver events above the fan-out revision it loaded; a progress
+    /// answer below them would say the stream went back in time.
+    pub(super) sent_rev: i64,
     pub(super) closed: bool,
 }
 
