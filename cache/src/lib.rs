@@ -112,7 +112,10 @@ pub use backoff::Backoff;
 pub use cache::BenchHarness;
 pub use cache::{Cache, CacheConfig, WriteScope};
 pub use error::CacheError;
-pub use etcd::{EtcdUpstream, EtcdUpstreamConfig, UpstreamTls};
+pub use etcd::{
+    AuthChannel, CallAs, EtcdUpstream, EtcdUpstreamConfig, TokenInterceptor, UpstreamCredentials,
+    UpstreamTls, is_token_error,
+};
 pub use event::{CachedEvent, DERIVED_SLOTS, EventKind};
 pub use frame::{FrameHead, WatchFrame, encode_watch_response};
 pub use keys::{KeyRange, prefix_end};
@@ -122,4 +125,6 @@ pub use range::{evaluate_range, validate_range};
 pub use secondary::{IndexDef, IndexFilter, IndexSet, IndexSpecError};
 pub use snapshot::{KvMap, Snapshot};
 pub use stream::{WatchFrames, WatchHandle};
-pub use upstream::{ErrorHook, ListResult, Upstream, UpstreamFuture, UpstreamWatch, WatchMsg};
+pub use upstream::{
+    CancelHook, ErrorHook, ListResult, Upstream, UpstreamFuture, UpstreamWatch, WatchMsg,
+};
