@@ -125,9 +125,17 @@ impl Mirror {
         if self.is_loaded() {
             return Ok(());
         }
-        let failed = self.failure.lock().expect("failure lock").clone();
-        if let Some(why) = failed {
-            return Err(unreadable(&why));
+        let failed = self.failure.lock().expect("failure lock").is_some();
+        if failed {
+            // The last try failed, maybe only because the store was not
+            // reachable yet: try again now (requests that arrive meanwhile
+            // share that refresh) rather than refuse until the next tick.
+            self.refresh_now(bound).await;
+            if self.is_loaded() {
+                return Ok(());
+            }
+            let why = self.failure.lock().expect("failure lock").clone();
+            return Err(unreadable(why.as_deref().unwrap_or("timed out")));
         }
         let mut rx = self.loaded.subscribe();
         match tokio::time::timeout(bound, rx.wait_for(|l| *l)).await {
