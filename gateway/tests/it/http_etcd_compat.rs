@@ -31,7 +31,6 @@ enum Cmp {
     Members,
 }
 
-
 fn normalize(cmp: Cmp, status: u16, mut v: Value) -> String {
     crate::support::strip_cluster_ids(&mut v);
     let v = match cmp {

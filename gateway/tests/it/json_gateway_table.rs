@@ -40,7 +40,6 @@ enum Norm {
     ResultKeys,
 }
 
-
 fn normalize(norm: Norm, status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body).into_owned();
     if norm == Norm::Text {
