@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/v3lockpb/v3lock.proto",
         "proto/v3electionpb/v3election.proto",
         "proto/lookout/peer.proto",
+        "proto/lookout/gateway.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

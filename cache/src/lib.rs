@@ -145,7 +145,10 @@ pub use backoff::Backoff;
 pub use cache::Cache;
 pub use config::CacheConfig;
 pub use error::CacheError;
-pub use etcd::{EtcdUpstream, EtcdUpstreamConfig, UpstreamTls};
+pub use etcd::{
+    AuthChannel, CallAs, EtcdUpstream, EtcdUpstreamConfig, TokenInterceptor, UpstreamCredentials,
+    UpstreamTls, is_token_error,
+};
 pub use event::{CachedEvent, DERIVED_SLOTS, EventKind};
 pub use frame::{FrameHead, WatchFrame, encode_watch_response};
 pub use inner::WriteScope;
@@ -156,4 +159,6 @@ pub use range::{evaluate_range, validate_range};
 pub use secondary::{IndexDef, IndexFilter, IndexSet, IndexSpecError};
 pub use snapshot::Snapshot;
 pub use stream::{WatchFrames, WatchHandle};
-pub use upstream::{ErrorHook, ListResult, Upstream, UpstreamFuture, UpstreamWatch, WatchMsg};
+pub use upstream::{
+    CancelHook, ErrorHook, ListResult, Upstream, UpstreamFuture, UpstreamWatch, WatchMsg,
+};

@@ -244,11 +244,16 @@ impl WatchMsg {
 /// it to fail over to another endpoint).
 pub type ErrorHook = std::sync::Arc<dyn Fn(&Status) + Send + Sync>;
 
+/// Called with the reason when the upstream cancels the watcher (an
+/// implementation logs in again when the reason is its token).
+pub type CancelHook = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// An open upstream watch stream with one watcher on it.
 pub struct UpstreamWatch {
     requests: mpsc::Sender<WatchRequest>,
     responses: Streaming<WatchResponse>,
     on_error: Option<ErrorHook>,
+    on_cancel: Option<CancelHook>,
 }
 
 impl std::fmt::Debug for UpstreamWatch {
@@ -265,6 +270,7 @@ impl UpstreamWatch {
             requests,
             responses,
             on_error: None,
+            on_cancel: None,
         }
     }
 
@@ -274,13 +280,27 @@ impl UpstreamWatch {
         self
     }
 
+    /// Calls `hook` with the reason when the upstream cancels the watcher
+    /// (for anything but a compaction).
+    pub fn with_cancel_hook(mut self, hook: CancelHook) -> Self {
+        self.on_cancel = Some(hook);
+        self
+    }
+
     /// The next message; `Ok(None)` when the upstream closed the stream.
     ///
     /// # Errors
     /// The stream's status (the connection broke, the server went away).
     pub async fn recv(&mut self) -> Result<Option<WatchMsg>, Status> {
         match self.responses.message().await {
-            Ok(m) => Ok(m.map(WatchMsg::classify)),
+            Ok(m) => {
+                let m = m.map(WatchMsg::classify);
+                if let (Some(WatchMsg::Canceled { reason, .. }), Some(hook)) = (&m, &self.on_cancel)
+                {
+                    hook(reason);
+                }
+                Ok(m)
+            }
             Err(s) => {
                 if let Some(hook) = &self.on_error {
                     hook(&s);

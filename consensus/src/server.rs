@@ -1,11 +1,13 @@
 //! The store's etcd v3 gRPC services (KV, Watch, Lease, Cluster,
-//! Maintenance, Auth) over a [`Store`], and [`serve`] to run them on a listener.
+//! Maintenance, Auth, and lookout's `Tokens` for gateways) over a [`Store`],
+//! and [`serve`] to run them on a listener.
 //! This is the one place store errors become `tonic::Status`.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
+use lookout_proto::gateway::{ResolveRequest, ResolveResponse, tokens_server::TokensServer};
 use lookout_proto::pb::{
     self, auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -42,6 +44,12 @@ type Rpc<T> = Result<Response<T>, Status>;
 /// What a request says about its sender: the token in its metadata
 /// (`token`, or `authorization` as etcd's JSON gateway passes it) and the
 /// common name of the TLS client certificate it connected with.
+///
+/// A request carrying `grpcgateway-accept` metadata names nobody by its
+/// certificate, as in etcd (whose JSON gateway dials with the server's own
+/// certificate): a lookout gateway sends it with the calls it forwards for
+/// a client without a token, so the gateway's certificate never lends its
+/// name to them.
 pub fn credentials<T>(r: &Request<T>) -> Credentials {
     let md = r.metadata();
     let token = md
@@ -49,11 +57,14 @@ pub fn credentials<T>(r: &Request<T>) -> Credentials {
         .or_else(|| md.get("authorization"))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let cert_cn = r
-        .extensions()
-        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
-        .and_then(|i| i.peer_certs())
-        .and_then(|c| c.first().and_then(|c| crate::tls::common_name(c)));
+    let cert_cn = if md.contains_key("grpcgateway-accept") {
+        None
+    } else {
+        r.extensions()
+            .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .and_then(|c| c.first().and_then(|c| crate::tls::common_name(c)))
+    };
     Credentials { token, cert_cn }
 }
 
@@ -85,7 +96,7 @@ impl EtcdService {
 }
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// All five services over one store.
+/// Every service over one store.
 #[derive(Debug, Clone)]
 pub struct EtcdService {
     store: Store,
@@ -199,9 +210,9 @@ where
     }
 }
 
-/// The five etcd services as tonic routes, with message limits set so the
-/// store (not gRPC) rejects requests over `max_request_bytes` with etcd's
-/// error.
+/// The etcd services, and lookout's `Tokens` for gateways, as tonic
+/// routes, with message limits set so the store (not gRPC) rejects
+/// requests over `max_request_bytes` with etcd's error.
 pub fn routes(store: &Store) -> tonic::service::Routes {
     let svc = EtcdService::new(store.clone());
     let max_in = store.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -228,7 +239,8 @@ pub fn routes(store: &Store) -> tonic::service::Routes {
             .max_decoding_message_size(max_in)
             .max_encoding_message_size(usize::MAX),
     )
-    .add_service(AuthServer::new(svc).max_decoding_message_size(max_in))
+    .add_service(AuthServer::new(svc.clone()).max_decoding_message_size(max_in))
+    .add_service(TokensServer::new(svc))
 }
 
 /// Serves the etcd API for `store` on `listener` until `shutdown`
@@ -736,5 +748,24 @@ impl pb::auth_server::Auth for EtcdService {
             .store
             .role_revoke_permission(who.as_ref(), r.into_inner())
             .await)
+    }
+}
+
+// === impl Tokens (lookout's, for gateways) ===
+
+#[tonic::async_trait]
+impl lookout_proto::gateway::tokens_server::Tokens for EtcdService {
+    async fn resolve(&self, r: Request<ResolveRequest>) -> Rpc<ResolveResponse> {
+        let caller = self.who(&r).await?;
+        let (who, ttl) = self
+            .store
+            .resolve_token(caller.as_ref(), &r.get_ref().token)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ResolveResponse {
+            user: who.user,
+            revision: who.revision,
+            ttl_ms: ttl.map_or(0, |t| (t.as_millis() as i64).max(1)),
+        }))
     }
 }

@@ -105,10 +105,31 @@ pub struct GatewayArgs {
     /// upstream is dialled over TLS.
     #[arg(long)]
     pub cacert: Option<PathBuf>,
-    /// Per-client authorization: client certificate CN or bearer token ->
-    /// allowed key prefixes (YAML or TOML; see the README).
+    /// Roles declared on the gateway, bound to client certificate CNs or
+    /// bearer tokens (YAML or TOML; see the README).
     #[arg(long)]
     pub auth_config: Option<PathBuf>,
+    /// The gateway's own user at the store, `NAME[:PASSWORD]` (etcdctl's
+    /// flag): it lists, watches and reads users and roles as this user,
+    /// which needs the root role once auth is on.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The password of --user (when it is not after a colon there).
+    #[arg(long)]
+    pub password: Option<String>,
+    /// The store's token kind, as its own `--auth-token`: with
+    /// `jwt,pub-key=FILE,sign-method=RS256` the gateway verifies JWTs
+    /// itself; otherwise it asks the store about each token once.
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// A simple token's TTL at the store in seconds (its
+    /// `--auth-token-ttl`; a lookout store also tells the gateway).
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// How often the copy of the store's users, roles and permissions is
+    /// refreshed (changes made through this gateway hold at once).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub auth_refresh_interval: Duration,
     /// A secondary index, `NAME[@PREFIX]=json:/pointer` or
     /// `NAME[@PREFIX]=key:REGEX` (one capture group); repeatable. Range and
     /// Watch then take `index`/`value` filters (see the README). One per
@@ -190,6 +211,39 @@ impl GatewayArgs {
             });
         }
         c.auth_config = self.auth_config.clone();
+        c.upstream.credentials = match (&self.user, &self.password) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(GatewayError::BadFlag {
+                    what: "flags",
+                    value: "--password".into(),
+                    hint: "--password goes with --user",
+                });
+            }
+            (Some(u), p) => {
+                let (user, inline) = match u.split_once(':') {
+                    Some((user, pw)) => (user.to_string(), Some(pw.to_string())),
+                    None => (u.clone(), None),
+                };
+                let password = p.clone().or(inline).ok_or(GatewayError::BadFlag {
+                    what: "--user",
+                    value: user.clone(),
+                    hint: "give the password as NAME:PASSWORD or with --password",
+                })?;
+                Some(lookout_cache::UpstreamCredentials::Password { user, password })
+            }
+        };
+        c.auth_jwt = match lookout_consensus::auth::parse_auth_token(&self.auth_token) {
+            Ok(lookout_consensus::auth::TokenKind::Jwt(j)) => Some(*j),
+            Ok(lookout_consensus::auth::TokenKind::Simple) => None,
+            Err(e) => {
+                return Err(GatewayError::BadFlag {
+                    what: "--auth-token",
+                    value: e,
+                    hint: "simple, or jwt,pub-key=FILE,sign-method=RS256 as the store's",
+                });
+            }
+        };
         c.cache.indexes = lookout_cache::IndexSet::new(self.indexes.clone()).map_err(|e| {
             GatewayError::BadFlag {
                 what: "--index",
@@ -226,6 +280,8 @@ impl GatewayArgs {
         c.shutdown_timeout = self.shutdown_timeout;
         c.resolver_prefix = self.resolver_prefix.clone().filter(|p| !p.is_empty());
         c.resolver_ttl = Duration::from_secs(self.resolver_ttl.max(1));
+        c.auth_token_ttl = Duration::from_secs(self.auth_token_ttl.max(1));
+        c.auth_refresh_interval = self.auth_refresh_interval.max(Duration::from_millis(10));
         c.lists = GateConfig {
             permits: self.max_concurrent_lists,
             queue: self.max_queued_lists,

@@ -423,6 +423,7 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CliError> {
         simple_ttl: Duration::from_secs(a.auth_token_ttl),
         bcrypt_cost: a.bcrypt_cost,
         client_cert_auth: a.tls.client_cert_auth,
+        gateway_token: None,
     };
     cfg.peer_tls = lookout_consensus::tls::TlsFiles::from_flags(
         a.peer_cert_file.as_deref(),
@@ -509,6 +510,11 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CliError> {
     let mut cfg = StoreConfig::new(a.data_dir);
     cfg.name = "dev".into();
     cfg.client_urls = vec![format!("http://{store_addr}")];
+    // The gateway in this process is root to the store, whatever users a
+    // developer adds and whether auth is on: it holds a token the store
+    // alone knows, made for this run.
+    let gateway_token = lookout_consensus::auth::new_gateway_token();
+    cfg.auth.gateway_token = Some(gateway_token.clone());
     let store = Store::open(cfg)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -522,6 +528,7 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CliError> {
     tracing::info!(store = %store_addr, "dev store serving on an internal port");
 
     let mut gcfg = GatewayConfig::new([store_addr.to_string()]);
+    gcfg.upstream.credentials = Some(lookout_cache::UpstreamCredentials::Token(gateway_token));
     gcfg.advertise_client_url = Some(a.listen_client_urls.clone());
     gcfg.shutdown_timeout = Duration::from_secs(5);
     gcfg.metrics = a.metrics;

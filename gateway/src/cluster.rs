@@ -1,20 +1,22 @@
 //! The Cluster service: `MemberList` lists this gateway (its advertised
 //! client URL), or with `--resolver-prefix` every registered gateway, so a
 //! clientv3 that syncs endpoints keeps balancing across gateways instead of
-//! moving onto the store; membership changes are forwarded to the store.
+//! moving onto the store; membership changes are forwarded to the store
+//! (they need the root role, as in etcd). With `--auth-config`, a
+//! nameless request is refused, MemberList included.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
+use lookout_consensus::auth::check_admin;
 use lookout_proto::pb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse, cluster_client::ClusterClient,
     cluster_server::Cluster,
 };
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Creds;
 use crate::server::Shared;
 
 /// The name MemberList shows for a gateway.
@@ -50,17 +52,26 @@ impl ClusterService {
         Self { shared }
     }
 
-    async fn client(&self) -> Result<ClusterClient<Channel>, Status> {
-        let ch = self.shared.upstream.channel().await?;
-        self.shared.metrics.forwarded.fetch_add(1, Relaxed);
-        Ok(ClusterClient::new(ch))
-    }
-
-    fn done<T>(&self, r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
-        if let Err(s) = &r {
-            self.shared.upstream.report_failure(s);
-        }
-        r
+    /// A membership change, forwarded once the root check passed (or
+    /// with the client's token, for the store to check).
+    async fn change<Req, Resp, F, Fut>(
+        &self,
+        request: Request<Req>,
+        f: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Clone,
+        F: Fn(ClusterClient<lookout_cache::AuthChannel>, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let s = &self.shared;
+        let who = s.auth.who(&Creds::of_request(&request)).await?;
+        s.auth.named(&who)?;
+        let as_ = s.auth.forward(&who, check_admin)?;
+        s.forward(as_)
+            .cluster(request.into_inner(), f)
+            .await
+            .map(Response::new)
     }
 }
 
@@ -70,39 +81,36 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        let r = self.client().await?.member_add(request.into_inner()).await;
-        self.done(r)
+        self.change(request, |mut c, r| async move { c.member_add(r).await })
+            .await
     }
 
     async fn member_remove(
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        let r = self
-            .client()
-            .await?
-            .member_remove(request.into_inner())
-            .await;
-        self.done(r)
+        self.change(request, |mut c, r| async move { c.member_remove(r).await })
+            .await
     }
 
     async fn member_update(
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        let r = self
-            .client()
-            .await?
-            .member_update(request.into_inner())
-            .await;
-        self.done(r)
+        self.change(request, |mut c, r| async move { c.member_update(r).await })
+            .await
     }
 
     async fn member_list(
         &self,
-        _request: Request<MemberListRequest>,
+        request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         let s = &self.shared;
+        // etcd answers anyone.
+        if s.auth.has_local() {
+            let who = s.auth.who(&Creds::of_request(&request)).await?;
+            s.auth.named(&who)?;
+        }
         let members = gateway_members(s).await?;
         Ok(Response::new(MemberListResponse {
             // etcd's Cluster answers name no revision.
@@ -118,11 +126,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let r = self
-            .client()
-            .await?
-            .member_promote(request.into_inner())
-            .await;
-        self.done(r)
+        self.change(request, |mut c, r| async move { c.member_promote(r).await })
+            .await
     }
 }

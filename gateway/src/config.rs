@@ -53,8 +53,18 @@ pub struct GatewayConfig {
     /// TLS on the client listener (`--cert-file`, `--key-file`,
     /// `--trusted-ca-file`, `--client-cert-auth`).
     pub tls: Option<lookout_consensus::tls::TlsFiles>,
-    /// `--auth-config`: per-client key prefixes (see `authz`).
+    /// `--auth-config`: roles declared on the gateway and the certificate
+    /// names and tokens bound to them (see `auth/config.rs`).
     pub auth_config: Option<std::path::PathBuf>,
+    /// `--auth-token`: with a JWT key, the gateway verifies the store's
+    /// JWTs itself (`None`: it asks the store about each token once).
+    pub auth_jwt: Option<lookout_consensus::auth::JwtConfig>,
+    /// `--auth-token-ttl`: a simple token's TTL at the store, as far as the
+    /// gateway knows before the store tells it (etcd never does).
+    pub auth_token_ttl: Duration,
+    /// `--auth-refresh-interval`: how often the copy of the store's users
+    /// and roles is refreshed.
+    pub auth_refresh_interval: Duration,
     /// etcd's `--metrics`: `extensive` adds `grpc_server_handling_seconds`.
     pub metrics: crate::telemetry::MetricsLevel,
     /// More families for `/metrics` (`lookout dev` adds its store's).
@@ -90,8 +100,22 @@ impl GatewayConfig {
             },
             tls: None,
             auth_config: None,
+            auth_jwt: None,
+            auth_token_ttl: lookout_consensus::auth::DEFAULT_TTL,
+            auth_refresh_interval: Duration::from_millis(500),
             metrics: Default::default(),
             extra_metrics: None,
+        }
+    }
+
+    /// How the gateway learns and checks identities.
+    pub(crate) fn auth_settings(&self) -> crate::auth::AuthSettings {
+        crate::auth::AuthSettings {
+            config: self.auth_config.clone(),
+            jwt: self.auth_jwt.clone(),
+            token_ttl: self.auth_token_ttl,
+            refresh_interval: self.auth_refresh_interval,
+            cert_users: self.tls.as_ref().is_some_and(|t| t.client_cert_auth),
         }
     }
 

@@ -35,7 +35,7 @@ pub enum GatewayError {
     Tls(#[from] lookout_consensus::tls::TlsError),
     /// `--auth-config` could not be loaded.
     #[error("auth config: {0}")]
-    Authz(#[from] crate::authz::AuthzError),
+    Authz(#[from] crate::auth::AuthzError),
     /// A watch on keys this gateway does not cache (its `--prefix` flags).
     #[error("lookout: key range is outside the prefixes this gateway caches")]
     OutOfScope,

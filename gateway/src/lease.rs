@@ -9,12 +9,19 @@
 //!   client stream <──responses (member id restamped)── mpsc <── hub answers
 //!   shutdown: the client stream ends with Unavailable (clientv3 retries elsewhere)
 //! ```
+//!
+//! Auth, as etcd's: LeaseRevoke needs write permission on every key on the
+//! lease, and (as later etcd releases) LeaseTimeToLive with keys needs
+//! read permission on each; a client with a token is judged by the store,
+//! anyone else here (the lease's keys looked up as the gateway). Grant,
+//! keep-alive and listing check nothing.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use futures::Stream;
+use lookout_cache::CallAs;
 use lookout_proto::pb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
@@ -23,6 +30,9 @@ use lookout_proto::pb::{
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use lookout_consensus::auth::{check_lease_revoke, check_range};
+
+use crate::auth::Creds;
 use crate::error::GatewayError;
 use crate::keepalive::KeepAliveHub;
 use crate::server::Shared;
@@ -62,8 +72,14 @@ impl Lease for LeaseService {
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let s = &self.shared;
-        s.metrics.forwarded.fetch_add(1, Relaxed);
-        let mut resp = s.cache.upstream().lease_grant(request.into_inner()).await?;
+        let who = s.auth.who(&Creds::of_request(&request)).await?;
+        s.auth.named(&who)?;
+        let mut resp = s
+            .forward(s.auth.pass(&who))
+            .lease(request.into_inner(), |mut c, r| async move {
+                c.lease_grant(r).await
+            })
+            .await?;
         s.restamp(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -73,11 +89,19 @@ impl Lease for LeaseService {
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let s = &self.shared;
-        s.metrics.forwarded.fetch_add(1, Relaxed);
+        let who = s.auth.who(&Creds::of_request(&request)).await?;
+        let req = request.into_inner();
+        let keys = if who.store_judges() || !s.auth.state(&who).enabled {
+            Default::default()
+        } else {
+            crate::kv::lease_keys(s, [req.id]).await?
+        };
+        let as_ = s
+            .auth
+            .forward(&who, |st, w| check_lease_revoke(st, &keys, w, req.id))?;
         let mut resp = s
-            .cache
-            .upstream()
-            .lease_revoke(request.into_inner())
+            .forward(as_)
+            .lease(req, |mut c, r| async move { c.lease_revoke(r).await })
             .await?;
         // Revoking deletes the lease's keys: hold the answer until the
         // cache has those deletes, like any write.
@@ -96,6 +120,12 @@ impl Lease for LeaseService {
         let s = self.shared.clone();
         if s.is_shutting_down() {
             return Err(GatewayError::ShuttingDown.into());
+        }
+        // etcd checks nothing on keep-alives; --auth-config refuses a
+        // nameless stream.
+        if s.auth.has_local() {
+            let who = s.auth.who(&Creds::of_request(&request)).await?;
+            s.auth.named(&who)?;
         }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<LeaseKeepAliveResponse, Status>>(64);
@@ -145,12 +175,30 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let s = &self.shared;
-        s.metrics.forwarded.fetch_add(1, Relaxed);
+        let who = s.auth.who(&Creds::of_request(&request)).await?;
+        s.auth.named(&who)?;
+        let req = request.into_inner();
+        // Keys are asked for as the gateway and checked here before the
+        // client sees them, unless the store judges the client itself.
+        let as_ = if req.keys && !who.store_judges() {
+            CallAs::Gateway
+        } else {
+            s.auth.pass(&who)
+        };
         let mut resp = s
-            .cache
-            .upstream()
-            .lease_time_to_live(request.into_inner())
+            .forward(as_)
+            .lease(req, |mut c, r| async move { c.lease_time_to_live(r).await })
             .await?;
+        if req.keys && !who.store_judges() {
+            s.auth.check(&who, |st, w| {
+                if st.enabled && w.is_none() {
+                    return Err(lookout_consensus::Error::UserEmpty);
+                }
+                resp.keys
+                    .iter()
+                    .try_for_each(|k| check_range(st, w, k, &[]))
+            })?;
+        }
         s.restamp(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -160,11 +208,13 @@ impl Lease for LeaseService {
         request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         let s = &self.shared;
-        s.metrics.forwarded.fetch_add(1, Relaxed);
+        let who = s.auth.who(&Creds::of_request(&request)).await?;
+        s.auth.named(&who)?;
         let mut resp = s
-            .cache
-            .upstream()
-            .lease_leases(request.into_inner())
+            .forward(s.auth.pass(&who))
+            .lease(request.into_inner(), |mut c, r| async move {
+                c.lease_leases(r).await
+            })
             .await?;
         s.restamp(&mut resp.header);
         Ok(Response::new(resp))

@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     pub(crate) resolver_lease: std::sync::atomic::AtomicI64,
     /// gRPC started/handled counters (`grpc_server_*_total`).
     pub(crate) grpc: Arc<crate::telemetry::GrpcMetrics>,
+    /// Who clients are and what they may do (the store's users and roles,
+    /// `--auth-config`).
+    pub(crate) auth: Arc<crate::auth::GatewayAuth>,
 }
 
 impl Shared {
@@ -164,7 +167,9 @@ pub struct Gateway {
     metrics_addr: Option<SocketAddr>,
     /// The client listener's TLS (reloads its files while serving).
     tls: Option<Arc<lookout_consensus::tls::ReloadingTls>>,
-    authz: Option<Arc<crate::authz::Authz>>,
+    /// Keeps the copy of the store's auth state fresh (ends with the
+    /// gateway).
+    auth_refresher: AbortOnDrop,
 }
 
 impl Gateway {
@@ -198,10 +203,6 @@ impl Gateway {
             )?),
             None => None,
         };
-        let authz = match &config.auth_config {
-            Some(p) => Some(Arc::new(crate::authz::Authz::load(p)?)),
-            None => None,
-        };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let advertise_url = config
             .advertise_client_url
@@ -209,6 +210,11 @@ impl Gateway {
             .unwrap_or_else(|| format!("{scheme}://{local_addr}"));
         let member_id = member_id(&advertise_url);
         let upstream = Arc::new(EtcdUpstream::new(config.upstream.clone()));
+        let auth = Arc::new(crate::auth::GatewayAuth::new(
+            &config.auth_settings(),
+            upstream.clone(),
+            config.read_timeout,
+        )?);
         let cache = Cache::start(upstream.clone(), config.cache_config(member_id));
         let shared = Arc::new(Shared {
             cache,
@@ -224,8 +230,12 @@ impl Gateway {
             keepalive: KeepAliveHub::default(),
             resolver_lease: std::sync::atomic::AtomicI64::new(0),
             grpc: Arc::new(crate::telemetry::GrpcMetrics::new(config.metrics)),
+            auth,
             config,
         });
+        let mirror = shared.auth.mirror().clone();
+        let stop = shared.stopping();
+        let auth_refresher = AbortOnDrop(tokio::spawn(async move { mirror.run(stop).await }));
         Ok(Self {
             shared,
             listener,
@@ -233,7 +243,7 @@ impl Gateway {
             metrics_listener,
             metrics_addr,
             tls,
-            authz,
+            auth_refresher,
         })
     }
 
@@ -275,19 +285,12 @@ impl Gateway {
             metrics_listener,
             metrics_addr,
             tls,
-            authz,
+            auth_refresher: _auth_refresher,
         } = self;
         let max_recv = shared.config.max_recv_bytes;
         let mut routes = tonic::service::Routes::builder();
         let kv = crate::kv::KvService::new(shared.clone());
-        if authz.is_some() {
-            routes.add_service(
-                KvServer::new(crate::authz::AuthzKv { inner: kv })
-                    .max_decoding_message_size(max_recv),
-            );
-        } else {
-            routes.add_service(KvServer::new(kv).max_decoding_message_size(max_recv));
-        }
+        routes.add_service(KvServer::new(kv).max_decoding_message_size(max_recv));
         routes
             .add_service(crate::watch::WatchServer::new(shared.clone(), max_recv))
             .add_service(
@@ -329,10 +332,6 @@ impl Gateway {
                 .merge(crate::http::ops::router(shared.clone()))
                 .merge(http_api),
         );
-        let router = match authz {
-            Some(a) => router.layer(crate::authz::AuthzLayer(a)),
-            None => router,
-        };
         let router = router.layer(crate::telemetry::GrpcMetricsLayer(shared.grpc.clone()));
 
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -442,6 +441,7 @@ impl Gateway {
 }
 
 /// Aborts a background task when dropped.
+#[derive(Debug)]
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {

@@ -24,13 +24,18 @@ use crate::server::Shared;
 const MAX_TXN_OPS: usize = 128;
 
 /// `Some(answer)` when the txn only reads keys the cache holds; `None` when
-/// it must go to the store.
+/// it must go to the store. `check` (the caller's permissions) runs once
+/// the cache is known to answer, before anything is read.
 pub(crate) async fn from_cache(
     shared: &Shared,
     req: &TxnRequest,
+    check: impl FnOnce() -> Result<(), Status>,
 ) -> Option<Result<TxnResponse, Status>> {
     if !shared.cache.is_ready() || !eligible(shared, req) {
         return None;
+    }
+    if let Err(e) = check() {
+        return Some(Err(e));
     }
     // etcd serves a read-only txn without the read index when every range
     // in it is serializable.

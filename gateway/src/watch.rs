@@ -85,11 +85,11 @@ where
                 ))
                 .into_http());
             }
-            // Set by the authz layer only when --auth-config is given.
-            let principal = req.extensions().get::<crate::authz::Principal>().cloned();
+            // Each create is checked with these (resolved again per create).
+            let creds = Arc::new(crate::auth::Creds::of(req.headers(), req.extensions()));
             let decoder = WatchCodec.decoder();
             let inbound = Streaming::new_request(decoder, req.into_body(), None, Some(max));
-            Ok(match open(shared, inbound, principal).await {
+            Ok(match open(shared, inbound, creds).await {
                 Ok(body) => {
                     let mut resp = http::Response::new(body);
                     resp.headers_mut().insert(
@@ -164,11 +164,11 @@ async fn next_chunk(mut o: Outbound) -> Option<(Result<Frame<Bytes>, Infallible>
 async fn open(
     shared: Arc<Shared>,
     inbound: Streaming<WatchRequest>,
-    principal: Option<crate::authz::Principal>,
+    creds: Arc<crate::auth::Creds>,
 ) -> Result<tonic::body::Body, Status> {
     shared.ready().await?;
     let (handle, frames) = shared.cache.open_stream();
-    let reader = tokio::spawn(read_requests(shared.clone(), inbound, handle, principal));
+    let reader = tokio::spawn(read_requests(shared.clone(), inbound, handle, creds));
     shared.metrics.watch_rpcs.fetch_add(1, Relaxed);
     let out = Outbound {
         frames,
@@ -190,15 +190,16 @@ async fn open(
 /// order clients expect them.
 ///
 /// Generic over the request stream so the HTTP layer's watches (whose
-/// requests come from a JSON body or the URL) share this code. With a
-/// `principal` (--auth-config), a create outside its permissions never
-/// reaches the cache (so no shared group ever serves it) and is answered
-/// with etcd's created+canceled refusal, in order with the other answers.
+/// requests come from a JSON body or the URL) share this code. Each create
+/// is checked as etcd checks it (the sender of `creds` resolved again, read
+/// permission on the range): a refused one never reaches the cache (so no
+/// shared group ever serves it) and is answered with etcd's
+/// created+canceled refusal, in order with the other answers.
 pub(crate) async fn read_requests<S>(
     shared: Arc<Shared>,
     mut inbound: S,
     handle: WatchHandle,
-    principal: Option<crate::authz::Principal>,
+    creds: Arc<crate::auth::Creds>,
 ) where
     S: futures::Stream<Item = Result<WatchRequest, Status>> + Unpin,
 {
@@ -215,11 +216,9 @@ pub(crate) async fn read_requests<S>(
         match msg.request_union {
             Some(RequestUnion::CreateRequest(c)) => {
                 let c = normalize(c);
-                if let Some(p) = &principal
-                    && !crate::authz::watch_allowed(p, &c)
-                {
-                    tracing::debug!(principal = ?p, "watch refused: permission denied");
-                    handle.refuse_with_id(c.watch_id, crate::authz::PERMISSION_DENIED.to_string());
+                if let Err(reason) = shared.auth.watch_allowed(&creds, &c).await {
+                    tracing::debug!(%reason, "watch refused");
+                    handle.refuse_with_id(c.watch_id, reason);
                     continue;
                 }
                 let stream_open = create(&shared, &handle, c).await;

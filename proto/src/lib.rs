@@ -54,6 +54,13 @@ pub mod peer {
     tonic::include_proto!("lookout.peer");
 }
 
+/// What a gateway asks a `lookout store` beside etcd's API (who a token
+/// names).
+#[allow(clippy::all, missing_debug_implementations, rust_2018_idioms)]
+pub mod gateway {
+    tonic::include_proto!("lookout.gateway");
+}
+
 pub use etcdserverpb as pb;
 
 #[cfg(test)]

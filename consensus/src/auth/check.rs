@@ -1,8 +1,12 @@
 //! Permission checks, as etcd 3.4's auth store and auth applier make
 //! them (auth/store.go `isOpPermitted`, `IsAdminPermitted`;
 //! etcdserver/apply_auth.go). Pure functions of the auth state, so the
-//! apply (every member, same answer) and the serving member's reads use
-//! the same code.
+//! apply (every member, same answer), the serving member's reads and a
+//! gateway's copy of the state use the same code.
+//!
+//! The write checks need the keys attached to a lease (a put onto a
+//! lease, a lease revoke): [`LeaseKeys`] hands them out, from the store's
+//! own state or from what a gateway looked up.
 
 use lookout_proto::pb::{
     DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, request_op::Request as Op,
@@ -12,6 +16,38 @@ use super::{AuthInfo, AuthState};
 use crate::error::{Error, Result};
 use crate::request::Request;
 use crate::state::MvccState;
+
+/// The keys attached to a lease, for the checks that need them.
+pub trait LeaseKeys {
+    /// Calls `f` with each key attached to `lease` (none for an unknown
+    /// lease), stopping at its first error.
+    ///
+    /// # Errors
+    /// The first error `f` returned.
+    fn each_key(&self, lease: i64, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
+}
+
+impl LeaseKeys for MvccState {
+    fn each_key(&self, lease: i64, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        if let Some(l) = self.leases.get(&lease) {
+            for k in l.keys.iter() {
+                f(k)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Leases and their keys as someone looked them up (a gateway asks the
+/// store with `LeaseTimeToLive` before it checks a write itself).
+impl LeaseKeys for std::collections::HashMap<i64, Vec<bytes::Bytes>> {
+    fn each_key(&self, lease: i64, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        for k in self.get(&lease).into_iter().flatten() {
+            f(k)?;
+        }
+        Ok(())
+    }
+}
 
 /// etcd's `isOpPermitted`: nothing is checked while auth is off; then a
 /// request must name a user (`revision` 0 means it named nobody), must not
@@ -72,6 +108,21 @@ pub fn check_watch(auth: &AuthState, w: Option<&AuthInfo>, key: &[u8], end: &[u8
     check_range(auth, w, key, end)
 }
 
+/// The cancel reason of a refused watch create, as etcd 3.5 writes it
+/// (the full gRPC status text: clients print it).
+pub fn watch_refusal(e: &Error) -> String {
+    let code = match e {
+        Error::InvalidAuthToken => "Unauthenticated",
+        Error::UserEmpty | Error::AuthOldRevision => "InvalidArgument",
+        _ => "PermissionDenied",
+    };
+    let msg = match e {
+        Error::InvalidAuthToken | Error::UserEmpty | Error::AuthOldRevision => e.to_string(),
+        _ => Error::PermissionDenied.to_string(),
+    };
+    format!("rpc error: code = {code} desc = {msg}")
+}
+
 /// etcd's `IsAdminPermitted`: the root role (always true while auth is
 /// off).
 ///
@@ -95,68 +146,139 @@ pub fn check_admin(auth: &AuthState, w: Option<&AuthInfo>) -> Result<()> {
     Ok(())
 }
 
-/// Write permission on every key attached to `lease` (etcd's
-/// `checkLeasePuts`): whoever may not write them may neither revoke the
-/// lease nor attach another key to it.
-fn lease_puts(st: &MvccState, user: &str, rev: u64, lease: i64) -> Result<()> {
-    if lease == 0 {
-        return Ok(());
+/// The checks of one write request against `auth`, with the leases'
+/// keys from `leases`.
+struct Writer<'a, L: LeaseKeys + ?Sized> {
+    auth: &'a AuthState,
+    leases: &'a L,
+    user: &'a str,
+    rev: u64,
+}
+
+impl<L: LeaseKeys + ?Sized> Writer<'_, L> {
+    fn op(&self, key: &[u8], end: &[u8], write: bool) -> Result<()> {
+        op_permitted(self.auth, self.user, self.rev, key, end, write)
     }
-    if let Some(l) = st.leases.get(&lease) {
-        for k in l.keys.iter() {
-            op_permitted(&st.auth, user, rev, k, &[], true)?;
+
+    /// Write permission on every key attached to `lease` (etcd's
+    /// `checkLeasePuts`): whoever may not write them may neither revoke
+    /// the lease nor attach another key to it.
+    fn lease_puts(&self, lease: i64) -> Result<()> {
+        if lease == 0 || !self.auth.enabled {
+            return Ok(());
         }
+        self.leases.each_key(lease, &mut |k| self.op(k, &[], true))
     }
-    Ok(())
-}
 
-/// A put: write on the key, write on the keys already attached to its
-/// lease, read on the key when it asks for the previous value.
-fn put(st: &MvccState, user: &str, rev: u64, p: &PutRequest) -> Result<()> {
-    op_permitted(&st.auth, user, rev, &p.key, &[], true)?;
-    lease_puts(st, user, rev, p.lease)?;
-    if p.prev_kv {
-        op_permitted(&st.auth, user, rev, &p.key, &[], false)?;
+    /// A put: write on the key, write on the keys already attached to its
+    /// lease, read on the key when it asks for the previous value.
+    fn put(&self, p: &PutRequest) -> Result<()> {
+        self.op(&p.key, &[], true)?;
+        self.lease_puts(p.lease)?;
+        if p.prev_kv {
+            self.op(&p.key, &[], false)?;
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-fn delete(st: &MvccState, user: &str, rev: u64, d: &DeleteRangeRequest) -> Result<()> {
-    op_permitted(&st.auth, user, rev, &d.key, &d.range_end, true)?;
-    if d.prev_kv {
-        op_permitted(&st.auth, user, rev, &d.key, &d.range_end, false)?;
+    fn delete(&self, d: &DeleteRangeRequest) -> Result<()> {
+        self.op(&d.key, &d.range_end, true)?;
+        if d.prev_kv {
+            self.op(&d.key, &d.range_end, false)?;
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-fn ops(st: &MvccState, user: &str, rev: u64, ops: &[RequestOp]) -> Result<()> {
-    for op in ops {
-        match &op.request {
-            Some(Op::RequestRange(r)) => {
-                op_permitted(&st.auth, user, rev, &r.key, &r.range_end, false)?
-            }
-            Some(Op::RequestPut(p)) => put(st, user, rev, p)?,
-            Some(Op::RequestDeleteRange(d)) => {
-                if d.prev_kv {
-                    op_permitted(&st.auth, user, rev, &d.key, &d.range_end, false)?;
+    fn ops(&self, ops: &[RequestOp]) -> Result<()> {
+        for op in ops {
+            match &op.request {
+                Some(Op::RequestRange(r)) => self.op(&r.key, &r.range_end, false)?,
+                Some(Op::RequestPut(p)) => self.put(p)?,
+                Some(Op::RequestDeleteRange(d)) => {
+                    if d.prev_kv {
+                        self.op(&d.key, &d.range_end, false)?;
+                    }
+                    self.op(&d.key, &d.range_end, true)?;
                 }
-                op_permitted(&st.auth, user, rev, &d.key, &d.range_end, true)?;
+                Some(Op::RequestTxn(t)) => self.txn(t)?,
+                None => {}
             }
-            Some(Op::RequestTxn(t)) => txn(st, user, rev, t)?,
-            None => {}
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Every compare (read), then every operation of both branches, nested
+    /// txns included, whichever branch will run.
+    fn txn(&self, t: &TxnRequest) -> Result<()> {
+        for c in &t.compare {
+            self.op(&c.key, &c.range_end, false)?;
+        }
+        self.ops(&t.success)?;
+        self.ops(&t.failure)
+    }
 }
 
-/// Every compare (read), then every operation of both branches, nested
-/// txns included, whichever branch will run.
-fn txn(st: &MvccState, user: &str, rev: u64, t: &TxnRequest) -> Result<()> {
-    for c in &t.compare {
-        op_permitted(&st.auth, user, rev, &c.key, &c.range_end, false)?;
+fn writer<'a, L: LeaseKeys + ?Sized>(
+    auth: &'a AuthState,
+    leases: &'a L,
+    w: Option<&'a AuthInfo>,
+) -> Writer<'a, L> {
+    let (user, rev) = who(w);
+    Writer {
+        auth,
+        leases,
+        user,
+        rev,
     }
-    ops(st, user, rev, &t.success)?;
-    ops(st, user, rev, &t.failure)
+}
+
+/// A Put as the apply checks it (see [`check_write`]), against any copy
+/// of the auth state.
+///
+/// # Errors
+/// etcd's user-empty, old-revision or permission-denied answer.
+pub fn check_put<L: LeaseKeys + ?Sized>(
+    auth: &AuthState,
+    leases: &L,
+    w: Option<&AuthInfo>,
+    p: &PutRequest,
+) -> Result<()> {
+    writer(auth, leases, w).put(p)
+}
+
+/// A DeleteRange as the apply checks it.
+///
+/// # Errors
+/// As [`check_put`].
+pub fn check_delete(auth: &AuthState, w: Option<&AuthInfo>, d: &DeleteRangeRequest) -> Result<()> {
+    writer(auth, &std::collections::HashMap::new(), w).delete(d)
+}
+
+/// A Txn as the apply checks it: every compare and every operation of
+/// both branches, nested txns included.
+///
+/// # Errors
+/// As [`check_put`].
+pub fn check_txn<L: LeaseKeys + ?Sized>(
+    auth: &AuthState,
+    leases: &L,
+    w: Option<&AuthInfo>,
+    t: &TxnRequest,
+) -> Result<()> {
+    writer(auth, leases, w).txn(t)
+}
+
+/// A LeaseRevoke: write permission on every key attached to `lease`.
+///
+/// # Errors
+/// As [`check_put`].
+pub fn check_lease_revoke<L: LeaseKeys + ?Sized>(
+    auth: &AuthState,
+    leases: &L,
+    w: Option<&AuthInfo>,
+    lease: i64,
+) -> Result<()> {
+    writer(auth, leases, w).lease_puts(lease)
 }
 
 /// A write that reached the log without [`Request::As`]: a client that
@@ -185,11 +307,17 @@ pub fn check_bare(st: &MvccState, req: &Request) -> Result<()> {
 /// etcd's answer: user empty, old revision, permission denied, or (for an
 /// auth change) the admin check's.
 pub fn check_write(st: &MvccState, user: &str, rev: u64, req: &Request) -> Result<()> {
+    let w = Writer {
+        auth: &st.auth,
+        leases: st,
+        user,
+        rev,
+    };
     match req {
-        Request::Put(p) => put(st, user, rev, p),
-        Request::DeleteRange(d) => delete(st, user, rev, d),
-        Request::Txn(t) => txn(st, user, rev, t),
-        Request::LeaseRevoke { id } => lease_puts(st, user, rev, *id),
+        Request::Put(p) => w.put(p),
+        Request::DeleteRange(d) => w.delete(d),
+        Request::Txn(t) => w.txn(t),
+        Request::LeaseRevoke { id } => w.lease_puts(*id),
         Request::Auth(a) if a.needs_admin() => {
             let w = AuthInfo {
                 user: user.to_string(),

@@ -41,14 +41,22 @@ mod token;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use apply::apply_auth;
-pub use check::{check_admin, check_bare, check_range, check_watch, check_write};
+pub use check::{
+    LeaseKeys, check_admin, check_bare, check_delete, check_lease_revoke, check_put, check_range,
+    check_txn, check_watch, check_write, watch_refusal,
+};
 pub use password::{DEFAULT_COST, effective_cost};
 pub use perms::{KeyRange, RangeSet, UserPerms, valid_permission_range};
-pub use service::Credentials;
+pub use service::{Credentials, unmapped};
 pub(crate) use state::AUTH;
 pub use state::{AuthState, ROOT};
 pub(crate) use token::Tokens;
-pub use token::{AuthConfig, JwtConfig, TokenKind, parse_auth_token};
+
+/// A fresh token for [`AuthConfig::gateway_token`].
+pub fn new_gateway_token() -> String {
+    Tokens::new_gateway_token()
+}
+pub use token::{AuthConfig, DEFAULT_TTL, JwtClaims, JwtConfig, TokenKind, parse_auth_token};
 
 /// Who sent a request, as etcd's `AuthInfo`: the user name and the auth
 /// revision the identity was resolved at (a token's, or the store's when
@@ -161,18 +169,5 @@ pub(crate) fn watch_permitted(
     let checked = store
         .resolve(creds)
         .and_then(|who| check_watch(&store.auth_state(), who.as_ref(), &c.key, &c.range_end));
-    checked.map_err(|e| {
-        let code = match e {
-            crate::Error::InvalidAuthToken => "Unauthenticated",
-            crate::Error::UserEmpty | crate::Error::AuthOldRevision => "InvalidArgument",
-            _ => "PermissionDenied",
-        };
-        let msg = match e {
-            crate::Error::InvalidAuthToken
-            | crate::Error::UserEmpty
-            | crate::Error::AuthOldRevision => e.to_string(),
-            _ => crate::Error::PermissionDenied.to_string(),
-        };
-        format!("rpc error: code = {code} desc = {msg}")
-    })
+    checked.map_err(|e| watch_refusal(&e))
 }

@@ -40,7 +40,7 @@ pub struct Credentials {
 
 /// etcd's `IsAdminPermitted` answer as Maintenance returns it: unmapped,
 /// so the client sees code Unknown and the auth store's own text.
-fn unmapped(e: Error) -> Error {
+pub fn unmapped(e: Error) -> Error {
     let text = match e {
         Error::UserEmpty => "auth: user name is empty",
         Error::UserNotFound => "auth: user not found",
@@ -93,6 +93,12 @@ impl Store {
     pub fn resolve(&self, c: &Credentials) -> Result<Option<AuthInfo>> {
         let tokens = &self.inner.tokens;
         if let Some(t) = c.token.as_deref() {
+            if tokens.is_gateway_token(t) {
+                return Ok(Some(AuthInfo {
+                    user: super::ROOT.to_string(),
+                    revision: self.auth_state().revision,
+                }));
+            }
             if let Some(j) = tokens.jwt() {
                 let (user, revision) = j.verify(t).ok_or(Error::InvalidAuthToken)?;
                 return Ok(Some(AuthInfo { user, revision }));
@@ -115,6 +121,40 @@ impl Store {
             }));
         }
         Ok(None)
+    }
+
+    /// Who `token` names, for a gateway that met it (lookout's
+    /// `Tokens.Resolve`): the user, the auth revision the identity holds
+    /// at, and how long the token stays valid without another use (`None`:
+    /// it never expires). Resolving a simple token counts as a use of it.
+    /// While auth is on, only a caller with the root role may ask.
+    ///
+    /// # Errors
+    /// The caller is not root; [`Error::InvalidAuthToken`] for a token
+    /// this member does not know, an expired one or one signed by another
+    /// key.
+    pub async fn resolve_token(
+        &self,
+        caller: Option<&AuthInfo>,
+        token: &str,
+    ) -> Result<(AuthInfo, Option<Duration>)> {
+        check_admin(&self.auth_state(), caller)?;
+        let creds = Credentials {
+            token: Some(token.to_string()),
+            cert_cn: None,
+        };
+        let who = self
+            .auth_info(&creds)
+            .await?
+            .ok_or(Error::InvalidAuthToken)?;
+        let ttl = match self.inner.tokens.jwt() {
+            Some(j) => j.claims(token).and_then(|c| c.expires).map(|e| {
+                e.duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default()
+            }),
+            None => Some(self.inner.tokens.ttl()),
+        };
+        Ok((who, ttl))
     }
 
     /// Maintenance's admin calls (Defragment, Snapshot, Hash, HashKV):

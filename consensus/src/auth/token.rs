@@ -44,6 +44,11 @@ pub struct AuthConfig {
     /// `--client-cert-auth`: a verified client certificate's common name
     /// is the user when a request carries no token.
     pub client_cert_auth: bool,
+    /// A token naming the root user to this member only: `lookout dev`
+    /// hands one (random, per start, never written anywhere) to the gateway
+    /// it runs in the same process, so that gateway can list, watch and
+    /// read the auth state whatever users a developer sets up.
+    pub gateway_token: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -53,6 +58,7 @@ impl Default for AuthConfig {
             simple_ttl: DEFAULT_TTL,
             bcrypt_cost: super::password::DEFAULT_COST,
             client_cert_auth: false,
+            gateway_token: None,
         }
     }
 }
@@ -62,6 +68,16 @@ impl Default for AuthConfig {
 pub enum TokenKind {
     Simple,
     Jwt(Box<JwtConfig>),
+}
+
+/// What a verified JWT says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtClaims {
+    pub user: String,
+    /// The auth revision the token was issued at.
+    pub revision: u64,
+    /// `exp`, when the token has one.
+    pub expires: Option<SystemTime>,
 }
 
 /// A JWT key set, loaded and checked at start.
@@ -320,6 +336,12 @@ impl JwtConfig {
     /// The user and auth revision of a valid token: signed with our key
     /// and method, not expired, and carrying both claims.
     pub fn verify(&self, token: &str) -> Option<(String, u64)> {
+        self.claims(token).map(|c| (c.user, c.revision))
+    }
+
+    /// [`JwtConfig::verify`] with the expiry too (a gateway keeps a
+    /// verified token until then).
+    pub fn claims(&self, token: &str) -> Option<JwtClaims> {
         let mut parts = token.split('.');
         let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
@@ -360,8 +382,17 @@ impl JwtConfig {
         }
         let user = claims.get("username")?.as_str()?.to_string();
         let rev = claims.get("revision")?;
-        let rev = rev.as_u64().or_else(|| rev.as_f64().map(|f| f as u64))?;
-        Some((user, rev))
+        let revision = rev.as_u64().or_else(|| rev.as_f64().map(|f| f as u64))?;
+        let expires = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_f64)
+            .filter(|e| e.is_finite() && *e >= 0.0)
+            .map(|e| UNIX_EPOCH + Duration::from_secs_f64(e.min(1e12)));
+        Some(JwtClaims {
+            user,
+            revision,
+            expires,
+        })
     }
 }
 
@@ -517,6 +548,16 @@ impl Tokens {
         }
     }
 
+    /// Whether `token` is the in-process gateway's (compared in constant
+    /// time, as digests).
+    pub fn is_gateway_token(&self, token: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.cfg
+            .gateway_token
+            .as_deref()
+            .is_some_and(|g| bool::from(digest(g).ct_eq(&digest(token))))
+    }
+
     pub fn jwt(&self) -> Option<&JwtConfig> {
         match &self.cfg.token {
             TokenKind::Jwt(j) => Some(j),
@@ -524,12 +565,23 @@ impl Tokens {
         }
     }
 
-    fn ttl(&self) -> Duration {
+    /// A simple token's lifetime after its last use.
+    pub fn ttl(&self) -> Duration {
         if self.cfg.simple_ttl.is_zero() {
             DEFAULT_TTL
         } else {
             self.cfg.simple_ttl
         }
+    }
+
+    /// A fresh [`AuthConfig::gateway_token`]: 48 random letters.
+    pub fn new_gateway_token() -> String {
+        use rand::Rng;
+        const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        let mut rng = rand::rng();
+        (0..48)
+            .map(|_| LETTERS[rng.random_range(0..LETTERS.len())] as char)
+            .collect()
     }
 
     /// A simple token's random prefix (16 letters, as etcd's).

@@ -10,15 +10,15 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use lookout_cache::AuthChannel;
 use lookout_cache::{CachedEvent, KeyRange, WatchFrame, WatchFrames};
 use lookout_proto::pb::{
     LeaseKeepAliveRequest, RangeRequest, ResponseHeader, WatchCreateRequest, WatchRequest,
 };
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
-use super::{ApiResult, EtcdApi, KeepAlives, WatchReplies, WatchReply};
-use crate::auth::AuthService;
+use super::{ApiResult, CallMeta, EtcdApi, KeepAlives, WatchReplies, WatchReply};
+use crate::auth::{AuthService, Creds};
 use crate::cluster::ClusterService;
 use crate::error::GatewayError;
 use crate::kv::KvService;
@@ -83,11 +83,20 @@ impl EtcdApi for GatewayApi {
     /// opens one per client stream; it ends when the body's requests do.
     async fn lease_keep_alive(
         &self,
+        meta: CallMeta,
         mut requests: BoxStream<'static, LeaseKeepAliveRequest>,
     ) -> ApiResult<KeepAlives> {
         let s = self.shared.clone();
         if s.is_shutting_down() {
             return Err(GatewayError::ShuttingDown.into());
+        }
+        // etcd checks nothing here; --auth-config refuses the nameless.
+        if s.auth.has_local() {
+            let who = s
+                .auth
+                .who(&Creds::of(meta.metadata.as_ref(), &meta.extensions))
+                .await?;
+            s.auth.named(&who)?;
         }
         // The upstream answers its headers with the first response: open
         // it only once there is a request to send.
@@ -124,16 +133,18 @@ impl EtcdApi for GatewayApi {
     /// frames become replies that share the cache's events.
     async fn watch(
         &self,
+        meta: CallMeta,
         requests: BoxStream<'static, WatchRequest>,
     ) -> ApiResult<WatchReplies<Arc<CachedEvent>>> {
         let s = self.shared.clone();
         s.ready().await?;
+        let creds = Arc::new(Creds::of(meta.metadata.as_ref(), &meta.extensions));
         let (handle, frames) = s.cache.open_stream();
         let reader = tokio::spawn(crate::watch::read_requests(
             s.clone(),
             requests.map(Ok),
             handle,
-            None,
+            creds,
         ));
         let out = Outbound {
             frames,
@@ -156,14 +167,27 @@ impl EtcdApi for GatewayApi {
 
     /// The cache holds `name/`: waits are cache watchers. Otherwise the
     /// upstream serves the whole call (it has the keys to watch).
-    async fn concurrency_upstream(&self, name: &[u8]) -> ApiResult<Option<Channel>> {
+    async fn concurrency_upstream(
+        &self,
+        name: &[u8],
+        meta: &CallMeta,
+    ) -> ApiResult<Option<AuthChannel>> {
         let mut prefix = name.to_vec();
         prefix.push(b'/');
         if self.shared.cache.covers(&KeyRange::prefix(prefix)) {
             return Ok(None);
         }
+        // The whole call runs upstream, judged there: with the client's
+        // token, or nameless.
+        let auth = &self.shared.auth;
+        let who = auth
+            .who(&Creds::of(meta.metadata.as_ref(), &meta.extensions))
+            .await?;
+        auth.named(&who)?;
         self.shared.metrics.forwarded.fetch_add(1, Relaxed);
-        Ok(Some(self.shared.upstream.channel().await?))
+        Ok(Some(
+            self.shared.upstream.channel_as(&auth.pass(&who)).await?,
+        ))
     }
 
     fn restamp(&self, header: &mut Option<ResponseHeader>) {

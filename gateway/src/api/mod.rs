@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use lookout_cache::AuthChannel;
 use lookout_cache::CachedEvent;
 use lookout_proto::mvccpb::Event;
 use lookout_proto::pb::{
@@ -35,8 +36,8 @@ use lookout_proto::pb::{
     WatchCreateRequest, WatchRequest, WatchResponse, auth_server::Auth, cluster_server::Cluster,
     kv_server::Kv, lease_server::Lease, maintenance_server::Maintenance,
 };
-use tonic::transport::Channel;
-use tonic::{Response, Status};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
 
 use crate::http::text;
 
@@ -58,6 +59,32 @@ pub fn inner<T>(r: Result<Response<T>, Status>) -> ApiResult<T> {
     r.map(Response::into_inner)
 }
 
+/// What a call says about its sender, as the backend's services read it:
+/// the gRPC metadata (`token`, `authorization`) and the request's
+/// extensions (the TLS connection's client certificate). Calls made on a
+/// client's behalf (a watch stream opened for an HTTP request, Lock's KV
+/// calls) carry their client's.
+#[derive(Debug, Clone, Default)]
+pub struct CallMeta {
+    pub metadata: MetadataMap,
+    pub extensions: http::Extensions,
+}
+
+impl CallMeta {
+    /// The sender of `r`.
+    pub fn of<T>(r: &Request<T>) -> Self {
+        Self {
+            metadata: r.metadata().clone(),
+            extensions: r.extensions().clone(),
+        }
+    }
+
+    /// A request for `msg` from the same sender.
+    pub fn request<T>(&self, msg: T) -> Request<T> {
+        Request::from_parts(self.metadata.clone(), self.extensions.clone(), msg)
+    }
+}
+
 /// One backend's etcd v3 API. Every call answers what the matching gRPC
 /// method answers on that backend (same header, same errors).
 pub trait EtcdApi: Clone + Send + Sync + 'static {
@@ -75,17 +102,22 @@ pub trait EtcdApi: Clone + Send + Sync + 'static {
     fn maintenance(&self) -> &Self::Maintenance;
     fn auth(&self) -> &Self::Auth;
 
-    /// One keep-alive stream: an answer per request, in order.
+    /// One keep-alive stream from the sender of `meta`: an answer per
+    /// request, in order.
     fn lease_keep_alive(
         &self,
+        meta: CallMeta,
         requests: BoxStream<'static, LeaseKeepAliveRequest>,
     ) -> impl Future<Output = ApiResult<KeepAlives>> + Send;
     /// One watch stream, as gRPC `Watch` serves it: `requests` are the
     /// client's messages. The implementation may end the stream when
     /// `requests` ends; the HTTP layer keeps `requests` open for as long as
     /// its client is connected, and ends it when the client goes away.
+    /// Each create is checked as the sender of `meta` (etcd resolves the
+    /// stream's token again per create).
     fn watch(
         &self,
+        meta: CallMeta,
         requests: BoxStream<'static, WatchRequest>,
     ) -> impl Future<Output = ApiResult<WatchReplies<Self::Event>>> + Send;
     /// Checks a create's Lookout extension fields (index filter,
@@ -97,11 +129,13 @@ pub trait EtcdApi: Clone + Send + Sync + 'static {
     fn check_range_extensions(&self, r: &RangeRequest) -> ApiResult<()>;
     /// Where Lock and Election calls on `name` go: `None` when this backend
     /// serves them itself, else a channel to the upstream that does (a
-    /// gateway that does not cache `name/`).
+    /// gateway that does not cache `name/`), carrying the token of the
+    /// sender of `meta`.
     fn concurrency_upstream(
         &self,
         name: &[u8],
-    ) -> impl Future<Output = ApiResult<Option<Channel>>> + Send;
+        meta: &CallMeta,
+    ) -> impl Future<Output = ApiResult<Option<AuthChannel>>> + Send;
     /// Puts this backend's identity in an answer it forwarded.
     fn restamp(&self, header: &mut Option<ResponseHeader>);
 }

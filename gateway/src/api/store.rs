@@ -3,15 +3,17 @@
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use lookout_cache::AuthChannel;
 use lookout_consensus::{EtcdService, Store, to_status};
 use lookout_proto::mvccpb::Event;
 use lookout_proto::pb::{
     LeaseKeepAliveRequest, RangeRequest, ResponseHeader, WatchCreateRequest, WatchRequest,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
-use super::{ApiResult, EtcdApi, KeepAlives, WatchReplies, WatchReply, refuse_extensions};
+use super::{
+    ApiResult, CallMeta, EtcdApi, KeepAlives, WatchReplies, WatchReply, refuse_extensions,
+};
 
 /// The store's services, as the HTTP layer and Lock/Election call them.
 #[derive(Debug, Clone)]
@@ -61,8 +63,10 @@ impl EtcdApi for StoreApi {
         &self.svc
     }
 
+    /// etcd checks nothing on keep-alives.
     async fn lease_keep_alive(
         &self,
+        _meta: CallMeta,
         requests: BoxStream<'static, LeaseKeepAliveRequest>,
     ) -> ApiResult<KeepAlives> {
         let store = self.store.clone();
@@ -76,12 +80,14 @@ impl EtcdApi for StoreApi {
 
     async fn watch(
         &self,
+        meta: CallMeta,
         requests: BoxStream<'static, WatchRequest>,
     ) -> ApiResult<WatchReplies<Event>> {
         // The store's stream task ends (and unregisters its watchers) as
         // soon as `requests` ends, which the HTTP layer arranges when its
         // client goes away.
-        let rx = self.store.watch(requests);
+        let creds = lookout_consensus::server::credentials(&meta.request(()));
+        let rx = self.store.watch_as(creds, requests);
         Ok(ReceiverStream::new(rx)
             .map_err(to_status)
             .map_ok(WatchReply::from_response)
@@ -96,7 +102,11 @@ impl EtcdApi for StoreApi {
         refuse_extensions(&r.index, &r.value, false)
     }
 
-    async fn concurrency_upstream(&self, _name: &[u8]) -> ApiResult<Option<Channel>> {
+    async fn concurrency_upstream(
+        &self,
+        _name: &[u8],
+        _meta: &CallMeta,
+    ) -> ApiResult<Option<AuthChannel>> {
         Ok(None)
     }
 

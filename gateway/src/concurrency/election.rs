@@ -22,7 +22,7 @@ use super::{
     Cleanup, Client, candidate_key, created_at, delete_txn, key_prefix, op_delete, op_get, op_put,
     range_kvs,
 };
-use crate::api::{EtcdApi, WatchEvent};
+use crate::api::{CallMeta, EtcdApi, WatchEvent};
 
 /// etcd's `ErrMissingLeaderKey` (a plain error: gRPC code Unknown).
 fn missing_leader() -> Status {
@@ -54,8 +54,12 @@ impl<A: EtcdApi> ElectionService<A> {
         }
     }
 
-    async fn campaign(&self, req: CampaignRequest) -> Result<CampaignResponse, Status> {
-        let c = &self.client;
+    async fn campaign(
+        &self,
+        meta: CallMeta,
+        req: CampaignRequest,
+    ) -> Result<CampaignResponse, Status> {
+        let c = &self.client.with(meta);
         let lease = c.session(req.lease).await?;
         let prefix = key_prefix(&req.name);
         let key = candidate_key(&prefix, lease);
@@ -99,17 +103,26 @@ impl<A: EtcdApi> ElectionService<A> {
         })
     }
 
-    async fn proclaim(&self, req: ProclaimRequest) -> Result<ProclaimResponse, Status> {
+    async fn proclaim(
+        &self,
+        meta: CallMeta,
+        req: ProclaimRequest,
+    ) -> Result<ProclaimResponse, Status> {
+        let c = &self.client.with(meta);
         let leader = req.leader.ok_or_else(missing_leader)?;
-        let lease = self.client.session(leader.lease).await?;
-        let header = proclaim(&self.client, &leader.key, leader.rev, lease, req.value).await?;
+        let lease = c.session(leader.lease).await?;
+        let header = proclaim(c, &leader.key, leader.rev, lease, req.value).await?;
         Ok(ProclaimResponse {
             header: Some(header),
         })
     }
 
-    async fn leader(&self, req: LeaderRequest) -> Result<LeaderResponse, Status> {
-        let resp = self.client.first_created(&key_prefix(&req.name)).await?;
+    async fn leader(&self, meta: CallMeta, req: LeaderRequest) -> Result<LeaderResponse, Status> {
+        let resp = self
+            .client
+            .with(meta)
+            .first_created(&key_prefix(&req.name))
+            .await?;
         let kv = resp.kvs.into_iter().next().ok_or_else(no_leader)?;
         Ok(LeaderResponse {
             header: resp.header,
@@ -117,12 +130,13 @@ impl<A: EtcdApi> ElectionService<A> {
         })
     }
 
-    async fn resign(&self, req: ResignRequest) -> Result<ResignResponse, Status> {
+    async fn resign(&self, meta: CallMeta, req: ResignRequest) -> Result<ResignResponse, Status> {
+        let c = &self.client.with(meta);
         let leader = req.leader.ok_or_else(missing_leader)?;
-        self.client.session(leader.lease).await?;
+        c.session(leader.lease).await?;
         // Not the leader any more (or never): nothing is deleted and the
         // call still succeeds, as etcd's.
-        let resp = self.client.txn(resign_txn(&leader.key, leader.rev)).await?;
+        let resp = c.txn(resign_txn(&leader.key, leader.rev)).await?;
         Ok(ResignResponse {
             header: resp.header,
         })
@@ -257,7 +271,11 @@ impl<A: EtcdApi> Election for ElectionService<A> {
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
         let api = self.client.api();
-        if let Some(ch) = api.concurrency_upstream(&request.get_ref().name).await? {
+        let meta = CallMeta::of(&request);
+        if let Some(ch) = api
+            .concurrency_upstream(&request.get_ref().name, &meta)
+            .await?
+        {
             let mut r = ElectionClient::new(ch)
                 .campaign(request.into_inner())
                 .await?
@@ -265,14 +283,17 @@ impl<A: EtcdApi> Election for ElectionService<A> {
             api.restamp(&mut r.header);
             return Ok(Response::new(r));
         }
-        self.campaign(request.into_inner()).await.map(Response::new)
+        self.campaign(meta, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn proclaim(
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        ElectionService::proclaim(self, request.into_inner())
+        let meta = CallMeta::of(&request);
+        ElectionService::proclaim(self, meta, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -281,7 +302,8 @@ impl<A: EtcdApi> Election for ElectionService<A> {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        ElectionService::leader(self, request.into_inner())
+        let meta = CallMeta::of(&request);
+        ElectionService::leader(self, meta, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -293,8 +315,9 @@ impl<A: EtcdApi> Election for ElectionService<A> {
         request: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let api = self.client.api().clone();
+        let meta = CallMeta::of(&request);
         let name = request.into_inner().name;
-        if let Some(ch) = api.concurrency_upstream(&name).await? {
+        if let Some(ch) = api.concurrency_upstream(&name, &meta).await? {
             let up = ElectionClient::new(ch)
                 .observe(LeaderRequest { name })
                 .await?
@@ -308,7 +331,7 @@ impl<A: EtcdApi> Election for ElectionService<A> {
             return Ok(Response::new(Box::pin(s)));
         }
         let (tx, rx) = mpsc::channel(16);
-        let client = self.client.clone();
+        let client = self.client.with(meta);
         let prefix = key_prefix(&name);
         tokio::spawn(async move {
             // A client that goes away ends the task even while it waits
@@ -325,7 +348,8 @@ impl<A: EtcdApi> Election for ElectionService<A> {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        ElectionService::resign(self, request.into_inner())
+        let meta = CallMeta::of(&request);
+        ElectionService::resign(self, meta, request.into_inner())
             .await
             .map(Response::new)
     }

@@ -14,7 +14,7 @@ use super::{
     Cleanup, Client, candidate_key, created_at, delete_txn, first_created, key_prefix, op_get,
     op_put, op_range, range_kvs,
 };
-use crate::api::EtcdApi;
+use crate::api::{CallMeta, EtcdApi};
 
 /// The Lock service over one backend.
 #[derive(Debug, Clone)]
@@ -29,8 +29,8 @@ impl<A: EtcdApi> LockService<A> {
         }
     }
 
-    async fn acquire(&self, req: LockRequest) -> Result<LockResponse, Status> {
-        let c = &self.client;
+    async fn acquire(&self, meta: CallMeta, req: LockRequest) -> Result<LockResponse, Status> {
+        let c = &self.client.with(meta);
         let lease = c.session(req.lease).await?;
         let prefix = key_prefix(&req.name);
         let my_key = candidate_key(&prefix, lease);
@@ -77,7 +77,11 @@ impl<A: EtcdApi> LockService<A> {
 impl<A: EtcdApi> Lock for LockService<A> {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let api = self.client.api();
-        if let Some(ch) = api.concurrency_upstream(&request.get_ref().name).await? {
+        let meta = CallMeta::of(&request);
+        if let Some(ch) = api
+            .concurrency_upstream(&request.get_ref().name, &meta)
+            .await?
+        {
             let mut r = LockClient::new(ch)
                 .lock(request.into_inner())
                 .await?
@@ -85,7 +89,9 @@ impl<A: EtcdApi> Lock for LockService<A> {
             api.restamp(&mut r.header);
             return Ok(Response::new(r));
         }
-        self.acquire(request.into_inner()).await.map(Response::new)
+        self.acquire(meta, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     /// A Delete of the key, which every backend forwards or applies.
@@ -93,7 +99,8 @@ impl<A: EtcdApi> Lock for LockService<A> {
         &self,
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        let r = self.client.delete(request.into_inner().key).await?;
+        let c = self.client.with(CallMeta::of(&request));
+        let r = c.delete(request.into_inner().key).await?;
         Ok(Response::new(UnlockResponse { header: r.header }))
     }
 }

@@ -36,9 +36,9 @@ use lookout_proto::pb::{
     request_op, watch_request,
 };
 use lookout_proto::pb::{kv_server::Kv, lease_server::Lease};
-use tonic::{Request, Status};
+use tonic::Status;
 
-use crate::api::{ApiResult, EtcdApi, WatchEvent, inner};
+use crate::api::{ApiResult, CallMeta, EtcdApi, WatchEvent, inner};
 
 pub use election::ElectionService;
 pub use lock::LockService;
@@ -66,15 +66,30 @@ pub fn add_routes<A: EtcdApi>(
 /// lease (lease 0): the key then lives this long, nobody keeps it alive.
 const DEFAULT_SESSION_TTL: i64 = 60;
 
-/// The KV calls Lock and Election make, over one backend.
+/// The KV calls Lock and Election make, over one backend, as the client
+/// whose call they serve: each carries that client's metadata (its token)
+/// and connection (its certificate), so the backend checks them as the
+/// client's own KV calls, as etcd's in-process clients do.
 #[derive(Debug, Clone)]
 pub(crate) struct Client<A> {
     api: A,
+    meta: CallMeta,
 }
 
 impl<A: EtcdApi> Client<A> {
     pub(crate) fn new(api: A) -> Self {
-        Self { api }
+        Self {
+            api,
+            meta: CallMeta::default(),
+        }
+    }
+
+    /// The same backend, calling as the sender of `meta`.
+    pub(crate) fn with(&self, meta: CallMeta) -> Self {
+        Self {
+            api: self.api.clone(),
+            meta,
+        }
     }
 
     pub(crate) fn api(&self) -> &A {
@@ -82,18 +97,18 @@ impl<A: EtcdApi> Client<A> {
     }
 
     async fn txn(&self, r: TxnRequest) -> ApiResult<TxnResponse> {
-        as_client(inner(self.api.kv().txn(Request::new(r)).await))
+        as_client(inner(self.api.kv().txn(self.meta.request(r)).await))
     }
 
     async fn range(&self, r: RangeRequest) -> ApiResult<pb::RangeResponse> {
-        as_client(inner(self.api.kv().range(Request::new(r)).await))
+        as_client(inner(self.api.kv().range(self.meta.request(r)).await))
     }
 
     async fn delete(&self, key: Bytes) -> ApiResult<pb::DeleteRangeResponse> {
         as_client(inner(
             self.api
                 .kv()
-                .delete_range(Request::new(DeleteRangeRequest {
+                .delete_range(self.meta.request(DeleteRangeRequest {
                     key,
                     ..Default::default()
                 }))
@@ -110,7 +125,7 @@ impl<A: EtcdApi> Client<A> {
         let r = as_client(inner(
             self.api
                 .lease()
-                .lease_grant(Request::new(LeaseGrantRequest {
+                .lease_grant(self.meta.request(LeaseGrantRequest {
                     ttl: DEFAULT_SESSION_TTL,
                     id: 0,
                 }))
@@ -195,7 +210,7 @@ impl<A: EtcdApi> Client<A> {
         let requests = futures::stream::once(async move { create })
             .chain(futures::stream::pending())
             .boxed();
-        as_client(self.api.watch(requests).await)
+        as_client(self.api.watch(self.meta.clone(), requests).await)
     }
 }
 

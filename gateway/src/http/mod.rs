@@ -28,6 +28,7 @@
 mod access;
 mod body;
 mod error;
+mod login;
 pub(crate) mod ops;
 mod serve;
 pub(crate) mod text;
@@ -115,6 +116,8 @@ pub(crate) struct HttpState<A> {
     pub(crate) metrics: Arc<HttpMetrics>,
     /// Flips to true when the server stops: open streams end on it.
     pub(crate) stop: signal::Receiver<bool>,
+    /// `/v1` Basic logins.
+    pub(crate) logins: login::Logins,
 }
 
 /// The HTTP API routes (`/v3/...`, `/v1/...`, the listing at `/`) over
@@ -135,6 +138,7 @@ pub fn router<A: EtcdApi>(
         cfg,
         metrics: metrics.clone(),
         stop,
+        logins: Default::default(),
     });
     v3::routes::<A>()
         .merge(v1::routes::<A>())

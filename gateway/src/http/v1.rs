@@ -8,23 +8,26 @@
 //!   PUT    /v1/kv/<key>[?lease=ID]      body = value       -> {"revision":R}
 //!   DELETE /v1/kv/<key>[?prefix=true]                      -> {"revision":R,"deleted":N}
 //! ```
+//!
+//! Every call is made as its sender (`login.rs`: a bearer token, a Basic
+//! login, or the TLS client certificate), checked as the same gRPC call.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use bytes::Bytes;
 use lookout_proto::mvccpb::KeyValue;
 use lookout_proto::pb::{DeleteRangeRequest, PutRequest, RangeRequest, kv_server::Kv};
 use serde::Serialize;
-use tonic::Request;
 
 use super::body::read_limited;
 use super::error::{HttpError, readable_json};
+use super::login::as_sender;
 use super::text::{TextKv, percent_decode, query_pairs};
 use super::{EtcdApi, HttpState};
 use crate::api::inner;
@@ -172,6 +175,7 @@ async fn get_kv<A: EtcdApi>(
     State(s): S<A>,
     uri: Uri,
     headers: HeaderMap,
+    ext: Extensions,
 ) -> Result<Response, HttpError> {
     let p = Params::parse(
         uri.query(),
@@ -205,7 +209,12 @@ async fn get_kv<A: EtcdApi>(
         ..Default::default()
     };
     s.api.check_range_extensions(&req)?;
-    let resp = inner(Kv::range(s.api.kv(), Request::new(req)).await)?;
+    let resp = as_sender(&s, &headers, &ext, |m| {
+        let req = req.clone();
+        let s = &s;
+        async move { inner(Kv::range(s.api.kv(), m.request(req)).await) }
+    })
+    .await?;
     let revision = resp.header.map_or(0, |h| h.revision);
     if prefix || p.get("count_only").is_some() {
         let body = ListAnswer {
@@ -264,6 +273,7 @@ async fn put_kv<A: EtcdApi>(
     State(s): S<A>,
     uri: Uri,
     headers: HeaderMap,
+    ext: Extensions,
     body: Body,
 ) -> Result<Response, HttpError> {
     let p = Params::parse(uri.query(), &["lease", "prev_kv"])?;
@@ -282,7 +292,12 @@ async fn put_kv<A: EtcdApi>(
         prev_kv,
         ..Default::default()
     };
-    let resp = inner(Kv::put(s.api.kv(), Request::new(req)).await)?;
+    let resp = as_sender(&s, &headers, &ext, |m| {
+        let req = req.clone();
+        let s = &s;
+        async move { inner(Kv::put(s.api.kv(), m.request(req)).await) }
+    })
+    .await?;
     let body = PutAnswer {
         revision: resp.header.map_or(0, |h| h.revision),
         prev_kv: resp.prev_kv.as_ref().map(|kv| TextKv::new(kv, true)),
@@ -290,7 +305,12 @@ async fn put_kv<A: EtcdApi>(
     Ok(readable_json(StatusCode::OK, &body))
 }
 
-async fn delete_kv<A: EtcdApi>(State(s): S<A>, uri: Uri) -> Result<Response, HttpError> {
+async fn delete_kv<A: EtcdApi>(
+    State(s): S<A>,
+    uri: Uri,
+    headers: HeaderMap,
+    ext: Extensions,
+) -> Result<Response, HttpError> {
     let p = Params::parse(uri.query(), &["prefix", "prev_kv"])?;
     let (key, range_end) = range_of(path_key(uri.path(), "/v1/kv"), p.flag("prefix")?)?;
     let req = DeleteRangeRequest {
@@ -298,7 +318,12 @@ async fn delete_kv<A: EtcdApi>(State(s): S<A>, uri: Uri) -> Result<Response, Htt
         range_end: range_end.into(),
         prev_kv: p.flag("prev_kv")?,
     };
-    let resp = inner(Kv::delete_range(s.api.kv(), Request::new(req)).await)?;
+    let resp = as_sender(&s, &headers, &ext, |m| {
+        let req = req.clone();
+        let s = &s;
+        async move { inner(Kv::delete_range(s.api.kv(), m.request(req)).await) }
+    })
+    .await?;
     let body = DeleteAnswer {
         revision: resp.header.map_or(0, |h| h.revision),
         deleted: resp.deleted,

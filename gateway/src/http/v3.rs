@@ -21,7 +21,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, post};
 use futures::{Stream, StreamExt};
@@ -107,8 +107,18 @@ pub(crate) fn ok_json(m: &impl Serialize) -> Response {
 /// HTTP request: the `Authorization` header (etcd reads a token from the
 /// `authorization` metadata as from `token`) and `Grpc-Metadata-*`
 /// headers.
-pub(crate) fn grpc_request<T>(headers: &HeaderMap, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
+///
+/// The request's extensions travel too: they hold its TLS connection, whose
+/// client certificate names the user under `--client-cert-auth` (etcd's
+/// own gateway dials with the server's certificate and so ignores the
+/// client's; here the client's own certificate counts, on `/v3` as on
+/// gRPC).
+pub(crate) fn grpc_request<T>(
+    headers: &HeaderMap,
+    ext: &axum::http::Extensions,
+    msg: T,
+) -> tonic::Request<T> {
+    let mut r = tonic::Request::from_parts(tonic::metadata::MetadataMap::new(), ext.clone(), msg);
     let md = r.metadata_mut();
     for (name, value) in headers {
         let key = if name == axum::http::header::AUTHORIZATION {
@@ -153,11 +163,12 @@ macro_rules! unary {
         async fn $name<A: EtcdApi>(
             State($s): S<A>,
             headers: HeaderMap,
+            ext: Extensions,
             body: Body,
         ) -> Result<Response, EtcdError> {
             let bytes = read_limited(&headers, body, $s.cfg.json_limit()).await?;
             let msg: $ty = parse_json(&bytes)?;
-            let $req = grpc_request(&headers, msg);
+            let $req = grpc_request(&headers, &ext, msg);
             Ok(ok_json(&$call.await?.into_inner()))
         }
     )*};
@@ -219,12 +230,13 @@ unary! {
 async fn range<A: EtcdApi>(
     State(s): S<A>,
     headers: HeaderMap,
+    ext: Extensions,
     body: Body,
 ) -> Result<Response, EtcdError> {
     let bytes = read_limited(&headers, body, s.cfg.json_limit()).await?;
     let msg: pb::RangeRequest = parse_json(&bytes)?;
     s.api.check_range_extensions(&msg)?;
-    let r = grpc_request(&headers, msg);
+    let r = grpc_request(&headers, &ext, msg);
     Ok(ok_json(&Kv::range(s.api.kv(), r).await?.into_inner()))
 }
 
@@ -266,11 +278,12 @@ fn stream_lines<T: Serialize + Send + 'static>(
 async fn snapshot<A: EtcdApi>(
     State(s): S<A>,
     headers: HeaderMap,
+    ext: Extensions,
     body: Body,
 ) -> Result<Response, EtcdError> {
     let bytes = read_limited(&headers, body, s.cfg.json_limit()).await?;
     let msg: pb::SnapshotRequest = parse_json(&bytes)?;
-    let chunks = Maintenance::snapshot(s.api.maintenance(), grpc_request(&headers, msg))
+    let chunks = Maintenance::snapshot(s.api.maintenance(), grpc_request(&headers, &ext, msg))
         .await?
         .into_inner();
     Ok(stream_lines(chunks))
@@ -281,11 +294,12 @@ async fn snapshot<A: EtcdApi>(
 async fn observe<A: EtcdApi>(
     State(s): S<A>,
     headers: HeaderMap,
+    ext: Extensions,
     body: Body,
 ) -> Result<Response, EtcdError> {
     let bytes = read_limited(&headers, body, s.cfg.json_limit()).await?;
     let msg: epb::LeaderRequest = parse_json(&bytes)?;
-    let leaders = Election::observe(&s.election, grpc_request(&headers, msg))
+    let leaders = Election::observe(&s.election, grpc_request(&headers, &ext, msg))
         .await?
         .into_inner();
     // Ends with the server, as the watch streams do.
@@ -299,7 +313,12 @@ async fn observe<A: EtcdApi>(
 /// `lease/keepalive`: the body is a stream of `{"ID": ...}` objects;
 /// each gets a `{"result": ...}` line, and the answer ends with the body.
 /// A bad first object is a 400 before anything is streamed.
-async fn keep_alive<A: EtcdApi>(State(s): S<A>, body: Body) -> Result<Response, EtcdError> {
+async fn keep_alive<A: EtcdApi>(
+    State(s): S<A>,
+    headers: HeaderMap,
+    ext: Extensions,
+    body: Body,
+) -> Result<Response, EtcdError> {
     let mut requests = JsonStream::new(body, s.cfg.json_limit());
     let first = match requests.next::<LeaseKeepAliveRequest>().await {
         Some(r) => Some(r?),
@@ -318,7 +337,8 @@ async fn keep_alive<A: EtcdApi>(State(s): S<A>, body: Body) -> Result<Response, 
         }
     });
     let requests = futures::stream::iter(first).chain(rest).boxed();
-    let answers = s.api.lease_keep_alive(requests).await?;
+    let meta = crate::api::CallMeta::of(&grpc_request(&headers, &ext, ()));
+    let answers = s.api.lease_keep_alive(meta, requests).await?;
     let lines = answers.map(|a| {
         Ok::<_, std::convert::Infallible>(match a {
             Ok(resp) => bytes::Bytes::from(result_line(&resp)),
@@ -427,7 +447,7 @@ mod tests {
         h.insert("authorization", "tok".parse().unwrap());
         h.insert("grpc-metadata-x-trace", "1".parse().unwrap());
         h.insert("accept", "*/*".parse().unwrap());
-        let r = grpc_request(&h, ());
+        let r = grpc_request(&h, &Extensions::new(), ());
         assert_eq!(r.metadata().get("authorization").unwrap(), "tok");
         assert_eq!(r.metadata().get("x-trace").unwrap(), "1");
         assert!(r.metadata().get("accept").is_none());

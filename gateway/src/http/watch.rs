@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
@@ -79,6 +79,8 @@ fn streaming(body: Body, content_type: &'static str) -> Response {
 /// stays open after the body ends, as etcd's does.
 pub(crate) async fn v3_watch<A: EtcdApi>(
     State(s): State<Arc<HttpState<A>>>,
+    headers: HeaderMap,
+    ext: Extensions,
     body: Body,
 ) -> Result<Response, EtcdError> {
     if *s.stop.borrow() {
@@ -94,7 +96,10 @@ pub(crate) async fn v3_watch<A: EtcdApi>(
     if let Some(f) = first {
         tx.try_send(f).expect("fresh channel has room");
     }
-    let mut replies = s.api.watch(ReceiverStream::new(rx).boxed()).await?;
+    // Each create is checked as this request's sender (its Authorization
+    // header travels as the token, as grpc-gateway forwards it).
+    let meta = crate::api::CallMeta::of(&super::v3::grpc_request(&headers, &ext, ()));
+    let mut replies = s.api.watch(meta, ReceiverStream::new(rx).boxed()).await?;
     // As etcd's gateway, answer (status and headers) with the first
     // response: a client that sees the headers may rely on its watch being
     // registered (Python etcd3gw writes right after them).
@@ -233,6 +238,7 @@ pub(crate) async fn v1_watch<A: EtcdApi>(
     State(s): State<Arc<HttpState<A>>>,
     uri: Uri,
     headers: HeaderMap,
+    ext: Extensions,
 ) -> Result<Response, HttpError> {
     if *s.stop.borrow() {
         return Err(HttpError::ShuttingDown);
@@ -313,9 +319,19 @@ pub(crate) async fn v1_watch<A: EtcdApi>(
     let create = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(create)),
     };
-    let (tx, rx) = mpsc::channel(4);
-    tx.try_send(create).expect("fresh channel has room");
-    let replies = s.api.watch(ReceiverStream::new(rx).boxed()).await?;
+    let (mut tx, mut replies) = open_v1(&s, &headers, &ext, &create, false).await?;
+    if super::login::is_basic(&headers) {
+        // A kept login the store no longer takes shows as a refused
+        // create: log in again and watch once more.
+        let first = replies.next().await;
+        let stale = matches!(&first, Some(Ok(r)) if r.head.canceled
+            && r.head.cancel_reason.contains("invalid auth token"));
+        if stale {
+            (tx, replies) = open_v1(&s, &headers, &ext, &create, true).await?;
+        } else if let Some(f) = first {
+            replies = futures::stream::iter([f]).chain(replies).boxed();
+        }
+    }
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -341,6 +357,22 @@ pub(crate) async fn v1_watch<A: EtcdApi>(
             "application/x-ndjson"
         },
     ))
+}
+
+/// Opens the backend's watch for one `/v1/watch` request: its request
+/// stream (kept open by the returned sender) with `create` queued.
+async fn open_v1<A: EtcdApi>(
+    s: &HttpState<A>,
+    headers: &HeaderMap,
+    ext: &Extensions,
+    create: &WatchRequest,
+    fresh_login: bool,
+) -> Result<(mpsc::Sender<WatchRequest>, WatchReplies<A::Event>), HttpError> {
+    let meta = super::login::watch_sender(s, headers, ext, fresh_login).await?;
+    let (tx, rx) = mpsc::channel(4);
+    tx.try_send(create.clone()).expect("fresh channel has room");
+    let replies = s.api.watch(meta, ReceiverStream::new(rx).boxed()).await?;
+    Ok((tx, replies))
 }
 
 struct V1Watch<E> {

@@ -3,7 +3,9 @@
 //! and compaction; a password change; a role revoked while a client is
 //! connected; token expiry) against real etcd 3.4 and against each Lookout
 //! target, with the same flags: transcripts must be identical apart from
-//! IDs. New targets (gateways) join [`Target`].
+//! IDs. The targets: `lookout store`, a gateway in front of it, and a
+//! gateway in front of a second etcd (each gateway logs in as the script's
+//! root user once auth is on).
 
 use std::path::Path;
 
@@ -11,7 +13,7 @@ use lookout_testkit::etcd::EtcdOptions;
 use lookout_testkit::script::run_script;
 use lookout_testkit::{EtcdServer, LookoutProcess};
 
-use crate::support::start_store_with;
+use crate::support::{start_gateway, start_store_with};
 
 const SCRIPT: &str = include_str!("auth.etcdctl");
 
@@ -20,26 +22,84 @@ const SCRIPT: &str = include_str!("auth.etcdctl");
 enum Target {
     /// `lookout store`, one member.
     Store,
+    /// `lookout gateway` in front of `lookout store`.
+    GatewayOverStore,
+    /// `lookout gateway` in front of a second etcd 3.4.
+    GatewayOverEtcd,
 }
 
 /// A started target: its client endpoint and what keeps it running.
 struct Running {
     endpoint: String,
+    /// The process whose log explains a difference.
     process: LookoutProcess,
+    /// The store behind a gateway.
+    _behind: Option<Behind>,
+}
+
+#[allow(dead_code)] // held to keep the process running
+enum Behind {
+    Store(LookoutProcess),
+    Etcd(EtcdServer),
+}
+
+/// The gateway's own flags among the script's server flags: the token
+/// kind and TTL it must know (the bcrypt cost is the store's business).
+fn gateway_flags(flags: &[String]) -> Vec<String> {
+    let mut g: Vec<String> = flags
+        .iter()
+        .filter(|f| f.starts_with("--auth-token"))
+        .cloned()
+        .collect();
+    // The script's root user, created while auth is off: the gateway
+    // logs in as it once the store asks for a token.
+    g.push("--user=root:rootpw".into());
+    g
 }
 
 async fn start(t: Target, dir: &Path, flags: &[String]) -> Running {
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let store_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let gw = gateway_flags(flags);
+    let gw: Vec<&str> = gw.iter().map(String::as_str).collect();
     match t {
         Target::Store => {
-            let p = start_store_with(dir, None, &flags).await;
+            let p = start_store_with(dir, None, &store_flags).await;
             Running {
                 endpoint: p.endpoint.clone(),
                 process: p,
+                _behind: None,
+            }
+        }
+        Target::GatewayOverStore => {
+            let store = start_store_with(dir, None, &store_flags).await;
+            let g = start_gateway(dir, &[&store.endpoint], &gw).await;
+            Running {
+                endpoint: g.endpoint.clone(),
+                process: g,
+                _behind: Some(Behind::Store(store)),
+            }
+        }
+        Target::GatewayOverEtcd => {
+            let etcd = EtcdServer::start_with(EtcdOptions {
+                extra_args: flags.to_vec(),
+            })
+            .await;
+            let g = start_gateway(dir, &[&etcd.endpoint], &gw).await;
+            Running {
+                endpoint: g.endpoint.clone(),
+                process: g,
+                _behind: Some(Behind::Etcd(etcd)),
             }
         }
     }
 }
+
+/// Every target.
+const ALL: &[Target] = &[
+    Target::Store,
+    Target::GatewayOverStore,
+    Target::GatewayOverEtcd,
+];
 
 /// Panics with both transcripts and the first differing line.
 fn assert_same(want: &str, got: &str, who: &str, log: &str) {
@@ -103,7 +163,7 @@ fn common_flags() -> Vec<String> {
 async fn auth_script_with_simple_tokens_matches_etcd() {
     let mut flags = common_flags();
     flags.push("--auth-token-ttl=2".into());
-    let t = script_matches_etcd(flags, &[Target::Store]).await;
+    let t = script_matches_etcd(flags, ALL).await;
     // The script did what it says (guards against both sides failing alike).
     assert!(t.contains("Authentication Enabled"), "{t}");
     assert!(t.contains("etcdserver: permission denied"), "{t}");
@@ -148,7 +208,7 @@ async fn auth_script_with_jwt_tokens_matches_etcd() {
     flags.push(format!(
         "--auth-token=jwt,pub-key={public},priv-key={private},sign-method=RS256,ttl=2s"
     ));
-    let t = script_matches_etcd(flags, &[Target::Store]).await;
+    let t = script_matches_etcd(flags, ALL).await;
     assert!(t.contains("Authentication Enabled"), "{t}");
     assert!(!t.contains("never printed"), "{t}");
 }

@@ -2,6 +2,7 @@
 //! store: one binary, one module per concern (`http_*`: the HTTP/JSON API).
 
 mod admin;
+mod auth_gateway;
 mod auth_vs_etcd;
 mod authz;
 mod config_env;
