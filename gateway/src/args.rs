@@ -28,7 +28,9 @@ pub struct GatewayArgs {
     #[arg(long)]
     pub metrics_addr: Option<String>,
     /// HTTP API: origins allowed by CORS, comma separated (`*`: any).
-    #[arg(long, value_delimiter = ',', default_value = "*")]
+    /// None by default: etcd defaults to `*`, which lets any web page a
+    /// user visits read the cluster through the user's browser.
+    #[arg(long, value_delimiter = ',')]
     pub cors: Vec<String>,
     /// HTTP API over plain HTTP: accepted Host names (`*`: any), against
     /// DNS rebinding.

@@ -10,14 +10,17 @@
 //! As etcd: `*` (or nothing) in `--host-whitelist` allows any host, and the
 //! check applies to plain HTTP only (TLS already binds the name); `*` in
 //! `--cors` answers `Access-Control-Allow-Origin: *`, otherwise a listed
-//! `Origin` is echoed back and any other gets no CORS header.
+//! `Origin` is echoed back and any other gets no CORS header. Unlike etcd,
+//! no `--cors` means no CORS header at all (etcd's default is `*`): a
+//! browser page on another origin must be allowed by name.
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-/// `--cors` and `--host-whitelist`, as lists (etcd's defaults: `*`).
+/// `--cors` and `--host-whitelist`, as lists (defaults: no origin, any
+/// host).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
     pub cors: Vec<String>,
@@ -27,7 +30,7 @@ pub struct Access {
 impl Default for Access {
     fn default() -> Self {
         Self {
-            cors: vec!["*".into()],
+            cors: Vec::new(),
             host_whitelist: vec!["*".into()],
         }
     }
@@ -40,7 +43,7 @@ impl Access {
 
     /// The `Access-Control-Allow-Origin` value for `origin`, if any.
     fn allow_origin(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
-        if self.cors.is_empty() || self.cors.iter().any(|c| c == "*") {
+        if self.cors.iter().any(|c| c == "*") {
             return Some(HeaderValue::from_static("*"));
         }
         let o = origin?;

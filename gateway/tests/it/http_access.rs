@@ -88,20 +88,29 @@ async fn cors_and_host_whitelist_on_store_and_gateway() {
     tokio::task::spawn_blocking(move || check(&ep))
         .await
         .unwrap();
-    // Defaults: any host, any origin.
-    let open = start_gateway(dir.path(), &[&store.endpoint], &[]).await;
-    let ep = open.endpoint.clone();
-    let (st, head, _) = tokio::task::spawn_blocking(move || {
-        request(
-            &ep,
-            "POST",
-            "/v3/maintenance/status",
-            "anything.example",
-            Some("https://x"),
-        )
-    })
-    .await
-    .unwrap();
-    assert_eq!(st, 200);
-    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    // Defaults: any host, no origin (etcd's default is `*`); `--cors '*'`
+    // answers etcd's `*`.
+    for (flags, want) in [(&[][..], None), (&["--cors=*"][..], Some("*"))] {
+        let open = start_gateway(dir.path(), &[&store.endpoint], flags).await;
+        let ep = open.endpoint.clone();
+        let (st, head, _) = tokio::task::spawn_blocking(move || {
+            request(
+                &ep,
+                "POST",
+                "/v3/maintenance/status",
+                "anything.example",
+                Some("https://x"),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(st, 200, "{flags:?}");
+        match want {
+            Some(o) => assert!(
+                head.contains(&format!("access-control-allow-origin: {o}")),
+                "{head}"
+            ),
+            None => assert!(!head.contains("access-control-allow-origin"), "{head}"),
+        }
+    }
 }
