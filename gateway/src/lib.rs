@@ -99,6 +99,8 @@ pub mod concurrency;
 mod config;
 pub mod config_file;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod health;
 pub mod http;
 mod keepalive;
