@@ -263,6 +263,15 @@ impl Wal {
             Err(e) => return Err(e),
         };
         let purged = meta.as_deref().and_then(&purged_of);
+        // No log reaches the last index, so a meta file naming it as purged
+        // was not written by us (and "the next index" would overflow).
+        if purged == Some(u64::MAX) {
+            return Err(corrupt(format!(
+                "{}: purged index {} is past any log",
+                dir.join("meta").display(),
+                u64::MAX
+            )));
+        }
 
         let mut rec = Recovered {
             meta,
