@@ -9,8 +9,9 @@
 # cargo-fuzz with libFuzzer on stable Rust: `-s none` (no sanitizer) needs
 # no nightly; coverage still comes from the sancov instrumentation, and
 # Rust's own checks (bounds, unwrap, the targets' asserts) are what turns a
-# bad input into a crash. (Release build without debug assertions, so
-# integer overflow wraps as in the shipped binary.) New inputs go to a
+# bad input into a crash; cargo-fuzz builds optimised with debug
+# assertions and overflow checks on, so an overflow is a crash too. New
+# inputs go to a
 # scratch directory, never into the committed corpus; a crash leaves its
 # input under fuzz/artifacts/<target>/ and fails the script.
 set -euo pipefail
