@@ -64,6 +64,11 @@ impl<T> Default for Slots<T> {
 }
 
 impl<T> Slots<T> {
+    /// Watchers held.
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
     pub(crate) fn contains_key(&self, id: &i64) -> bool {
         self.by_id.contains_key(id)
     }

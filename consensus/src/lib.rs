@@ -45,6 +45,8 @@ pub mod cluster;
 pub mod config;
 pub mod encode;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod hub;
 pub mod keyindex;
 pub mod log_store;

@@ -73,9 +73,25 @@ const MAX_GROUP: usize = 4096;
 
 /// What the meta file holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Meta {
+pub(crate) struct Meta {
     vote: Option<Vote<NodeId>>,
     purged: Option<LogId>,
+}
+
+/// The purged index a meta file records, if it decodes.
+pub(crate) fn purged_index(b: &[u8]) -> Option<u64> {
+    bincode::deserialize::<Meta>(b)
+        .ok()?
+        .purged
+        .map(|p| p.index)
+}
+
+/// The meta file's content (vote, purged log id).
+///
+/// # Errors
+/// The bytes are not a meta record.
+pub(crate) fn decode_meta(b: &[u8]) -> crate::Result<Meta> {
+    bincode::deserialize(b).map_err(storage)
 }
 
 /// One log position in memory.
@@ -332,18 +348,12 @@ impl LogStore {
             std::fs::remove_file(&legacy)?;
             std::fs::File::open(dir)?.sync_all()?;
         }
-        let purged_of = |b: &[u8]| -> Option<u64> {
-            bincode::deserialize::<Meta>(b)
-                .ok()?
-                .purged
-                .map(|p| p.index)
-        };
-        let (wal, rec) = Wal::open(&wal_dir, purged_of)?;
+        let (wal, rec) = Wal::open(&wal_dir, purged_index)?;
         if rec.cut_tail {
             tracing::warn!(dir = %wal_dir.display(), "raft log: cut a torn tail (writes that were never acknowledged)");
         }
         let meta: Meta = match &rec.meta {
-            Some(b) => bincode::deserialize(b).map_err(storage)?,
+            Some(b) => decode_meta(b)?,
             None => Meta::default(),
         };
         let records = rec.records;

@@ -58,7 +58,7 @@ const SYNC_SPIN: Duration = Duration::from_micros(200);
 const SYNC_SPIN_MAX_REQUESTS: usize = 4;
 
 /// First bytes of a snapshot file; the trailing digit is the format version.
-const SNAP_MAGIC: &[u8; 14] = b"LOOKOUT-SNAP1\n";
+pub(crate) const SNAP_MAGIC: &[u8; 14] = b"LOOKOUT-SNAP1\n";
 
 /// What the store and the state machine share.
 pub(crate) struct Shared {
@@ -781,7 +781,7 @@ fn bad(what: &str) -> crate::Error {
 
 /// Replaces the store's content with the snapshot file's, in one durable
 /// transaction, then reloads the in-memory state.
-fn install(sh: &Shared, meta: &SnapshotMeta, mut file: std::fs::File) -> Result<()> {
+pub(crate) fn install(sh: &Shared, meta: &SnapshotMeta, mut file: std::fs::File) -> Result<()> {
     use std::io::Seek;
     file.seek(std::io::SeekFrom::Start(0))?;
     // Keep a copy as this member's current snapshot (it may have to send

@@ -269,30 +269,57 @@ impl ReloadingTls {
         self: &Arc<Self>,
         listener: TcpListener,
     ) -> impl Stream<Item = std::io::Result<TlsStream<TcpStream>>> + Send + 'static {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let tls = self.clone();
-        tokio::spawn(async move {
+        let accepted = futures::stream::unfold(listener, |listener| async move {
             loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    () = tx.closed() => return,
-                };
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
+                match listener.accept().await {
+                    Ok((tcp, peer)) => {
+                        let _ = tcp.set_nodelay(true);
+                        return Some(((tcp, peer), listener));
+                    }
                     Err(e) => {
                         // Out of file descriptors and the like: keep
                         // serving the connections we have, retry shortly.
-                        tracing::warn!(listener = tls.label, error = %e, "accept failed");
+                        tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
                     }
+                }
+            }
+        });
+        self.handshakes(accepted, HANDSHAKE_TIMEOUT)
+    }
+
+    /// Handshakes each connection `accepted` yields in its own task, each
+    /// bounded by `timeout`, and yields the established streams (in the
+    /// order they finish). A connection that fails or runs out of time is
+    /// logged and closed. Stops taking connections when the returned
+    /// stream is dropped.
+    pub fn handshakes<S, IO>(
+        self: &Arc<Self>,
+        accepted: S,
+        timeout: Duration,
+    ) -> impl Stream<Item = std::io::Result<TlsStream<IO>>> + Send + 'static
+    where
+        S: Stream<Item = (IO, std::net::SocketAddr)> + Send + 'static,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use futures::StreamExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let tls = self.clone();
+        tokio::spawn(async move {
+            let mut accepted = std::pin::pin!(accepted);
+            loop {
+                let (io, peer) = tokio::select! {
+                    a = accepted.next() => match a {
+                        Some(a) => a,
+                        None => return,
+                    },
+                    () = tx.closed() => return,
                 };
-                let _ = tcp.set_nodelay(true);
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
                 let tx = tx.clone();
                 let label = tls.label;
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(timeout, acceptor.accept(io)).await {
                         Ok(Ok(s)) => {
                             let _ = tx.send(Ok(s)).await;
                         }

@@ -179,7 +179,7 @@ fn corrupt(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
 
-fn seg_name(seq: u64, first_index: u64) -> String {
+pub(crate) fn seg_name(seq: u64, first_index: u64) -> String {
     format!("{seq:016x}-{first_index:016x}.wal")
 }
 
@@ -196,7 +196,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn record_crc(prev: u32, len: u32, index: u64, payload: &[u8]) -> u32 {
+pub(crate) fn record_crc(prev: u32, len: u32, index: u64, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new_with_initial(prev);
     h.update(&len.to_le_bytes());
     h.update(&index.to_le_bytes());
@@ -204,7 +204,7 @@ fn record_crc(prev: u32, len: u32, index: u64, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn header_bytes(first_index: u64, seed: u32) -> [u8; HEADER as usize] {
+pub(crate) fn header_bytes(first_index: u64, seed: u32) -> [u8; HEADER as usize] {
     let mut b = [0u8; HEADER as usize];
     b[..8].copy_from_slice(MAGIC);
     b[8..16].copy_from_slice(&first_index.to_le_bytes());
@@ -263,6 +263,15 @@ impl Wal {
             Err(e) => return Err(e),
         };
         let purged = meta.as_deref().and_then(&purged_of);
+        // No log reaches the last index, so a meta file naming it as purged
+        // was not written by us (and "the next index" would overflow).
+        if purged == Some(u64::MAX) {
+            return Err(corrupt(format!(
+                "{}: purged index {} is past any log",
+                dir.join("meta").display(),
+                u64::MAX
+            )));
+        }
 
         let mut rec = Recovered {
             meta,

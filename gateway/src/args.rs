@@ -58,9 +58,37 @@ pub struct GatewayArgs {
     /// Interval of progress notifications to idle `progress_notify` watchers.
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub progress_notify_interval: Duration,
-    /// Largest request accepted from a client, in bytes.
+    /// Largest gRPC message accepted from a client, in bytes (a cap on top
+    /// of --max-request-bytes).
     #[arg(long, default_value_t = i32::MAX as usize)]
     pub max_recv_bytes: usize,
+    /// Largest client request in bytes (etcd's flag): gRPC messages past
+    /// it plus 512 KiB are refused before any work, JSON bodies past twice
+    /// it get 413.
+    #[arg(long, default_value_t = lookout_consensus::config::DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// HTTP/2 streams one client connection may have open at a time
+    /// (etcd's flag; etcd's default is unlimited).
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
+    /// Watchers one watch stream may hold; past it a create is answered
+    /// created + canceled with a reason.
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_WATCHERS_PER_STREAM)]
+    pub max_watchers_per_stream: usize,
+    /// Open client connections (TLS handshakes included); past it new
+    /// connections are closed at once.
+    #[arg(long, default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Longest a client's TLS handshake may take.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+    /// Longest from connect (or the TLS handshake) to a complete first
+    /// HTTP/1.1 request head or the HTTP/2 preface (slowloris).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub request_header_timeout: Duration,
+    /// Largest HTTP/1.1 request head and HTTP/2 header list, in bytes.
+    #[arg(long, default_value_t = crate::listener::DEFAULT_MAX_HEADER_BYTES)]
+    pub max_header_bytes: usize,
     /// How long SIGTERM waits for connections to close.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -279,6 +307,15 @@ impl GatewayArgs {
         c.read_timeout = self.read_timeout;
         c.write_wait_timeout = self.write_wait_timeout;
         c.max_recv_bytes = self.max_recv_bytes;
+        c.max_request_bytes = self.max_request_bytes;
+        c.max_concurrent_streams = self.max_concurrent_streams.max(1);
+        c.max_watchers_per_stream = self.max_watchers_per_stream.max(1);
+        c.listener = crate::listener::ListenerLimits {
+            max_connections: self.max_connections.max(1),
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            request_header_timeout: self.request_header_timeout,
+            max_header_bytes: self.max_header_bytes.max(1024),
+        };
         c.shutdown_timeout = self.shutdown_timeout;
         c.resolver_prefix = self.resolver_prefix.clone().filter(|p| !p.is_empty());
         c.resolver_ttl = Duration::from_secs(self.resolver_ttl.max(1));

@@ -37,8 +37,22 @@ pub struct GatewayConfig {
     /// Longest SIGTERM/Ctrl-C waits for connections to finish.
     pub shutdown_timeout: Duration,
     /// Largest request message accepted from a client (etcd grpc-proxy's
-    /// `--max-recv-bytes`); the store applies its own smaller limits.
+    /// `--max-recv-bytes`): a cap on top of `max_request_bytes`.
     pub max_recv_bytes: usize,
+    /// etcd's `--max-request-bytes`: gRPC messages are decoded up to this
+    /// plus etcd's 512 KiB of framing room (past it: refused before any
+    /// work), so a request the store would refuse gets the store's own
+    /// error; JSON bodies up to twice this (base64).
+    pub max_request_bytes: usize,
+    /// etcd's `--max-concurrent-streams`: HTTP/2 streams one connection may
+    /// have open (clients wait for a free one; extra ones are refused).
+    pub max_concurrent_streams: u32,
+    /// Watchers one watch stream may hold (gRPC and HTTP); a create past
+    /// it is answered created + canceled with a reason, and the stream
+    /// stays usable.
+    pub max_watchers_per_stream: usize,
+    /// Connections, TLS handshake and first-request deadlines, header bytes.
+    pub listener: crate::listener::ListenerLimits,
     /// Register this gateway under `<prefix>/<advertise url>` with a lease
     /// and list every registered gateway in MemberList (etcd grpc-proxy's
     /// `--resolver-prefix`; off by default so a gateway never writes into
@@ -71,7 +85,21 @@ pub struct GatewayConfig {
     pub extra_metrics: Option<crate::telemetry::ExtraMetrics>,
 }
 
+/// Default `--max-concurrent-streams`. etcd's is unlimited (2^32 - 1);
+/// a bound keeps one connection from holding unbounded memory, and etcd
+/// clients queue streams past it rather than fail.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 10_000;
+/// Default `--max-watchers-per-stream` (~250 B each: 25 MB per stream).
+pub const DEFAULT_MAX_WATCHERS_PER_STREAM: usize = 100_000;
+
 impl GatewayConfig {
+    /// The largest gRPC message decoded from a client.
+    pub(crate) fn max_decoding_bytes(&self) -> usize {
+        self.max_request_bytes
+            .saturating_add(lookout_consensus::config::GRPC_OVERHEAD_BYTES)
+            .min(self.max_recv_bytes)
+    }
+
     pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
         Self {
             upstream: EtcdUpstreamConfig::new(endpoints),
@@ -84,6 +112,10 @@ impl GatewayConfig {
             write_wait_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             max_recv_bytes: i32::MAX as usize,
+            max_request_bytes: lookout_consensus::config::DEFAULT_MAX_REQUEST_BYTES,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_watchers_per_stream: DEFAULT_MAX_WATCHERS_PER_STREAM,
+            listener: Default::default(),
             resolver_prefix: None,
             resolver_ttl: Duration::from_secs(60),
             lists: GateConfig {

@@ -50,6 +50,10 @@ pub struct GatewayMetrics {
     pub watch_rpcs: AtomicI64,
     /// The HTTP/JSON API's numbers (open HTTP watch streams and more).
     pub http: std::sync::Arc<crate::http::HttpMetrics>,
+    /// The client listener's connections (open, refused, too slow).
+    pub listener: std::sync::Arc<crate::listener::ListenerMetrics>,
+    /// Counter: watch creates refused by --max-watchers-per-stream.
+    pub watchers_refused: AtomicU64,
 }
 
 /// One metric family in Prometheus text format.
@@ -377,6 +381,34 @@ pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: b
         counter,
         "HTTP/JSON API requests answered.",
         &[("", u(&g.http.requests))],
+    );
+    family(
+        &mut o,
+        "lookout_connections_open",
+        gauge,
+        "Client connections open (TLS handshakes included), bounded by --max-connections.",
+        &[("", i(&g.listener.open))],
+    );
+    family(
+        &mut o,
+        "lookout_connections_refused_total",
+        counter,
+        "Client connections closed at accept because --max-connections were open.",
+        &[("", u(&g.listener.refused))],
+    );
+    family(
+        &mut o,
+        "lookout_connections_slow_total",
+        counter,
+        "Client connections closed because their first request head was late (--request-header-timeout) or too large (--max-header-bytes).",
+        &[("", u(&g.listener.slow_requests))],
+    );
+    family(
+        &mut o,
+        "lookout_watchers_refused_total",
+        counter,
+        "Watch creates refused because their stream held --max-watchers-per-stream watchers.",
+        &[("", u(&g.watchers_refused))],
     );
     o
 }

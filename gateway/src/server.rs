@@ -287,7 +287,7 @@ impl Gateway {
             tls,
             auth_refresher: _auth_refresher,
         } = self;
-        let max_recv = shared.config.max_recv_bytes;
+        let max_recv = shared.config.max_decoding_bytes();
         let mut routes = tonic::service::Routes::builder();
         let kv = crate::kv::KvService::new(shared.clone());
         routes.add_service(KvServer::new(kv).max_decoding_message_size(max_recv));
@@ -318,8 +318,7 @@ impl Gateway {
         let http_api = crate::http::router(
             api,
             crate::http::HttpConfig {
-                max_request_bytes: max_recv
-                    .min(crate::http::HttpConfig::default().max_request_bytes),
+                max_request_bytes: shared.config.max_request_bytes,
                 access: shared.config.http_access.clone(),
                 ..Default::default()
             },
@@ -338,26 +337,39 @@ impl Gateway {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let limits = shared.config.listener;
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
-            // etcd allows unbounded streams per connection; clients
-            // multiplex many watches over one connection.
-            .max_concurrent_streams(Some(u32::MAX))
+            .max_concurrent_streams(Some(shared.config.max_concurrent_streams))
+            .http2_max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .add_routes(tonic::service::Routes::from(router));
+        // Every connection holds a --max-connections permit from accept
+        // (before TLS) until it closes, and must send its first request
+        // head in time (`listener.rs`).
+        let lm = shared.metrics.listener.clone();
+        let gate = crate::listener::ConnGate::new(limits.max_connections, lm.clone());
+        let admitted = crate::listener::admitted(listener, gate);
         let mut grpc = match &tls {
-            // The TLS acceptor does its own accepting (and nodelay).
-            Some(t) => tokio::spawn(
-                server.serve_with_incoming_shutdown(t.incoming(listener), stopped(stop_rx.clone())),
-            ),
+            Some(t) => {
+                let incoming = t
+                    .handshakes(admitted, limits.tls_handshake_timeout)
+                    .map(move |r| {
+                        r.map(|s| crate::listener::FirstRequest::new(s, &limits, lm.clone()))
+                    });
+                tokio::spawn(
+                    server.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+                )
+            }
             None => {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-                    if let Ok(s) = &s {
-                        let _ = s.set_nodelay(true);
-                    }
-                    s
+                let incoming = admitted.map(move |(s, _)| {
+                    Ok::<_, std::io::Error>(crate::listener::FirstRequest::new(
+                        s,
+                        &limits,
+                        lm.clone(),
+                    ))
                 });
                 tokio::spawn(
                     server.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),

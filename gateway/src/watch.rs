@@ -240,6 +240,17 @@ pub(crate) async fn read_requests<S>(
 /// behind our back, then create. False when the stream is gone.
 async fn create(shared: &Shared, handle: &WatchHandle, c: WatchCreateRequest) -> bool {
     let cache = &shared.cache;
+    // One client's stream must not hold unbounded memory: past the limit
+    // the create gets etcd's created + canceled answer with a reason, and
+    // the stream's other watchers carry on.
+    let max = shared.config.max_watchers_per_stream;
+    if handle.watcher_count() >= max {
+        shared.metrics.watchers_refused.fetch_add(1, Relaxed);
+        handle.refuse(format!(
+            "etcdserver: too many watchers on this stream (--max-watchers-per-stream={max})"
+        ));
+        return true;
+    }
     let start = c.start_revision;
     // A client resuming here from another gateway asks for the revision
     // after the last one it saw; if this gateway has not reached it yet,

@@ -236,6 +236,11 @@ impl WatchHandle {
         self.refuse(e.to_string());
     }
 
+    /// Watchers this stream holds now (a limit per stream reads it).
+    pub fn watcher_count(&self) -> usize {
+        self.shared.state.lock().watchers.len()
+    }
+
     /// Answers a create the caller will not pass to the cache (refused by
     /// the gateway: out of scope, over capacity) as etcd answers a create it
     /// cannot serve: created + canceled, watch id -1, with `reason`. The

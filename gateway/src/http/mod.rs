@@ -26,13 +26,13 @@
 //! when the backend shares encodings (the gateway's `CachedEvent`s).
 
 mod access;
-mod body;
+pub(crate) mod body;
 mod error;
 mod login;
 pub(crate) mod ops;
 mod serve;
 pub(crate) mod text;
-mod v1;
+pub(crate) mod v1;
 mod v3;
 mod version;
 mod watch;

@@ -11,6 +11,7 @@ mod deploy_files;
 mod drain;
 mod etcd_metrics;
 mod etcdctl_session;
+mod floods;
 mod harness;
 mod http_access;
 mod http_client;

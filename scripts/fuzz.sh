@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs every fuzz target in fuzz/ for a bounded time: CI gives each a few
+# seconds (a smoke run: the targets build, the committed corpus replays
+# under the fuzzer, and a little new ground is covered); long campaigns
+# pass more seconds (see loadtest/results/fuzz/README.md).
+#
+#   bash scripts/fuzz.sh [seconds per target] [target...]
+#
+# cargo-fuzz with libFuzzer on stable Rust: `-s none` (no sanitizer) needs
+# no nightly; coverage still comes from the sancov instrumentation, and
+# Rust's own checks (bounds, unwrap, the targets' asserts) are what turns a
+# bad input into a crash; cargo-fuzz builds optimised with debug
+# assertions and overflow checks on, so an overflow is a crash too. New
+# inputs go to a
+# scratch directory, never into the committed corpus; a crash leaves its
+# input under fuzz/artifacts/<target>/ and fails the script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-10}"
+shift || true
+if ! cargo fuzz --version 2>/dev/null | grep -q '0\.13\.'; then
+    echo "installing cargo-fuzz 0.13.2" >&2
+    cargo install cargo-fuzz --version 0.13.2 --locked
+fi
+cd fuzz
+targets=("$@")
+if [ "${#targets[@]}" -eq 0 ]; then
+    mapfile -t targets < <(cargo fuzz list)
+fi
+cargo fuzz build -s none
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+for t in "${targets[@]}"; do
+    mkdir -p "$scratch/$t"
+    echo "== fuzz $t for ${secs}s" >&2
+    rc=0
+    cargo fuzz run -s none "$t" "$scratch/$t" "corpus/$t" -- \
+        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        >"$scratch/$t.log" 2>&1 || rc=$?
+    grep -E '^(Done [0-9]+ runs|stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY)' "$scratch/$t.log" >&2 || true
+    if [ "$rc" -ne 0 ]; then
+        tail -n 60 "$scratch/$t.log" >&2
+        echo "fuzz target $t failed; its input is in fuzz/artifacts/$t/" >&2
+        exit 1
+    fi
+done
