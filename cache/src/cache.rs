@@ -709,7 +709,11 @@ impl Cache {
                 out.insert(k, Arc::new(kv));
             }
         }
-        crate::range::evaluate_over(req, None, || out.values().map(|v| &**v))
+        Ok(crate::range::evaluate_over(
+            req,
+            None,
+            out.values().map(|v| &**v),
+        ))
     }
 
     /// The declared secondary indexes (`--index`).

@@ -3,7 +3,10 @@
 //! It owns the upstream client ([`Upstream`], [`EtcdUpstream`]), the
 //! list-then-watch loop, the current data as an immutable [`Snapshot`]
 //! swapped atomically, the event history ring, and the fan-out of events to
-//! watchers grouped by key range.
+//! watchers grouped by key range. How a Range's options apply (limits,
+//! filters, Go's sort order for ties) and what a key range means are
+//! `lookout-semantics`', shared with the store, so a Range gets the same
+//! answer from the cache as from the store it forwards to.
 //!
 //! ```text
 //!  upstream (lookout store | etcd) ── list @R, watch hull from R+1 ──┐
@@ -92,7 +95,6 @@ mod error;
 mod etcd;
 mod event;
 mod frame;
-mod gosort;
 mod history;
 mod index;
 mod keys;

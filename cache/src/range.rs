@@ -1,27 +1,28 @@
-//! `Range` evaluated against a [`Snapshot`], option for option as etcd 3.4
-//! does it (`etcdserver/apply.go` and `mvcc/kvstore_txn.go`):
-//!
-//! - `count` is the number of keys in the range before the min/max revision
-//!   filters prune anything, and regardless of `limit`;
-//! - `limit` applies after filtering and sorting; `more` says it cut;
-//! - a non-`KEY` sort target with `sort_order = NONE` sorts ascending;
-//! - `keys_only` clears values, `count_only` returns no kvs.
-//!
-//! Sorting uses Go's own `sort.Sort` algorithm ([`crate::gosort`]), so ties
-//! under a non-key sort target come out in etcd's order, not just a sorted one.
+//! `Range` evaluated against a [`Snapshot`]: the snapshot decides which
+//! pairs the range holds (the cache holds one revision), and
+//! [`lookout_semantics::evaluate`] applies every option exactly as the store
+//! does and etcd 3.4 does (count before filters, limit after sorting, ties
+//! in Go's `sort.Sort` order). Pairs are borrowed from the snapshot; the
+//! only copy is the response's.
 
-use std::ops::Bound;
+use std::convert::Infallible;
 
-use bytes::Bytes;
 use lookout_proto::mvccpb::KeyValue;
-use lookout_proto::pb::{
-    RangeRequest, RangeResponse, ResponseHeader,
-    range_request::{SortOrder, SortTarget},
-};
+use lookout_proto::pb::{RangeRequest, RangeResponse, ResponseHeader};
+use lookout_semantics::SemanticsError;
 
 use crate::error::CacheError;
 use crate::keys::KeyRange;
 use crate::snapshot::Snapshot;
+
+impl From<SemanticsError> for CacheError {
+    fn from(e: SemanticsError) -> Self {
+        match e {
+            SemanticsError::EmptyKey => CacheError::EmptyKey,
+            SemanticsError::InvalidSortOption => CacheError::InvalidSortOption,
+        }
+    }
+}
 
 /// Checks a request the way etcd's gRPC layer does before it reaches the
 /// store.
@@ -30,16 +31,7 @@ use crate::snapshot::Snapshot;
 /// [`CacheError::EmptyKey`] for an empty key, [`CacheError::InvalidSortOption`]
 /// for an unknown sort target.
 pub fn validate_range(req: &RangeRequest) -> Result<(), CacheError> {
-    if req.key.is_empty() {
-        return Err(CacheError::EmptyKey);
-    }
-    // etcd 3.4 accepts an unknown sort order (and then sorts nothing); an
-    // unknown sort target makes it dereference a nil sorter and crash, so
-    // refuse it with the error etcd 3.5 gives.
-    if SortTarget::try_from(req.sort_target).is_err() {
-        return Err(CacheError::InvalidSortOption);
-    }
-    Ok(())
+    Ok(lookout_semantics::validate_range(req)?)
 }
 
 /// Evaluates `req` against `snap`. The response header carries only
@@ -71,13 +63,6 @@ pub fn evaluate_range(snap: &Snapshot, req: &RangeRequest) -> Result<RangeRespon
             ..Default::default()
         });
     }
-    let bounds = (
-        Bound::Included(range.start().as_ref()),
-        match range.end() {
-            Some(e) => Bound::Excluded(e.as_ref()),
-            None => Bound::Unbounded,
-        },
-    );
     // With a filter the entries come from the index's map for the value:
     // the same ordered map shape, holding only the matches.
     let empty = imbl::OrdMap::new();
@@ -85,119 +70,38 @@ pub fn evaluate_range(snap: &Snapshot, req: &RangeRequest) -> Result<RangeRespon
         None => snap.data(),
         Some(f) => snap.index_entries(f.index(), f.value()).unwrap_or(&empty),
     };
-    evaluate_over(req, header, || {
-        source.range::<_, [u8]>(bounds).map(|(_, v)| &**v)
-    })
+    Ok(evaluate_over(
+        req,
+        header,
+        source.range::<_, [u8]>(range.bounds()).map(|(_, v)| &**v),
+    ))
 }
 
-/// Evaluates `req`'s options over the entries `iter` yields (key order).
-pub(crate) fn evaluate_over<'a, I>(
+/// Evaluates `req`'s options over `entries`, the pairs in the range at one
+/// revision, in key order.
+pub(crate) fn evaluate_over<'a>(
     req: &RangeRequest,
     header: Option<ResponseHeader>,
-    iter: impl Fn() -> I,
-) -> Result<RangeResponse, CacheError>
-where
-    I: Iterator<Item = &'a KeyValue>,
-{
-    if req.count_only {
-        return Ok(RangeResponse {
-            header,
-            kvs: Vec::new(),
-            more: false,
-            count: iter().count() as i64,
-        });
-    }
-
-    // An unknown order still fetches everything before the limit (etcd
-    // tests `sort_order != NONE`) but sorts nothing: keys stay in key order.
-    let unknown_order = SortOrder::try_from(req.sort_order).is_err();
-    let order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
-    let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
-    let filtered = req.min_mod_revision != 0
-        || req.max_mod_revision != 0
-        || req.min_create_revision != 0
-        || req.max_create_revision != 0;
-    let fetch_all = order != SortOrder::None || unknown_order || filtered;
-
-    let (mut kvs, count): (Vec<&KeyValue>, usize) = if req.limit > 0 && !fetch_all {
-        // Key order is the map's order: take one more than the limit to know
-        // whether there are more, and count the rest without collecting.
-        let mut it = iter();
-        let kvs: Vec<&KeyValue> = it.by_ref().take(req.limit as usize + 1).collect();
-        let count = kvs.len() + it.count();
-        (kvs, count)
-    } else {
-        let kvs: Vec<&KeyValue> = iter().collect();
-        let n = kvs.len();
-        (kvs, n)
+    entries: impl Iterator<Item = &'a KeyValue>,
+) -> RangeResponse {
+    let sel = match lookout_semantics::evaluate(req, entries, Ok::<_, Infallible>) {
+        Ok(sel) => sel,
+        Err(never) => match never {},
     };
-
-    if filtered {
-        kvs.retain(|kv| {
-            !(req.max_mod_revision != 0 && kv.mod_revision > req.max_mod_revision
-                || req.min_mod_revision != 0 && kv.mod_revision < req.min_mod_revision
-                || req.max_create_revision != 0 && kv.create_revision > req.max_create_revision
-                || req.min_create_revision != 0 && kv.create_revision < req.min_create_revision)
-        });
-    }
-
-    let order = if target != SortTarget::Key && order == SortOrder::None && !unknown_order {
-        SortOrder::Ascend
-    } else {
-        order
-    };
-    if order != SortOrder::None {
-        sort_kvs(&mut kvs, target, order == SortOrder::Descend);
-    }
-
-    let mut more = false;
-    if req.limit > 0 && kvs.len() > req.limit as usize {
-        kvs.truncate(req.limit as usize);
-        more = true;
-    }
-    let kvs = kvs
-        .into_iter()
-        .map(|kv| {
-            let mut kv = kv.clone();
-            if req.keys_only {
-                kv.value = Bytes::new();
-            }
-            kv
-        })
-        .collect();
-    Ok(RangeResponse {
+    RangeResponse {
         header,
-        kvs,
-        more,
-        count: count as i64,
-    })
-}
-
-fn sort_kvs(kvs: &mut [&KeyValue], target: SortTarget, descend: bool) {
-    use std::cmp::Ordering;
-    let cmp = |a: &&KeyValue, b: &&KeyValue| -> Ordering {
-        match target {
-            SortTarget::Key => a.key.cmp(&b.key),
-            SortTarget::Version => a.version.cmp(&b.version),
-            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-            SortTarget::Value => a.value.cmp(&b.value),
-        }
-    };
-    // etcd sorts with Go's unstable sort.Sort (descending through
-    // sort.Reverse, i.e. Less(i, j) = Less(j, i)); equal elements land
-    // where that algorithm puts them, so use the same algorithm.
-    if descend {
-        crate::gosort::sort(kvs, |a, b| cmp(b, a) == Ordering::Less);
-    } else {
-        crate::gosort::sort(kvs, |a, b| cmp(a, b) == Ordering::Less);
+        count: sel.count,
+        more: sel.more,
+        kvs: sel.into_kvs(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use imbl::OrdMap;
+    use lookout_proto::pb::range_request::{SortOrder, SortTarget};
 
     fn snap() -> Snapshot {
         let mut m = OrdMap::new();

@@ -128,10 +128,10 @@ fn cancel_compacted(
     watch_id: i64,
     compact_revision: i64,
 ) {
-    let fanout = cache.fanout_rev.load(std::sync::atomic::Ordering::Acquire);
+    // No revision in the header: etcd's compact cancel carries none.
     let frame = WatchFrame::new(
         &FrameHead {
-            header: cache.header(fanout),
+            header: cache.header(0),
             watch_id,
             canceled: true,
             compact_revision: compact_revision.max(1),

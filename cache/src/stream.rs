@@ -278,7 +278,7 @@ impl WatchHandle {
         }
         let range = KeyRange::from_request(&req.key, &req.range_end);
         if range.is_empty() {
-            self.queue_create_failure();
+            self.queue_create_failure(CacheError::EmptyWatchRange);
             return Err(CacheError::EmptyWatchRange);
         }
         if !cache.covers(&range) {
@@ -325,7 +325,7 @@ impl WatchHandle {
         } else if st.watchers.contains_key(&req.watch_id) {
             drop(st);
             drop(reg);
-            self.queue_create_failure();
+            self.queue_create_failure(CacheError::DuplicateWatchId);
             return Err(CacheError::DuplicateWatchId);
         } else {
             req.watch_id
@@ -439,8 +439,10 @@ impl WatchHandle {
         close(&self.cache, &self.shared);
     }
 
-    fn queue_create_failure(&self) {
-        self.refuse(String::new());
+    /// etcd's answer to a create its watch stream refuses: created +
+    /// canceled, watch id -1, the mvcc error's text as `cancel_reason`.
+    fn queue_create_failure(&self, e: CacheError) {
+        self.refuse(e.to_string());
     }
 
     /// Answers a create the caller will not pass to the cache (refused by
@@ -805,7 +807,12 @@ impl WatchFrames {
                 } => {
                     st.queued_bytes -= bytes;
                     if let Some(w) = st.watchers.get_mut(&watch_id) {
+                        // History read from the upstream: etcd's header,
+                        // as for the ring's (see `CatchUp::run`).
+                        let last = events.last().map_or(0, |e| e.revision());
+                        pass.header_rev = fanout.max(last);
                         emit(&mut pass, sink, watch_id, w, &events);
+                        pass.header_rev = 0;
                     }
                 }
                 Pending::Control { frame, announces } => {
@@ -835,7 +842,6 @@ impl WatchFrames {
                             st,
                             id,
                             compact_revision,
-                            fanout,
                             &pass,
                             sink,
                             &mut self.leaves,
@@ -940,7 +946,6 @@ fn compact_cancel<S: Sink>(
     st: &mut StreamState,
     id: i64,
     compact_revision: i64,
-    fanout: i64,
     pass: &Pass,
     sink: &mut S,
     leaves: &mut Vec<GroupId>,
@@ -958,8 +963,11 @@ fn compact_cancel<S: Sink>(
             st.groups.remove(&w.group);
         }
     }
+    // etcd's compact cancel carries no revision in its header
+    // (`chooseAll` sends only the compact revision), and clients read
+    // `compact_revision`.
     let mut header = pass.header;
-    header.revision = fanout;
+    header.revision = 0;
     sink.frame(WatchFrame::new(
         &FrameHead {
             header,
@@ -977,6 +985,10 @@ fn compact_cancel<S: Sink>(
 }
 
 /// One catch-up pass over the Catchup watchers, round robin.
+/// Revisions with events for the watcher per history response: etcd's
+/// `watchBatchMaxRevs`.
+const WATCH_BATCH_REVS: usize = 1000;
+
 struct CatchUp<'a> {
     hist: &'a History,
     /// Ring events scanned at most (bounds the time the locks are held).
@@ -1040,12 +1052,16 @@ impl CatchUp<'_> {
             let mut i = match hist.cursor(w.next_rev) {
                 Cursor::At(i) => i,
                 Cursor::FellOff(compact) => {
-                    compact_cancel(st, id, compact, self.fanout, pass, sink, leaves, metrics);
+                    compact_cancel(st, id, compact, pass, sink, leaves, metrics);
                     continue;
                 }
             };
             self.scratch.clear();
             let mut last_rev = None;
+            // etcd answers history in responses holding the events of at
+            // most WATCH_BATCH_REVS revisions that touch the watcher's range
+            // (`watchBatchMaxRevs`); the next such revision starts the next.
+            let (mut batch_revs, mut last_in_range) = (0, None);
             let finished = loop {
                 let Some(ev) = hist.get(i) else {
                     break true;
@@ -1057,6 +1073,14 @@ impl CatchUp<'_> {
                     w.next_rev = ev.revision();
                     break false;
                 }
+                if w.spec.range.contains(ev.key()) && last_in_range != Some(ev.revision()) {
+                    if batch_revs == WATCH_BATCH_REVS {
+                        w.next_rev = ev.revision();
+                        break false;
+                    }
+                    batch_revs += 1;
+                    last_in_range = Some(ev.revision());
+                }
                 if let Some(out) = w.spec.resolve(ev) {
                     out_bytes += out.encoded_len(w.spec.prev_kv);
                     self.scratch.push(out.clone());
@@ -1065,7 +1089,12 @@ impl CatchUp<'_> {
                 self.budget = self.budget.saturating_sub(1);
                 i += 1;
             };
+            // etcd's header on history is the store's revision when it read
+            // it (`syncWatchers`), not the revision of the batch's last event.
+            let last = self.scratch.last().map_or(0, |e| e.revision());
+            pass.header_rev = self.fanout.max(last);
             emit(pass, sink, id, w, self.scratch);
+            pass.header_rev = 0;
             if finished {
                 // Every event in the ring is handled; the applier has pushed, or
                 // will push after this lock is released, everything above it.
@@ -1220,7 +1249,8 @@ struct Pass {
     bytes: usize,
     events: u64,
     /// Header revision of event responses; 0: the last event's revision
-    /// (initial-state pages say R instead, their events being older).
+    /// (initial-state pages say R instead, their events being older, and
+    /// history replays the fan-out revision, as etcd's).
     header_rev: i64,
 }
 

@@ -13,7 +13,7 @@ use lookout_proto::pb::{
     AlarmMember, AlarmResponse, CompactionResponse, Compare, DeleteRangeRequest,
     DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
-    compare, request_op, response_op,
+    request_op, response_op,
 };
 use prost::Message;
 use redb::{Table, WriteTransaction};
@@ -164,6 +164,11 @@ struct Ctx<'a, 'txn> {
     main: i64,
     sub: i64,
     events: Vec<Event>,
+}
+
+/// The ops a txn runs when its compares came out `succeeded`.
+fn branch(t: &TxnRequest, succeeded: bool) -> &[RequestOp] {
+    if succeeded { &t.success } else { &t.failure }
 }
 
 fn header(rev: i64) -> Option<ResponseHeader> {
@@ -342,85 +347,81 @@ impl Ctx<'_, '_> {
         })
     }
 
+    /// etcd's `applyCompare` over the live pairs of the compare's range.
     fn compare(&self, c: &Compare) -> bool {
-        use compare::{CompareResult, CompareTarget, TargetUnion};
-        let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
-        let result = CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal);
-        let kvs: Vec<&KeyValue> = self
+        let live = self
             .state
             .index_range(&c.key, &c.range_end)
-            .filter_map(|(_, ki)| ki.live.as_ref().map(|l| &l.kv))
-            .collect();
-        let zero = KeyValue::default();
-        let kvs = if kvs.is_empty() {
-            // No value to compare a missing key with: always false.
-            if target == CompareTarget::Value {
-                return false;
-            }
-            vec![&zero]
-        } else {
-            kvs
-        };
-        kvs.into_iter().all(|kv| {
-            let ord = match target {
-                CompareTarget::Value => {
-                    let want: &[u8] = match &c.target_union {
-                        Some(TargetUnion::Value(v)) => v,
-                        _ => &[],
-                    };
-                    kv.value.as_ref().cmp(want)
-                }
-                _ => {
-                    let (have, want) = match (target, &c.target_union) {
-                        (CompareTarget::Version, Some(TargetUnion::Version(v))) => (kv.version, *v),
-                        (CompareTarget::Version, _) => (kv.version, 0),
-                        (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => {
-                            (kv.create_revision, *v)
-                        }
-                        (CompareTarget::Create, _) => (kv.create_revision, 0),
-                        (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => {
-                            (kv.mod_revision, *v)
-                        }
-                        (CompareTarget::Mod, _) => (kv.mod_revision, 0),
-                        (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => (kv.lease, *v),
-                        (_, _) => (kv.lease, 0),
-                    };
-                    have.cmp(&want)
-                }
-            };
-            match result {
-                CompareResult::Equal => ord.is_eq(),
-                CompareResult::NotEqual => ord.is_ne(),
-                CompareResult::Greater => ord.is_gt(),
-                CompareResult::Less => ord.is_lt(),
-            }
-        })
+            .filter_map(|(_, ki)| ki.live.as_ref().map(|l| &l.kv));
+        lookout_semantics::compare(c, live)
     }
 
-    /// etcd checks the chosen branch before it writes anything, so a txn
-    /// either applies whole or answers an error with no revision used.
-    fn check_ops(&self, ops: &[RequestOp]) -> Result<()> {
-        for op in ops {
+    /// etcd's `compareToPath`: the outcome of the txn's compares, then of
+    /// every nested txn's along the chosen branches, depth first. All of
+    /// them read the state before the txn writes anything, so a nested
+    /// txn's compares never see the outer branch's earlier writes.
+    fn txn_path(&self, t: &TxnRequest, path: &mut Vec<bool>) {
+        let succeeded = t.compare.iter().all(|c| self.compare(c));
+        path.push(succeeded);
+        for op in branch(t, succeeded) {
+            if let Some(request_op::Request::RequestTxn(n)) = &op.request {
+                self.txn_path(n, path);
+            }
+        }
+    }
+
+    /// etcd's `checkRequests` along `path` (from `*pos`): every op that
+    /// will run is checked before anything is written, so a txn either
+    /// applies whole or answers an error with no revision used. etcd makes
+    /// two passes, puts first, then range revisions; so does this.
+    fn check_path(&self, t: &TxnRequest, path: &[bool], pos: &mut usize, puts: bool) -> Result<()> {
+        let succeeded = path[*pos];
+        *pos += 1;
+        for op in branch(t, succeeded) {
             match &op.request {
-                Some(request_op::Request::RequestPut(p)) => self.check_put(p)?,
-                Some(request_op::Request::RequestRange(r)) => {
-                    self.state.read_rev(r.revision)?;
-                }
-                Some(request_op::Request::RequestTxn(t)) => {
-                    self.check_ops(&t.success)?;
-                    self.check_ops(&t.failure)?;
-                }
+                Some(request_op::Request::RequestTxn(n)) => self.check_path(n, path, pos, puts)?,
+                Some(request_op::Request::RequestPut(p)) if puts => self.check_txn_put(p)?,
+                Some(request_op::Request::RequestRange(r)) if !puts => self.check_txn_range(r)?,
                 _ => {}
             }
         }
         Ok(())
     }
 
+    /// etcd's `checkRequestPut`: unlike a plain put (lease first), a put in
+    /// a txn is checked for its previous pair first, then for its lease.
+    fn check_txn_put(&self, p: &PutRequest) -> Result<()> {
+        if (p.ignore_value || p.ignore_lease) && self.live(&p.key).is_none() {
+            return Err(Error::KeyNotFound);
+        }
+        if p.lease != 0 && !self.state.leases.contains_key(&p.lease) {
+            return Err(Error::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    /// etcd's `checkRequestRange`. A negative revision passes while nothing
+    /// was ever compacted (etcd compares it with a first revision of -1)
+    /// and reads the current revision; after a compaction it is compacted.
+    fn check_txn_range(&self, r: &RangeRequest) -> Result<()> {
+        if r.revision == 0 {
+            return Ok(());
+        }
+        if r.revision > self.state.rev {
+            return Err(Error::FutureRev);
+        }
+        if r.revision < self.state.compact_rev {
+            return Err(Error::Compacted);
+        }
+        Ok(())
+    }
+
     fn txn(&mut self, t: &TxnRequest) -> Result<TxnResponse> {
-        let succeeded = t.compare.iter().all(|c| self.compare(c));
-        let ops = if succeeded { &t.success } else { &t.failure };
-        self.check_ops(ops)?;
-        let responses = self.run_ops(ops)?;
+        let mut path = Vec::new();
+        self.txn_path(t, &mut path);
+        self.check_path(t, &path, &mut 0, true)?;
+        self.check_path(t, &path, &mut 0, false)?;
+        let (succeeded, responses) = self.run_txn(t, &path, &mut 0)?;
         Ok(TxnResponse {
             header: header(self.read_revision()),
             succeeded,
@@ -428,7 +429,16 @@ impl Ctx<'_, '_> {
         })
     }
 
-    fn run_ops(&mut self, ops: &[RequestOp]) -> Result<Vec<ResponseOp>> {
+    /// Runs the branch `path[*pos]` chose, and the nested txns in it.
+    fn run_txn(
+        &mut self,
+        t: &TxnRequest,
+        path: &[bool],
+        pos: &mut usize,
+    ) -> Result<(bool, Vec<ResponseOp>)> {
+        let succeeded = path[*pos];
+        *pos += 1;
+        let ops = branch(t, succeeded);
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             let resp = match &op.request {
@@ -448,15 +458,12 @@ impl Ctx<'_, '_> {
                 Some(request_op::Request::RequestDeleteRange(d)) => {
                     response_op::Response::ResponseDeleteRange(self.delete(d)?)
                 }
-                Some(request_op::Request::RequestTxn(t)) => {
-                    let succeeded = t.compare.iter().all(|c| self.compare(c));
-                    let branch = if succeeded { &t.success } else { &t.failure };
-                    let responses = self.run_ops(branch)?;
-                    // etcd 3.4 gives a nested txn's response an empty header
-                    // (present, no revision; its puts, deletes and ranges
-                    // keep theirs); clients see it (`"header":{}`).
+                Some(request_op::Request::RequestTxn(n)) => {
+                    let (succeeded, responses) = self.run_txn(n, path, pos)?;
                     response_op::Response::ResponseTxn(TxnResponse {
-                        header: Some(Default::default()),
+                        // etcd fills only the outermost txn's header; a
+                        // nested one stays empty (no revision).
+                        header: Some(ResponseHeader::default()),
                         succeeded,
                         responses,
                     })
@@ -467,7 +474,7 @@ impl Ctx<'_, '_> {
                 response: Some(resp),
             });
         }
-        Ok(out)
+        Ok((succeeded, out))
     }
 
     fn compact(&mut self, at: i64) -> Result<CompactionResponse> {

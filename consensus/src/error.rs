@@ -114,6 +114,11 @@ pub enum Error {
     /// denied" from Maintenance's admin calls, for one).
     #[error("{0}")]
     Unmapped(String),
+    /// An unknown sort target (etcd 3.5's answer; 3.4 crashes on it).
+    /// Last, so replies between members of different versions keep their
+    /// variant numbers (bincode numbers variants by position).
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
 }
 
 /// gRPC status codes as numbers, so this crate's core does not depend on
@@ -138,6 +143,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::EmptyKey
+            | Error::InvalidSortOption
             | Error::KeyNotFound
             | Error::ValueProvided
             | Error::LeaseProvided
@@ -179,6 +185,15 @@ impl Error {
             Error::PermissionDenied => Code::PermissionDenied,
             Error::InvalidAuthToken => Code::Unauthenticated,
             Error::Unmapped(_) => Code::Unknown,
+        }
+    }
+}
+
+impl From<lookout_semantics::SemanticsError> for Error {
+    fn from(e: lookout_semantics::SemanticsError) -> Self {
+        match e {
+            lookout_semantics::SemanticsError::EmptyKey => Error::EmptyKey,
+            lookout_semantics::SemanticsError::InvalidSortOption => Error::InvalidSortOption,
         }
     }
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use lookout_proto::mvccpb::Event;
 use tokio::sync::{Notify, mpsc};
 
-use crate::state::in_range;
+use lookout_semantics::in_range;
 
 /// Events of one revision that matched one slot's range.
 #[derive(Debug)]

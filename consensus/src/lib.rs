@@ -4,6 +4,9 @@
 //! log and state machine stores, snapshots, the peer transport,
 //! membership), and the store's etcd v3 gRPC services. A store started
 //! without an initial cluster is a one-member raft cluster: one code path.
+//! Range options, key ranges and txn compares are `lookout-semantics`',
+//! shared with the cache: the store decides which pairs a range holds at
+//! which revision (`state.rs`), the shared code what the answer is.
 //!
 //! ```text
 //!  gRPC (server.rs) ─> Store (store.rs) ─validate─> Proposer (proposer.rs): batch

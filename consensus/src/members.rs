@@ -177,18 +177,33 @@ impl Store {
 
     // === Cluster API ===
 
-    /// Every member as etcd lists them (voters and learners).
+    /// Every member as etcd lists them (voters and learners). This member
+    /// shows its own name and client URLs even before the membership
+    /// records them (publishing them takes a raft round after start): etcd
+    /// serves clients only once it has published, so its own entry is
+    /// never blank.
     pub fn members(&self) -> Vec<Member> {
         let m = self.membership();
         let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        let own = self.member_id();
         m.membership()
             .nodes()
-            .map(|(id, n)| Member {
-                id: *id,
-                name: n.name.clone(),
-                peer_ur_ls: n.peer_urls.clone(),
-                client_ur_ls: n.client_urls.clone(),
-                is_learner: !voters.contains(id),
+            .map(|(id, n)| {
+                let n = if *id == own && n.name.is_empty() {
+                    MemberNode {
+                        peer_urls: n.peer_urls.clone(),
+                        ..self.own_node()
+                    }
+                } else {
+                    n.clone()
+                };
+                Member {
+                    id: *id,
+                    name: n.name,
+                    peer_ur_ls: n.peer_urls,
+                    client_ur_ls: n.client_urls,
+                    is_learner: !voters.contains(id),
+                }
             })
             .collect()
     }

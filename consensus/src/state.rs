@@ -3,17 +3,16 @@
 //! structure), applies a batch to the clone, commits redb, then publishes
 //! the clone; readers hold a published snapshot and never wait.
 
-use std::cmp::Ordering;
-use std::ops::Bound;
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use lookout_proto::mvccpb::KeyValue;
 use lookout_proto::pb::RangeRequest;
-use lookout_proto::pb::range_request::{SortOrder, SortTarget};
+use lookout_semantics::{RangeEntry, Selection, key_bounds};
 
 use crate::error::{Error, Result};
-use crate::keyindex::KeyIndex;
+use crate::keyindex::{KeyIndex, LiveKv};
 use crate::revision::Revision;
 
 /// A lease as the state machine knows it (expiry lives in the lessor).
@@ -69,41 +68,28 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
-/// A key span as a pair of bounds over borrowed keys.
-pub type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
-
-/// `[key, range_end)` as etcd reads it: empty end = the key alone, `"\0"`
-/// = every key >= key.
-pub fn key_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<KeyBounds<'a>> {
-    if range_end.is_empty() {
-        Some((Bound::Included(key), Bound::Included(key)))
-    } else if range_end == [0] {
-        Some((Bound::Included(key), Bound::Unbounded))
-    } else if range_end <= key {
-        None
-    } else {
-        Some((Bound::Included(key), Bound::Excluded(range_end)))
+/// A current pair as Range evaluation sees it: the decoded pair to sort
+/// and filter by, and its stored encoding for responses written as bytes
+/// ([`crate::encode`]).
+impl RangeEntry for &LiveKv {
+    fn kv(&self) -> &KeyValue {
+        &self.kv
     }
-}
 
-/// Whether `k` is in `[key, range_end)` with etcd's conventions.
-pub fn in_range(k: &[u8], key: &[u8], range_end: &[u8]) -> bool {
-    if range_end.is_empty() {
-        k == key
-    } else if range_end == [0] {
-        k >= key
-    } else {
-        k >= key && k < range_end
+    fn into_kv(self) -> KeyValue {
+        self.kv.clone()
     }
 }
 
 impl MvccState {
     /// Keys in the range with their index entries, in key order.
-    pub fn index_range<'a>(
-        &'a self,
-        key: &'a [u8],
-        range_end: &'a [u8],
-    ) -> impl Iterator<Item = (&'a Bytes, &'a Arc<KeyIndex>)> + 'a {
+    /// The entries outlive the iterator: they borrow the state only, not
+    /// the request's key bytes.
+    pub fn index_range<'s, 'k>(
+        &'s self,
+        key: &'k [u8],
+        range_end: &'k [u8],
+    ) -> impl Iterator<Item = (&'s Bytes, &'s Arc<KeyIndex>)> + use<'s, 'k> {
         let bounds = key_bounds(key, range_end);
         bounds
             .map(|b| self.keys.range::<_, [u8]>(b))
@@ -127,8 +113,23 @@ impl MvccState {
         Ok(rev)
     }
 
-    /// etcd's Range: every `RangeRequest` option. `read` fetches a historic
-    /// revision's record (current values come from memory).
+    /// etcd's Range at the current revision, every option applied
+    /// ([`lookout_semantics::evaluate`]); the pairs are borrowed from memory.
+    /// The caller has checked the request's revision.
+    pub fn select_current<'a>(&'a self, req: &RangeRequest) -> Selection<&'a LiveKv> {
+        let live = self
+            .index_range(&req.key, &req.range_end)
+            .filter_map(|(_, ki)| ki.live.as_ref());
+        match lookout_semantics::evaluate(req, live, Ok::<_, Infallible>) {
+            Ok(sel) => sel,
+            Err(never) => match never {},
+        }
+    }
+
+    /// etcd's Range: every `RangeRequest` option, through the evaluation
+    /// the cache uses too. `read` fetches a historic revision's record, and
+    /// is called only for the pairs the answer holds (current values come
+    /// from memory).
     ///
     /// # Errors
     /// Future or compacted revision, or a storage failure from `read`.
@@ -138,81 +139,23 @@ impl MvccState {
         read: &mut dyn FnMut(Revision) -> Result<Option<KeyValue>>,
     ) -> Result<RangeResult> {
         let rev = self.read_rev(req.revision)?;
-        let order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
-        let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
-        let filtered = req.min_mod_revision != 0
-            || req.max_mod_revision != 0
-            || req.min_create_revision != 0
-            || req.max_create_revision != 0;
-        // As etcd: fetch everything when the result will be sorted or
-        // filtered, otherwise one more than the limit to learn `more`.
-        let fetch_limit = if order != SortOrder::None || filtered || req.limit <= 0 {
-            usize::MAX
+        let (count, more, kvs) = if rev == self.rev {
+            let sel = self.select_current(req);
+            (sel.count, sel.more, sel.into_kvs())
         } else {
-            req.limit as usize + 1
+            let at = self
+                .index_range(&req.key, &req.range_end)
+                .filter_map(|(_, ki)| ki.revision_at(rev));
+            // A revision the index still lists but redb no longer has was
+            // compacted under us.
+            let sel = lookout_semantics::evaluate(req, at, |r| read(r)?.ok_or(Error::Compacted))?;
+            (sel.count, sel.more, sel.into_kvs())
         };
-        let current = rev == self.rev;
-        let mut out = RangeResult {
+        Ok(RangeResult {
+            kvs,
+            count,
+            more,
             rev,
-            ..Default::default()
-        };
-        for (_, ki) in self.index_range(&req.key, &req.range_end) {
-            if current {
-                let Some(live) = &ki.live else { continue };
-                out.count += 1;
-                if !req.count_only && out.kvs.len() < fetch_limit {
-                    out.kvs.push(live.kv.clone());
-                }
-            } else {
-                let Some(at) = ki.revision_at(rev) else {
-                    continue;
-                };
-                out.count += 1;
-                if !req.count_only && out.kvs.len() < fetch_limit {
-                    // A revision the index still lists but redb no longer
-                    // has was compacted under us.
-                    out.kvs.push(read(at)?.ok_or(Error::Compacted)?);
-                }
-            }
-        }
-        if filtered {
-            out.kvs.retain(|kv| {
-                !(req.max_mod_revision != 0 && kv.mod_revision > req.max_mod_revision
-                    || req.min_mod_revision != 0 && kv.mod_revision < req.min_mod_revision
-                    || req.max_create_revision != 0 && kv.create_revision > req.max_create_revision
-                    || req.min_create_revision != 0 && kv.create_revision < req.min_create_revision)
-            });
-        }
-        let order = if target != SortTarget::Key && order == SortOrder::None {
-            SortOrder::Ascend
-        } else {
-            order
-        };
-        if order != SortOrder::None {
-            let cmp = |a: &KeyValue, b: &KeyValue| -> Ordering {
-                match target {
-                    SortTarget::Key => a.key.cmp(&b.key),
-                    SortTarget::Version => a.version.cmp(&b.version),
-                    SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-                    SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-                    SortTarget::Value => a.value.cmp(&b.value),
-                }
-            };
-            if order == SortOrder::Descend {
-                out.kvs.sort_by(|a, b| cmp(b, a));
-            } else {
-                out.kvs.sort_by(cmp);
-            }
-        }
-        if req.limit > 0 && out.kvs.len() > req.limit as usize {
-            out.kvs.truncate(req.limit as usize);
-            out.more = true;
-        }
-        if req.keys_only {
-            for kv in &mut out.kvs {
-                kv.value = Bytes::new();
-            }
-        }
-        Ok(out)
+        })
     }
 }

@@ -7,13 +7,12 @@ use lookout_proto::pb::{
 
 use crate::error::{Error, Result};
 
+/// The checks the cache makes too ([`lookout_semantics::validate_range`]).
+///
 /// # Errors
-/// [`Error::EmptyKey`].
+/// [`Error::EmptyKey`], [`Error::InvalidSortOption`].
 pub fn check_range(r: &RangeRequest) -> Result<()> {
-    if r.key.is_empty() {
-        return Err(Error::EmptyKey);
-    }
-    Ok(())
+    Ok(lookout_semantics::validate_range(r)?)
 }
 
 /// # Errors

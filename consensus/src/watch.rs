@@ -6,7 +6,7 @@
 //!  client requests ─┐
 //!  hub messages ────┼─> stream task ──> responses (created, events, progress, cancel)
 //!  lag notices ─────┤      │
-//!  progress tick ───┘      └─ catch-up steps: read <= 1000 revisions of history
+//!  progress tick ───┘      └─ catch-up steps: history, <= 1000 revisions with events
 //! ```
 //!
 //! Per watcher `next_rev` is the first revision not yet delivered. Live
@@ -33,13 +33,14 @@ use crate::backend::{self, KV};
 use crate::error::Result;
 use crate::hub::{HubMsg, Lagged};
 use crate::revision::Revision;
-use crate::state::in_range;
 use crate::store::Store;
+use lookout_semantics::in_range;
 
 /// Buffer between the hub and one stream, in revisions.
 const HUB_BUFFER: usize = 1024;
-/// Revisions of history read per catch-up step.
-const CATCHUP_REVS: i64 = 1000;
+/// Revisions with events for the watcher per catch-up response: etcd's
+/// `watchBatchMaxRevs`.
+const WATCH_BATCH_REVS: usize = 1000;
 
 #[derive(Debug)]
 struct Watcher {
@@ -423,10 +424,12 @@ impl StreamState {
                 }
                 Ok(())
             }
-            Ok(History::Events { upto, events }) => {
+            Ok(History::Events { upto, cur, events }) => {
                 let w = self.watchers.get(&id).expect("watcher exists");
                 let events = filter(w, events);
-                self.send_events(id, upto, events).await?;
+                // etcd's header on history is the store's revision when it
+                // read it, not the batch's last one (`syncWatchers`).
+                self.send_events(id, cur, events).await?;
                 if let Some(w) = self.watchers.get_mut(&id) {
                     w.next_rev = upto + 1;
                 }
@@ -458,15 +461,27 @@ impl StreamState {
         if w.next_rev > cur {
             return Ok(History::UpToDate);
         }
-        let upto = cur.min(w.next_rev + CATCHUP_REVS - 1);
+        // etcd's batches (`eventBatch`): the events of at most
+        // WATCH_BATCH_REVS revisions that touch the watcher's range, however
+        // many other revisions lie between them.
+        let mut upto = cur;
+        let (mut batch_revs, mut last_main) = (0, 0);
         let mut events = Vec::new();
-        for row in kv.range(Revision::first_key(w.next_rev)..=Revision::last_key(upto))? {
+        for row in kv.range(Revision::first_key(w.next_rev)..=Revision::last_key(cur))? {
             let (k, v) = row?;
             let rec = KeyValue::decode(v.value())?;
             if !in_range(&rec.key, &w.key, &w.range_end) {
                 continue;
             }
             let rev = Revision::from_key(k.value());
+            if rev.main != last_main {
+                if batch_revs == WATCH_BATCH_REVS {
+                    upto = rev.main - 1;
+                    break;
+                }
+                batch_revs += 1;
+                last_main = rev.main;
+            }
             let prev_kv = if w.prev_kv {
                 snap.keys
                     .get(&rec.key)
@@ -488,7 +503,7 @@ impl StreamState {
                 prev_kv,
             });
         }
-        Ok(History::Events { upto, events })
+        Ok(History::Events { upto, cur, events })
     }
 }
 
@@ -511,7 +526,13 @@ fn prev_revision(ki: &crate::keyindex::KeyIndex, rev: Revision) -> Option<Revisi
 enum History {
     Compacted(i64),
     UpToDate,
-    Events { upto: i64, events: Vec<Event> },
+    /// The watcher's events up to `upto` (from at most
+    /// [`WATCH_BATCH_REVS`] revisions), read with the store at `cur`.
+    Events {
+        upto: i64,
+        cur: i64,
+        events: Vec<Event>,
+    },
 }
 
 /// Applies a watcher's NOPUT/NODELETE filters and prev_kv choice.

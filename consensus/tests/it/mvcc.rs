@@ -538,6 +538,31 @@ async fn pre_encoded_ranges_equal_the_general_path() {
             range_end: Default::default(),
             ..base.clone()
         },
+        // Sorted, filtered and keys-only reads: the fast path copies the
+        // stored encodings of the shared evaluation's selection.
+        RangeRequest {
+            sort_target: 4, // VALUE
+            sort_order: 2,  // DESCEND
+            limit: 4,
+            ..base.clone()
+        },
+        RangeRequest {
+            sort_target: 3, // MOD
+            min_mod_revision: 8,
+            max_create_revision: 18,
+            ..base.clone()
+        },
+        RangeRequest {
+            sort_target: 1, // VERSION
+            sort_order: 7,  // unknown: read everything, sort nothing
+            limit: 5,
+            ..base.clone()
+        },
+        RangeRequest {
+            keys_only: true,
+            sort_order: 2,
+            ..base.clone()
+        },
     ];
     for req in reqs {
         let general = srv.store.range(req.clone()).await.unwrap();

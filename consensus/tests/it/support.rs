@@ -138,9 +138,7 @@ pub fn get(key: &str) -> lookout_proto::pb::RangeRequest {
     }
 }
 
-/// `[prefix, prefix+1)`.
+/// `range_end` of every key starting with `prefix` (etcdctl's `--prefix`).
 pub fn prefix_end(prefix: &str) -> bytes::Bytes {
-    let mut end = prefix.as_bytes().to_vec();
-    *end.last_mut().unwrap() += 1;
-    end.into()
+    lookout_semantics::prefix_range_end(prefix.as_bytes())
 }

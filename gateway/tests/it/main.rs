@@ -27,6 +27,7 @@ mod many_gateways;
 mod metrics_scrape;
 mod otlp;
 mod prefixes;
+mod semantics_vs_etcd;
 mod snapshot;
 mod support;
 mod third_party_clients;

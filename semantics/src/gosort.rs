@@ -8,7 +8,7 @@
 
 /// Sorts `v` the way Go's `sort.Sort` sorts a collection whose `Less(i, j)`
 /// is `less(&v[i], &v[j])`.
-pub(crate) fn sort<T>(v: &mut [T], less: impl Fn(&T, &T) -> bool) {
+pub fn sort<T>(v: &mut [T], less: impl Fn(&T, &T) -> bool) {
     let n = v.len();
     if n <= 1 {
         return;
