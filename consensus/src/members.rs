@@ -49,7 +49,14 @@ impl Store {
                 self.inner.proposer.propose_all(self, reqs).await,
             )),
             Forward::ReadIndex => self.read_index_local().await.map(ForwardOk::Index),
-            Forward::KeepAlive(id) => Ok(ForwardOk::Ttl(self.keep_alive_local(id))),
+            // Renew only as a leader a quorum still follows: a leader cut
+            // off from the others (or paused) would otherwise promise TTLs
+            // while the new leader expires the lease on its own schedule.
+            // openraft has no CheckQuorum to make it step down, so ask.
+            Forward::KeepAlive(id) => {
+                self.read_index_local().await?;
+                Ok(ForwardOk::Ttl(self.keep_alive_local(id)))
+            }
             Forward::TimeToLive(id) => Ok(ForwardOk::Ttl(self.time_to_live_local(id))),
             Forward::MemberAdd { peer_urls, learner } => self
                 .member_add_local(peer_urls, learner)
