@@ -310,7 +310,13 @@ pub fn check_watcher(
             }
             _ => {}
         }
-        prev_last = last_rev.or(prev_last);
+        prev_last = if matches!(seg.end, SegmentEnd::Compacted { .. }) {
+            // The client relists and resumes from the list's revision: the
+            // next stream's start is the new base, whatever came before.
+            None
+        } else {
+            last_rev.or(prev_last)
+        };
     }
     rep
 }
@@ -526,6 +532,40 @@ mod tests {
         assert!(
             format!("{:?}", check_watcher(&l, &lie, &comp, None).violations)
                 .contains("not compacted")
+        );
+    }
+
+    #[test]
+    fn after_a_compaction_cancel_the_relist_sets_the_resume_point() {
+        let l = log();
+        let comp = [CompactionCall { rev: 5, call: 5 }];
+        let cancel = SegmentEnd::Compacted {
+            at: 10,
+            compact_revision: 5,
+        };
+        // Relisted at 5: resumes at 6 after a failed open there; the
+        // events before the cancel do not set the resume point any more.
+        let relisted = |second: i64| {
+            watcher(vec![
+                seg("g0", 2, vec![resp(1, evs(&l, &[2]))], cancel.clone()),
+                seg("g1", 6, vec![], broken()),
+                seg(
+                    "g0",
+                    second,
+                    vec![resp(11, evs(&l, &[6]))],
+                    SegmentEnd::Open,
+                ),
+            ])
+        };
+        let r = check_watcher(&l, &relisted(6), &comp, Some(6));
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        // But the stream after the failed open must still start where it did.
+        assert!(
+            format!(
+                "{:?}",
+                check_watcher(&l, &relisted(5), &comp, Some(6)).violations
+            )
+            .contains("not at 6")
         );
     }
 
