@@ -155,6 +155,11 @@ struct StreamState {
     catchup: VecDeque<i64>,
     next_id: i64,
     progress_requested: bool,
+    /// The highest header revision this stream sent with events. The
+    /// applier queues a batch before it publishes `fanout_rev`, so a pass
+    /// can deliver events above the fan-out revision it loaded; a progress
+    /// answer below them would say the stream went back in time.
+    sent_rev: i64,
     closed: bool,
 }
 
@@ -780,6 +785,7 @@ impl WatchFrames {
             bytes: 0,
             events: 0,
             header_rev: 0,
+            sent_rev: 0,
         };
         let merged = &mut self.merged;
 
@@ -888,9 +894,15 @@ impl WatchFrames {
             more
         };
 
-        if st.progress_requested && st.watchers.values().all(|w| w.phase == Phase::Live) {
+        st.sent_rev = st.sent_rev.max(pass.sent_rev);
+        // Not while batches wait in the queue: a progress answer says every
+        // event up to its revision was delivered.
+        if st.progress_requested
+            && !queue_left
+            && st.watchers.values().all(|w| w.phase == Phase::Live)
+        {
             st.progress_requested = false;
-            sink.frame(progress_frame(cache.header(fanout), -1));
+            sink.frame(progress_frame(cache.header(fanout.max(st.sent_rev)), -1));
         }
 
         if self.tick_due {
@@ -1252,6 +1264,8 @@ struct Pass {
     /// (initial-state pages say R instead, their events being older, and
     /// history replays the fan-out revision, as etcd's).
     header_rev: i64,
+    /// The highest header revision sent in this pass.
+    sent_rev: i64,
 }
 
 /// Hands `events` (ascending, every one for this watcher) to watcher `id`
@@ -1316,6 +1330,7 @@ impl Pass {
         } else {
             events.last().map_or(0, |e| e.revision())
         };
+        self.sent_rev = self.sent_rev.max(header.revision);
         sink.events(
             &FrameHead {
                 header,

@@ -53,7 +53,9 @@ async fn battery(seed: u64) {
         violations.is_empty(),
         "seed {seed}: {} violations (evidence under {}):\n{}",
         violations.len(),
-        cfg.out_dir.as_ref().map_or(String::new(), |d| d.display().to_string()),
+        cfg.out_dir
+            .as_ref()
+            .map_or(String::new(), |d| d.display().to_string()),
         violations.join("\n")
     );
 }
