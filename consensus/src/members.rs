@@ -53,8 +53,19 @@ impl Store {
             // off from the others (or paused) would otherwise promise TTLs
             // while the new leader expires the lease on its own schedule.
             // openraft has no CheckQuorum to make it step down, so ask.
+            // And only once it applied what its log held when it became
+            // leader (etcd's waitAppliedIndex before Renew): that may be a
+            // revoke its predecessor proposed, and renewing first promises
+            // a TTL the revoke then breaks (battery seed 13: a new leader
+            // answered TTL 3, then the old term's revoke deleted the keys).
             Forward::KeepAlive(id) => {
-                self.read_index_local().await?;
+                let index = self.read_index_local().await?;
+                self.inner
+                    .raft
+                    .wait(Some(self.inner.cfg.request_timeout()))
+                    .applied_index_at_least(Some(index), "keep-alive")
+                    .await
+                    .map_err(|_| Error::Timeout)?;
                 Ok(ForwardOk::Ttl(self.keep_alive_local(id)))
             }
             Forward::TimeToLive(id) => Ok(ForwardOk::Ttl(self.time_to_live_local(id))),
