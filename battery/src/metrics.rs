@@ -79,9 +79,22 @@ pub fn stalls(
         .collect()
 }
 
+/// One watcher's move to the other gateway after a kill, each time from
+/// the kill.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    pub watcher: String,
+    pub gateway: String,
+    /// The stream on the killed gateway ended.
+    pub broke: Duration,
+    /// The next stream was created (None: it never was).
+    pub created: Option<Duration>,
+    pub first_event: Duration,
+}
+
 /// For each gateway kill: kill -> first event on the next stream, for each
 /// watcher whose stream on that gateway broke within 2 s of the kill.
-pub fn failover(faults: &[FaultRecord], watchers: &[WatcherHistory]) -> Vec<Duration> {
+pub fn failover(faults: &[FaultRecord], watchers: &[WatcherHistory]) -> Vec<Failover> {
     let mut out = Vec::new();
     for f in faults.iter().filter(|f| f.kind == FaultKind::KillGateway) {
         for w in watchers {
@@ -93,8 +106,15 @@ pub fn failover(faults: &[FaultRecord], watchers: &[WatcherHistory]) -> Vec<Dura
                 if a.endpoint != f.target || at < f.start || at > f.start + 2_000_000_000 {
                     continue;
                 }
+                let since = |t: Nanos| Duration::from_nanos(t.saturating_sub(f.start));
                 if let Some(first) = next.responses.iter().find(|r| !r.events.is_empty()) {
-                    out.push(Duration::from_nanos(first.at.saturating_sub(f.start)));
+                    out.push(Failover {
+                        watcher: w.name.clone(),
+                        gateway: next.endpoint.clone(),
+                        broke: since(at),
+                        created: next.created.map(|(t, _)| since(t)),
+                        first_event: since(first.at),
+                    });
                 }
             }
         }

@@ -465,7 +465,20 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, BatteryError> {
 
     write_acks.sort_unstable();
     res.stalls = metrics::stalls(&res.faults, &write_acks, &histories);
-    res.failover_first_event = metrics::failover(&res.faults, &histories);
+    for f in metrics::failover(&res.faults, &histories) {
+        // Slow ones say where the time went.
+        if f.first_event > Duration::from_millis(50) {
+            res.notes.push(format!(
+                "watcher {} moved to {} {} ms after a gateway kill: stream broke at +{} ms, created at +{:?} ms",
+                f.watcher,
+                f.gateway,
+                f.first_event.as_millis(),
+                f.broke.as_millis(),
+                f.created.map(|c| c.as_millis())
+            ));
+        }
+        res.failover_first_event.push(f.first_event);
+    }
     res.elapsed = started.elapsed();
     if !res.violations.is_empty()
         && let Some(dir) = &cfg.out_dir
