@@ -109,7 +109,7 @@ pub fn render(results: &[RunResult], duration: Duration) -> String {
         }
     });
     row(
-        "gateway killed: watch resumed on the other, first event p50 / p99 / max ms (n)",
+        "gateway killed: watch resumed on the other, first event p50 / p99 / max ms (n; an event written after the kill counts from when a member first showed it)",
         &|t| {
             let v: Vec<Duration> = of(t)
                 .into_iter()

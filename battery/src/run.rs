@@ -48,6 +48,9 @@ pub struct RunConfig {
     pub kinds: Vec<FaultKind>,
     /// Where a failing run leaves its evidence (logs, violations).
     pub out_dir: Option<PathBuf>,
+    /// Leave the evidence of a run without violations too (to study its
+    /// stalls).
+    pub keep: bool,
 }
 
 /// Everything a run measured and found.
@@ -385,8 +388,17 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, BatteryError> {
     }
     let _ = wstop_tx.send(true);
     let mut sources = Vec::new();
+    // When each revision was first seen by any member's watch: a watcher
+    // is not late for an event that did not exist yet.
+    let mut seen: std::collections::BTreeMap<i64, u64> = std::collections::BTreeMap::new();
     for (i, h) in oracles.into_iter().enumerate() {
         if let Ok(w) = h.await {
+            for r in w.history.segments.iter().flat_map(|s| &s.responses) {
+                for e in &r.events {
+                    let t = seen.entry(e.rev()).or_insert(r.at);
+                    *t = (*t).min(r.at);
+                }
+            }
             sources.push(watcher::to_source(&members[i].name, &w.history));
         }
     }
@@ -465,7 +477,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, BatteryError> {
 
     write_acks.sort_unstable();
     res.stalls = metrics::stalls(&res.faults, &write_acks, &histories);
-    for f in metrics::failover(&res.faults, &histories) {
+    for f in metrics::failover(&res.faults, &histories, &seen) {
         // Slow ones say where the time went.
         if f.first_event > Duration::from_millis(50) {
             res.notes.push(format!(
@@ -480,7 +492,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, BatteryError> {
         res.failover_first_event.push(f.first_event);
     }
     res.elapsed = started.elapsed();
-    if !res.violations.is_empty()
+    if (cfg.keep || !res.violations.is_empty())
         && let Some(dir) = &cfg.out_dir
     {
         save_evidence(

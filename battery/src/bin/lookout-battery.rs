@@ -34,6 +34,9 @@ struct Args {
     /// Where the report and a failing run's evidence go.
     #[arg(long, default_value = "target/battery")]
     out: PathBuf,
+    /// Keep every run's evidence, not only a failing one's.
+    #[arg(long)]
+    keep: bool,
 }
 
 fn lookout_bin(given: Option<PathBuf>) -> PathBuf {
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
                 duration,
                 kinds: kinds.clone(),
                 out_dir: Some(args.out.clone()),
+                keep: args.keep,
             };
             eprintln!("== {} seed {seed}: {} s of faults", t.name(), args.duration);
             match rt.block_on(run(&cfg)) {

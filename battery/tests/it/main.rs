@@ -20,6 +20,7 @@ async fn battery(seed: u64) {
         duration: DURATION,
         kinds: FaultKind::ALL.to_vec(),
         out_dir: Some(std::env::temp_dir().join("lookout-battery-ci")),
+        keep: false,
     };
     let r = run(&cfg)
         .await
