@@ -20,18 +20,33 @@
 //! the miss is counted.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::cache::CacheInner;
+use crate::metrics::CacheMetrics;
+use crate::upstream::Upstream;
+
+/// What a probe needs from the cache that owns the coalescer. A trait
+/// rather than the cache's shared state itself, so this file does not
+/// import the state that holds it (the state implements it).
+pub(crate) trait CompactionOwner: Send + Sync + 'static {
+    fn compaction_check(&self) -> &CompactionCheck;
+    fn metrics(&self) -> &CacheMetrics;
+    /// The newest compaction revision the cache knows of.
+    fn known_compaction(&self) -> i64;
+    fn upstream(&self) -> &dyn Upstream;
+    /// The store compacted at `revision`: trim the ring.
+    fn note_compaction(&self, revision: i64);
+}
 
 /// The probe coalescer of one cache.
 #[derive(Debug, Default)]
 pub(crate) struct CompactionCheck {
-    /// A std mutex: held only to push a waiter or take the batch, never
-    /// across an await.
-    state: std::sync::Mutex<State>,
+    /// A parking_lot mutex: held only to push a waiter or take the batch,
+    /// never across an await.
+    state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
@@ -44,10 +59,10 @@ struct State {
 impl CompactionCheck {
     /// Returns once a probe that started after this call has told the
     /// cache whether `start` is compacted in the store.
-    pub(crate) async fn check(inner: &Arc<CacheInner>, start: i64) {
+    pub(crate) async fn check<O: CompactionOwner>(inner: &Arc<O>, start: i64) {
         let (tx, rx) = oneshot::channel();
         let spawn = {
-            let mut st = inner.compaction_check.state.lock().expect("lock");
+            let mut st = inner.compaction_check().state.lock();
             st.next.push((start, tx));
             !std::mem::replace(&mut st.running, true)
         };
@@ -55,15 +70,15 @@ impl CompactionCheck {
             // A task, not this caller: if the caller goes away the others
             // still get their answer.
             let inner = inner.clone();
-            tokio::spawn(async move { Self::run(&inner).await });
+            tokio::spawn(async move { Self::run(&*inner).await });
         }
         let _ = rx.await;
     }
 
-    async fn run(inner: &CacheInner) {
+    async fn run<O: CompactionOwner>(inner: &O) {
         loop {
             let batch = {
-                let mut st = inner.compaction_check.state.lock().expect("lock");
+                let mut st = inner.compaction_check().state.lock();
                 if st.next.is_empty() {
                     st.running = false;
                     return;
@@ -71,15 +86,18 @@ impl CompactionCheck {
                 std::mem::take(&mut st.next)
             };
             let min = batch.iter().map(|(s, _)| *s).min().unwrap_or(1);
-            inner.metrics.compaction_probes.fetch_add(1, Relaxed);
+            inner.metrics().compaction_probes.fetch_add(1, Relaxed);
             // Below the known compaction the ring already cancels; probe
             // only what could still be unknown.
-            if min > inner.compacted.load(Acquire) {
-                match inner.upstream.compacted_since(min).await {
+            if min > inner.known_compaction() {
+                match inner.upstream().compacted_since(min).await {
                     Ok(Some(c)) => inner.note_compaction(c),
                     Ok(None) => {}
                     Err(e) => {
-                        inner.metrics.compaction_probe_errors.fetch_add(1, Relaxed);
+                        inner
+                            .metrics()
+                            .compaction_probe_errors
+                            .fetch_add(1, Relaxed);
                         tracing::warn!(error = %e, "compaction probe failed; watch replays from the ring");
                     }
                 }

@@ -19,6 +19,13 @@ use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
+use imbl::OrdMap;
+use lookout_proto::mvccpb::KeyValue;
+
+/// The cache's ordered maps: key -> entry. Here, with the key, rather than
+/// in `snapshot`: the secondary indexes hold such maps too, and the
+/// snapshot holds the indexes.
+pub type KvMap = OrdMap<MapKey, std::sync::Arc<KeyValue>>;
 
 /// Longest key stored inline: with the length and the variant tag a key
 /// is 40 bytes (a `Bytes` is 32). Measured (`index_memory` bench, 100k

@@ -25,8 +25,7 @@ use bytes::Bytes;
 use lookout_proto::mvccpb::KeyValue;
 
 use crate::keys::KeyRange;
-use crate::mapkey::MapKey;
-use crate::snapshot::KvMap;
+use crate::mapkey::{KvMap, MapKey};
 
 /// Why an `--index` declaration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

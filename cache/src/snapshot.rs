@@ -14,16 +14,10 @@
 //! nodes shared with the last published snapshot, at most once each per
 //! publish.
 
-use std::sync::Arc;
-
-use imbl::OrdMap;
 use lookout_proto::mvccpb::KeyValue;
 
-use crate::mapkey::MapKey;
+use crate::mapkey::KvMap;
 use crate::secondary::{IndexSet, IndexState};
-
-/// The cache's ordered maps: key -> entry.
-pub type KvMap = OrdMap<MapKey, Arc<KeyValue>>;
 
 /// The keyspace the cache holds, as of `revision`. Values are `Arc`s so a
 /// path copy in the map moves pointers, not key-values.

@@ -20,12 +20,13 @@ use std::sync::Arc;
 use lookout_proto::pb::WatchCreateRequest;
 
 use crate::backoff::Backoff;
-use crate::cache::CacheInner;
 use crate::error::is_compacted_status;
 use crate::event::CachedEvent;
 use crate::frame::{FrameHead, WatchFrame};
-use crate::registry::GroupSpec;
-use crate::stream::{SpliceStep, StreamShared, remove_watcher};
+use crate::group::GroupSpec;
+use crate::inner::CacheInner;
+use crate::stream::lifecycle::remove_watcher;
+use crate::stream::state::{SpliceStep, StreamShared};
 use crate::upstream::WatchMsg;
 
 pub(crate) fn spawn(

@@ -59,8 +59,11 @@ impl MaintenanceService {
             .lock()
             .expect("status lock")
             .clone();
+        // A leaderless answer is not reused: a store that just elected
+        // one (seconds after start) must not look leaderless for a TTL.
         if let Some((at, st)) = &cached
             && at.elapsed() < STATUS_TTL
+            && st.leader != 0
         {
             return Ok(st.clone());
         }

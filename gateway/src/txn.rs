@@ -10,17 +10,11 @@
 //!        └─ anything else (writes, nested txns, revisions, > 128 ops) ─> upstream
 //! ```
 
-use std::cmp::Ordering;
 use std::ops::Bound;
 use std::sync::atomic::Ordering::Relaxed;
 
 use lookout_cache::{KeyRange, Snapshot, evaluate_range, validate_range};
-use lookout_proto::mvccpb::KeyValue;
-use lookout_proto::pb::{
-    Compare, ResponseOp, TxnRequest, TxnResponse,
-    compare::{CompareResult, CompareTarget, TargetUnion},
-    request_op, response_op,
-};
+use lookout_proto::pb::{Compare, ResponseOp, TxnRequest, TxnResponse, request_op, response_op};
 use tonic::Status;
 
 use crate::server::Shared;
@@ -122,132 +116,23 @@ fn eligible(shared: &Shared, req: &TxnRequest) -> bool {
     compares_ok && ops_ok
 }
 
-/// etcd's `applyCompare`.
+/// etcd's `applyCompare` over the snapshot (the one implementation, in
+/// `lookout_semantics`, that the store's txns use too).
 fn compare(snap: &Snapshot, c: &Compare) -> bool {
     let range = KeyRange::from_request(&c.key, &c.range_end);
-    let mut any = false;
-    if !range.is_empty() {
-        let bounds = (
-            Bound::Included(range.start().as_ref()),
-            match range.end() {
-                Some(e) => Bound::Excluded(e.as_ref()),
-                None => Bound::Unbounded,
-            },
-        );
-        for (_, kv) in snap.data().range::<_, [u8]>(bounds) {
-            any = true;
-            if !compare_kv(c, kv) {
-                return false;
-            }
-        }
+    if range.is_empty() {
+        return lookout_semantics::compare::compare(c, std::iter::empty());
     }
-    if any {
-        return true;
-    }
-    // No key: nil and empty values are indistinguishable, so a VALUE
-    // compare fails; the others compare against zeros.
-    if c.target == CompareTarget::Value as i32 {
-        return false;
-    }
-    compare_kv(c, &KeyValue::default())
-}
-
-/// etcd's `compareKV`: a target union of the wrong kind compares against
-/// zero (or the empty value); an unknown result is true.
-fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
-    let int =
-        |pick: fn(&TargetUnion) -> Option<i64>| c.target_union.as_ref().and_then(pick).unwrap_or(0);
-    let ord = match CompareTarget::try_from(c.target) {
-        Ok(CompareTarget::Value) => {
-            let want = match &c.target_union {
-                Some(TargetUnion::Value(v)) => v.as_ref(),
-                _ => &[][..],
-            };
-            kv.value.as_ref().cmp(want)
-        }
-        Ok(CompareTarget::Create) => kv.create_revision.cmp(&int(|t| match t {
-            TargetUnion::CreateRevision(v) => Some(*v),
-            _ => None,
-        })),
-        Ok(CompareTarget::Mod) => kv.mod_revision.cmp(&int(|t| match t {
-            TargetUnion::ModRevision(v) => Some(*v),
-            _ => None,
-        })),
-        Ok(CompareTarget::Version) => kv.version.cmp(&int(|t| match t {
-            TargetUnion::Version(v) => Some(*v),
-            _ => None,
-        })),
-        Ok(CompareTarget::Lease) => kv.lease.cmp(&int(|t| match t {
-            TargetUnion::Lease(v) => Some(*v),
-            _ => None,
-        })),
-        Err(_) => Ordering::Equal,
-    };
-    match CompareResult::try_from(c.result) {
-        Ok(CompareResult::Equal) => ord == Ordering::Equal,
-        Ok(CompareResult::NotEqual) => ord != Ordering::Equal,
-        Ok(CompareResult::Greater) => ord == Ordering::Greater,
-        Ok(CompareResult::Less) => ord == Ordering::Less,
-        Err(_) => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    fn kv(value: &str, version: i64) -> KeyValue {
-        KeyValue {
-            key: Bytes::from_static(b"k"),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-            version,
-            create_revision: 2,
-            mod_revision: 5,
-            lease: 0,
-        }
-    }
-
-    fn cmp(target: CompareTarget, result: CompareResult, u: Option<TargetUnion>) -> Compare {
-        Compare {
-            result: result as i32,
-            target: target as i32,
-            key: Bytes::from_static(b"k"),
-            target_union: u,
-            range_end: Bytes::new(),
-        }
-    }
-
-    #[test]
-    fn compares_like_etcd() {
-        use CompareResult::*;
-        use CompareTarget::*;
-        let k = kv("b", 3);
-        let v = |s: &'static str| Some(TargetUnion::Value(Bytes::from_static(s.as_bytes())));
-        assert!(compare_kv(&cmp(Value, Equal, v("b")), &k));
-        assert!(compare_kv(&cmp(Value, Greater, v("a")), &k));
-        assert!(compare_kv(&cmp(Value, Less, v("c")), &k));
-        assert!(compare_kv(
-            &cmp(Version, Equal, Some(TargetUnion::Version(3))),
-            &k
-        ));
-        assert!(compare_kv(
-            &cmp(Mod, Greater, Some(TargetUnion::ModRevision(4))),
-            &k
-        ));
-        assert!(compare_kv(
-            &cmp(Create, NotEqual, Some(TargetUnion::CreateRevision(1))),
-            &k
-        ));
-        // Wrong union kind: compared against zero.
-        assert!(compare_kv(
-            &cmp(Version, Greater, Some(TargetUnion::ModRevision(100))),
-            &k
-        ));
-        assert!(compare_kv(&cmp(Lease, Equal, None), &k));
-        // Unknown result: true.
-        let mut c = cmp(Version, Equal, Some(TargetUnion::Version(99)));
-        c.result = 42;
-        assert!(compare_kv(&c, &k));
-    }
+    let bounds = (
+        Bound::Included(range.start().as_ref()),
+        match range.end() {
+            Some(e) => Bound::Excluded(e.as_ref()),
+            None => Bound::Unbounded,
+        },
+    );
+    let kvs = snap
+        .data()
+        .range::<_, [u8]>(bounds)
+        .map(|(_, kv)| kv.as_ref());
+    lookout_semantics::compare::compare(c, kvs)
 }

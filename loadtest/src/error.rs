@@ -35,6 +35,8 @@ pub enum LoadError {
     Proc { pid: u32, reason: String },
     #[error("plotting {path}: {reason}")]
     Plot { path: PathBuf, reason: String },
+    #[error("reading the store's history: {0}")]
+    History(#[source] lookout_testkit::TestkitError),
     #[error("target {target}: {reason}")]
     Target { target: String, reason: String },
     #[error("interrupted")]

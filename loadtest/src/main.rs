@@ -6,6 +6,7 @@
 
 use clap::Parser;
 use lookout_loadtest::cli::{self, Cli};
+use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -20,7 +21,8 @@ fn main() -> std::process::ExitCode {
         }
     };
     let res = rt.block_on(async {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop = CancellationToken::new();
+        let signal_stop = stop.clone();
         let (hard_tx, hard_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let mut term =
@@ -35,13 +37,13 @@ fn main() -> std::process::ExitCode {
                 }
                 if n == 0 {
                     eprintln!("lookout-load: stopping (again to abort now)");
-                    let _ = stop_tx.send(true);
+                    signal_stop.cancel();
                 }
             }
             let _ = hard_tx.send(());
         });
         tokio::select! {
-            r = cli::run(cli, stop_rx) => r,
+            r = cli::run(cli, stop) => r,
             _ = hard_rx => Err(lookout_loadtest::LoadError::Interrupted),
         }
     });

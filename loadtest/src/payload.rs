@@ -15,6 +15,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use lookout_testkit::checker::fnv1a;
 
 const MAGIC: &str = "lo1 ";
 
@@ -97,14 +98,23 @@ pub fn prefix_range_end(prefix: &[u8]) -> Bytes {
     Bytes::from_static(b"\0")
 }
 
-/// A 64-bit FNV-1a hash, used to fold keys into the checker's digests.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+/// The checker's content tag of one event: key, type and the writer's
+/// sequence number (or the whole value for foreign values). The store's
+/// history is tagged the same way, so the two digests compare.
+pub fn event_tag(is_delete: bool, key: &[u8], value: &[u8]) -> u64 {
+    event_tag_stamped(is_delete, key, value, decode(value))
+}
+
+/// [`event_tag`] when the value's stamp is already parsed (`stamp` must be
+/// `decode(value)`): the watchers' hot path parses it once for the tag and
+/// the latency.
+#[inline]
+pub fn event_tag_stamped(is_delete: bool, key: &[u8], value: &[u8], stamp: Option<Stamp>) -> u64 {
+    let v = match stamp {
+        Some(s) => s.seq,
+        None => fnv1a(value),
+    };
+    fnv1a(key) ^ v.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(is_delete)
 }
 
 #[cfg(test)]

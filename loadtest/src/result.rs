@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use lookout_testkit::checker::CheckTotals;
 use serde::{Deserialize, Serialize};
 
-use crate::checker::CheckTotals;
 use crate::hist::LatencySummary;
 use crate::procstat::ProcStats;
 use crate::promscrape::ServerMetrics;
@@ -52,7 +52,7 @@ pub struct RunResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ops: Option<OpsStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<crate::scenario::memory::MemoryStats>,
+    pub memory: Option<MemoryStats>,
     /// Server RSS grown by creating the watchers, per watcher, by process.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rss_per_watcher_bytes: BTreeMap<String, f64>,
@@ -119,6 +119,24 @@ pub struct CatchupStats {
     pub caught_up: u64,
     /// History events delivered per second during catch-up, all watchers.
     pub history_events_per_s: f64,
+}
+
+/// Memory scenario specifics: what its steps measured on the front process
+/// (the first `--server-pid`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryStats {
+    pub rss_start_bytes: u64,
+    pub rss_watchers_bytes: u64,
+    pub rss_streams_bytes: u64,
+    pub rss_connections_bytes: u64,
+    /// RSS growth per watcher on one shared stream.
+    pub per_watcher_bytes: f64,
+    /// Per extra stream (its one watcher's share subtracted).
+    pub per_stream_bytes: f64,
+    /// Per extra connection (its stream and watcher subtracted).
+    pub per_connection_bytes: f64,
+    /// Seconds each step took to create its watches.
+    pub setup_s: [f64; 3],
 }
 
 /// put / range specifics.

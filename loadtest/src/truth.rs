@@ -1,10 +1,11 @@
-//! Reads the store's own history of the prefix back once at the end of a
-//! run: the ground truth the watchers are judged against.
+//! The ground truth of a run: the store's own history of the prefix, read
+//! back once at the end through the shared checker's history reader, tagged
+//! the way the watchers tag what they receive.
 //!
 //! ```text
-//!   fresh connection to the truth endpoint (the store, not the gateway)
-//!     ──> Watch(prefix, start = first revision) ──> events until `to_rev`
-//!     ──> Truth { revisions, content digests } + seq -> revision
+//!   truth endpoint (the store, not the front end under test)
+//!     ──> lookout_testkit::checker::history::read_events(prefix, first..=last)
+//!     ──> Truth { revisions, content digests } + writer seq -> revision
 //! ```
 //!
 //! The truth endpoint is the store behind the target (etcd itself for a
@@ -15,12 +16,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use lookout_proto::mvccpb::event::EventType;
-use lookout_proto::pb;
-use lookout_proto::pb::watch_request::RequestUnion;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use lookout_testkit::checker::Truth;
+use lookout_testkit::checker::history::{self, HistoryQuery};
 
-use crate::checker::{Truth, event_tag};
-use crate::conn;
 use crate::error::{LoadError, Result};
 use crate::payload;
 use crate::watch::WatchTarget;
@@ -55,59 +53,28 @@ pub async fn read_history(
             source: format!("store history at {endpoint} (empty)"),
         });
     }
-    let work = async {
-        let ch = conn::connect(endpoint).await?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tx.send(pb::WatchRequest {
-            request_union: Some(RequestUnion::CreateRequest(pb::WatchCreateRequest {
-                key: target.key.clone(),
-                range_end: target.range_end.clone(),
-                start_revision: from_rev,
-                ..Default::default()
-            })),
-        })
-        .map_err(|_| LoadError::InvalidArgument("watch request channel closed".into()))?;
-        let mut stream = conn::watch(&ch)
-            .watch(UnboundedReceiverStream::new(rx))
-            .await
-            .map_err(|s| LoadError::rpc("history watch", s))?
-            .into_inner();
-        let mut last = from_rev - 1;
-        while last < to_rev {
-            let Some(resp) = stream
-                .message()
-                .await
-                .map_err(|s| LoadError::rpc("history watch stream", s))?
-            else {
-                return Err(LoadError::InvalidArgument(
-                    "the store closed the history watch".into(),
-                ));
-            };
-            if resp.canceled {
-                return Err(LoadError::InvalidArgument(format!(
-                    "history watch cancelled (compact_revision {}, {})",
-                    resp.compact_revision, resp.cancel_reason
-                )));
-            }
-            for ev in resp.events {
-                let Some(kv) = ev.kv else { continue };
-                let is_delete = ev.r#type == EventType::Delete as i32;
-                if let Some(stamp) = payload::decode(&kv.value) {
-                    seq_rev.insert(stamp.seq, kv.mod_revision);
-                }
-                events.push((kv.mod_revision, event_tag(is_delete, &kv.key, &kv.value)));
-                last = last.max(kv.mod_revision);
-            }
-        }
-        drop(tx);
-        Ok::<_, LoadError>(())
+    let q = HistoryQuery {
+        key: target.key.clone(),
+        range_end: target.range_end.clone(),
+        from_rev,
+        through: to_rev,
+        prev_kv: false,
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| LoadError::Timeout {
-            what: format!("reading the store history {from_rev}..={to_rev} from {endpoint}"),
-            secs: timeout.as_secs_f64(),
-        })??;
+    // The first of comma-separated endpoints, as every connection here.
+    let first = endpoint.split(',').next().unwrap_or(endpoint);
+    history::read_events(first, &q, timeout, |ev| {
+        let Some(kv) = ev.kv else { return };
+        let is_delete = ev.r#type == EventType::Delete as i32;
+        if let Some(stamp) = payload::decode(&kv.value) {
+            seq_rev.insert(stamp.seq, kv.mod_revision);
+        }
+        events.push((
+            kv.mod_revision,
+            payload::event_tag(is_delete, &kv.key, &kv.value),
+        ));
+    })
+    .await
+    .map_err(LoadError::History)?;
     let n = events.len();
     Ok(History {
         truth: Truth::from_events(events),

@@ -21,6 +21,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use lookout_proto::pb;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::conn;
@@ -166,7 +167,7 @@ pub async fn run_isolated(
     connections: usize,
     cfg: &WriterConfig,
     counters: Arc<Counters>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
     fallback: &[Channel],
 ) -> WriterReport {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -208,7 +209,7 @@ pub async fn run(
     channels: &[Channel],
     cfg: &WriterConfig,
     counters: Arc<Counters>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> WriterReport {
     let clients: Vec<_> = channels.iter().map(conn::kv).collect();
     let mut rep = WriterReport {
@@ -242,7 +243,7 @@ pub async fn run(
         };
         tokio::select! {
             biased;
-            _ = crate::watch::stopped(&mut stop) => {
+            _ = stop.cancelled() => {
                 rep.interrupted = true;
                 break;
             }

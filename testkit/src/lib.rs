@@ -1,15 +1,37 @@
 //! `lookout-testkit`: what every Lookout integration test needs to start and
-//! talk to real processes on loopback.
+//! talk to real processes on loopback, and the one checker of etcd's watch
+//! guarantees (used by the tests and by `lookout-load`).
 //!
 //! ```text
 //!   test ──spawn──> etcd / lookout (child, PID kept) ──> wait_ready (bounded)
 //!        <──Drop─── kill that PID, reap it, remove its temp data dir
+//!   watchers' records + the store's history read back ──> checker ──> verdict
 //! ```
 //!
 //! It owns: loopback port allocation, starting a real etcd 3.4 (Debian's
-//! `etcd`) or a `lookout` binary as a child process, running `etcdctl`, and
-//! bounded polling. It must never kill a process it did not start (no kill by
-//! name) and never listen outside 127.0.0.0/8.
+//! `etcd`) or a `lookout` binary as a child process, running `etcdctl`,
+//! bounded polling, and judging watchers against the store's own history.
+//! It must never kill a process it did not start (no kill by name), never
+//! listen outside 127.0.0.0/8, and never decide an event is missing from
+//! anything but the store's history.
+//!
+//! Where things live:
+//!
+//! | concern | module |
+//! |---|---|
+//! | ports, bounded waits, child guards, `etcdctl` | this file |
+//! | real etcd, grpc-proxy, a restartable etcd | [`etcd`], [`grpc_proxy`], [`etcd_restart`] |
+//! | `lookout` processes: one, store + gateway, extra gateways | [`lookout`], [`lookout_stack`], [`extra_gateway`] |
+//! | N-member clusters (`lookout store` or etcd), membership, kills | [`cluster`] |
+//! | test certificates | [`certs`] |
+//! | KV calls and the churn workload | [`kv`] |
+//! | HTTP/1 by hand, a TCP proxy that can cut links | [`http1`], [`tcp_proxy`] |
+//! | watch guarantees (online record, truth, verdict, history reader) | [`checker`] |
+//! | linearizability of register histories | [`linearizability`] |
+//! | the fault battery's checkers: the revision log merged from members' watches, multi-key linearizability, watchers that resume on any server, lease safety, durability | [`kv_history`], [`kv_linearizability`], [`watch_check`], [`lease_check`], [`durability`] |
+//! | per-link partitions, one-way loss and delay between named processes | [`fault_proxy`] |
+//! | etcdctl transcripts (fixed session, scripts) | [`session`], [`script`] |
+//! | the crate's error type | [`error`] |
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -21,6 +43,7 @@ pub mod certs;
 pub mod checker;
 pub mod cluster;
 pub mod durability;
+pub mod error;
 pub mod etcd;
 pub mod etcd_restart;
 pub mod extra_gateway;
@@ -39,6 +62,7 @@ pub mod session;
 pub mod tcp_proxy;
 pub mod watch_check;
 
+pub use error::TestkitError;
 pub use etcd::EtcdServer;
 pub use extra_gateway::ExtraGateway;
 pub use grpc_proxy::GrpcProxy;

@@ -32,8 +32,11 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+// parking_lot: no poisoning to unwrap; the reader thread only pushes lines.
+use parking_lot::Mutex;
 
 /// Longest a background command may take to print an awaited line, or to
 /// exit once stopped.
@@ -254,7 +257,7 @@ impl Runner {
         let sink = lines.clone();
         let stdout_reader = std::thread::spawn(move || {
             for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().expect("lines").push(l);
+                sink.lock().push(l);
             }
         });
         let stderr = child.stderr.take().expect("stderr");
@@ -285,7 +288,7 @@ impl Runner {
         let b = self.bg.get_mut(name).expect("await a started command");
         let deadline = Instant::now() + AWAIT_DEADLINE;
         loop {
-            if b.lines.lock().expect("lines").iter().any(|l| l == text) {
+            if b.lines.lock().iter().any(|l| l == text) {
                 return;
             }
             if Instant::now() >= deadline || !matches!(b.child.try_wait(), Ok(None)) {
@@ -324,7 +327,7 @@ impl Runner {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
-        let stdout = b.lines.lock().expect("lines").join("\n");
+        let stdout = b.lines.lock().join("\n");
         self.out.push_str(&format!("& {name} stopped\n"));
         let args = b.args.clone();
         self.record(&args, &stdout, &stderr, code.unwrap_or(0));

@@ -4,16 +4,19 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Forwards `127.0.0.1:<port>` to a target address until dropped.
 #[derive(Debug)]
 pub struct TcpProxy {
     endpoint: String,
     open: Arc<AtomicBool>,
-    /// Bumped on every cut: connection tasks watching it close their sockets.
-    epoch: watch::Sender<u64>,
+    /// Cancelled on every cut (and replaced by a fresh one): the connections
+    /// forwarded before it close their sockets. The lock is held only to
+    /// swap or clone the token, never across an await.
+    cut: Arc<Mutex<CancellationToken>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -24,18 +27,18 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let endpoint = listener.local_addr().expect("addr").to_string();
         let open = Arc::new(AtomicBool::new(true));
-        let (epoch, _) = watch::channel(0u64);
+        let cut = Arc::new(Mutex::new(CancellationToken::new()));
         let target = target.to_string();
         let accept = {
             let open = open.clone();
-            let epoch = epoch.clone();
+            let cut = cut.clone();
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     if !open.load(Ordering::SeqCst) {
                         drop(client);
                         continue;
                     }
-                    let mut cut = epoch.subscribe();
+                    let cut = cut.lock().clone();
                     let target = target.clone();
                     tokio::spawn(async move {
                         let Ok(server) = TcpStream::connect(&target).await else {
@@ -46,7 +49,7 @@ impl TcpProxy {
                         let (mut c, mut s) = (client, server);
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut c, &mut s) => {}
-                            _ = cut.changed() => {}
+                            _ = cut.cancelled() => {}
                         }
                     });
                 }
@@ -55,7 +58,7 @@ impl TcpProxy {
         Self {
             endpoint,
             open,
-            epoch,
+            cut,
             accept,
         }
     }
@@ -68,7 +71,7 @@ impl TcpProxy {
     /// Closes every forwarded connection and refuses new ones.
     pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
-        self.epoch.send_modify(|e| *e += 1);
+        std::mem::take(&mut *self.cut.lock()).cancel();
     }
 
     /// Accepts and forwards new connections again.

@@ -19,7 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    Cleanup, Client, candidate_key, created_at, key_prefix, op_delete, op_get, op_put, range_kvs,
+    Cleanup, Client, candidate_key, created_at, delete_txn, key_prefix, op_delete, op_get, op_put,
+    range_kvs,
 };
 use crate::api::{EtcdApi, WatchEvent};
 
@@ -63,6 +64,9 @@ impl<A: EtcdApi> ElectionService<A> {
             success: vec![op_put(&key, req.value.clone(), lease)],
             failure: vec![op_get(&key)],
         };
+        // Armed before the write (see `Cleanup`); after it, a resign of
+        // exactly this candidacy.
+        let mut resign = Cleanup::new(c, delete_txn(&key));
         let resp = c.txn(txn).await?;
         let header = resp.header.unwrap_or_default();
         let mut rev = header.revision;
@@ -73,14 +77,14 @@ impl<A: EtcdApi> ElectionService<A> {
                 // Already a candidate with another value: proclaim the new
                 // one, resigning if that fails.
                 if let Err(e) = proclaim(c, &key, rev, lease, req.value.clone()).await {
-                    let _ = c.txn(resign_txn(&key, rev)).await;
+                    resign.set(resign_txn(&key, rev));
                     return Err(e);
                 }
             }
         }
         // Abandoning the campaign (the client cancels) resigns, as etcd's
         // does; any other failure of the wait leaves the key.
-        let resign = Cleanup::new(c, resign_txn(&key, rev));
+        resign.set(resign_txn(&key, rev));
         let wait = c.wait_deletes(&prefix, rev - 1).await;
         resign.disarm();
         wait?;

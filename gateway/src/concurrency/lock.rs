@@ -11,7 +11,7 @@ use lookout_proto::v3lockpb::{
 use tonic::{Request, Response, Status};
 
 use super::{
-    Cleanup, Client, candidate_key, created_at, first_created, key_prefix, op_delete, op_get,
+    Cleanup, Client, candidate_key, created_at, delete_txn, first_created, key_prefix, op_get,
     op_put, op_range, range_kvs,
 };
 use crate::api::EtcdApi;
@@ -44,6 +44,7 @@ impl<A: EtcdApi> LockService<A> {
             ],
             failure: vec![op_get(&my_key), op_range(first_created(&prefix))],
         };
+        let cleanup = Cleanup::new(c, delete_txn(&my_key));
         let resp = c.txn(txn).await?;
         let header = resp.header.unwrap_or_default();
         let my_rev = if resp.succeeded {
@@ -55,6 +56,7 @@ impl<A: EtcdApi> LockService<A> {
         };
         let owner = range_kvs(&resp, 1);
         if owner.is_empty() || owner[0].create_revision == my_rev {
+            cleanup.disarm();
             return Ok(LockResponse {
                 header: Some(header),
                 key: my_key,
@@ -62,13 +64,6 @@ impl<A: EtcdApi> LockService<A> {
         }
         // Queued: wait for every earlier waiter. Giving up (the client
         // cancels, the wait fails) removes our key, as etcd's Unlock does.
-        let cleanup = Cleanup::new(
-            c,
-            TxnRequest {
-                success: vec![op_delete(&my_key)],
-                ..Default::default()
-            },
-        );
         let header = c.wait_deletes(&prefix, my_rev - 1).await?;
         cleanup.disarm();
         Ok(LockResponse {

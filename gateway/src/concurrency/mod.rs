@@ -147,7 +147,19 @@ impl<A: EtcdApi> Client<A> {
             r.sort_order = SortOrder::Descend as i32;
             r.limit = 1;
             r.max_create_revision = max_create_rev;
-            let resp = self.range(r).await?;
+            // Serializable is enough once the answer's revision is past
+            // our own key (created at `max_create_rev + 1`): every key
+            // created before it is then visible, and none can be created
+            // before it later. It spares a gateway its revision probe per
+            // wait. A backend behind our key (a gateway whose cache lags a
+            // write it timed out waiting for) is asked again,
+            // linearizably.
+            r.serializable = true;
+            let mut resp = self.range(r.clone()).await?;
+            if resp.header.as_ref().map_or(0, |h| h.revision) <= max_create_rev {
+                r.serializable = false;
+                resp = self.range(r).await?;
+            }
             let header = resp.header.unwrap_or_default();
             let Some(last) = resp.kvs.into_iter().next() else {
                 return Ok(header);
@@ -284,6 +296,14 @@ fn op_get(key: &Bytes) -> RequestOp {
     })
 }
 
+/// A txn that deletes `key` unconditionally.
+fn delete_txn(key: &Bytes) -> TxnRequest {
+    TxnRequest {
+        success: vec![op_delete(key)],
+        ..Default::default()
+    }
+}
+
 fn op_delete(key: &Bytes) -> RequestOp {
     RequestOp {
         request: Some(request_op::Request::RequestDeleteRange(
@@ -304,9 +324,11 @@ fn range_kvs(t: &TxnResponse, i: usize) -> &[lookout_proto::mvccpb::KeyValue] {
     }
 }
 
-/// Deletes a waiter's key if the wait is abandoned (the client went away
-/// or the call failed), as etcd's `Unlock`/`Resign` after a failed wait.
-/// Disarmed once the call succeeds.
+/// Deletes a waiter's key if the call is abandoned (the client went away
+/// or the wait failed), as etcd's `Unlock`/`Resign` after a failed wait.
+/// Armed before the key is written, so a client that goes away while the
+/// write is in flight leaves no key behind either; disarmed once the call
+/// succeeds.
 struct Cleanup<A: EtcdApi> {
     client: Option<Client<A>>,
     txn: TxnRequest,
@@ -318,6 +340,11 @@ impl<A: EtcdApi> Cleanup<A> {
             client: Some(client.clone()),
             txn,
         }
+    }
+
+    /// What to run if abandoned from now on.
+    fn set(&mut self, txn: TxnRequest) {
+        self.txn = txn;
     }
 
     fn disarm(mut self) {

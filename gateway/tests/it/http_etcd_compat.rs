@@ -31,21 +31,8 @@ enum Cmp {
     Members,
 }
 
-fn strip(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            for k in ["cluster_id", "member_id", "raft_term"] {
-                m.remove(k);
-            }
-            m.values_mut().for_each(strip);
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip),
-        _ => {}
-    }
-}
-
 fn normalize(cmp: Cmp, status: u16, mut v: Value) -> String {
-    strip(&mut v);
+    crate::support::strip_cluster_ids(&mut v);
     let v = match cmp {
         Cmp::Exact => v,
         Cmp::CodeOnly => json!({"code": v["code"]}),
@@ -269,7 +256,7 @@ async fn watch_transcript(addr: &str, body: String, events: usize, lines: usize)
     let mut w = Lines::open(addr, "POST", "/v3/watch", &[], body).await;
     let mut out = vec![format!("status {}", w.status)];
     let mut created = w.next_json().await;
-    strip(&mut created);
+    crate::support::strip_cluster_ids(&mut created);
     out.push(created.to_string());
     let (mut seen, mut others) = (0, 0);
     // Bounded: at most `events` + `lines` + 5 lines, each within STEP.
@@ -278,7 +265,7 @@ async fn watch_transcript(addr: &str, body: String, events: usize, lines: usize)
             break;
         }
         let mut j = w.next_json().await;
-        strip(&mut j);
+        crate::support::strip_cluster_ids(&mut j);
         let r = &j["result"];
         if let Some(evs) = r["events"].as_array() {
             for e in evs {
@@ -307,7 +294,7 @@ async fn session(addr: &str) -> Vec<String> {
     let r = post(addr, "/v3/lease/keepalive", r#"{"ID":"2000"} {"ID":"77"}"#).await;
     for line in r.text().lines() {
         let mut j: Value = serde_json::from_str(line).unwrap();
-        strip(&mut j);
+        crate::support::strip_cluster_ids(&mut j);
         out.push(format!("keepalive -> {} {j}", r.status));
     }
     // Watches: from a compacted revision, from a retained one with prev_kv,

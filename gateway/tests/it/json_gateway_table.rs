@@ -40,19 +40,6 @@ enum Norm {
     ResultKeys,
 }
 
-fn strip(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            for k in ["cluster_id", "member_id", "raft_term"] {
-                m.remove(k);
-            }
-            m.values_mut().for_each(strip);
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip),
-        _ => {}
-    }
-}
-
 fn normalize(norm: Norm, status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body).into_owned();
     if norm == Norm::Text {
@@ -61,7 +48,7 @@ fn normalize(norm: Norm, status: u16, body: &[u8]) -> String {
     let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
         return format!("{status} (not JSON) {}", text.trim());
     };
-    strip(&mut v);
+    crate::support::strip_cluster_ids(&mut v);
     let v = match norm {
         Norm::Exact | Norm::Text => v,
         Norm::CodeOnly => json!({"code": v["code"]}),

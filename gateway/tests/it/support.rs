@@ -74,3 +74,20 @@ pub async fn start_gateway_on(
     .await;
     gw
 }
+
+/// Drops the fields of a JSON answer that differ between any two clusters
+/// (`cluster_id`, `member_id`, `raft_term`), at every depth, so that
+/// answers from etcd and from Lookout can be compared as values.
+pub fn strip_cluster_ids(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            for k in ["cluster_id", "member_id", "raft_term"] {
+                m.remove(k);
+            }
+            m.values_mut().for_each(strip_cluster_ids);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_cluster_ids),
+        _ => {}
+    }
+}

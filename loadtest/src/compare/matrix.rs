@@ -113,160 +113,194 @@ fn fanout(args: &CompareArgs, w: usize, r: f64, t: Duration) -> FanoutParams {
     }
 }
 
+/// The writer duration, watcher counts and rates of the fan-out cells.
+struct Sizes {
+    full: bool,
+    t: Duration,
+    watchers: Vec<usize>,
+    rates: Vec<f64>,
+}
+
+impl Sizes {
+    fn of(args: &CompareArgs) -> Self {
+        let full = args.full;
+        let t = args
+            .duration
+            .unwrap_or(Duration::from_secs(if full { 30 } else { 10 }));
+        let watchers = if args.watchers.is_empty() {
+            if full {
+                vec![1_000, 5_000, 10_000, 50_000]
+            } else {
+                vec![100, 1_000, 5_000]
+            }
+        } else {
+            args.watchers.clone()
+        };
+        let rates = if args.rates.is_empty() {
+            if full {
+                vec![100.0, 1_000.0]
+            } else {
+                vec![100.0]
+            }
+        } else {
+            args.rates.clone()
+        };
+        Self {
+            full,
+            t,
+            watchers,
+            rates,
+        }
+    }
+}
+
 /// Builds the matrix from the flags.
 pub fn build(args: &CompareArgs) -> Vec<Cell> {
-    let full = args.full;
-    let t = args
-        .duration
-        .unwrap_or(Duration::from_secs(if full { 30 } else { 10 }));
-    let watchers = if args.watchers.is_empty() {
-        if full {
-            vec![1_000, 5_000, 10_000, 50_000]
-        } else {
-            vec![100, 1_000, 5_000]
-        }
-    } else {
-        args.watchers.clone()
-    };
-    let rates = if args.rates.is_empty() {
-        if full {
-            vec![100.0, 1_000.0]
-        } else {
-            vec![100.0]
-        }
-    } else {
-        args.rates.clone()
-    };
+    let sizes = Sizes::of(args);
     let mut scenarios = args.scenarios.clone();
     scenarios.sort();
     scenarios.dedup();
     let mut cells = Vec::new();
     for s in scenarios {
         match s {
-            ScenarioKind::Fanout => {
-                for &r in &rates {
-                    for &w in &watchers {
-                        let p = fanout(args, w, r, t);
-                        cells.push(Cell {
-                            id: format!("fanout-w{w}-r{r}"),
-                            title: format!(
-                                "Fan-out: {w} watchers over {} connections, {r} puts/s, {} keys, {} B values, {}s",
-                                p.connections,
-                                p.keys,
-                                p.value_size,
-                                t.as_secs_f64()
-                            ),
-                            kind: CellKind::Watch(p),
-                        });
-                    }
-                }
-            }
-            ScenarioKind::Informers => {
-                let p = InformerParams {
-                    // 1,000 informers starting at once is the storm the
-                    // issue names; --full grows their lists to 10k keys.
-                    clients: args.informer_clients.unwrap_or(1_000),
-                    keys: args
-                        .informer_keys
-                        .unwrap_or(if full { 10_000 } else { 1_000 }),
-                    value_size: args.value_size,
-                    burst: 100,
-                    ..InformerParams::default()
-                };
-                cells.push(Cell {
-                    id: format!("informers-n{}-k{}", p.clients, p.keys),
-                    title: format!(
-                        "Informers: {} clients (one connection each) list {} keys and watch from revision + 1 at once, then a burst of {} puts",
-                        p.clients, p.keys, p.burst
-                    ),
-                    kind: CellKind::Informers(p),
-                });
-            }
-            ScenarioKind::Slow => {
-                let (w, r, after, stall, t) = if full {
-                    (10_000, 1_000.0, 5, 60, Duration::from_secs(70))
-                } else {
-                    (1_000, 100.0, 2, 5, t)
-                };
-                // --watchers / --rates pick the slow cell's size too.
-                let w = args.watchers.first().copied().unwrap_or(w);
-                let r = args.rates.first().copied().unwrap_or(r);
-                let mut p = fanout(args, w, r, t);
-                p.slow = Some(SlowParams {
-                    fraction: 0.01,
-                    after: Duration::from_secs(after),
-                    for_: Duration::from_secs(stall),
-                });
-                cells.push(Cell {
-                    id: format!("slow-w{w}-r{r}"),
-                    title: format!(
-                        "Slow watchers: {w} watchers, 1% stop reading for {stall}s, {r} puts/s"
-                    ),
-                    kind: CellKind::Watch(p),
-                });
-            }
-            ScenarioKind::Catchup => {
-                let (w, behind) = if full {
-                    (1_000, 100_000)
-                } else {
-                    (100, 10_000)
-                };
-                let mut p = fanout(args, w, 100.0, Duration::from_secs(5));
-                p.catchup = Some(CatchupParams { behind });
-                cells.push(Cell {
-                    id: format!("catchup-w{w}-b{behind}"),
-                    title: format!("Catch-up: {w} watchers start {behind} revisions behind head, 100 puts/s continue"),
-                    kind: CellKind::Watch(p),
-                });
-            }
-            ScenarioKind::Failover => {
-                let (w, r) = (1_000, 100.0);
-                let w = args.watchers.first().copied().unwrap_or(w);
-                let r = args.rates.first().copied().unwrap_or(r);
-                let mut p = fanout(args, w, r, t);
-                p.failover = Some(FailoverParams {
-                    after: Duration::from_secs(3).min(t / 2),
-                    endpoint: String::new(),
-                });
-                cells.push(Cell {
-                    id: format!("failover-w{w}-r{r}"),
-                    title: format!(
-                        "Failover: {w} watchers over {} connections, {r} puts/s; every stream is killed {}s after the writer starts and resumes on a second front end from its last revision + 1",
-                        p.connections,
-                        Duration::from_secs(3).min(t / 2).as_secs_f64()
-                    ),
-                    kind: CellKind::Watch(p),
-                });
-            }
-            ScenarioKind::Memory => {
-                let p = MemoryParams::default();
-                cells.push(Cell {
-                    id: format!(
-                        "memory-w{}-s{}-c{}",
-                        p.watchers, p.streams, p.connections
-                    ),
-                    title: format!(
-                        "Memory: RSS growth for {} idle watchers on one stream, then {} streams with one watcher on one connection, then {} connections with one stream and one watcher",
-                        p.watchers, p.streams, p.connections
-                    ),
-                    kind: CellKind::Memory(p),
-                });
-            }
-            ScenarioKind::Http => {
-                let w = if full { 1_000 } else { 100 };
-                let mut p = fanout(args, w, 100.0, t);
-                p.http = Some(HttpParams {
-                    fraction: 1.0,
-                    api: HttpApi::Lookout,
-                    addr: String::new(),
-                });
-                cells.push(Cell {
-                    id: format!("http-w{w}-r100"),
-                    title: format!("HTTP: {w} watchers on HTTP JSON-lines streams, 100 puts/s"),
-                    kind: CellKind::Watch(p),
-                });
-            }
+            ScenarioKind::Fanout => cells.extend(fanout_cells(args, &sizes)),
+            ScenarioKind::Informers => cells.push(informers_cell(args, &sizes)),
+            ScenarioKind::Slow => cells.push(slow_cell(args, &sizes)),
+            ScenarioKind::Catchup => cells.push(catchup_cell(args, &sizes)),
+            ScenarioKind::Failover => cells.push(failover_cell(args, &sizes)),
+            ScenarioKind::Memory => cells.push(memory_cell()),
+            ScenarioKind::Http => cells.push(http_cell(args, &sizes)),
         }
     }
     cells
+}
+
+fn fanout_cells(args: &CompareArgs, sz: &Sizes) -> Vec<Cell> {
+    let t = sz.t;
+    let mut cells = Vec::new();
+    for &r in &sz.rates {
+        for &w in &sz.watchers {
+            let p = fanout(args, w, r, t);
+            cells.push(Cell {
+                id: format!("fanout-w{w}-r{r}"),
+                title: format!(
+                    "Fan-out: {w} watchers over {} connections, {r} puts/s, {} keys, {} B values, {}s",
+                    p.connections,
+                    p.keys,
+                    p.value_size,
+                    t.as_secs_f64()
+                ),
+                kind: CellKind::Watch(p),
+            });
+        }
+    }
+    cells
+}
+
+fn informers_cell(args: &CompareArgs, sz: &Sizes) -> Cell {
+    let p = InformerParams {
+        // 1,000 informers starting at once is the storm the issue names;
+        // --full grows their lists to 10k keys.
+        clients: args.informer_clients.unwrap_or(1_000),
+        keys: args
+            .informer_keys
+            .unwrap_or(if sz.full { 10_000 } else { 1_000 }),
+        value_size: args.value_size,
+        burst: 100,
+        ..InformerParams::default()
+    };
+    Cell {
+        id: format!("informers-n{}-k{}", p.clients, p.keys),
+        title: format!(
+            "Informers: {} clients (one connection each) list {} keys and watch from revision + 1 at once, then a burst of {} puts",
+            p.clients, p.keys, p.burst
+        ),
+        kind: CellKind::Informers(p),
+    }
+}
+
+fn slow_cell(args: &CompareArgs, sz: &Sizes) -> Cell {
+    let (w, r, after, stall, t) = if sz.full {
+        (10_000, 1_000.0, 5, 60, Duration::from_secs(70))
+    } else {
+        (1_000, 100.0, 2, 5, sz.t)
+    };
+    // --watchers / --rates pick the slow cell's size too.
+    let w = args.watchers.first().copied().unwrap_or(w);
+    let r = args.rates.first().copied().unwrap_or(r);
+    let mut p = fanout(args, w, r, t);
+    p.slow = Some(SlowParams {
+        fraction: 0.01,
+        after: Duration::from_secs(after),
+        for_: Duration::from_secs(stall),
+    });
+    Cell {
+        id: format!("slow-w{w}-r{r}"),
+        title: format!("Slow watchers: {w} watchers, 1% stop reading for {stall}s, {r} puts/s"),
+        kind: CellKind::Watch(p),
+    }
+}
+
+fn catchup_cell(args: &CompareArgs, sz: &Sizes) -> Cell {
+    let (w, behind) = if sz.full {
+        (1_000, 100_000)
+    } else {
+        (100, 10_000)
+    };
+    let mut p = fanout(args, w, 100.0, Duration::from_secs(5));
+    p.catchup = Some(CatchupParams { behind });
+    Cell {
+        id: format!("catchup-w{w}-b{behind}"),
+        title: format!(
+            "Catch-up: {w} watchers start {behind} revisions behind head, 100 puts/s continue"
+        ),
+        kind: CellKind::Watch(p),
+    }
+}
+
+fn failover_cell(args: &CompareArgs, sz: &Sizes) -> Cell {
+    let t = sz.t;
+    let w = args.watchers.first().copied().unwrap_or(1_000);
+    let r = args.rates.first().copied().unwrap_or(100.0);
+    let mut p = fanout(args, w, r, t);
+    p.failover = Some(FailoverParams {
+        after: Duration::from_secs(3).min(t / 2),
+        endpoint: String::new(),
+    });
+    Cell {
+        id: format!("failover-w{w}-r{r}"),
+        title: format!(
+            "Failover: {w} watchers over {} connections, {r} puts/s; every stream is killed {}s after the writer starts and resumes on a second front end from its last revision + 1",
+            p.connections,
+            Duration::from_secs(3).min(t / 2).as_secs_f64()
+        ),
+        kind: CellKind::Watch(p),
+    }
+}
+
+fn memory_cell() -> Cell {
+    let p = MemoryParams::default();
+    Cell {
+        id: format!("memory-w{}-s{}-c{}", p.watchers, p.streams, p.connections),
+        title: format!(
+            "Memory: RSS growth for {} idle watchers on one stream, then {} streams with one watcher on one connection, then {} connections with one stream and one watcher",
+            p.watchers, p.streams, p.connections
+        ),
+        kind: CellKind::Memory(p),
+    }
+}
+
+fn http_cell(args: &CompareArgs, sz: &Sizes) -> Cell {
+    let w = if sz.full { 1_000 } else { 100 };
+    let mut p = fanout(args, w, 100.0, sz.t);
+    p.http = Some(HttpParams {
+        fraction: 1.0,
+        api: HttpApi::Lookout,
+        addr: String::new(),
+    });
+    Cell {
+        id: format!("http-w{w}-r100"),
+        title: format!("HTTP: {w} watchers on HTTP JSON-lines streams, 100 puts/s"),
+        kind: CellKind::Watch(p),
+    }
 }

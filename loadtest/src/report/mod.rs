@@ -151,225 +151,243 @@ fn late_text(w: &WatchStats) -> String {
 /// scenario always give the same row names, so targets line up.
 pub fn metrics(r: &RunResult) -> Vec<Metric> {
     let mut m = vec![text("verdict", verdict(r))];
-    let front = r.servers.first();
-    let server_rows = |m: &mut Vec<Metric>| {
-        if let Some(f) = front {
-            m.push(num("front process CPU", f.cpu_s, Fmt::Cpu));
-            m.push(num(
-                "front process peak RSS",
-                f.peak_rss_bytes as f64,
-                Fmt::Bytes,
-            ));
-        }
-        if !r.servers.is_empty() {
-            let total: f64 = r.servers.iter().map(|s| s.cpu_s).sum();
-            m.push(num("all server processes CPU", total, Fmt::Cpu));
-        }
-        m.push(num("load generator CPU", r.client.cpu_s, Fmt::Cpu));
-        m.push(text(
-            "load average at start (1 min)",
-            format!("{:.2}", r.loadavg_1m),
-        ));
-    };
     match r.scenario.as_str() {
-        "memory" => {
-            let mm = r.memory.clone().unwrap_or_default();
-            m.push(num(
-                "RSS per watcher (shared stream)",
-                mm.per_watcher_bytes,
-                Fmt::Bytes,
-            ));
-            m.push(num(
-                "RSS per stream (beyond its watcher)",
-                mm.per_stream_bytes,
-                Fmt::Bytes,
-            ));
-            m.push(num(
-                "RSS per connection (beyond its stream)",
-                mm.per_connection_bytes,
-                Fmt::Bytes,
-            ));
-            m.push(num(
-                "RSS before the watches",
-                mm.rss_start_bytes as f64,
-                Fmt::Bytes,
-            ));
-            m.push(num(
-                "RSS with all of them",
-                mm.rss_connections_bytes as f64,
-                Fmt::Bytes,
-            ));
-            m.push(num(
-                "time to create them",
-                mm.setup_s.iter().sum(),
-                Fmt::Secs,
-            ));
-            server_rows(&mut m);
-        }
-        "put" | "range" => {
-            let o = r.ops.clone().unwrap_or_default();
-            m.push(num("requests/s", o.ops_per_s, Fmt::Rate));
-            m.push(num("p50 latency", r.latency.p50_ms, Fmt::Ms));
-            m.push(num("p99 latency", r.latency.p99_ms, Fmt::Ms));
-            m.push(num("max latency", r.latency.max_ms, Fmt::Ms));
-            m.push(num(
-                "errors + timeouts",
-                (o.errors + o.timeouts) as f64,
-                Fmt::Count,
-            ));
-            server_rows(&mut m);
-        }
-        "informers" => {
-            let i = r.informers.clone().unwrap_or_default();
-            let w = r.watch.get("informers").cloned().unwrap_or_default();
-            m.push(text(
-                "informers synced",
-                format!("{} / {}", i.synced, i.clients),
-            ));
-            m.push(num("time until all synced", i.all_synced_s, Fmt::Secs));
-            m.push(num("p50 time to sync", i.sync_latency.p50_ms, Fmt::Ms));
-            m.push(num("p99 time to sync", i.sync_latency.p99_ms, Fmt::Ms));
-            m.push(num(
-                "keys listed/s (all informers)",
-                i.keys_listed_per_s,
-                Fmt::Rate,
-            ));
-            m.push(text(
-                "list errors / wrong lists",
-                format!("{} / {}", i.list_errors, i.list_mismatch),
-            ));
-            m.push(num(
-                "burst p50 put → event",
-                i.burst_latency.p50_ms,
-                Fmt::Ms,
-            ));
-            m.push(num(
-                "burst p99 put → event",
-                i.burst_latency.p99_ms,
-                Fmt::Ms,
-            ));
-            m.push(text(
-                "missing / duplicate / out of order / unexpected",
-                check_text(&w),
-            ));
-            m.push(text(
-                "undelivered at deadline / informers behind",
-                late_text(&w),
-            ));
-            if let Some(pw) = front.and_then(|f| r.rss_per_watcher_bytes.get(&f.label)) {
-                m.push(num("front RSS per informer", *pw, Fmt::Bytes));
-            }
-            // What the front end itself counted (Lookout's /metrics): the
-            // store saw this many lists from it, ever, and this many
-            // forwarded ranges during the run.
-            if let Some(sm) = front.and_then(|f| r.server_metrics.get(&f.label))
-                && sm.error.is_none()
-            {
-                let lists = sm
-                    .after
-                    .get("lookout_list_duration_seconds_count")
-                    .copied()
-                    .unwrap_or(0.0);
-                let fwd = sm
-                    .delta
-                    .get("lookout_gateway_ranges_total{source=\"upstream\"}")
-                    .copied()
-                    .unwrap_or(0.0);
-                m.push(text(
-                    "store lists by the front (lifetime) / ranges it forwarded (run)",
-                    format!("{lists:.0} / {fwd:.0}"),
-                ));
-            }
-            server_rows(&mut m);
-        }
-        _ => {
-            let empty = WatchStats::default();
-            let primary = r.primary().unwrap_or(&empty);
-            let n = primary.clone();
-            m.push(text(
-                "watchers created",
-                format!(
-                    "{} / {}",
-                    r.watch.values().map(|w| w.created).sum::<u64>(),
-                    r.watch.values().map(|w| w.watchers).sum::<u64>()
-                ),
-            ));
-            m.push(num("p50 put → event", n.latency.p50_ms, Fmt::Ms));
-            m.push(num("p99 put → event", n.latency.p99_ms, Fmt::Ms));
-            m.push(num("p99.9 put → event", n.latency.p999_ms, Fmt::Ms));
-            m.push(num("max put → event", n.latency.max_ms, Fmt::Ms));
-            m.push(num("deliveries/s", n.deliveries_per_s, Fmt::Rate));
-            m.push(text(
-                "missing / duplicate / out of order / unexpected",
-                check_text(&n),
-            ));
-            m.push(text(
-                "undelivered at deadline / watchers behind",
-                late_text(&n),
-            ));
-            for (g, w) in r.watch.iter().filter(|(_, w)| !std::ptr::eq(*w, primary)) {
-                m.push(num(format!("{g} watchers p99"), w.latency.p99_ms, Fmt::Ms));
-                m.push(text(
-                    format!("{g} watchers undelivered / behind"),
-                    late_text(w),
-                ));
-                m.push(text(
-                    format!("{g} watchers missing / dup / ooo / unexpected"),
-                    check_text(w),
-                ));
-                m.push(text(
-                    format!("{g} watchers clean / compact-cancelled / lost"),
-                    format!(
-                        "{} / {} / {}",
-                        w.checks.clean, w.checks.compact_cancelled, w.checks.lost
-                    ),
-                ));
-            }
-            if let Some(c) = &r.catchup {
-                m.push(num("p50 catch-up time", c.catchup_time.p50_ms, Fmt::Ms));
-                m.push(num("max catch-up time", c.catchup_time.max_ms, Fmt::Ms));
-                m.push(num("history events/s", c.history_events_per_s, Fmt::Rate));
-            }
-            if let Some(w) = &r.writer {
-                m.push(text(
-                    "puts acked / timed out / failed",
-                    format!("{} / {} / {}", w.acked, w.timed_out, w.failed),
-                ));
-                m.push(text(
-                    "unknown puts applied / absent (store history)",
-                    format!("{} / {}", w.unknown_applied, w.unknown_absent),
-                ));
-                m.push(num("achieved put rate", w.achieved_rate, Fmt::Rate));
-                m.push(num("p99 put latency", w.put_latency.p99_ms, Fmt::Ms));
-            }
-            if let Some(s) = r.setup_s {
-                m.push(num("watch setup time", s, Fmt::Secs));
-            }
-            if let Some(d) = r.drain_s {
-                m.push(num("drain after last put", d, Fmt::Secs));
-            }
-            if let Some(pw) = front.and_then(|f| r.rss_per_watcher_bytes.get(&f.label)) {
-                m.push(num("front RSS per watcher", *pw, Fmt::Bytes));
-            }
-            if let Some(sm) = front.and_then(|f| r.server_metrics.get(&f.label))
-                && sm.error.is_none()
-            {
-                let d = |k: &str| sm.delta.get(k).copied().unwrap_or(0.0);
-                m.push(text(
-                    "front: slow switches / compact cancels / resume waits (run)",
-                    format!(
-                        "{:.0} / {:.0} / {:.0}",
-                        d("lookout_slow_switches_total"),
-                        d("lookout_compact_cancels_total"),
-                        d("lookout_gateway_resume_waits_total{result=\"reached\"}")
-                            + d("lookout_gateway_resume_waits_total{result=\"timeout\"}")
-                    ),
-                ));
-            }
-            server_rows(&mut m);
-        }
+        "memory" => memory_rows(r, &mut m),
+        "put" | "range" => ops_rows(r, &mut m),
+        "informers" => informer_rows(r, &mut m),
+        _ => watch_rows(r, &mut m),
     }
+    server_rows(r, &mut m);
     m
+}
+
+/// The measured processes and the load generator, last in every table.
+fn server_rows(r: &RunResult, m: &mut Vec<Metric>) {
+    if let Some(f) = r.servers.first() {
+        m.push(num("front process CPU", f.cpu_s, Fmt::Cpu));
+        m.push(num(
+            "front process peak RSS",
+            f.peak_rss_bytes as f64,
+            Fmt::Bytes,
+        ));
+    }
+    if !r.servers.is_empty() {
+        let total: f64 = r.servers.iter().map(|s| s.cpu_s).sum();
+        m.push(num("all server processes CPU", total, Fmt::Cpu));
+    }
+    m.push(num("load generator CPU", r.client.cpu_s, Fmt::Cpu));
+    m.push(text(
+        "load average at start (1 min)",
+        format!("{:.2}", r.loadavg_1m),
+    ));
+}
+
+fn memory_rows(r: &RunResult, m: &mut Vec<Metric>) {
+    let mm = r.memory.clone().unwrap_or_default();
+    m.push(num(
+        "RSS per watcher (shared stream)",
+        mm.per_watcher_bytes,
+        Fmt::Bytes,
+    ));
+    m.push(num(
+        "RSS per stream (beyond its watcher)",
+        mm.per_stream_bytes,
+        Fmt::Bytes,
+    ));
+    m.push(num(
+        "RSS per connection (beyond its stream)",
+        mm.per_connection_bytes,
+        Fmt::Bytes,
+    ));
+    m.push(num(
+        "RSS before the watches",
+        mm.rss_start_bytes as f64,
+        Fmt::Bytes,
+    ));
+    m.push(num(
+        "RSS with all of them",
+        mm.rss_connections_bytes as f64,
+        Fmt::Bytes,
+    ));
+    m.push(num(
+        "time to create them",
+        mm.setup_s.iter().sum(),
+        Fmt::Secs,
+    ));
+}
+
+fn ops_rows(r: &RunResult, m: &mut Vec<Metric>) {
+    let o = r.ops.clone().unwrap_or_default();
+    m.push(num("requests/s", o.ops_per_s, Fmt::Rate));
+    m.push(num("p50 latency", r.latency.p50_ms, Fmt::Ms));
+    m.push(num("p99 latency", r.latency.p99_ms, Fmt::Ms));
+    m.push(num("max latency", r.latency.max_ms, Fmt::Ms));
+    m.push(num(
+        "errors + timeouts",
+        (o.errors + o.timeouts) as f64,
+        Fmt::Count,
+    ));
+}
+
+fn informer_rows(r: &RunResult, m: &mut Vec<Metric>) {
+    let i = r.informers.clone().unwrap_or_default();
+    let w = r.watch.get("informers").cloned().unwrap_or_default();
+    m.push(text(
+        "informers synced",
+        format!("{} / {}", i.synced, i.clients),
+    ));
+    m.push(num("time until all synced", i.all_synced_s, Fmt::Secs));
+    m.push(num("p50 time to sync", i.sync_latency.p50_ms, Fmt::Ms));
+    m.push(num("p99 time to sync", i.sync_latency.p99_ms, Fmt::Ms));
+    m.push(num(
+        "keys listed/s (all informers)",
+        i.keys_listed_per_s,
+        Fmt::Rate,
+    ));
+    m.push(text(
+        "list errors / wrong lists",
+        format!("{} / {}", i.list_errors, i.list_mismatch),
+    ));
+    m.push(num(
+        "burst p50 put → event",
+        i.burst_latency.p50_ms,
+        Fmt::Ms,
+    ));
+    m.push(num(
+        "burst p99 put → event",
+        i.burst_latency.p99_ms,
+        Fmt::Ms,
+    ));
+    m.push(text(
+        "missing / duplicate / out of order / unexpected",
+        check_text(&w),
+    ));
+    m.push(text(
+        "undelivered at deadline / informers behind",
+        late_text(&w),
+    ));
+    let front = r.servers.first();
+    if let Some(pw) = front.and_then(|f| r.rss_per_watcher_bytes.get(&f.label)) {
+        m.push(num("front RSS per informer", *pw, Fmt::Bytes));
+    }
+    // What the front end itself counted (Lookout's /metrics): the store saw
+    // this many lists from it, ever, and this many forwarded ranges during
+    // the run.
+    if let Some(sm) = front.and_then(|f| r.server_metrics.get(&f.label))
+        && sm.error.is_none()
+    {
+        let lists = sm
+            .after
+            .get("lookout_list_duration_seconds_count")
+            .copied()
+            .unwrap_or(0.0);
+        let fwd = sm
+            .delta
+            .get("lookout_gateway_ranges_total{source=\"upstream\"}")
+            .copied()
+            .unwrap_or(0.0);
+        m.push(text(
+            "store lists by the front (lifetime) / ranges it forwarded (run)",
+            format!("{lists:.0} / {fwd:.0}"),
+        ));
+    }
+}
+
+/// fanout, slow, http, catchup, failover.
+fn watch_rows(r: &RunResult, m: &mut Vec<Metric>) {
+    let empty = WatchStats::default();
+    let primary = r.primary().unwrap_or(&empty);
+    m.push(text(
+        "watchers created",
+        format!(
+            "{} / {}",
+            r.watch.values().map(|w| w.created).sum::<u64>(),
+            r.watch.values().map(|w| w.watchers).sum::<u64>()
+        ),
+    ));
+    m.push(num("p50 put → event", primary.latency.p50_ms, Fmt::Ms));
+    m.push(num("p99 put → event", primary.latency.p99_ms, Fmt::Ms));
+    m.push(num("p99.9 put → event", primary.latency.p999_ms, Fmt::Ms));
+    m.push(num("max put → event", primary.latency.max_ms, Fmt::Ms));
+    m.push(num("deliveries/s", primary.deliveries_per_s, Fmt::Rate));
+    m.push(text(
+        "missing / duplicate / out of order / unexpected",
+        check_text(primary),
+    ));
+    m.push(text(
+        "undelivered at deadline / watchers behind",
+        late_text(primary),
+    ));
+    for (g, w) in r.watch.iter().filter(|(_, w)| !std::ptr::eq(*w, primary)) {
+        group_rows(g, w, m);
+    }
+    if let Some(c) = &r.catchup {
+        m.push(num("p50 catch-up time", c.catchup_time.p50_ms, Fmt::Ms));
+        m.push(num("max catch-up time", c.catchup_time.max_ms, Fmt::Ms));
+        m.push(num("history events/s", c.history_events_per_s, Fmt::Rate));
+    }
+    if let Some(w) = &r.writer {
+        m.push(text(
+            "puts acked / timed out / failed",
+            format!("{} / {} / {}", w.acked, w.timed_out, w.failed),
+        ));
+        m.push(text(
+            "unknown puts applied / absent (store history)",
+            format!("{} / {}", w.unknown_applied, w.unknown_absent),
+        ));
+        m.push(num("achieved put rate", w.achieved_rate, Fmt::Rate));
+        m.push(num("p99 put latency", w.put_latency.p99_ms, Fmt::Ms));
+    }
+    if let Some(s) = r.setup_s {
+        m.push(num("watch setup time", s, Fmt::Secs));
+    }
+    if let Some(d) = r.drain_s {
+        m.push(num("drain after last put", d, Fmt::Secs));
+    }
+    front_watch_rows(r, m);
+}
+
+/// A watcher group beside the primary one (slow, http).
+fn group_rows(g: &str, w: &WatchStats, m: &mut Vec<Metric>) {
+    m.push(num(format!("{g} watchers p99"), w.latency.p99_ms, Fmt::Ms));
+    m.push(text(
+        format!("{g} watchers undelivered / behind"),
+        late_text(w),
+    ));
+    m.push(text(
+        format!("{g} watchers missing / dup / ooo / unexpected"),
+        check_text(w),
+    ));
+    m.push(text(
+        format!("{g} watchers clean / compact-cancelled / lost"),
+        format!(
+            "{} / {} / {}",
+            w.checks.clean, w.checks.compact_cancelled, w.checks.lost
+        ),
+    ));
+}
+
+/// What the front process grew by and counted itself during a watch run.
+fn front_watch_rows(r: &RunResult, m: &mut Vec<Metric>) {
+    let front = r.servers.first();
+    if let Some(pw) = front.and_then(|f| r.rss_per_watcher_bytes.get(&f.label)) {
+        m.push(num("front RSS per watcher", *pw, Fmt::Bytes));
+    }
+    if let Some(sm) = front.and_then(|f| r.server_metrics.get(&f.label))
+        && sm.error.is_none()
+    {
+        let d = |k: &str| sm.delta.get(k).copied().unwrap_or(0.0);
+        m.push(text(
+            "front: slow switches / compact cancels / resume waits (run)",
+            format!(
+                "{:.0} / {:.0} / {:.0}",
+                d("lookout_slow_switches_total"),
+                d("lookout_compact_cancels_total"),
+                d("lookout_gateway_resume_waits_total{result=\"reached\"}")
+                    + d("lookout_gateway_resume_waits_total{result=\"timeout\"}")
+            ),
+        ));
+    }
 }
 
 /// A markdown table: header, then rows of cells.

@@ -7,6 +7,9 @@
 //!   ─> all synced (bounded) ─> burst of B puts ─> every informer drains to
 //!   the newest revision ─> judge each against the store's history
 //! ```
+//!
+//! [`run`] strings the phases together, one function each; the verdict
+//! (result and problems) is built at the end from what they collected.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,22 +17,26 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lookout_proto::pb;
+use lookout_testkit::checker::Truth;
 use tokio::sync::watch;
 
-use super::fanout::cross_check_writer;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use super::verdict::{add_outcome, cross_check_writer, rss_per_watcher};
 use super::{ClientProc, RunCtx, p, wait_until};
-use crate::checker::{CheckTotals, Truth};
 use crate::conn;
 use crate::error::{LoadError, Result};
 use crate::hist::LatencyHist;
 use crate::payload;
-use crate::procstat::ProcWatch;
+use crate::procstat::{ProcStats, ProcWatch};
 use crate::progress::{Counters, Progress};
+use crate::promscrape::{Scrapes, ServerMetrics};
 use crate::result::{InformerStats, RunResult, WatchStats};
 use crate::truth::{self, History};
 use crate::watch::grpc::{self, StreamSpec};
-use crate::watch::{self as w, Group, StreamLimits, StreamOutcome, WatchTarget};
-use crate::writer::{self, WriterConfig};
+use crate::watch::{self as w, Controls, Group, Signals, StreamLimits, StreamOutcome, WatchTarget};
+use crate::writer::{self, WriterConfig, WriterReport};
 
 /// Informer scenario parameters.
 #[derive(Debug, Clone)]
@@ -101,6 +108,9 @@ struct ListOutcome {
     error: Option<String>,
 }
 
+/// One informer task's result: its list, its time to synced, its watcher.
+type InformerOutcome = (ListOutcome, Option<Duration>, Option<StreamOutcome>);
+
 /// Runs the informer scenario against `ctx`.
 ///
 /// # Errors
@@ -119,9 +129,84 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
         range_end: payload::prefix_range_end(&ctx.prefix),
     };
     progress.phase("preload");
+    let pre = preload(ctx, prm, &counters).await?;
+
+    progress.phase("connect");
+    let chans = conn::connect_many(&ctx.endpoint, prm.connections()).await?;
+    let server_watch = ProcWatch::start(&ctx.server_pids);
+    let rss_before = server_watch.rss_each();
+    let scrapes = Scrapes::start(&ctx.metrics_endpoints).await;
+    let (controls, sig) = w::signals(counters.clone());
+    let (go_tx, go_rx) = watch::channel(None::<Instant>);
+    let tasks = spawn_informers(ctx, prm, &chans, &target, &sig, &go_rx);
+
+    progress.phase("sync");
+    let sync = sync(ctx, prm, &counters, &tasks, &go_tx, &server_watch).await;
+    progress.phase("burst");
+    let burst = burst(ctx, prm, &pre, &target, &counters, &controls).await;
+    progress.phase("drain");
+    let drain_t = Instant::now();
+    let drained = wait_until(prm.drain_timeout, &ctx.stop, || {
+        Counters::get(&counters.watchers_done) >= sync.synced
+            || tasks.iter().all(|t| t.is_finished())
+    })
+    .await;
+    let drain_s = drain_t.elapsed().as_secs_f64();
+    controls.stop.cancel();
+
+    let joined = join(tasks).await;
+    let servers = server_watch.finish();
+    let server_metrics = scrapes.finish().await;
+    drop((chans, pre.writer_ch));
+    // Asked again with the informers gone (see fanout: late-applied puts).
+    let head = match conn::prefix_head(&pre.truth_ch, &target.key, &target.range_end).await {
+        Ok((h, _)) => h.max(burst.drain_head),
+        Err(_) => burst.drain_head,
+    };
+
+    progress.phase("verify");
+    let history = verify(ctx, &target, &joined.lists, pre.head, &burst.report, head).await;
+    drop(progress);
+
+    let mut res = verdict(Collected {
+        ctx,
+        prm,
+        joined: &joined,
+        history: &history,
+        burst: &burst.report,
+        head,
+        preload_head: pre.head,
+        sync: &sync,
+        drained,
+        drain_s,
+        rss_before: &rss_before,
+        servers,
+        server_metrics,
+    });
+    res.client = client.finish();
+    res.duration_s = started.elapsed().as_secs_f64();
+    res.loadavg_1m = loadavg_1m;
+    Ok(res)
+}
+
+/// The store and writer connections, and the prefix written before the
+/// informers start.
+struct Preloaded {
+    truth_ch: Channel,
+    writer_ch: Vec<Channel>,
+    /// Revision of the last preloaded key.
+    head: i64,
+}
+
+/// Writes the K keys every informer lists.
+async fn preload(
+    ctx: &RunCtx,
+    prm: &InformerParams,
+    counters: &Arc<Counters>,
+) -> Result<Preloaded> {
     let truth_ch = conn::connect(&ctx.truth_endpoint).await?;
     let writer_ch = vec![conn::connect(&ctx.endpoint).await?];
-    let pre_cfg = WriterConfig {
+    let cfg = WriterConfig {
         prefix: ctx.prefix.clone(),
         keys: prm.keys,
         value_size: prm.value_size,
@@ -131,7 +216,7 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
         max_inflight: 64,
         first_seq: 0,
     };
-    let pre = writer::run(&writer_ch, &pre_cfg, counters.clone(), ctx.stop.clone()).await;
+    let pre = writer::run(&writer_ch, &cfg, counters.clone(), ctx.stop.clone()).await;
     if pre.acked != prm.keys {
         return Err(LoadError::Target {
             target: ctx.target.clone(),
@@ -141,15 +226,23 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
             ),
         });
     }
-    let preload_head = pre.max_acked_rev();
+    Ok(Preloaded {
+        truth_ch,
+        writer_ch,
+        head: pre.max_acked_rev(),
+    })
+}
 
-    progress.phase("connect");
-    let chans = conn::connect_many(&ctx.endpoint, prm.connections()).await?;
-    let server_watch = ProcWatch::start(&ctx.server_pids);
-    let rss_before = server_watch.rss_each();
-    let scrapes = crate::promscrape::Scrapes::start(&ctx.metrics_endpoints).await;
-    let (controls, sig) = w::signals(counters.clone());
-    let (go_tx, go_rx) = watch::channel(None::<Instant>);
+/// One task per informer: it waits for the common start, lists the prefix,
+/// then watches from the list's revision + 1 until told to stop.
+fn spawn_informers(
+    ctx: &RunCtx,
+    prm: &InformerParams,
+    chans: &[Channel],
+    target: &WatchTarget,
+    sig: &Signals,
+    go_rx: &watch::Receiver<Option<Instant>>,
+) -> Vec<JoinHandle<InformerOutcome>> {
     let limits = StreamLimits {
         setup_timeout: prm.sync_timeout,
         max_resumes: prm.max_resumes,
@@ -163,7 +256,7 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
         let sig = sig.clone();
         let target = target.clone();
         let prm = prm.clone();
-        let mut stop = ctx.stop.clone();
+        let stop = ctx.stop.clone();
         tasks.push(tokio::spawn(async move {
             // Everyone waits for the same start.
             let t0 = loop {
@@ -172,7 +265,7 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
                 }
                 tokio::select! {
                     _ = w::next_value(&mut go) => {}
-                    _ = w::stopped(&mut stop) => return (ListOutcome::default(), None, None),
+                    _ = stop.cancelled() => return (ListOutcome::default(), None, None),
                 }
             };
             let list = list_prefix(&ch, &target, &prm).await;
@@ -193,21 +286,60 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
             (list, sync, Some(out))
         }));
     }
+    tasks
+}
 
-    progress.phase("sync");
+/// How the informers synced.
+struct Sync {
+    all: bool,
+    /// From the common start until the last informer was synced.
+    all_synced_s: f64,
+    synced: u64,
+    /// Server RSS once they were synced, per measured process.
+    rss_synced: Vec<u64>,
+}
+
+/// Starts every informer at once and waits (bounded) until all are synced.
+async fn sync(
+    ctx: &RunCtx,
+    prm: &InformerParams,
+    counters: &Counters,
+    tasks: &[JoinHandle<InformerOutcome>],
+    go_tx: &watch::Sender<Option<Instant>>,
+    server_watch: &ProcWatch,
+) -> Sync {
     let t0 = Instant::now();
     let _ = go_tx.send(Some(t0));
-    let synced_all = wait_until(prm.sync_timeout + Duration::from_secs(1), &ctx.stop, || {
+    let all = wait_until(prm.sync_timeout + Duration::from_secs(1), &ctx.stop, || {
         Counters::get(&counters.watchers_ready) >= prm.clients as u64
             || tasks.iter().all(|t| t.is_finished())
     })
     .await;
-    let all_synced_s = t0.elapsed().as_secs_f64();
-    let synced = Counters::get(&counters.watchers_ready);
-    let rss_synced = server_watch.rss_each();
+    Sync {
+        all,
+        all_synced_s: t0.elapsed().as_secs_f64(),
+        synced: Counters::get(&counters.watchers_ready),
+        rss_synced: server_watch.rss_each(),
+    }
+}
 
-    progress.phase("burst");
-    let burst_cfg = WriterConfig {
+/// The burst and the revision every informer must then reach.
+struct Burst {
+    report: WriterReport,
+    drain_head: i64,
+}
+
+/// B puts as fast as they go, then tells the informers the revision they
+/// must reach.
+async fn burst(
+    ctx: &RunCtx,
+    prm: &InformerParams,
+    pre: &Preloaded,
+    target: &WatchTarget,
+    counters: &Arc<Counters>,
+    controls: &Controls,
+) -> Burst {
+    let cfg = WriterConfig {
         prefix: ctx.prefix.clone(),
         keys: prm.keys,
         value_size: prm.value_size,
@@ -220,98 +352,165 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
     let _ = controls
         .writer_started
         .send(Some(tokio::time::Instant::now()));
-    let burst = writer::run(&writer_ch, &burst_cfg, counters.clone(), ctx.stop.clone()).await;
-    let drain_head = match conn::prefix_head(&truth_ch, &target.key, &target.range_end).await {
-        Ok((h, _)) => h.max(burst.max_acked_rev()),
-        Err(_) => burst.max_acked_rev().max(preload_head),
+    let report = writer::run(&pre.writer_ch, &cfg, counters.clone(), ctx.stop.clone()).await;
+    let drain_head = match conn::prefix_head(&pre.truth_ch, &target.key, &target.range_end).await {
+        Ok((h, _)) => h.max(report.max_acked_rev()),
+        Err(_) => report.max_acked_rev().max(pre.head),
     };
     let _ = controls.target.send(drain_head);
-    progress.phase("drain");
-    let drain_t = Instant::now();
-    let drained = wait_until(prm.drain_timeout, &ctx.stop, || {
-        Counters::get(&counters.watchers_done) >= synced || tasks.iter().all(|t| t.is_finished())
-    })
-    .await;
-    let drain_s = drain_t.elapsed().as_secs_f64();
-    let _ = controls.stop.send(true);
+    Burst { report, drain_head }
+}
 
-    // Collect: lists, sync times, and the stream outcomes.
-    let mut lists = Vec::new();
-    let mut sync_hist = LatencyHist::new();
-    let mut outcomes: Vec<StreamOutcome> = Vec::new();
+/// What the informer tasks handed back.
+struct Joined {
+    lists: Vec<ListOutcome>,
+    sync_hist: LatencyHist,
+    outcomes: Vec<StreamOutcome>,
+    /// Tasks that did not end within 10 s of being told to stop.
+    stuck: u64,
+}
+
+/// Collects lists, sync times and stream outcomes (bounded).
+async fn join(tasks: Vec<JoinHandle<InformerOutcome>>) -> Joined {
+    let mut j = Joined {
+        lists: Vec::new(),
+        sync_hist: LatencyHist::new(),
+        outcomes: Vec::new(),
+        stuck: 0,
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut stuck = 0;
     for mut t in tasks {
         match tokio::time::timeout_at(deadline, &mut t).await {
             Ok(Ok((list, sync, out))) => {
                 if let Some(s) = sync {
-                    sync_hist.record_ns(s.as_nanos() as u64);
+                    j.sync_hist.record_ns(s.as_nanos() as u64);
                 }
-                lists.push(list);
-                outcomes.extend(out);
+                j.lists.push(list);
+                j.outcomes.extend(out);
             }
             _ => {
                 t.abort();
-                stuck += 1;
+                j.stuck += 1;
             }
         }
     }
-    let servers = server_watch.finish();
-    let server_metrics = scrapes.finish().await;
-    drop((chans, writer_ch));
-    // Asked again with the informers gone (see fanout: late-applied puts).
-    let head = match conn::prefix_head(&truth_ch, &target.key, &target.range_end).await {
-        Ok((h, _)) => h.max(drain_head),
-        Err(_) => drain_head,
-    };
+    j
+}
 
-    progress.phase("verify");
+/// Reads the store's history from the oldest informer's start; the burst's
+/// acknowledgements stand in when it cannot be read.
+async fn verify(
+    ctx: &RunCtx,
+    target: &WatchTarget,
+    lists: &[ListOutcome],
+    preload_head: i64,
+    burst: &WriterReport,
+    head: i64,
+) -> History {
     let from = lists
         .iter()
         .filter(|l| l.error.is_none())
         .map(|l| l.revision + 1)
         .min()
         .unwrap_or(preload_head + 1);
-    let history = match truth::read_history(
+    let read = truth::read_history(
         &ctx.truth_endpoint,
-        &target,
+        target,
         from,
         head,
         Duration::from_secs(60),
     )
-    .await
-    {
+    .await;
+    match read {
         Ok(h) => h,
         Err(e) => History {
             truth: Truth::from_revisions(burst.acked_revisions()),
             seq_rev: Default::default(),
             source: format!("writer acknowledgements only: {e}"),
         },
-    };
-    drop(progress);
+    }
+}
 
+/// Everything the phases collected, for the verdict.
+struct Collected<'a> {
+    ctx: &'a RunCtx,
+    prm: &'a InformerParams,
+    joined: &'a Joined,
+    history: &'a History,
+    burst: &'a WriterReport,
+    head: i64,
+    /// Revision of the last preloaded key (what every list must reach).
+    preload_head: i64,
+    sync: &'a Sync,
+    drained: bool,
+    drain_s: f64,
+    rss_before: &'a [u64],
+    servers: Vec<ProcStats>,
+    server_metrics: BTreeMap<String, ServerMetrics>,
+}
+
+/// Judges every informer and builds the result (the caller adds the load
+/// generator's own figures).
+fn verdict(c: Collected<'_>) -> RunResult {
+    let prm = c.prm;
     let mut res = RunResult {
         scenario: "informers".into(),
-        target: ctx.target.clone(),
-        endpoint: ctx.endpoint.clone(),
+        target: c.ctx.target.clone(),
+        endpoint: c.ctx.endpoint.clone(),
         params: prm.params(),
-        command: ctx.command.clone(),
+        command: c.ctx.command.clone(),
         sustained: true,
-        setup_s: Some(all_synced_s),
-        drain_s: Some(drain_s),
-        servers,
-        server_metrics,
-        truth: history.source.clone(),
+        setup_s: Some(c.sync.all_synced_s),
+        drain_s: Some(c.drain_s),
+        servers: c.servers.clone(),
+        server_metrics: c.server_metrics.clone(),
+        truth: c.history.source.clone(),
         ..RunResult::default()
     };
-    let mut bstats = burst.stats();
-    cross_check_writer(&burst, &history, &mut bstats);
-
+    let mut bstats = c.burst.stats();
+    cross_check_writer(c.burst, c.history, &mut bstats);
+    let lists = &c.joined.lists;
     let list_errors = lists.iter().filter(|l| l.error.is_some()).count() as u64;
     let list_mismatch = lists
         .iter()
-        .filter(|l| l.error.is_none() && (l.keys != prm.keys || l.revision < preload_head))
+        .filter(|l| l.error.is_none() && (l.keys != prm.keys || l.revision < c.preload_head))
         .count() as u64;
+    let ws = judge_informers(&c);
+    problems(&c, &ws, &bstats, list_errors, list_mismatch, &mut res);
+    if c.sync.synced > 0 {
+        let per = rss_per_watcher(
+            &res.servers,
+            c.rss_before,
+            &c.sync.rss_synced,
+            c.sync.synced,
+        );
+        res.rss_per_watcher_bytes.extend(per.collect::<Vec<_>>());
+    }
+    let all_synced_s = c.sync.all_synced_s;
+    res.informers = Some(InformerStats {
+        clients: prm.clients as u64,
+        synced: c.sync.synced,
+        all_synced_s,
+        sync_latency: c.joined.sync_hist.summary(),
+        list_mismatch,
+        list_errors,
+        keys_listed_per_s: if all_synced_s > 0.0 {
+            (lists.iter().map(|l| l.keys).sum::<u64>()) as f64 / all_synced_s
+        } else {
+            0.0
+        },
+        burst_latency: ws.latency.clone(),
+        burst_puts: prm.burst,
+    });
+    res.latency = ws.latency.clone();
+    res.watch.insert("informers".into(), ws);
+    res.writer = Some(bstats);
+    res
+}
+
+/// Every informer's watcher judged against the store's history.
+fn judge_informers(c: &Collected<'_>) -> WatchStats {
+    let prm = c.prm;
     let mut ws = WatchStats {
         watchers: prm.clients as u64,
         connections: prm.connections() as u64,
@@ -319,46 +518,47 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
         ..WatchStats::default()
     };
     let mut lat = LatencyHist::new();
-    let mut not_caught = 0;
-    for o in &outcomes {
-        ws.created += o.created as u64;
-        ws.resumes += o.resumes;
-        ws.orphan_events += o.orphan_events;
-        for e in &o.errors {
-            if ws.errors.len() < 4 {
-                ws.errors.push(e.clone());
-            }
-        }
-        lat.merge(&o.latency);
-        let mut totals = CheckTotals::default();
-        for c in &o.checks {
-            totals.add(c, &c.judge(&history.truth, head));
-            if c.is_open() && c.last_rev() < head {
-                not_caught += 1;
-            }
-        }
-        ws.checks.merge(&totals);
+    for o in &c.joined.outcomes {
+        ws.not_caught_up += add_outcome(&mut ws, &mut lat, o, c.history, c.head);
     }
-    ws.not_caught_up = not_caught;
     ws.latency = lat.summary();
-    let window = burst.finished.duration_since(burst.started).as_secs_f64() + drain_s;
+    let window = c
+        .burst
+        .finished
+        .duration_since(c.burst.started)
+        .as_secs_f64()
+        + c.drain_s;
     ws.deliveries_per_s = if window > 0.0 {
         ws.checks.events as f64 / window
     } else {
         0.0
     };
+    ws
+}
 
-    if !history.truth.has_digest() {
+/// The problems, in the order a reader wants them.
+fn problems(
+    c: &Collected<'_>,
+    ws: &WatchStats,
+    bstats: &crate::writer::WriterStats,
+    list_errors: u64,
+    list_mismatch: u64,
+    res: &mut RunResult,
+) {
+    let prm = c.prm;
+    if !c.history.truth.has_digest() {
         res.problem(format!(
             "could not read the store's history: {}",
-            history.source
+            c.history.source
         ));
     }
-    if stuck > 0 {
-        res.problem(format!("{stuck} informer tasks did not stop"));
+    if c.joined.stuck > 0 {
+        res.problem(format!("{} informer tasks did not stop", c.joined.stuck));
     }
     if list_errors > 0 {
-        let first = lists
+        let first = c
+            .joined
+            .lists
             .iter()
             .find_map(|l| l.error.clone())
             .unwrap_or_default();
@@ -369,7 +569,8 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
             "{list_mismatch} lists returned the wrong keys or revision"
         ));
     }
-    if !synced_all || synced < prm.clients as u64 {
+    let synced = c.sync.synced;
+    if !c.sync.all || synced < prm.clients as u64 {
         res.problem(format!(
             "{synced} of {} informers synced within {:.0}s",
             prm.clients,
@@ -388,12 +589,18 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
             bstats.acked_lost
         ));
     }
-    if !drained || not_caught > 0 {
+    let not_caught = ws.not_caught_up;
+    if !c.drained || not_caught > 0 {
         res.problem(format!(
             "{not_caught} informers had not seen the whole burst after {:.0}s (events late)",
             prm.drain_timeout.as_secs_f64()
         ));
     }
+    check_problems(ws, res);
+}
+
+/// The checker's verdicts as problems.
+fn check_problems(ws: &WatchStats, res: &mut RunResult) {
     let c = &ws.checks;
     if c.missing + c.duplicates + c.out_of_order + c.unexpected + c.content_mismatch > 0 {
         res.problem(format!(
@@ -413,37 +620,12 @@ pub async fn run(ctx: &RunCtx, prm: &InformerParams) -> Result<RunResult> {
             c.lost, c.cancelled
         ));
     }
-
-    if synced > 0 {
-        for (i, s) in res.servers.iter().enumerate() {
-            let grown = rss_synced.get(i).copied().unwrap_or(0) as f64
-                - rss_before.get(i).copied().unwrap_or(0) as f64;
-            res.rss_per_watcher_bytes
-                .insert(s.label.clone(), (grown / synced as f64).round());
-        }
+    if c.bad_cancels + c.bad_progress > 0 {
+        res.problem(format!(
+            "informers: {} compaction cancels at or below a received revision, {} untrue progress notifications",
+            c.bad_cancels, c.bad_progress
+        ));
     }
-    res.informers = Some(InformerStats {
-        clients: prm.clients as u64,
-        synced,
-        all_synced_s,
-        sync_latency: sync_hist.summary(),
-        list_mismatch,
-        list_errors,
-        keys_listed_per_s: if all_synced_s > 0.0 {
-            (lists.iter().map(|l| l.keys).sum::<u64>()) as f64 / all_synced_s
-        } else {
-            0.0
-        },
-        burst_latency: ws.latency.clone(),
-        burst_puts: prm.burst,
-    });
-    res.latency = ws.latency.clone();
-    res.watch.insert("informers".into(), ws);
-    res.writer = Some(bstats);
-    res.client = client.finish();
-    res.duration_s = started.elapsed().as_secs_f64();
-    res.loadavg_1m = loadavg_1m;
-    Ok(res)
 }
 
 /// Lists the prefix in pages (or at once) at one revision, counting keys.

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use lookout_proto::pb;
 use lookout_proto::pb::watch_request::RequestUnion;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Streaming;
@@ -31,7 +30,7 @@ use crate::conn;
 use crate::error::{LoadError, Result};
 use crate::payload;
 use crate::procstat::ProcWatch;
-use crate::result::RunResult;
+use crate::result::{MemoryStats, RunResult};
 use crate::watch::grpc::open_watch;
 use crate::watch::lite::LiteResponse;
 
@@ -71,23 +70,6 @@ impl MemoryParams {
         m.insert("settle_s".into(), p(secs(self.settle)));
         m
     }
-}
-
-/// What the steps measured on the front process (the first `--server-pid`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MemoryStats {
-    pub rss_start_bytes: u64,
-    pub rss_watchers_bytes: u64,
-    pub rss_streams_bytes: u64,
-    pub rss_connections_bytes: u64,
-    /// RSS growth per watcher on one shared stream.
-    pub per_watcher_bytes: f64,
-    /// Per extra stream (its one watcher's share subtracted).
-    pub per_stream_bytes: f64,
-    /// Per extra connection (its stream and watcher subtracted).
-    pub per_connection_bytes: f64,
-    /// Seconds each step took to create its watches.
-    pub setup_s: [f64; 3],
 }
 
 /// One open stream whose watchers were all created: kept until the end.

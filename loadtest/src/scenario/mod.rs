@@ -8,17 +8,23 @@
 //! - [`ops`]: plain put and range throughput;
 //! - [`index`]: secondary-index filters and initial-state watches against
 //!   their unfiltered / list+watch baselines.
+//!
+//! What the watch scenarios share once the load stops (judging stream
+//! outcomes, cross-checking the writer with the store's history, RSS per
+//! watcher) is in `verdict`; this file has the run context and bounded
+//! waits every scenario uses.
 
 pub mod fanout;
 pub mod index;
 pub mod informers;
 pub mod memory;
 pub mod ops;
+mod verdict;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::procstat::{self, ProcStats};
 
@@ -39,7 +45,7 @@ pub struct RunCtx {
     pub metrics_endpoints: Vec<(String, String)>,
     pub progress: bool,
     /// Fires on Ctrl-C: every phase ends promptly and reports what it has.
-    pub stop: watch::Receiver<bool>,
+    pub stop: CancellationToken,
     /// The command line that reproduces the run.
     pub command: String,
 }
@@ -84,7 +90,7 @@ impl ClientProc {
 /// none can hang.
 pub(crate) async fn wait_until(
     timeout: Duration,
-    stop: &watch::Receiver<bool>,
+    stop: &CancellationToken,
     mut done: impl FnMut() -> bool,
 ) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -92,7 +98,7 @@ pub(crate) async fn wait_until(
         if done() {
             return true;
         }
-        if *stop.borrow() || tokio::time::Instant::now() >= deadline {
+        if stop.is_cancelled() || tokio::time::Instant::now() >= deadline {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

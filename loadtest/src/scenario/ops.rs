@@ -138,92 +138,19 @@ pub async fn run(ctx: &RunCtx, prm: &OpsParams) -> Result<RunResult> {
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(prm.clients);
     for c in 0..prm.clients {
-        let mut kv = conn::kv(&chans[c % chans.len()]);
-        let issued = issued.clone();
-        let counters = counters.clone();
-        let prm = prm.clone();
-        let prefix = ctx.prefix.clone();
-        let stop = ctx.stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut out = ClientOut::default();
-            let mut seed =
-                0x9e37_79b9_7f4a_7c15u64 ^ (c as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            loop {
-                let n = issued.fetch_add(1, Ordering::Relaxed);
-                if n >= prm.total || *stop.borrow() {
-                    return out;
-                }
-                let t = Instant::now();
-                let res = match prm.op {
-                    Op::Put => {
-                        let req = pb::PutRequest {
-                            key: key(&prefix, n % keys, prm.key_size),
-                            value: payload::encode(n, prm.value_size),
-                            ..Default::default()
-                        };
-                        tokio::time::timeout(prm.timeout, kv.put(req))
-                            .await
-                            .map(|r| r.map(|_| ()))
-                    }
-                    Op::Range => {
-                        let req = if prm.whole_prefix {
-                            pb::RangeRequest {
-                                key: prefix.clone(),
-                                range_end: payload::prefix_range_end(&prefix),
-                                serializable: prm.serializable,
-                                ..Default::default()
-                            }
-                        } else {
-                            pb::RangeRequest {
-                                key: key(&prefix, next_rand(&mut seed) % keys, prm.key_size),
-                                serializable: prm.serializable,
-                                ..Default::default()
-                            }
-                        };
-                        tokio::time::timeout(prm.timeout, kv.range(req))
-                            .await
-                            .map(|r| r.map(|_| ()))
-                    }
-                };
-                match res {
-                    Ok(Ok(())) => {
-                        out.ok += 1;
-                        out.latency.record_ns(t.elapsed().as_nanos() as u64);
-                        Counters::add(&counters.puts_acked, 1);
-                    }
-                    Ok(Err(s)) => {
-                        out.errors += 1;
-                        *out.kinds
-                            .entry(format!("{:?}: {}", s.code(), s.message()))
-                            .or_default() += 1;
-                        Counters::add(&counters.puts_failed, 1);
-                    }
-                    Err(_) => {
-                        out.timeouts += 1;
-                        Counters::add(&counters.puts_failed, 1);
-                    }
-                }
-            }
-        }));
+        let client = Client {
+            kv: conn::kv(&chans[c % chans.len()]),
+            issued: issued.clone(),
+            counters: counters.clone(),
+            prm: prm.clone(),
+            prefix: ctx.prefix.clone(),
+            stop: ctx.stop.clone(),
+            seed: 0x9e37_79b9_7f4a_7c15u64 ^ (c as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9),
+            keys,
+        };
+        tasks.push(tokio::spawn(client.run()));
     }
-    let mut lat = LatencyHist::new();
-    let mut stats = OpsStats {
-        total: prm.total,
-        ..OpsStats::default()
-    };
-    for t in tasks {
-        // Each client ends after at most one request past `total`, each
-        // bounded by `timeout`.
-        if let Ok(o) = t.await {
-            lat.merge(&o.latency);
-            stats.ok += o.ok;
-            stats.errors += o.errors;
-            stats.timeouts += o.timeouts;
-            for (k, v) in o.kinds {
-                *stats.error_kinds.entry(k).or_default() += v;
-            }
-        }
-    }
+    let (lat, mut stats) = collect(prm, tasks).await;
     let secs = t0.elapsed().as_secs_f64();
     stats.ops_per_s = if secs > 0.0 {
         stats.ok as f64 / secs
@@ -253,7 +180,7 @@ pub async fn run(ctx: &RunCtx, prm: &OpsParams) -> Result<RunResult> {
             stats.errors, stats.timeouts
         ));
     }
-    if *ctx.stop.borrow() {
+    if ctx.stop.is_cancelled() {
         res.problem("interrupted");
     }
     res.ops = Some(stats);
@@ -261,6 +188,116 @@ pub async fn run(ctx: &RunCtx, prm: &OpsParams) -> Result<RunResult> {
     res.duration_s = started.elapsed().as_secs_f64();
     res.loadavg_1m = loadavg_1m;
     Ok(res)
+}
+
+/// One closed-loop client: a request at a time until `total` are claimed.
+struct Client {
+    kv: pb::kv_client::KvClient<tonic::transport::Channel>,
+    /// Claimed one request at a time so clients share `total` exactly.
+    issued: Arc<AtomicU64>,
+    counters: Arc<Counters>,
+    prm: OpsParams,
+    prefix: Bytes,
+    stop: tokio_util::sync::CancellationToken,
+    /// This client's random key sequence.
+    seed: u64,
+    keys: u64,
+}
+
+impl Client {
+    async fn run(mut self) -> ClientOut {
+        let mut out = ClientOut::default();
+        loop {
+            let n = self.issued.fetch_add(1, Ordering::Relaxed);
+            if n >= self.prm.total || self.stop.is_cancelled() {
+                return out;
+            }
+            let t = Instant::now();
+            match self.request(n).await {
+                Ok(Ok(())) => {
+                    out.ok += 1;
+                    out.latency.record_ns(t.elapsed().as_nanos() as u64);
+                    Counters::add(&self.counters.puts_acked, 1);
+                }
+                Ok(Err(s)) => {
+                    out.errors += 1;
+                    *out.kinds
+                        .entry(format!("{:?}: {}", s.code(), s.message()))
+                        .or_default() += 1;
+                    Counters::add(&self.counters.puts_failed, 1);
+                }
+                Err(_) => {
+                    out.timeouts += 1;
+                    Counters::add(&self.counters.puts_failed, 1);
+                }
+            }
+        }
+    }
+
+    /// Request number `n`, bounded by the timeout.
+    async fn request(
+        &mut self,
+        n: u64,
+    ) -> Result<Result<(), tonic::Status>, tokio::time::error::Elapsed> {
+        let (prm, prefix, keys) = (&self.prm, &self.prefix, self.keys);
+        match prm.op {
+            Op::Put => {
+                let req = pb::PutRequest {
+                    key: key(prefix, n % keys, prm.key_size),
+                    value: payload::encode(n, prm.value_size),
+                    ..Default::default()
+                };
+                tokio::time::timeout(prm.timeout, self.kv.put(req))
+                    .await
+                    .map(|r| r.map(|_| ()))
+            }
+            Op::Range => {
+                let req = if prm.whole_prefix {
+                    pb::RangeRequest {
+                        key: prefix.clone(),
+                        range_end: payload::prefix_range_end(prefix),
+                        serializable: prm.serializable,
+                        ..Default::default()
+                    }
+                } else {
+                    pb::RangeRequest {
+                        key: key(prefix, next_rand(&mut self.seed) % keys, prm.key_size),
+                        serializable: prm.serializable,
+                        ..Default::default()
+                    }
+                };
+                tokio::time::timeout(prm.timeout, self.kv.range(req))
+                    .await
+                    .map(|r| r.map(|_| ()))
+            }
+        }
+    }
+}
+
+/// Joins the clients and sums what they measured.
+async fn collect(
+    prm: &OpsParams,
+    tasks: Vec<tokio::task::JoinHandle<ClientOut>>,
+) -> (LatencyHist, OpsStats) {
+    let mut lat = LatencyHist::new();
+    let mut stats = OpsStats {
+        total: prm.total,
+        ..OpsStats::default()
+    };
+    for t in tasks {
+        // Each client ends after at most one request past `total`, each
+        // bounded by `timeout`.
+        if let Ok(o) = t.await {
+            lat.merge(&o.latency);
+            stats.ok += o.ok;
+            stats.errors += o.errors;
+            stats.timeouts += o.timeouts;
+            for (k, v) in o.kinds {
+                *stats.error_kinds.entry(k).or_default() += v;
+            }
+        }
+    }
+    (lat, stats)
 }
 
 async fn preload(

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use lookout_proto::pb;
 use lookout_proto::pb::watch_request::RequestUnion;
+use lookout_testkit::checker::{WatchCheck, WatchEnd};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Streaming;
@@ -16,7 +17,6 @@ use tonic::transport::Channel;
 
 use super::lite::{LiteCodec, LiteEvent, LiteResponse};
 use super::{Group, Signals, Stall, StreamLimits, StreamOutcome, Switch, WatchTarget};
-use crate::checker::{WatchCheck, WatchEnd};
 use crate::payload;
 use crate::progress::Counters;
 
@@ -156,11 +156,11 @@ impl Stream {
     async fn resume(&mut self) -> Option<Conn> {
         let mut backoff = Duration::from_millis(100);
         for _ in 0..self.limits.max_resumes {
-            if *self.sig.stop.borrow() {
+            if self.sig.stop.is_cancelled() {
                 return None;
             }
             tokio::select! {
-                _ = super::stopped(&mut self.sig.stop) => return None,
+                _ = self.sig.stop.cancelled() => return None,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -201,7 +201,7 @@ impl Stream {
         // must not keep the task past the run.
         let opened = tokio::select! {
             biased;
-            _ = super::stopped(&mut self.sig.stop) => return Err("stopped while opening the stream".into()),
+            _ = self.sig.stop.cancelled() => return Err("stopped while opening the stream".into()),
             r = tokio::time::timeout_at(deadline, call) => r,
         };
         let stream = opened
@@ -223,7 +223,7 @@ impl Stream {
             }
             let msg = tokio::select! {
                 biased;
-                _ = super::stopped(&mut self.sig.stop) => return Err("stopped during setup".into()),
+                _ = self.sig.stop.cancelled() => return Err("stopped during setup".into()),
                 m = tokio::time::timeout_at(deadline, conn.stream.message()) => m,
             };
             match msg {
@@ -271,7 +271,7 @@ impl Stream {
             }
             tokio::select! {
                 biased;
-                _ = super::stopped(&mut self.sig.stop) => return Exit::Finished,
+                _ = self.sig.stop.cancelled() => return Exit::Finished,
                 t = super::next_value(&mut self.sig.target) => self.set_target(t),
                 _ = super::next_value(&mut self.sig.writer_started),
                     if (stall_at.is_none() && self.spec.stall.is_some())
@@ -286,7 +286,7 @@ impl Stream {
                     let stall = self.spec.stall.take().map(|s| s.for_).unwrap_or_default();
                     stall_at = None;
                     tokio::select! {
-                        _ = super::stopped(&mut self.sig.stop) => return Exit::Finished,
+                        _ = self.sig.stop.cancelled() => return Exit::Finished,
                         _ = tokio::time::sleep(stall) => {}
                     }
                 }

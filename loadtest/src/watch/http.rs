@@ -22,11 +22,11 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use lookout_testkit::checker::{WatchCheck, WatchEnd};
 use serde_json::Value;
 
 use super::{Group, Signals, StreamLimits, StreamOutcome, WatchTarget};
-use crate::checker::{WatchCheck, WatchEnd, event_tag};
-use crate::payload;
+use crate::payload::{self, event_tag};
 use crate::progress::Counters;
 
 /// Which HTTP watch API the target serves.
@@ -87,12 +87,12 @@ pub async fn run_watcher(spec: HttpSpec, limits: StreamLimits, mut sig: Signals)
     let mut reached = false;
     let mut counted_ready = false;
     loop {
-        if *sig.stop.borrow() {
+        if sig.stop.is_cancelled() {
             return out;
         }
         let rev = out.checks[0].next_rev();
         let opened = tokio::select! {
-            _ = super::stopped(&mut sig.stop) => return out,
+            _ = sig.stop.cancelled() => return out,
             r = tokio::time::timeout(limits.setup_timeout, open(&spec, rev)) => r,
         };
         let (body, driver) = match opened {
@@ -273,7 +273,7 @@ async fn read_stream(
         }
         let frame = tokio::select! {
             biased;
-            _ = super::stopped(&mut sig.stop) => return Ok(()),
+            _ = sig.stop.cancelled() => return Ok(()),
             t = super::next_value(&mut sig.target) => {
                 target = t;
                 continue;

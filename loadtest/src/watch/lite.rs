@@ -20,8 +20,7 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::ProstCodec;
 
-use crate::checker::event_tag_stamped;
-use crate::payload;
+use crate::payload::{self, event_tag_stamped};
 
 /// The fields of a `WatchResponse` the watchers use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,7 +37,7 @@ pub struct LiteResponse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiteEvent {
     pub rev: i64,
-    /// [`crate::checker::event_tag`] of (type, key, value).
+    /// [`crate::payload::event_tag`] of (type, key, value).
     pub tag: u64,
     /// The writer's send time, when the value is one of ours.
     pub sent_unix_ns: Option<u64>,
@@ -180,7 +179,7 @@ fn parse_event(mut b: &[u8]) -> Result<LiteEvent, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::event_tag;
+    use crate::payload::event_tag;
     use bytes::Bytes;
     use lookout_proto::mvccpb::{Event, KeyValue, event::EventType};
     use prost::Message;

@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use lookout_testkit::checker::WatchCheck;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::checker::WatchCheck;
 use crate::hist::LatencyHist;
 use crate::progress::Counters;
 
@@ -55,8 +56,8 @@ pub struct Switch {
 pub struct Signals {
     /// The revision every watcher must reach; `i64::MAX` until known.
     pub target: watch::Receiver<i64>,
-    /// Set once when tasks must end now.
-    pub stop: watch::Receiver<bool>,
+    /// Cancelled once when tasks must end now.
+    pub stop: CancellationToken,
     /// When the writer started (stalls are timed from it).
     pub writer_started: watch::Receiver<Option<tokio::time::Instant>>,
     pub counters: Arc<Counters>,
@@ -66,19 +67,19 @@ pub struct Signals {
 #[derive(Debug)]
 pub struct Controls {
     pub target: watch::Sender<i64>,
-    pub stop: watch::Sender<bool>,
+    pub stop: CancellationToken,
     pub writer_started: watch::Sender<Option<tokio::time::Instant>>,
 }
 
 /// A fresh pair of signal ends.
 pub fn signals(counters: Arc<Counters>) -> (Controls, Signals) {
     let (target_tx, target) = watch::channel(i64::MAX);
-    let (stop_tx, stop) = watch::channel(false);
+    let stop = CancellationToken::new();
     let (ws_tx, writer_started) = watch::channel(None);
     (
         Controls {
             target: target_tx,
-            stop: stop_tx,
+            stop: stop.clone(),
             writer_started: ws_tx,
         },
         Signals {
@@ -153,20 +154,6 @@ pub enum Group {
     Normal,
     Slow,
     Http,
-}
-
-/// Resolves once `stop` holds `true`. A dropped sender means nobody can ask
-/// us to stop any more, so it then never resolves (rather than resolving at
-/// once, which `changed()` alone would do).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
 }
 
 /// Resolves with the next value of `rx`; never when its sender is gone.

@@ -5,15 +5,15 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use lookout_loadtest::checker::{CheckTotals, Truth, WatchCheck, WatchEnd, event_tag};
 use lookout_loadtest::conn;
-use lookout_loadtest::payload;
+use lookout_loadtest::payload::{self, event_tag};
 use lookout_loadtest::truth;
 use lookout_loadtest::watch::WatchTarget;
 use lookout_loadtest::writer::{self, WriterConfig};
 use lookout_proto::pb;
 use lookout_proto::pb::watch_request::RequestUnion;
 use lookout_testkit::EtcdServer;
+use lookout_testkit::checker::{CheckTotals, Truth, WatchCheck, WatchEnd};
 
 fn tag(rev: i64) -> u64 {
     rev as u64 * 7 + 1
@@ -144,7 +144,7 @@ async fn real_etcd_history_judges_real_events() {
     let prefix = Bytes::from_static(b"checker/");
     let ch = conn::connect(&etcd.endpoint).await.unwrap();
     let base = conn::current_revision(&ch).await.unwrap();
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let cfg = WriterConfig {
         prefix: prefix.clone(),
         keys: 5,

@@ -44,7 +44,7 @@ async fn compare_runs_etcd_and_proxy_and_skips_missing_lookout() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report");
     let missing = PathBuf::from("/nonexistent/lookout");
-    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let res = tokio::time::timeout(
         Duration::from_secs(240),
         compare::run(args(&out, &missing), stop),

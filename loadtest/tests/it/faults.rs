@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use lookout_loadtest::checker::{Truth, WatchEnd};
 use lookout_loadtest::conn;
 use lookout_loadtest::payload;
 use lookout_loadtest::progress::Counters;
@@ -15,6 +14,7 @@ use lookout_loadtest::watch::{self, Group, StreamLimits, WatchTarget};
 use lookout_loadtest::writer::{self, WriterConfig};
 use lookout_proto::pb;
 use lookout_testkit::EtcdServer;
+use lookout_testkit::checker::{Truth, WatchEnd};
 
 use crate::support::{ctx, small_fanout};
 
@@ -26,7 +26,7 @@ async fn compacted_start_is_a_compact_cancel_not_a_gap() {
     let ch = conn::connect(&etcd.endpoint).await.unwrap();
     let prefix = Bytes::from_static(b"compact/");
     let base = conn::current_revision(&ch).await.unwrap();
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let cfg = WriterConfig {
         prefix: prefix.clone(),
         keys: 3,

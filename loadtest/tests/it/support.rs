@@ -5,17 +5,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use lookout_loadtest::scenario::RunCtx;
 use lookout_loadtest::scenario::fanout::FanoutParams;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-/// A context against `endpoint`; keep the returned sender alive for the run
-/// (dropping it means "nobody will ask to stop").
+/// A context against `endpoint`, and its stop token (cancel it to end the
+/// run early; dropping it never does).
 pub fn ctx(
     endpoint: &str,
     truth: &str,
     prefix: &str,
     pids: Vec<(String, u32)>,
-) -> (RunCtx, watch::Sender<bool>) {
-    let (tx, rx) = watch::channel(false);
+) -> (RunCtx, CancellationToken) {
+    let stop = CancellationToken::new();
     (
         RunCtx {
             target: "test".into(),
@@ -25,10 +25,10 @@ pub fn ctx(
             server_pids: pids,
             metrics_endpoints: Vec::new(),
             progress: false,
-            stop: rx,
+            stop: stop.clone(),
             command: "test".into(),
         },
-        tx,
+        stop,
     )
 }
 
