@@ -6,7 +6,7 @@
 //! closed. Decisions that change data (a lease expired, a compaction is
 //! due) are taken by the leader alone and go through the log as requests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -125,36 +125,42 @@ async fn follow_metrics(w: Weak<Inner>) {
 }
 
 /// The leader proposes a revoke for every lease past its deadline.
+///
+/// The deadline stays in the past while the revoke is in flight, so a
+/// keep-alive arriving meanwhile finds the lease expired and cannot renew
+/// it (the revoke would break the TTL it answered). And the revoke is
+/// written only as the leader, never forwarded: a member that was leader
+/// and got paused or cut off judges leases by its own stale deadlines, and
+/// the new leader, which renewed them, must not commit that verdict.
 async fn expiry_loop(w: Weak<Inner>) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Revokes proposed and not yet applied: not proposed again for a second.
+    let mut proposed: HashMap<i64, Instant> = HashMap::new();
     loop {
         tick.tick().await;
         let Some(store) = upgrade(&w) else { return };
         if !store.is_leader() {
+            proposed.clear();
             continue;
         }
         let now = Instant::now();
         let due: Vec<i64> = {
-            let mut exp = store.shared().expiry.lock().expect("expiry map");
-            let due: Vec<i64> = exp
-                .iter()
-                .filter(|(_, d)| **d <= now)
+            let exp = store.shared().expiry.lock().expect("expiry map");
+            // The apply removes a revoked lease from the map.
+            proposed.retain(|id, at| exp.contains_key(id) && now < *at + Duration::from_secs(1));
+            exp.iter()
+                .filter(|(id, d)| **d <= now && !proposed.contains_key(*id))
                 .map(|(id, _)| *id)
-                .collect();
-            // Pushed forward before proposing so a slow revoke is not
-            // proposed twice; the apply removes the entry.
-            for id in &due {
-                exp.insert(*id, now + Duration::from_secs(1));
-            }
-            due
+                .collect()
         };
         for id in due {
+            proposed.insert(id, now);
             // With auth on, the store revokes as root (etcd's WithRoot):
             // the apply would refuse an anonymous revoke of a lease with
-            // keys. A refusal (the auth state moved) is retried next tick.
+            // keys. A refusal (the auth state moved) is retried later.
             let req = store.as_root(Request::LeaseRevoke { id });
-            match store.propose(req).await {
+            match store.write_local(vec![req]).await {
                 Ok(_) => {
                     let m = store.metrics();
                     m.leases_expired.fetch_add(1, Ordering::Relaxed);

@@ -49,7 +49,25 @@ impl Store {
                 self.inner.proposer.propose_all(self, reqs).await,
             )),
             Forward::ReadIndex => self.read_index_local().await.map(ForwardOk::Index),
-            Forward::KeepAlive(id) => Ok(ForwardOk::Ttl(self.keep_alive_local(id))),
+            // Renew only as a leader a quorum still follows: a leader cut
+            // off from the others (or paused) would otherwise promise TTLs
+            // while the new leader expires the lease on its own schedule.
+            // openraft has no CheckQuorum to make it step down, so ask.
+            // And only once it applied what its log held when it became
+            // leader (etcd's waitAppliedIndex before Renew): that may be a
+            // revoke its predecessor proposed, and renewing first promises
+            // a TTL the revoke then breaks (battery seed 13: a new leader
+            // answered TTL 3, then the old term's revoke deleted the keys).
+            Forward::KeepAlive(id) => {
+                let index = self.read_index_local().await?;
+                self.inner
+                    .raft
+                    .wait(Some(self.inner.cfg.request_timeout()))
+                    .applied_index_at_least(Some(index), "keep-alive")
+                    .await
+                    .map_err(|_| Error::Timeout)?;
+                Ok(ForwardOk::Ttl(self.keep_alive_local(id)))
+            }
             Forward::TimeToLive(id) => Ok(ForwardOk::Ttl(self.time_to_live_local(id))),
             Forward::MemberAdd { peer_urls, learner } => self
                 .member_add_local(peer_urls, learner)

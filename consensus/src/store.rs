@@ -790,15 +790,20 @@ impl Store {
     }
 
     /// The leader's side of a keep-alive: renews to the full TTL; an
-    /// unknown lease answers TTL 0, as etcd does.
+    /// unknown lease answers TTL 0, as etcd does. So does a lease past its
+    /// deadline: its revoke is in flight (or about to be), and renewing it
+    /// now would promise a TTL the revoke is about to break (etcd's Renew
+    /// waits for that revoke and answers "not found").
     pub(crate) fn keep_alive_local(&self, id: i64) -> i64 {
         let st = self.snapshot();
         let mut exp = self.inner.shared.expiry.lock().expect("expiry map");
-        if st.leases.contains_key(&id) {
+        let now = Instant::now();
+        if st.leases.contains_key(&id) && exp.get(&id).is_none_or(|d| *d > now) {
             let m = &self.inner.shared.metrics;
             m.leases_renewed.fetch_add(1, Ordering::Relaxed);
         }
         match (st.leases.get(&id), exp.get_mut(&id)) {
+            (Some(_), Some(deadline)) if *deadline <= now => 0,
             (Some(l), Some(deadline)) => {
                 *deadline = Instant::now() + Duration::from_secs(l.ttl as u64);
                 l.ttl

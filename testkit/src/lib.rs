@@ -28,6 +28,8 @@
 //! | HTTP/1 by hand, a TCP proxy that can cut links | [`http1`], [`tcp_proxy`] |
 //! | watch guarantees (online record, truth, verdict, history reader) | [`checker`] |
 //! | linearizability of register histories | [`linearizability`] |
+//! | the fault battery's checkers: the revision log merged from members' watches, multi-key linearizability, watchers that resume on any server, lease safety, durability | [`kv_history`], [`kv_linearizability`], [`watch_check`], [`lease_check`], [`durability`] |
+//! | per-link partitions, one-way loss and delay between named processes | [`fault_proxy`] |
 //! | etcdctl transcripts (fixed session, scripts) | [`session`], [`script`] |
 //! | the crate's error type | [`error`] |
 
@@ -40,19 +42,25 @@ use std::time::{Duration, Instant};
 pub mod certs;
 pub mod checker;
 pub mod cluster;
+pub mod durability;
 pub mod error;
 pub mod etcd;
 pub mod etcd_restart;
 pub mod extra_gateway;
+pub mod fault_proxy;
 pub mod grpc_proxy;
 pub mod http1;
 pub mod kv;
+pub mod kv_history;
+pub mod kv_linearizability;
+pub mod lease_check;
 pub mod linearizability;
 pub mod lookout;
 pub mod lookout_stack;
 pub mod script;
 pub mod session;
 pub mod tcp_proxy;
+pub mod watch_check;
 
 pub use error::TestkitError;
 pub use etcd::EtcdServer;
