@@ -18,6 +18,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 shift || true
+# libfuzzer-sys compiles libFuzzer's C++ sources.
+if ! command -v c++ >/dev/null 2>&1; then
+    echo "installing g++ from Debian (libFuzzer is C++)" >&2
+    if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+fi
 if ! cargo fuzz --version 2>/dev/null | grep -q '0\.13\.'; then
     echo "installing cargo-fuzz 0.13.2" >&2
     cargo install cargo-fuzz --version 0.13.2 --locked

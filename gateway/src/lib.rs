@@ -29,13 +29,15 @@
 //! Around every listener (store and gateway): TLS with etcd's flag names
 //! and reloading certificates (`lookout_consensus::tls`), gRPC request
 //! metrics and `/metrics` `/health` ([`telemetry`]), etcd 3.5's `/livez`
-//! and `/readyz` (`health.rs`), per-client
-//! prefixes on the gateway ([`authz`], `--auth-config`), and flags from
+//! and `/readyz` (`health.rs`), etcd's auth on the gateway, checked
+//! against a local copy of the store's users and roles, with
+//! `--auth-config` roles on the same engine (`auth/`), and flags from
 //! `LOOKOUT_<FLAG>` variables or a `--config` file ([`config_file`]).
 //!
 //! ```text
-//!  TCP ─(TLS handshake, refusals logged)─> GrpcMetricsLayer ─> AuthzLayer (gateway,
-//!       optional) ─> gRPC routes | HTTP API | /metrics /health /livez /readyz
+//!  TCP ─(limits, TLS handshake, refusals logged)─> GrpcMetricsLayer
+//!       ─> gRPC routes (each service asks auth/ who the caller is and
+//!          what it may do) | HTTP API | /metrics /health /livez /readyz
 //! ```
 //!
 //! [`api::EtcdApi`] is one backend's services (the store's in `lookout
