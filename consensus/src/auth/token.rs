@@ -88,7 +88,16 @@ pub struct JwtConfig {
     signer: Option<std::sync::Arc<Signer>>,
     verifier: Verifier,
     pub ttl: Duration,
+    /// Digests of tokens whose signature this key already verified. An
+    /// RSA or ECDSA check costs tens of microseconds, and the same token
+    /// comes back on every call of a client (a gateway's own token on
+    /// every revision probe); the claims (expiry included) are still
+    /// checked on each use. Shared by clones; emptied when full.
+    verified: std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<[u8; 32]>>>,
 }
+
+/// How many verified token digests a key keeps before it starts over.
+const VERIFIED_CAP: usize = 4096;
 
 impl std::fmt::Debug for JwtConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -287,6 +296,7 @@ impl JwtConfig {
             signer: signer.map(std::sync::Arc::new),
             verifier,
             ttl,
+            verified: Default::default(),
         })
     }
 
@@ -351,16 +361,24 @@ impl JwtConfig {
         if header.get("alg")?.as_str()? != self.alg.name() {
             return None;
         }
-        let sig = B64.decode(s).ok()?;
-        let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
-        let ok = match &self.verifier {
-            Verifier::Hmac(k) => ring::hmac::verify(k, signed, &sig).is_ok(),
-            Verifier::Public(alg, key) => signature::UnparsedPublicKey::new(*alg, key)
-                .verify(signed, &sig)
-                .is_ok(),
-        };
-        if !ok {
-            return None;
+        let seen = digest(token);
+        if !self.verified.lock().contains(&seen) {
+            let sig = B64.decode(s).ok()?;
+            let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
+            let ok = match &self.verifier {
+                Verifier::Hmac(k) => ring::hmac::verify(k, signed, &sig).is_ok(),
+                Verifier::Public(alg, key) => signature::UnparsedPublicKey::new(*alg, key)
+                    .verify(signed, &sig)
+                    .is_ok(),
+            };
+            if !ok {
+                return None;
+            }
+            let mut verified = self.verified.lock();
+            if verified.len() >= VERIFIED_CAP {
+                verified.clear();
+            }
+            verified.insert(seen);
         }
         let claims: serde_json::Value = serde_json::from_slice(&B64.decode(p).ok()?).ok()?;
         let now = SystemTime::now()
@@ -709,6 +727,14 @@ mod tests {
         bad.pop();
         bad.push(if t.ends_with('A') { 'B' } else { 'A' });
         assert_eq!(j.verify(&bad), None);
+        // Verified once, the signature is remembered; the claims are not.
+        assert_eq!(j.verify(&t), Some(("alice".to_string(), 7)));
+        let mut expiring = j.clone();
+        expiring.ttl = Duration::ZERO;
+        let dead = expiring.sign("alice", 7).unwrap();
+        assert_eq!(j.verify(&dead), None, "expired");
+        assert!(j.verified.lock().contains(&digest(&dead)));
+        assert_eq!(j.verify(&dead), None, "expired, signature remembered");
         std::fs::write(&key, b"other").unwrap();
         let other = JwtConfig::from_options(&opts).unwrap();
         assert_eq!(other.verify(&t), None, "signed by another key");
