@@ -65,3 +65,92 @@ impl From<GatewayError> for tonic::Status {
         }
     }
 }
+
+/// tonic's answer to a request message over the decode limit, rewritten
+/// as grpc-go (so etcd) answers it: `ResourceExhausted`, "grpc: received
+/// message larger than max (N vs. M)" instead of `OutOfRange`, "Error,
+/// decoded message length too large: found N bytes, the limit is: M
+/// bytes". Clients match on etcd's code, and the metrics count it as etcd
+/// does. `headers` are a trailers-only answer's headers or a stream's
+/// trailers; anything else is left alone.
+pub(crate) fn oversized_as_grpc_go(headers: &mut http::HeaderMap) {
+    const OUT_OF_RANGE: &str = "11";
+    const TONIC: &str = "Error, decoded message length too large: found ";
+    if headers.get("grpc-status").and_then(|v| v.to_str().ok()) != Some(OUT_OF_RANGE) {
+        return;
+    }
+    let Some(msg) = headers.get("grpc-message").and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    // tonic percent-encodes the message (spaces as %20 among others).
+    let msg = percent_decode(msg);
+    let Some(rest) = msg.strip_prefix(TONIC) else {
+        return;
+    };
+    let mut numbers = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
+    let (Some(found), Some(limit)) = (numbers.next(), numbers.next()) else {
+        return;
+    };
+    let text = format!("grpc: received message larger than max ({found} vs. {limit})");
+    if let Ok(v) = http::HeaderValue::from_str(&text) {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        headers.insert("grpc-message", v);
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod oversized_tests {
+    use super::*;
+
+    #[test]
+    fn tonic_decode_limit_reads_as_grpc_go() {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", "11".parse().unwrap());
+        h.insert(
+            "grpc-message",
+            "Error,%20decoded%20message%20length%20too%20large:%20found%202150413%20bytes,%20the%20limit%20is:%202097152%20bytes"
+                .parse()
+                .unwrap(),
+        );
+        oversized_as_grpc_go(&mut h);
+        assert_eq!(h["grpc-status"], "8");
+        assert_eq!(
+            h["grpc-message"],
+            "grpc: received message larger than max (2150413 vs. 2097152)"
+        );
+        // Any other status stays as it is.
+        let mut other = http::HeaderMap::new();
+        other.insert("grpc-status", "11".parse().unwrap());
+        other.insert(
+            "grpc-message",
+            "etcdserver: mvcc: required revision is a future revision"
+                .parse()
+                .unwrap(),
+        );
+        let before = other.clone();
+        oversized_as_grpc_go(&mut other);
+        assert_eq!(other, before);
+    }
+}

@@ -472,7 +472,8 @@ where
         });
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let resp = fut.await?;
+            let mut resp = fut.await?;
+            crate::error::oversized_as_grpc_go(resp.headers_mut());
             if let Some(code) = status_of(resp.headers()) {
                 metrics.handled(&key, code, started);
                 return Ok(resp);
@@ -560,7 +561,12 @@ impl Body for CountingBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &mut r
+            && let Some(t) = f.trailers_mut()
+        {
+            crate::error::oversized_as_grpc_go(t);
+        }
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {

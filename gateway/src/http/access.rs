@@ -121,8 +121,15 @@ mod tests {
 
     #[test]
     fn hosts_and_origins_like_etcd() {
-        let any = Access::default();
-        assert!(any.host_allowed("evil.example"));
+        // Defaults: any host (etcd's), no CORS header (etcd says `*`).
+        let open = Access::default();
+        assert!(open.host_allowed("evil.example"));
+        let page = HeaderValue::from_static("https://evil.example");
+        assert_eq!(open.allow_origin(Some(&page)), None);
+        let any = Access {
+            cors: vec!["*".into()],
+            ..Access::default()
+        };
         assert_eq!(any.allow_origin(None), Some(HeaderValue::from_static("*")));
         let strict = Access {
             cors: vec!["https://ui.example".into()],
