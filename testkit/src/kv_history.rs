@@ -147,27 +147,15 @@ impl From<&mvccpb::Event> for Ev {
 }
 
 /// etcd's `[key, range_end)`: an empty end is the key alone, `"\0"` is
-/// every key from `key` on.
+/// every key from `key` on (the store's and the cache's own rule).
 pub fn range_contains(key: &[u8], range_end: &[u8], k: &[u8]) -> bool {
-    if range_end.is_empty() {
-        k == key
-    } else if range_end == [0] {
-        k >= key
-    } else {
-        k >= key && k < range_end
-    }
+    lookout_semantics::keys::in_range(k, key, range_end)
 }
 
-/// The end of the range of every key starting with `prefix`.
+/// The end of the range of every key starting with `prefix` (`"\0"`, every
+/// key, for a prefix of only `0xff` bytes, as etcd's clients send it).
 pub fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    Bytes::from_static(&[0])
+    lookout_semantics::keys::prefix_range_end(prefix)
 }
 
 /// One thing a checker found wrong.
