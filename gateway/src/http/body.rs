@@ -106,7 +106,11 @@ impl JsonStream {
                         let one = self.buf.split_to(end);
                         return Some(parse_json(&one));
                     }
-                    Some(Err(e)) if e.is_eof() && !self.done => {}
+                    // An error where the bytes so far end ("-" or "1e"
+                    // before the rest of the number arrives) may be no
+                    // error once the next chunk is in: wait, for the same
+                    // reason.
+                    Some(Err(e)) if !self.done && (e.is_eof() || at_end(&self.buf, &e)) => {}
                     Some(Err(e)) => {
                         return Some(Err(HttpError::BadJson {
                             field: String::new(),
@@ -133,6 +137,21 @@ impl JsonStream {
             }
         }
     }
+}
+
+/// Whether serde_json's error `e` is at the last byte of `buf` (its line
+/// and column, 1-based, point at the byte it stopped on).
+fn at_end(buf: &[u8], e: &serde_json::Error) -> bool {
+    let line_start = if e.line() <= 1 {
+        0
+    } else {
+        buf.iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(e.line() - 2)
+            .map_or(buf.len(), |(i, _)| i + 1)
+    };
+    line_start + e.column() >= buf.len()
 }
 
 #[cfg(test)]
