@@ -92,15 +92,16 @@ impl JsonStream {
                 let mut it =
                     serde_json::Deserializer::from_slice(&self.buf).into_iter::<IgnoredAny>();
                 match it.next() {
-                    // A number ending where the bytes so far end may go on
-                    // in the next chunk ("12" sent as "1", "2"): wait for
-                    // it, so what is read never depends on how the body
-                    // was cut (objects, strings and literals end on their
-                    // own).
+                    // A number or a literal ending where the bytes so far
+                    // end may go on in the next chunk ("12" sent as "1",
+                    // "2"; "true" followed by junk, which is an error):
+                    // wait for it, so what is read never depends on how
+                    // the body was cut (objects, arrays and strings end on
+                    // their own).
                     Some(Ok(_))
                         if !self.done
                             && it.byte_offset() == self.buf.len()
-                            && self.buf.last().is_some_and(u8::is_ascii_digit) => {}
+                            && self.buf.last().is_some_and(u8::is_ascii_alphanumeric) => {}
                     Some(Ok(_)) => {
                         let end = it.byte_offset();
                         let one = self.buf.split_to(end);
