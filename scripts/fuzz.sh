@@ -6,6 +6,12 @@
 #
 #   bash scripts/fuzz.sh [seconds per target] [target...]
 #
+# FUZZ_SEED=N FUZZ_RUNS=M make a run reproducible: libFuzzer's mutations
+# from seed N, M inputs per target (the time still bounds it). CI uses
+# them, so a CI run tries the same inputs as the same run here, and a
+# crash it reports reproduces; a campaign leaves them unset (random seed,
+# no input count) to cover new ground.
+#
 # cargo-fuzz with libFuzzer on stable Rust: `-s none` (no sanitizer) needs
 # no nightly; coverage still comes from the sancov instrumentation, and
 # Rust's own checks (bounds, unwrap, the targets' asserts) are what turns a
@@ -42,7 +48,8 @@ for t in "${targets[@]}"; do
     echo "== fuzz $t for ${secs}s" >&2
     rc=0
     cargo fuzz run -s none "$t" "$scratch/$t" "corpus/$t" -- \
-        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        -max_total_time="$secs" -seed="${FUZZ_SEED:-0}" -runs="${FUZZ_RUNS:--1}" \
+        -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$scratch/$t.log" 2>&1 || rc=$?
     grep -E '^(Done [0-9]+ runs|stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY)' "$scratch/$t.log" >&2 || true
     if [ "$rc" -ne 0 ]; then
