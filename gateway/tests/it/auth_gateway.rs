@@ -714,22 +714,8 @@ async fn lock_through_a_gateway_is_checked_as_the_clients_own_calls_like_etcd() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookout_dev_keeps_serving_with_auth_on() {
     let dir = tempfile::tempdir().unwrap();
-    let port = lookout_testkit::free_port();
-    let endpoint = format!("127.0.0.1:{port}");
-    let args = vec![
-        "dev".to_string(),
-        "--data-dir".into(),
-        dir.path().join("data").display().to_string(),
-        "--listen-client-urls".into(),
-        format!("http://{endpoint}"),
-    ];
-    let _dev = lookout_testkit::LookoutProcess::spawn(
-        &crate::support::lookout_bin(),
-        &args,
-        &endpoint,
-        &dir.path().join("dev.log"),
-    )
-    .await;
+    let dev = crate::support::start_dev(dir.path()).await;
+    let endpoint = dev.endpoint.clone();
     set_up_auth(&endpoint).await;
     let t = authenticate(&endpoint, "alice", "alicepw").await.unwrap();
     let mut kv = KvClient::new(as_token(&endpoint, Some(&t)).await);

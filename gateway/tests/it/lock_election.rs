@@ -362,21 +362,8 @@ async fn lock_and_election_match_etcd_on_every_target() {
 
     // `lookout dev`: the store and a gateway in one process.
     let dir3 = tempfile::tempdir().unwrap();
-    let endpoint = format!("127.0.0.1:{}", lookout_testkit::free_port());
-    let args = vec![
-        "dev".to_string(),
-        "--data-dir".into(),
-        dir3.path().join("data").display().to_string(),
-        "--listen-client-urls".into(),
-        format!("http://{endpoint}"),
-    ];
-    let _dev = lookout_testkit::LookoutProcess::spawn(
-        &crate::support::lookout_bin(),
-        &args,
-        &endpoint,
-        &dir3.path().join("dev.log"),
-    )
-    .await;
+    let dev = crate::support::start_dev(dir3.path()).await;
+    let endpoint = dev.endpoint.clone();
     lookout_testkit::wait_for("dev gateway synced", WAIT, || {
         let ep = endpoint.clone();
         async move { health_ok(&ep).await.then_some(()) }

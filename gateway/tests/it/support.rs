@@ -91,3 +91,18 @@ pub fn strip_cluster_ids(v: &mut serde_json::Value) {
         _ => {}
     }
 }
+
+/// `lookout dev` (a one-member store and a gateway in one process) on a
+/// free loopback port, its data under `dir/data` and its log in
+/// `dir/dev.log`.
+pub async fn start_dev(dir: &Path) -> LookoutProcess {
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let args = vec![
+        "dev".to_string(),
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+        "--listen-client-urls".into(),
+        format!("http://{endpoint}"),
+    ];
+    LookoutProcess::spawn(&lookout_bin(), &args, &endpoint, &dir.join("dev.log")).await
+}

@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use lookout_testkit::{EtcdServer, LookoutProcess, etcdctl, free_port, wait_for_blocking};
+use lookout_testkit::{EtcdServer, LookoutProcess, etcdctl, wait_for_blocking};
 
 use crate::harness::{WAIT, health_ok};
-use crate::support::{lookout_bin, start_gateway};
+use crate::support::start_gateway;
 
 /// Longer than any flow takes on a loaded machine (each script also arms
 /// its own 90 s deadline and exits with every thread's stack).
@@ -76,16 +76,9 @@ impl Target {
                 }
             }
             Target::Dev => {
-                let endpoint = format!("127.0.0.1:{}", free_port());
-                let args = vec![
-                    "dev".to_string(),
-                    "--data-dir".into(),
-                    dir.path().join("data").display().to_string(),
-                    "--listen-client-urls".into(),
-                    format!("http://{endpoint}"),
-                ];
+                let dev = crate::support::start_dev(dir.path()).await;
+                let endpoint = dev.endpoint.clone();
                 let log = dir.path().join("dev.log");
-                let dev = LookoutProcess::spawn(&lookout_bin(), &args, &endpoint, &log).await;
                 lookout_testkit::wait_for("dev gateway synced", WAIT, || {
                     let ep = endpoint.clone();
                     async move { health_ok(&ep).await.then_some(()) }
