@@ -118,7 +118,7 @@ impl Shared {
         let expiry = state
             .leases
             .values()
-            .map(|l| (l.id, now + Duration::from_secs(l.ttl as u64)))
+            .map(|l| (l.id, crate::state::LeaseState::deadline(now, l.ttl)))
             .collect();
         Ok(Arc::new(Self {
             dir: dir.to_path_buf(),
@@ -174,7 +174,7 @@ impl Shared {
         let mut exp = self.expiry.lock().expect("expiry map");
         exp.clear();
         for l in st.leases.values() {
-            exp.insert(l.id, now + Duration::from_secs(l.ttl as u64));
+            exp.insert(l.id, crate::state::LeaseState::deadline(now, l.ttl));
         }
     }
 }
@@ -431,7 +431,7 @@ impl StateMachine {
             for (id, ttl) in leases {
                 match ttl {
                     Some(ttl) => {
-                        exp.insert(id, now + Duration::from_secs(ttl as u64));
+                        exp.insert(id, crate::state::LeaseState::deadline(now, ttl));
                     }
                     None => {
                         exp.remove(&id);

@@ -25,6 +25,18 @@ pub struct LeaseState {
     pub keys: imbl::OrdSet<Bytes>,
 }
 
+impl LeaseState {
+    /// When a lease granted `ttl` seconds ago at `now` runs out. A TTL
+    /// read back from disk or a restored backup is not checked as a grant
+    /// is, so it is clamped to what a grant accepts (a negative one would
+    /// otherwise wrap to centuries and overflow the clock).
+    pub fn deadline(now: std::time::Instant, ttl: i64) -> std::time::Instant {
+        let secs = ttl.clamp(0, crate::config::MAX_LEASE_TTL) as u64;
+        now.checked_add(std::time::Duration::from_secs(secs))
+            .unwrap_or(now + std::time::Duration::from_secs(u32::MAX as u64))
+    }
+}
+
 /// The deterministic in-memory state; see the module doc.
 #[derive(Clone, Debug, Default)]
 pub struct MvccState {

@@ -805,11 +805,14 @@ impl Store {
         match (st.leases.get(&id), exp.get_mut(&id)) {
             (Some(_), Some(deadline)) if *deadline <= now => 0,
             (Some(l), Some(deadline)) => {
-                *deadline = Instant::now() + Duration::from_secs(l.ttl as u64);
+                *deadline = crate::state::LeaseState::deadline(Instant::now(), l.ttl);
                 l.ttl
             }
             (Some(l), None) => {
-                exp.insert(id, Instant::now() + Duration::from_secs(l.ttl as u64));
+                exp.insert(
+                    id,
+                    crate::state::LeaseState::deadline(Instant::now(), l.ttl),
+                );
                 l.ttl
             }
             _ => 0,
