@@ -6,11 +6,15 @@
 #
 #   bash scripts/fuzz.sh [seconds per target] [target...]
 #
-# FUZZ_SEED=N FUZZ_RUNS=M make a run reproducible: libFuzzer's mutations
-# from seed N, M inputs per target (the time still bounds it). CI uses
-# them, so a CI run tries the same inputs as the same run here, and a
-# crash it reports reproduces; a campaign leaves them unset (random seed,
-# no input count) to cover new ground.
+# FUZZ_SEED=N FUZZ_RUNS=M bound a run: libFuzzer's mutations start from
+# seed N, at most M inputs per target (the time still bounds it). That is
+# not bit-exact across machines: which inputs libFuzzer keeps depends on
+# the coverage each one reached, and that moves with hash seeds and
+# timing inside the code under test, so CI can wander onto an input no
+# run here tried (it did once: a backup with a negative lease TTL). A
+# crash is still reproducible from its saved input, which CI prints; add
+# it to fuzz/corpus/<target>/ and the ordinary tests replay it. Campaigns
+# leave both unset (random seed, no input count) to cover new ground.
 #
 # cargo-fuzz with libFuzzer on stable Rust: `-s none` (no sanitizer) needs
 # no nightly; coverage still comes from the sancov instrumentation, and
