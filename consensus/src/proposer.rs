@@ -7,6 +7,8 @@
 //!      take everything queued (<= MAX_BATCH requests / MAX_BATCH_BYTES)
 //!      Store::submit(batch): leader -> raft.client_write; follower -> forward
 //!      answer every request of the batch, then take the next batch
+//!      (or, once another leader is known, leave the batch to answer from
+//!       its own task and take the next one: see `run_one`)
 //! ```
 //!
 //! Several batches in flight let the leader append batch k+1 while batch
@@ -158,26 +160,18 @@ impl Proposer {
                 q.pending.drain(..n).collect()
             };
             let reqs: Vec<Request> = batch.iter().map(|p| p.req.clone()).collect();
-            match store.submit(reqs).await {
-                Ok(replies) if replies.len() == batch.len() => {
-                    for (p, r) in batch.into_iter().zip(replies) {
-                        let _ = p.done.send(r);
-                    }
-                }
-                Ok(replies) => {
-                    let e = Error::Internal(format!(
-                        "{} replies for a batch of {}",
-                        replies.len(),
-                        batch.len()
-                    ));
-                    for p in batch {
-                        let _ = p.done.send(Err(e.clone()));
-                    }
-                }
-                Err(e) => {
-                    for p in batch {
-                        let _ = p.done.send(Err(e.clone()));
-                    }
+            let moved = store.leader_moved();
+            let s = store.clone();
+            let mut answered = tokio::spawn(async move { answer(batch, s.submit(reqs).await) });
+            tokio::select! {
+                _ = &mut answered => {}
+                () = moved => {
+                    // The batch went to (or waits for) a leader that has
+                    // been replaced. It keeps its own task and answers its
+                    // callers when that ends (its outcome is unknown until
+                    // then: never resubmitted); this slot moves on, so the
+                    // writes queued behind it reach the new leader now
+                    // instead of after the old one's timeout.
                 }
             }
         }
@@ -187,6 +181,32 @@ impl Proposer {
             false
         } else {
             true
+        }
+    }
+}
+
+/// Hands each caller of `batch` its reply from `store.submit`.
+fn answer(batch: Vec<Proposal>, res: Result<Vec<Result<Reply>>>) {
+    match res {
+        Ok(replies) if replies.len() == batch.len() => {
+            for (p, r) in batch.into_iter().zip(replies) {
+                let _ = p.done.send(r);
+            }
+        }
+        Ok(replies) => {
+            let e = Error::Internal(format!(
+                "{} replies for a batch of {}",
+                replies.len(),
+                batch.len()
+            ));
+            for p in batch {
+                let _ = p.done.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for p in batch {
+                let _ = p.done.send(Err(e.clone()));
+            }
         }
     }
 }

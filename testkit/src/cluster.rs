@@ -229,6 +229,22 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP (`paused = true`) or SIGCONT member `i`: a process that
+    /// holds its sockets and state but answers nothing, as a stalled VM or
+    /// a long GC pause looks to its peers. Dropping the cluster kills a
+    /// paused member as any other.
+    pub fn pause(&mut self, i: usize, paused: bool) {
+        let pid = self.members[i].pid();
+        assert!(pid != 0, "member {} is not running", self.members[i].name);
+        let sig = if paused { "-STOP" } else { "-CONT" };
+        let st = std::process::Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill {sig} {pid}: {st}");
+    }
+
     /// `kill -9` member `i` (its data dir stays).
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {

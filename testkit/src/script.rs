@@ -42,6 +42,49 @@ use parking_lot::Mutex;
 /// exit once stopped.
 const AWAIT_DEADLINE: Duration = Duration::from_secs(20);
 
+/// Longest one foreground command may run: etcdctl's own
+/// `--command-timeout` is 10 s, so this only fires when a command would
+/// never end (a watch that gets no event, a hung dial); it is then killed
+/// by PID and recorded as `killed after ...`, and the transcripts differ
+/// at once instead of the test hanging until its harness limit.
+const RUN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits for `child` at most `limit`, reading its output meanwhile (so a
+/// full pipe cannot stall it); past the limit it is killed.
+fn wait_bounded(mut child: Child, limit: Duration) -> (String, String, i32) {
+    fn drain(r: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let mut killed = false;
+    let code = loop {
+        match child.try_wait().expect("etcdctl wait") {
+            Some(st) => break st.code().unwrap_or(-1),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                killed = true;
+                break -1;
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let stdout = out.join().unwrap_or_default();
+    let mut stderr = err.join().unwrap_or_default();
+    if killed {
+        stderr.push_str(&format!("\nkilled after {limit:?}\n"));
+    }
+    (stdout, stderr, code)
+}
+
 /// Runs `script` against `endpoint` ("127.0.0.1:port") and returns the
 /// normalized transcript.
 ///
@@ -233,14 +276,8 @@ impl Runner {
                 let _ = writeln!(w, "{l}");
             }
         }
-        let o = child.wait_with_output().expect("etcdctl output");
-        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-        self.record(
-            args,
-            &stdout,
-            &String::from_utf8_lossy(&o.stderr),
-            o.status.code().unwrap_or(-1),
-        );
+        let (stdout, stderr, code) = wait_bounded(child, RUN_DEADLINE);
+        self.record(args, &stdout, &stderr, code);
         stdout
     }
 

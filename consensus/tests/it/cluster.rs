@@ -247,6 +247,76 @@ async fn members_without_the_append_stream_get_unary_appends() {
     );
 }
 
+/// A paused leader (SIGSTOP: sockets open, nothing answered) must not
+/// hold up writes once the others elected a new one. The first writes
+/// through a follower are forwarded to the paused leader and stay unknown
+/// until it resumes or they time out; the writes after them must commit
+/// through the new leader while the old one is still paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_while_the_old_leader_is_paused() {
+    let mut c = Cluster::start(program(), 3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await;
+    let follower = (leader + 1) % 3;
+    let ep = c.members[follower].endpoint.clone();
+    lookout_testkit::kv::put(&mut kv(&ep).await, "before", "1").await;
+    c.pause(leader, true);
+    let paused_at = Instant::now();
+    // More concurrent writes than the proposer has submitter slots, all
+    // sent while the follower still names the paused member as leader.
+    let mut stuck = Vec::new();
+    for i in 0..8 {
+        let mut k = kv(&ep).await;
+        stuck.push(tokio::spawn(async move {
+            k.put(PutRequest {
+                key: format!("stuck-{i}").into(),
+                value: bytes::Bytes::from_static(b"x"),
+                ..Default::default()
+            })
+            .await
+        }));
+    }
+    // Then writes until one commits, each bounded; the old leader stays
+    // paused until one has (or until the bound, failing the test).
+    let bound = Duration::from_secs(6);
+    let mut attempt = 0;
+    let committed = loop {
+        attempt += 1;
+        let mut k = KvClient::new(channel(&ep, Duration::from_millis(1500)).await);
+        let r = k
+            .put(PutRequest {
+                key: format!("after-{attempt}").into(),
+                value: bytes::Bytes::from_static(b"y"),
+                ..Default::default()
+            })
+            .await;
+        if r.is_ok() {
+            break Some(paused_at.elapsed());
+        }
+        if paused_at.elapsed() >= bound {
+            break None;
+        }
+    };
+    c.pause(leader, false);
+    let Some(took) = committed else {
+        panic!(
+            "no write committed in {bound:?} while the old leader was paused; follower log:\n{}",
+            c.members[follower].log_text()
+        );
+    };
+    eprintln!("first write after the pause committed {took:?} after it");
+    // The writes sent to the paused leader end one way or the other
+    // (committed, or an error: their outcome was unknown), never hang.
+    let mut ok = 0;
+    for h in stuck {
+        let r = tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .expect("a write sent to the paused leader never answered")
+            .expect("task");
+        ok += usize::from(r.is_ok());
+    }
+    eprintln!("{ok} of 8 writes sent during the pause committed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_survive_leader_kill9() {
     leader_failover(3).await;
