@@ -146,7 +146,7 @@ async fn expiry_loop(w: Weak<Inner>) {
         }
         let now = Instant::now();
         let due: Vec<i64> = {
-            let exp = store.shared().expiry.lock().expect("expiry map");
+            let exp = store.shared().expiry.lock();
             // The apply removes a revoked lease from the map.
             proposed.retain(|id, at| exp.contains_key(id) && now < *at + Duration::from_secs(1));
             exp.iter()

@@ -24,7 +24,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 use lookout_proto::peer::PeerRequest;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -195,7 +197,7 @@ pub fn snapshot_install(data: &[u8]) {
     } else {
         file.extend_from_slice(body);
     }
-    let guard = scratch_sm().lock().unwrap_or_else(|p| p.into_inner());
+    let guard = scratch_sm().lock();
     let (dir, sh) = &*guard;
     let path = dir.path().join("input.snap");
     std::fs::write(&path, &file).expect("write snapshot");

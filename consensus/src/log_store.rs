@@ -290,7 +290,7 @@ struct Inner {
     sm: Arc<crate::sm::Shared>,
     /// The writer thread, joined by [`LogStore::stop`] so a closed store
     /// leaves no thread touching its files. std Mutex: taken once, at stop.
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The log store; clones share everything (openraft's reader is a clone).
@@ -390,13 +390,13 @@ impl LogStore {
             queued: std::sync::atomic::AtomicUsize::new(0),
             durable: durable.clone(),
             sm,
-            thread: std::sync::Mutex::new(None),
+            thread: parking_lot::Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
         let handle = std::thread::Builder::new()
             .name("raft-wal".into())
             .spawn(move || writer(wal, durable, weak, rx))?;
-        *inner.thread.lock().expect("writer handle") = Some(handle);
+        *inner.thread.lock() = Some(handle);
         Ok(Self { inner })
     }
 
@@ -467,7 +467,7 @@ impl LogStore {
     /// Blocks for as long as one group write and sync take.
     pub(crate) fn stop(&self) {
         let _ = self.send(Cmd::Stop);
-        let handle = self.inner.thread.lock().expect("writer handle").take();
+        let handle = self.inner.thread.lock().take();
         if let Some(h) = handle
             && h.thread().id() != std::thread::current().id()
         {
@@ -816,7 +816,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let sm = self.inner.sm.clone();
             tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-                let _file = sm.file_lock.lock().expect("file lock");
+                let _file = sm.file_lock.lock();
                 // Durable from here on: only what the log has synced.
                 sm.settle().map_err(logs_w)?;
                 let tx = sm.db().begin_write().map_err(logs_w)?;

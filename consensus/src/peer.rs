@@ -102,7 +102,7 @@ pub(crate) enum ForwardError {
 #[derive(Debug, Default)]
 pub(crate) struct PeerClients {
     // A std Mutex: lookups and inserts only, never held across an await.
-    conns: std::sync::Mutex<HashMap<NodeId, (String, PeerClient<Channel>)>>,
+    conns: parking_lot::Mutex<HashMap<NodeId, (String, PeerClient<Channel>)>>,
     pub cluster_id: u64,
     /// `--peer-cert-file`/`--peer-key-file` (our client identity) and
     /// `--peer-trusted-ca-file` (verifies the other members), for
@@ -125,7 +125,7 @@ impl PeerClients {
     /// A client for `id` at its first peer URL (connects lazily).
     pub fn get(&self, id: NodeId, node: &MemberNode) -> Option<PeerClient<Channel>> {
         let url = node.peer_urls.first()?.clone();
-        let mut conns = self.conns.lock().expect("peer conns");
+        let mut conns = self.conns.lock();
         if let Some((u, c)) = conns.get(&id)
             && *u == url
         {

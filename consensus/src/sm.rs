@@ -74,10 +74,10 @@ pub(crate) struct Shared {
     pub membership: ArcSwap<StoredMembership>,
     /// Lease deadlines (this member's clock; only the leader acts on them).
     // A std Mutex: short map operations, never held across an await.
-    pub expiry: std::sync::Mutex<HashMap<i64, Instant>>,
+    pub expiry: parking_lot::Mutex<HashMap<i64, Instant>>,
     /// Serialises whole-file operations (snapshot install, defragment)
     /// against applies. A std Mutex: held inside blocking sections only.
-    pub file_lock: std::sync::Mutex<()>,
+    pub file_lock: parking_lot::Mutex<()>,
     pub snapshots_installed: AtomicU64,
     pub snapshots_built: AtomicU64,
     /// The raft log's durability, set once the log is open: redb may hold
@@ -126,8 +126,8 @@ impl Shared {
             db: ArcSwap::from_pointee(db),
             state: ArcSwap::from_pointee(state),
             membership: ArcSwap::from_pointee(membership),
-            expiry: std::sync::Mutex::new(expiry),
-            file_lock: std::sync::Mutex::new(()),
+            expiry: parking_lot::Mutex::new(expiry),
+            file_lock: parking_lot::Mutex::new(()),
             snapshots_installed: AtomicU64::new(0),
             snapshots_built: AtomicU64::new(0),
             log_durable: std::sync::OnceLock::new(),
@@ -171,7 +171,7 @@ impl Shared {
     pub fn refresh_leases(&self) {
         let st = self.state.load();
         let now = Instant::now();
-        let mut exp = self.expiry.lock().expect("expiry map");
+        let mut exp = self.expiry.lock();
         exp.clear();
         for l in st.leases.values() {
             exp.insert(l.id, crate::state::LeaseState::deadline(now, l.ttl));
@@ -203,7 +203,7 @@ impl Drop for DefragTimer<'_> {
 pub(crate) fn defragment(sh: &Shared) -> Result<(u64, u64)> {
     let path = sh.dir.join("lookout.redb");
     let tmp = sh.dir.join("lookout.redb.defrag");
-    let _file = sh.file_lock.lock().expect("file lock");
+    let _file = sh.file_lock.lock();
     let _timer = DefragTimer::start(&sh.metrics);
     // The copy is committed durably: it must hold synced entries only.
     sh.settle()?;
@@ -308,13 +308,13 @@ impl StateMachine {
     fn apply_entries(&self, entries: &[Entry]) -> Result<Prepared> {
         // Held for the whole apply so a snapshot install or defragment
         // never swaps the file under an open write transaction.
-        let guard = self.shared.file_lock.lock().expect("file lock");
+        let guard = self.shared.file_lock.lock();
         self.apply_locked(entries, guard)
     }
 
     /// [`StateMachine::apply_locked`] unless the file is busy (`None`).
     fn try_apply_now(&self, entries: &[Entry]) -> Option<Result<Prepared>> {
-        let guard = self.shared.file_lock.try_lock().ok()?;
+        let guard = self.shared.file_lock.try_lock()?;
         Some(self.apply_locked(entries, guard))
     }
 
@@ -323,7 +323,7 @@ impl StateMachine {
     fn apply_locked(
         &self,
         entries: &[Entry],
-        _file: std::sync::MutexGuard<'_, ()>,
+        _file: parking_lot::MutexGuard<'_, ()>,
     ) -> Result<Prepared> {
         let sh = &self.shared;
         let db = sh.db();
@@ -427,7 +427,7 @@ impl StateMachine {
         }
         if !leases.is_empty() {
             let now = Instant::now();
-            let mut exp = sh.expiry.lock().expect("expiry map");
+            let mut exp = sh.expiry.lock();
             for (id, ttl) in leases {
                 match ttl {
                     Some(ttl) => {
@@ -802,7 +802,7 @@ pub(crate) fn install(sh: &Shared, meta: &SnapshotMeta, mut file: std::fs::File)
     if take(&mut r, SNAP_MAGIC.len())? != SNAP_MAGIC {
         return Err(bad("unknown format (not LOOKOUT-SNAP1)"));
     }
-    let _file = sh.file_lock.lock().expect("file lock");
+    let _file = sh.file_lock.lock();
     let db = sh.db();
     let txn = db.begin_write()?;
     txn.delete_table(KV)?;

@@ -796,7 +796,7 @@ impl Store {
     /// waits for that revoke and answers "not found").
     pub(crate) fn keep_alive_local(&self, id: i64) -> i64 {
         let st = self.snapshot();
-        let mut exp = self.inner.shared.expiry.lock().expect("expiry map");
+        let mut exp = self.inner.shared.expiry.lock();
         let now = Instant::now();
         if st.leases.contains_key(&id) && exp.get(&id).is_none_or(|d| *d > now) {
             let m = &self.inner.shared.metrics;
@@ -821,15 +821,9 @@ impl Store {
 
     /// The leader's remaining TTL of a lease (whole seconds, rounded down).
     pub(crate) fn time_to_live_local(&self, id: i64) -> i64 {
-        self.inner
-            .shared
-            .expiry
-            .lock()
-            .expect("expiry map")
-            .get(&id)
-            .map_or(0, |d| {
-                d.saturating_duration_since(Instant::now()).as_secs() as i64
-            })
+        self.inner.shared.expiry.lock().get(&id).map_or(0, |d| {
+            d.saturating_duration_since(Instant::now()).as_secs() as i64
+        })
     }
 
     /// One keep-alive, answered by the leader (which owns lease expiry).
@@ -975,7 +969,7 @@ impl Store {
             Err(_) => stop_raft(),
         }
         self.inner.log.stop();
-        let _file = self.inner.shared.file_lock.lock().expect("file lock");
+        let _file = self.inner.shared.file_lock.lock();
         if let Ok(tx) = self.db().begin_write()
             && let Err(e) = tx.commit()
         {

@@ -169,8 +169,8 @@ pub(crate) struct Wal {
     dir: PathBuf,
     // std Mutexes: never held across an await. `tail` is only taken by
     // the writer; `index` briefly by the writer and by readers.
-    tail: std::sync::Mutex<Tail>,
-    index: std::sync::Mutex<Index>,
+    tail: parking_lot::Mutex<Tail>,
+    index: parking_lot::Mutex<Index>,
     /// fsync latencies and bytes written (etcd's `etcd_disk_wal_*`).
     pub stats: std::sync::Arc<crate::metrics::WalStats>,
 }
@@ -405,8 +405,8 @@ impl Wal {
         }
         let wal = Wal {
             dir: dir.to_path_buf(),
-            tail: std::sync::Mutex::new(tail),
-            index: std::sync::Mutex::new(index),
+            tail: parking_lot::Mutex::new(tail),
+            index: parking_lot::Mutex::new(index),
             stats: Default::default(),
         };
         wal.drop_purged_segments(purged)?;
@@ -422,13 +422,13 @@ impl Wal {
     /// A hole in the indexes, a failed roll to a new segment, or an
     /// earlier I/O error.
     pub fn append(&self, index: u64, payload: &[u8]) -> std::io::Result<()> {
-        let mut t = self.tail.lock().expect("wal tail");
+        let mut t = self.tail.lock();
         if t.failed {
             return Err(std::io::Error::other("raft log failed earlier"));
         }
         let rec_len = RECORD_HEAD + payload.len() as u64;
         let (fits, empty) = {
-            let idx = self.index.lock().expect("wal index");
+            let idx = self.index.lock();
             let at = t.pos + t.buf.len() as u64;
             (
                 idx.segs.get(&t.seq).is_some_and(|s| at + rec_len <= s.size),
@@ -481,7 +481,7 @@ impl Wal {
     fn zero_ahead(&self, t: &mut Tail, end: u64) -> std::io::Result<()> {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let (file, size) = {
-            let idx = self.index.lock().expect("wal index");
+            let idx = self.index.lock();
             match idx.segs.get(&t.seq) {
                 Some(s) => (s.file.clone(), s.size),
                 None => return Ok(()),
@@ -506,7 +506,7 @@ impl Wal {
     /// # Errors
     /// The write failed; the log then refuses every later write.
     pub fn write(&self) -> std::io::Result<()> {
-        let mut t = self.tail.lock().expect("wal tail");
+        let mut t = self.tail.lock();
         self.write_locked(&mut t)
     }
 
@@ -515,7 +515,7 @@ impl Wal {
     /// # Errors
     /// The sync failed; the log then refuses every later write.
     pub fn sync(&self) -> std::io::Result<()> {
-        let mut t = self.tail.lock().expect("wal tail");
+        let mut t = self.tail.lock();
         self.write_locked(&mut t)?;
         self.sync_locked(&mut t)
     }
@@ -533,7 +533,7 @@ impl Wal {
             return Ok(());
         }
         let file = {
-            let idx = self.index.lock().expect("wal index");
+            let idx = self.index.lock();
             idx.segs.get(&t.seq).map(|s| s.file.clone())
         };
         let Some(file) = file else {
@@ -547,7 +547,7 @@ impl Wal {
             .fetch_add(t.buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
         t.pos += t.buf.len() as u64;
         t.buf.clear();
-        let mut idx = self.index.lock().expect("wal index");
+        let mut idx = self.index.lock();
         if idx.locs.is_empty() {
             idx.first = t.pending_first;
         }
@@ -560,7 +560,7 @@ impl Wal {
             return Err(std::io::Error::other("raft log failed earlier"));
         }
         let file = {
-            let idx = self.index.lock().expect("wal index");
+            let idx = self.index.lock();
             idx.segs.get(&t.seq).map(|s| s.file.clone())
         };
         if let Some(f) = file {
@@ -606,7 +606,7 @@ impl Wal {
             Ok(f) => f,
             Err(e) => return Self::fail(t, e),
         };
-        self.index.lock().expect("wal index").segs.insert(
+        self.index.lock().segs.insert(
             seq,
             Segment {
                 seq,
@@ -627,11 +627,11 @@ impl Wal {
     /// # Errors
     /// I/O failures (the log then refuses later writes).
     pub fn truncate(&self, index: u64) -> std::io::Result<()> {
-        let mut t = self.tail.lock().expect("wal tail");
+        let mut t = self.tail.lock();
         self.write_locked(&mut t)?;
         self.sync_locked(&mut t)?;
         let (loc, crc, doomed) = {
-            let idx = self.index.lock().expect("wal index");
+            let idx = self.index.lock();
             let Some(loc) = idx.loc(index) else {
                 return Ok(());
             };
@@ -650,7 +650,7 @@ impl Wal {
             if !doomed.is_empty() {
                 sync_dir(&self.dir)?;
             }
-            let idx = self.index.lock().expect("wal index");
+            let idx = self.index.lock();
             let seg = idx.segs.get(&loc.seq).expect("segment of a record");
             seg.file.set_len(loc.off)?;
             preallocate(&seg.file, loc.off, seg.size - loc.off)?;
@@ -659,7 +659,7 @@ impl Wal {
         if let Err(e) = res {
             return Self::fail(&mut t, e);
         }
-        let mut idx = self.index.lock().expect("wal index");
+        let mut idx = self.index.lock();
         let keep = (index - idx.first) as usize;
         idx.locs.truncate(keep);
         let gone: Vec<u64> = idx.segs.range(loc.seq + 1..).map(|(s, _)| *s).collect();
@@ -676,10 +676,10 @@ impl Wal {
     /// # Errors
     /// I/O failures while deleting.
     pub fn purge_upto(&self, upto: u64) -> std::io::Result<()> {
-        let mut t = self.tail.lock().expect("wal tail");
+        let mut t = self.tail.lock();
         self.write_locked(&mut t)?;
         {
-            let mut idx = self.index.lock().expect("wal index");
+            let mut idx = self.index.lock();
             while !idx.locs.is_empty() && idx.first <= upto {
                 idx.pop_front();
             }
@@ -698,9 +698,9 @@ impl Wal {
         let Some(purged) = purged else {
             return Ok(());
         };
-        let current = self.tail.lock().expect("wal tail").seq;
+        let current = self.tail.lock().seq;
         let doomed: Vec<(u64, PathBuf)> = {
-            let idx = self.index.lock().expect("wal index");
+            let idx = self.index.lock();
             let segs: Vec<&Segment> = idx.segs.values().collect();
             segs.iter()
                 .enumerate()
@@ -720,7 +720,7 @@ impl Wal {
             std::fs::remove_file(p)?;
         }
         sync_dir(&self.dir)?;
-        let mut idx = self.index.lock().expect("wal index");
+        let mut idx = self.index.lock();
         for (s, _) in doomed {
             idx.segs.remove(&s);
         }
@@ -734,7 +734,7 @@ impl Wal {
     /// I/O failure or a record whose checksum does not match.
     pub fn read(&self, index: u64) -> std::io::Result<Option<Vec<u8>>> {
         let (loc, prev_crc, file) = {
-            let idx = self.index.lock().expect("wal index");
+            let idx = self.index.lock();
             let Some(loc) = idx.loc(index) else {
                 return Ok(None);
             };
@@ -773,14 +773,14 @@ impl Wal {
 
     /// Bytes of every segment file (allocated size).
     pub fn disk_bytes(&self) -> u64 {
-        let idx = self.index.lock().expect("wal index");
+        let idx = self.index.lock();
         idx.segs.values().map(|s| s.size).sum()
     }
 
     /// Number of segment files.
     #[cfg(test)]
     pub fn segments(&self) -> usize {
-        self.index.lock().expect("wal index").segs.len()
+        self.index.lock().segs.len()
     }
 }
 
@@ -844,7 +844,7 @@ mod tests {
         {
             let (w, _) = Wal::open(d.path(), none).unwrap();
             fill(&w, 0..10);
-            let idx = w.index.lock().unwrap();
+            let idx = w.index.lock();
             let l = idx.loc(9).unwrap();
             seg = idx.segs[&l.seq].path.clone();
             end = l.off + RECORD_HEAD + l.len as u64;
@@ -875,7 +875,7 @@ mod tests {
         let (seg, off) = {
             let (w, _) = Wal::open(d.path(), none).unwrap();
             fill(&w, 0..10);
-            let idx = w.index.lock().unwrap();
+            let idx = w.index.lock();
             let l = idx.loc(3).unwrap();
             (idx.segs[&l.seq].path.clone(), l.off + RECORD_HEAD + 2)
         };
@@ -896,7 +896,7 @@ mod tests {
 
     /// Where record `index` ends in its segment file.
     fn record_end(w: &Wal, index: u64) -> (PathBuf, u64, u64) {
-        let idx = w.index.lock().unwrap();
+        let idx = w.index.lock();
         let l = idx.loc(index).unwrap();
         (
             idx.segs[&l.seq].path.clone(),

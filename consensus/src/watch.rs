@@ -289,8 +289,7 @@ impl StreamState {
     async fn on_lag(&mut self, hub_rx: &mut mpsc::Receiver<HubMsg>) -> Result<(), Gone> {
         // Everything queued before the slot was dropped comes first.
         self.drain_hub(hub_rx).await?;
-        let lagged: Vec<(u64, i64)> =
-            std::mem::take(&mut *self.lagged.slots.lock().expect("lag list"));
+        let lagged: Vec<(u64, i64)> = std::mem::take(&mut *self.lagged.slots.lock());
         for (slot, from) in lagged {
             if let Some(id) = self.slots.remove(&slot)
                 && let Some(w) = self.watchers.get_mut(&id)

@@ -548,7 +548,7 @@ struct SimpleTable {
 pub(crate) struct Tokens {
     pub cfg: AuthConfig,
     // A std Mutex: map operations only, never held across an await.
-    simple: std::sync::Mutex<SimpleTable>,
+    simple: parking_lot::Mutex<SimpleTable>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -559,7 +559,7 @@ impl Tokens {
     pub fn new(cfg: AuthConfig) -> Self {
         Self {
             cfg,
-            simple: std::sync::Mutex::new(SimpleTable {
+            simple: parking_lot::Mutex::new(SimpleTable {
                 by_digest: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
@@ -625,7 +625,7 @@ impl Tokens {
     /// Records a token issued by an applied Authenticate (every member).
     pub fn register(&self, token: &str, user: &str) {
         let now = Instant::now();
-        let mut t = self.simple.lock().expect("token table");
+        let mut t = self.simple.lock();
         t.by_digest.insert(
             digest(token),
             SimpleEntry {
@@ -644,7 +644,7 @@ impl Tokens {
     pub fn simple_user(&self, token: &str) -> Option<String> {
         let now = Instant::now();
         let ttl = self.ttl();
-        let mut t = self.simple.lock().expect("token table");
+        let mut t = self.simple.lock();
         let key = digest(token);
         match t.by_digest.get_mut(&key) {
             Some(e) if e.expires > now => {
@@ -661,16 +661,12 @@ impl Tokens {
 
     /// Drops every simple token of `user` (deleted, or a new password).
     pub fn revoke_user(&self, user: &str) {
-        self.simple
-            .lock()
-            .expect("token table")
-            .by_digest
-            .retain(|_, e| e.user != user);
+        self.simple.lock().by_digest.retain(|_, e| e.user != user);
     }
 
     /// Drops every simple token (auth disabled).
     pub fn clear(&self) {
-        self.simple.lock().expect("token table").by_digest.clear();
+        self.simple.lock().by_digest.clear();
     }
 
     /// Applies what a published request did to the tokens.
