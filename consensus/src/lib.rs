@@ -37,41 +37,39 @@
 //! read a clock or a random source inside `apply` (every member replays
 //! it), and never hold a whole snapshot in memory.
 
-pub mod apply;
 pub mod auth;
-pub mod backend;
-mod background;
-pub mod cluster;
 pub mod config;
-pub mod encode;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
-mod hub;
-pub mod keyindex;
-pub mod log_store;
-mod members;
 pub mod metrics;
-pub mod peer;
-mod proposer;
-pub mod request;
-pub mod revision;
+pub(crate) mod mvcc;
+pub(crate) mod raft;
 pub mod server;
-mod sm;
-pub mod snapshot_stream;
-pub mod state;
 pub mod store;
 pub mod tls;
-pub mod validate;
-mod wal;
-mod watch;
 
-pub use apply::{Applied, Applier};
 pub use config::StoreConfig;
-pub use error::{Error, Result};
-pub use peer::{serve_peer, serve_peer_tls};
-pub use request::{Reply, Request, Response};
-pub use revision::Revision;
-pub use server::{EtcdService, routes, serve, to_status};
-pub use state::MvccState;
+pub use error::{Error, Result, to_status};
+pub use mvcc::apply::{Applied, Applier};
+pub use mvcc::request::{Reply, Request, Response};
+pub use mvcc::revision::Revision;
+pub use mvcc::state::MvccState;
+pub use server::peer::{serve_peer, serve_peer_tls};
+pub use server::{EtcdService, routes, serve};
 pub use store::Store;
+
+/// `--initial-cluster` parsing, for the binary's flags.
+pub mod cluster {
+    pub use crate::raft::cluster::parse_initial_cluster;
+}
+
+/// Backup restore, for `lookout snapshot restore`.
+pub mod snapshot_stream {
+    pub use crate::server::snapshot_stream::restore;
+}
+
+/// Request checks the gateway runs before it forwards (and fuzzes).
+pub mod validate {
+    pub use crate::mvcc::validate::{check_delete, check_put, check_range, check_txn};
+}

@@ -14,8 +14,8 @@ use super::AuthRequest;
 use super::perms::valid_permission_range;
 use super::state::{AuthTable, ROOT};
 use crate::error::{Error, Result};
-use crate::request::Response;
-use crate::state::MvccState;
+use crate::mvcc::request::Response;
+use crate::mvcc::state::MvccState;
 
 fn done() -> Result<Response> {
     Ok(Response::Auth {

@@ -138,10 +138,10 @@ pub(crate) enum TokenEvent {
 
 /// The token change `req` made, given how it applied.
 pub(crate) fn token_event(
-    req: &crate::request::Request,
-    resp: &crate::Result<crate::request::Response>,
+    req: &crate::mvcc::request::Request,
+    resp: &crate::error::Result<crate::mvcc::request::Response>,
 ) -> Option<TokenEvent> {
-    use crate::request::{Request, Response};
+    use crate::mvcc::request::{Request, Response};
     let (Request::Auth(a), Ok(Response::Auth { token })) = (req.inner(), resp) else {
         return None;
     };

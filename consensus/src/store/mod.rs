@@ -15,6 +15,10 @@
 //!  leader only: lease expiry, auto-compaction  (background.rs)
 //! ```
 
+mod background;
+pub(crate) mod members;
+pub(crate) mod proposer;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,18 +36,18 @@ use redb::{Database, ReadableDatabase};
 use tokio::sync::mpsc;
 
 use crate::auth::{AuthInfo, Credentials};
-use crate::backend::{self, KV};
-use crate::cluster::{self, Batch, MemberNode, NodeId, Raft};
 use crate::config::{MAX_LEASE_TTL, StoreConfig};
 use crate::error::{Error, Result};
-use crate::hub::Hub;
-use crate::log_store::LogStore;
-use crate::peer::{Forward, ForwardError, ForwardOk, Network, PeerClients};
-use crate::proposer::Proposer;
-use crate::request::{Reply, Request, Response};
-use crate::sm::{Shared, StateMachine};
-use crate::state::MvccState;
-use crate::validate;
+use crate::mvcc::backend::{self, KV};
+use crate::mvcc::hub::Hub;
+use crate::mvcc::request::{Reply, Request, Response};
+use crate::mvcc::state::MvccState;
+use crate::mvcc::validate;
+use crate::raft::cluster::{self, Batch, MemberNode, NodeId, Raft};
+use crate::raft::log_store::LogStore;
+use crate::raft::peer::{Forward, ForwardError, ForwardOk, Network, PeerClients};
+use crate::raft::sm::{Shared, StateMachine};
+use crate::store::proposer::Proposer;
 
 /// Version reported by Maintenance Status: etcd 3.4's API.
 pub const VERSION: &str = "3.4.0";
@@ -499,7 +503,7 @@ impl Store {
                 .propose(Request::Alarm {
                     activate: true,
                     member: self.inner.member_id,
-                    alarm: crate::state::ALARM_NOSPACE,
+                    alarm: crate::mvcc::state::ALARM_NOSPACE,
                 })
                 .await;
             return Err(Error::NoSpace);
@@ -583,7 +587,7 @@ impl Store {
 
     /// [`Store::range`], answered as the protobuf encoding of the
     /// `RangeResponse`: current-revision reads copy each pair's stored
-    /// encoding instead of re-encoding it (see [`crate::encode`]).
+    /// encoding instead of re-encoding it (see [`crate::mvcc::encode`]).
     ///
     /// # Errors
     /// As [`Store::range`].
@@ -607,9 +611,9 @@ impl Store {
         }
         let st = self.snapshot();
         Self::read_permitted(&st, who, &req)?;
-        if crate::encode::fast_path(&req, &st) {
+        if crate::mvcc::encode::fast_path(&req, &st) {
             let header = self.header(st.rev).unwrap_or_default();
-            return Ok(crate::encode::current_range(&req, &st, &header));
+            return Ok(crate::mvcc::encode::current_range(&req, &st, &header));
         }
         Ok(self.range_local(&st, &req)?.encode_to_vec().into())
     }
@@ -805,13 +809,13 @@ impl Store {
         match (st.leases.get(&id), exp.get_mut(&id)) {
             (Some(_), Some(deadline)) if *deadline <= now => 0,
             (Some(l), Some(deadline)) => {
-                *deadline = crate::state::LeaseState::deadline(Instant::now(), l.ttl);
+                *deadline = crate::mvcc::state::LeaseState::deadline(Instant::now(), l.ttl);
                 l.ttl
             }
             (Some(l), None) => {
                 exp.insert(
                     id,
-                    crate::state::LeaseState::deadline(Instant::now(), l.ttl),
+                    crate::mvcc::state::LeaseState::deadline(Instant::now(), l.ttl),
                 );
                 l.ttl
             }
@@ -935,7 +939,12 @@ impl Store {
         S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(128);
-        tokio::spawn(crate::watch::run_stream(self.clone(), creds, requests, tx));
+        tokio::spawn(crate::server::watch::run_stream(
+            self.clone(),
+            creds,
+            requests,
+            tx,
+        ));
         rx
     }
 

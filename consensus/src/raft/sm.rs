@@ -42,15 +42,15 @@ use openraft::{
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
-use crate::apply::Applier;
-use crate::backend::{self, ALARMS, KV, LEASES, MEMBERSHIP_KEY, RAFT_SM};
-use crate::cluster::{
+use crate::error::Result;
+use crate::mvcc::apply::Applier;
+use crate::mvcc::backend::{self, ALARMS, KV, LEASES, MEMBERSHIP_KEY, RAFT_SM};
+use crate::mvcc::hub::Hub;
+use crate::mvcc::request::{Reply, Request, Response};
+use crate::mvcc::state::MvccState;
+use crate::raft::cluster::{
     BatchReply, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::error::Result;
-use crate::hub::Hub;
-use crate::request::{Reply, Request, Response};
-use crate::state::MvccState;
 
 /// Longest an apply polls for its log fsync before it sleeps on it.
 const SYNC_SPIN: Duration = Duration::from_micros(200);
@@ -82,7 +82,7 @@ pub(crate) struct Shared {
     pub snapshots_built: AtomicU64,
     /// The raft log's durability, set once the log is open: redb may hold
     /// applied entries the log has not synced yet (see the module doc).
-    pub log_durable: std::sync::OnceLock<Arc<crate::log_store::Durability>>,
+    pub log_durable: std::sync::OnceLock<Arc<crate::raft::log_store::Durability>>,
     /// This member's auth tokens: applied Authenticates add simple ones.
     pub tokens: Arc<crate::auth::Tokens>,
     /// etcd's counters and histograms of this member (`metrics.rs`).
@@ -118,7 +118,7 @@ impl Shared {
         let expiry = state
             .leases
             .values()
-            .map(|l| (l.id, crate::state::LeaseState::deadline(now, l.ttl)))
+            .map(|l| (l.id, crate::mvcc::state::LeaseState::deadline(now, l.ttl)))
             .collect();
         Ok(Arc::new(Self {
             dir: dir.to_path_buf(),
@@ -149,7 +149,7 @@ impl Shared {
     pub fn wait_synced(&self, index: u64) -> Result<()> {
         match self.log_durable.get() {
             Some(d) if !d.covers(index) => futures::executor::block_on(d.wait(index))
-                .map_err(|e| crate::Error::Storage(e.to_string())),
+                .map_err(|e| crate::error::Error::Storage(e.to_string())),
             _ => Ok(()),
         }
     }
@@ -174,7 +174,7 @@ impl Shared {
         let mut exp = self.expiry.lock();
         exp.clear();
         for l in st.leases.values() {
-            exp.insert(l.id, crate::state::LeaseState::deadline(now, l.ttl));
+            exp.insert(l.id, crate::mvcc::state::LeaseState::deadline(now, l.ttl));
         }
     }
 }
@@ -257,9 +257,8 @@ fn read_membership(db: &Database) -> Result<StoredMembership> {
     let tx = db.begin_read()?;
     let t = tx.open_table(RAFT_SM)?;
     Ok(match t.get(MEMBERSHIP_KEY)? {
-        Some(v) => {
-            bincode::deserialize(v.value()).map_err(|e| crate::Error::Storage(e.to_string()))?
-        }
+        Some(v) => bincode::deserialize(v.value())
+            .map_err(|e| crate::error::Error::Storage(e.to_string()))?,
         None => StoredMembership::default(),
     })
 }
@@ -288,7 +287,7 @@ pub(crate) struct StateMachine {
     pub shared: Arc<Shared>,
     /// The raft log's durability: entries the leader acknowledged before
     /// their fsync are applied only once synced (see `log_store.rs`).
-    pub durable: Arc<crate::log_store::Durability>,
+    pub durable: Arc<crate::raft::log_store::Durability>,
 }
 
 /// An apply written to redb but not yet visible (see the module doc).
@@ -379,7 +378,8 @@ impl StateMachine {
             ap.finish(&working)?;
         }
         if let Some(m) = &membership {
-            let bytes = bincode::serialize(m).map_err(|e| crate::Error::Storage(e.to_string()))?;
+            let bytes =
+                bincode::serialize(m).map_err(|e| crate::error::Error::Storage(e.to_string()))?;
             txn.open_table(RAFT_SM)?
                 .insert(MEMBERSHIP_KEY, bytes.as_slice())?;
         }
@@ -431,7 +431,7 @@ impl StateMachine {
             for (id, ttl) in leases {
                 match ttl {
                     Some(ttl) => {
-                        exp.insert(id, crate::state::LeaseState::deadline(now, ttl));
+                        exp.insert(id, crate::mvcc::state::LeaseState::deadline(now, ttl));
                     }
                     None => {
                         exp.remove(&id);
@@ -643,9 +643,8 @@ fn build(sh: &Shared) -> Result<(SnapshotMeta, PathBuf)> {
     let membership: StoredMembership = {
         let t = tx.open_table(RAFT_SM)?;
         match t.get(MEMBERSHIP_KEY)? {
-            Some(v) => {
-                bincode::deserialize(v.value()).map_err(|e| crate::Error::Storage(e.to_string()))?
-            }
+            Some(v) => bincode::deserialize(v.value())
+                .map_err(|e| crate::error::Error::Storage(e.to_string()))?,
             None => StoredMembership::default(),
         }
     };
@@ -702,7 +701,7 @@ fn build(sh: &Shared) -> Result<(SnapshotMeta, PathBuf)> {
     inner.write_all(&crc.to_be_bytes())?;
     let f = inner
         .into_inner()
-        .map_err(|e| crate::Error::Storage(e.to_string()))?;
+        .map_err(|e| crate::error::Error::Storage(e.to_string()))?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&part, &path)?;
@@ -724,8 +723,8 @@ fn set_current(dir: &Path, meta: &SnapshotMeta, path: &Path) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bytes =
-        bincode::serialize(&(meta, &name)).map_err(|e| crate::Error::Storage(e.to_string()))?;
+    let bytes = bincode::serialize(&(meta, &name))
+        .map_err(|e| crate::error::Error::Storage(e.to_string()))?;
     let tmp = snap.join("current.meta.tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
@@ -775,8 +774,8 @@ fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
     Ok(u32::from_be_bytes(b))
 }
 
-fn bad(what: &str) -> crate::Error {
-    crate::Error::Storage(format!("snapshot file: {what}"))
+fn bad(what: &str) -> crate::error::Error {
+    crate::error::Error::Storage(format!("snapshot file: {what}"))
 }
 
 /// Replaces the store's content with the snapshot file's, in one durable
@@ -873,7 +872,7 @@ pub(crate) fn install(sh: &Shared, meta: &SnapshotMeta, mut file: std::fs::File)
     drop(_file);
     let f = copy
         .into_inner()
-        .map_err(|e| crate::Error::Storage(e.to_string()))?;
+        .map_err(|e| crate::error::Error::Storage(e.to_string()))?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&keep_part, &keep)?;

@@ -1,7 +1,8 @@
 //! The store's etcd v3 gRPC services (KV, Watch, Lease, Cluster,
 //! Maintenance, Auth, and lookout's `Tokens` for gateways) over a [`Store`],
 //! and [`serve`] to run them on a listener.
-//! This is the one place store errors become `tonic::Status`.
+//! Store errors become `tonic::Status` through [`to_status`] (in
+//! `error.rs`, where the backup stream and the peer service use it too).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,26 +19,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthInfo, Credentials};
 use crate::config::GRPC_OVERHEAD_BYTES;
-use crate::error::{Code, Error};
+use crate::error::{Error, to_status};
 use crate::store::Store;
-
-/// etcd's status for a store error: same code, same message.
-pub fn to_status(e: Error) -> Status {
-    let code = match e.code() {
-        Code::InvalidArgument => tonic::Code::InvalidArgument,
-        Code::OutOfRange => tonic::Code::OutOfRange,
-        Code::NotFound => tonic::Code::NotFound,
-        Code::FailedPrecondition => tonic::Code::FailedPrecondition,
-        Code::ResourceExhausted => tonic::Code::ResourceExhausted,
-        Code::Unavailable => tonic::Code::Unavailable,
-        Code::Unimplemented => tonic::Code::Unimplemented,
-        Code::Internal => tonic::Code::Internal,
-        Code::PermissionDenied => tonic::Code::PermissionDenied,
-        Code::Unauthenticated => tonic::Code::Unauthenticated,
-        Code::Unknown => tonic::Code::Unknown,
-    };
-    Status::new(code, e.to_string())
-}
 
 type Rpc<T> = Result<Response<T>, Status>;
 
@@ -571,7 +554,7 @@ impl pb::maintenance_server::Maintenance for EtcdService {
 
     async fn snapshot(&self, r: Request<pb::SnapshotRequest>) -> Rpc<Self::SnapshotStream> {
         self.maintenance_admin(&r).await?;
-        let rx = crate::snapshot_stream::snapshot(&self.store);
+        let rx = crate::server::snapshot_stream::snapshot(&self.store);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -600,7 +583,7 @@ impl pb::maintenance_server::Maintenance for EtcdService {
 
 // === impl Auth ===
 
-fn ok<T>(r: crate::Result<T>) -> Rpc<T> {
+fn ok<T>(r: crate::error::Result<T>) -> Rpc<T> {
     r.map(Response::new).map_err(to_status)
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::error::{Error, Result};
-use crate::request::{Reply, Request};
+use crate::mvcc::request::{Reply, Request};
 
 /// Raft node ID: the etcd member ID.
 pub type NodeId = u64;
@@ -88,14 +88,6 @@ pub fn member_id(peer_urls: &[String], token: &str) -> NodeId {
     urls.sort_unstable();
     urls.push(token);
     derive_id("member", &urls)
-}
-
-/// The cluster ID: from the initial members' IDs (sorted) and the token.
-pub fn cluster_id(initial: &BTreeMap<NodeId, MemberNode>, token: &str) -> u64 {
-    let ids: Vec<String> = initial.keys().map(|id| format!("{id:x}")).collect();
-    let mut parts: Vec<&str> = ids.iter().map(String::as_str).collect();
-    parts.push(token);
-    derive_id("cluster", &parts)
 }
 
 /// Parses `--initial-cluster` (`name=url,name=url2,other=url3`): a member

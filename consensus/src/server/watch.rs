@@ -29,10 +29,10 @@ use prost::Message;
 use redb::ReadableDatabase;
 use tokio::sync::mpsc;
 
-use crate::backend::{self, KV};
 use crate::error::Result;
-use crate::hub::{HubMsg, Lagged};
-use crate::revision::Revision;
+use crate::mvcc::backend::{self, KV};
+use crate::mvcc::hub::{HubMsg, Lagged};
+use crate::mvcc::revision::Revision;
 use crate::store::Store;
 use lookout_semantics::in_range;
 
@@ -508,7 +508,7 @@ impl StreamState {
 
 /// The revision just before `rev` in this key's history, if it was a put
 /// (the value a prev_kv shows).
-fn prev_revision(ki: &crate::keyindex::KeyIndex, rev: Revision) -> Option<Revision> {
+fn prev_revision(ki: &crate::mvcc::keyindex::KeyIndex, rev: Revision) -> Option<Revision> {
     let mut prev = None;
     for g in &ki.generations {
         for (i, r) in g.revs.iter().enumerate() {

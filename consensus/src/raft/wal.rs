@@ -771,12 +771,6 @@ impl Wal {
         sync_dir(&self.dir)
     }
 
-    /// Bytes of every segment file (allocated size).
-    pub fn disk_bytes(&self) -> u64 {
-        let idx = self.index.lock();
-        idx.segs.values().map(|s| s.size).sum()
-    }
-
     /// Number of segment files.
     #[cfg(test)]
     pub fn segments(&self) -> usize {

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
-use crate::cluster::{self, MemberNode};
 use crate::config::AutoCompaction;
 use crate::error::Error;
-use crate::peer::Forward;
-use crate::request::Request;
+use crate::mvcc::request::Request;
+use crate::raft::cluster::{self, MemberNode};
+use crate::raft::peer::Forward;
 use crate::store::{Inner, Store};
 
 /// How often the leader looks for expired leases.

@@ -36,9 +36,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::backend::{self, ALARMS, KV, LEASES, META_KEY, Meta};
 use crate::error::{Error, Result};
-use crate::sm::{TAG_AUTH, TAG_END, TAG_KV, TAG_LEASE, put_row};
+use crate::mvcc::backend::{self, ALARMS, KV, LEASES, META_KEY, Meta};
+use crate::raft::sm::{TAG_AUTH, TAG_END, TAG_KV, TAG_LEASE, put_row};
 use crate::store::Store;
 
 /// First bytes of a backup file; the digit is the format version.
@@ -140,7 +140,7 @@ pub fn snapshot(store: &Store) -> mpsc::Receiver<Result<SnapshotResponse, Status
         })();
         if let Err(e) = sent {
             tracing::warn!(error = %e, "snapshot stream stopped");
-            let _ = tx.blocking_send(Err(crate::server::to_status(e)));
+            let _ = tx.blocking_send(Err(crate::error::to_status(e)));
         }
     });
     rx

@@ -59,8 +59,8 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError,
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-use crate::cluster::{Entry, LogId, NodeId, StorageError, TypeConfig};
-use crate::wal::Wal;
+use crate::raft::cluster::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::raft::wal::Wal;
 
 /// Bytes of encoded entries kept in memory; older ones are read back
 /// from the files (a lagging follower's catch-up, a restart's replay).
@@ -90,7 +90,7 @@ pub(crate) fn purged_index(b: &[u8]) -> Option<u64> {
 ///
 /// # Errors
 /// The bytes are not a meta record.
-pub(crate) fn decode_meta(b: &[u8]) -> crate::Result<Meta> {
+pub(crate) fn decode_meta(b: &[u8]) -> crate::error::Result<Meta> {
     bincode::deserialize(b).map_err(storage)
 }
 
@@ -287,7 +287,7 @@ struct Inner {
     durable: Arc<Durability>,
     /// The state machine: its file is made durable before the log is
     /// purged, since a purged entry can no longer replay an unsynced apply.
-    sm: Arc<crate::sm::Shared>,
+    sm: Arc<crate::raft::sm::Shared>,
     /// The writer thread, joined by [`LogStore::stop`] so a closed store
     /// leaves no thread touching its files. std Mutex: taken once, at stop.
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -321,8 +321,8 @@ fn logs_r(e: impl std::error::Error + 'static) -> StorageError {
     io(ErrorSubject::Logs, ErrorVerb::Read, e)
 }
 
-fn storage(e: impl std::fmt::Display) -> crate::Error {
-    crate::Error::Storage(e.to_string())
+fn storage(e: impl std::fmt::Display) -> crate::error::Error {
+    crate::error::Error::Storage(e.to_string())
 }
 
 impl LogStore {
@@ -334,8 +334,8 @@ impl LogStore {
     pub(crate) fn open(
         dir: &Path,
         node: NodeId,
-        sm: Arc<crate::sm::Shared>,
-    ) -> crate::Result<Self> {
+        sm: Arc<crate::raft::sm::Shared>,
+    ) -> crate::error::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let wal_dir = dir.join("raft-wal");
         let legacy = dir.join("raft-log.redb");
@@ -478,16 +478,6 @@ impl LogStore {
     /// Number of entries in the log (for status and tests).
     pub fn len(&self) -> u64 {
         self.inner.mem.lock().slots.len() as u64
-    }
-
-    /// Whether the log holds no entry.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Bytes the log's segment files take on disk (preallocated).
-    pub fn file_size(&self) -> u64 {
-        self.inner.wal.disk_bytes()
     }
 
     /// The id of the entry at `index`, if the log holds it.
@@ -872,14 +862,14 @@ mod legacy {
         path: &std::path::Path,
         dir: &std::path::Path,
         wal_dir: &std::path::Path,
-    ) -> crate::Result<()> {
+    ) -> crate::error::Result<()> {
         let (meta, recs) = read(path)?;
         let tmp = dir.join("raft-wal.import");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
         {
-            let (wal, _) = crate::wal::Wal::open(&tmp, |_| None)?;
+            let (wal, _) = crate::raft::wal::Wal::open(&tmp, |_| None)?;
             for (i, b) in &recs {
                 wal.append(*i, b)?;
             }
@@ -896,7 +886,7 @@ mod legacy {
     }
 
     /// The vote, purged id and every entry.
-    pub(super) fn read(path: &std::path::Path) -> crate::Result<(Meta, Records)> {
+    pub(super) fn read(path: &std::path::Path) -> crate::error::Result<(Meta, Records)> {
         let db = Database::open(path)?;
         let tx = db.begin_read()?;
         let mut meta = Meta::default();
@@ -924,7 +914,7 @@ mod conformance {
     use openraft::testing::{StoreBuilder, Suite};
 
     use super::*;
-    use crate::sm::{Shared, StateMachine};
+    use crate::raft::sm::{Shared, StateMachine};
 
     struct Builder;
 
@@ -956,8 +946,8 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
-    use crate::cluster::Batch;
-    use crate::sm::Shared;
+    use crate::raft::cluster::Batch;
+    use crate::raft::sm::Shared;
 
     fn entries(term: u64, leader: NodeId, range: std::ops::Range<u64>) -> Vec<Entry> {
         range
@@ -1103,8 +1093,8 @@ mod tests {
         use openraft::storage::RaftStateMachine;
         use redb::ReadableDatabase;
 
-        use crate::request::Request;
-        use crate::sm::StateMachine;
+        use crate::mvcc::request::Request;
+        use crate::raft::sm::StateMachine;
 
         let d = tempfile::tempdir().unwrap();
         let shared = Shared::open(d.path()).unwrap();
@@ -1125,7 +1115,7 @@ mod tests {
             })])),
         };
         let (tx, mut events) = tokio::sync::mpsc::channel(16);
-        let lagged = Arc::new(crate::hub::Lagged {
+        let lagged = Arc::new(crate::mvcc::hub::Lagged {
             slots: Default::default(),
             notify: Default::default(),
         });
@@ -1136,7 +1126,7 @@ mod tests {
         let apply = tokio::spawn(async move { sm.apply(vec![entry]).await });
         let redb_applied = || {
             let tx = shared.db().begin_read().unwrap();
-            crate::backend::read_meta(&tx.open_table(crate::backend::KV).unwrap())
+            crate::mvcc::backend::read_meta(&tx.open_table(crate::mvcc::backend::KV).unwrap())
                 .unwrap()
                 .applied_index
         };
