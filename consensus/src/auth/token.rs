@@ -670,12 +670,43 @@ impl Tokens {
     }
 
     /// Applies what a published request did to the tokens.
-    pub fn on_event(&self, ev: super::TokenEvent) {
+    pub fn on_event(&self, ev: TokenEvent) {
         match ev {
-            super::TokenEvent::Issued { token, user } => self.register(&token, &user),
-            super::TokenEvent::UserRevoked(user) => self.revoke_user(&user),
-            super::TokenEvent::Cleared => self.clear(),
+            TokenEvent::Issued { token, user } => self.register(&token, &user),
+            TokenEvent::UserRevoked(user) => self.revoke_user(&user),
+            TokenEvent::Cleared => self.clear(),
         }
+    }
+}
+
+/// What an applied request does to this member's simple tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TokenEvent {
+    Issued { token: String, user: String },
+    UserRevoked(String),
+    Cleared,
+}
+
+/// The token change `req` made, given how it applied.
+pub(crate) fn token_event(
+    req: &crate::mvcc::request::Request,
+    resp: &crate::error::Result<crate::mvcc::request::Response>,
+) -> Option<TokenEvent> {
+    use crate::mvcc::request::{Request, Response};
+    let (Request::Auth(a), Ok(Response::Auth { token })) = (req.inner(), resp) else {
+        return None;
+    };
+    match a {
+        super::AuthRequest::Authenticate { name, .. } => Some(TokenEvent::Issued {
+            token: token.clone(),
+            user: name.clone(),
+        }),
+        super::AuthRequest::UserDelete { name }
+        | super::AuthRequest::UserChangePassword { name, .. } => {
+            Some(TokenEvent::UserRevoked(name.clone()))
+        }
+        super::AuthRequest::Disable => Some(TokenEvent::Cleared),
+        _ => None,
     }
 }
 

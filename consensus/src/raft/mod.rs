@@ -5,6 +5,7 @@
 //! raft, never the reverse.
 
 pub(crate) mod cluster;
+pub(crate) mod durability;
 pub(crate) mod log_store;
 pub(crate) mod peer;
 pub(crate) mod sm;

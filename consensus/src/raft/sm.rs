@@ -82,7 +82,7 @@ pub(crate) struct Shared {
     pub snapshots_built: AtomicU64,
     /// The raft log's durability, set once the log is open: redb may hold
     /// applied entries the log has not synced yet (see the module doc).
-    pub log_durable: std::sync::OnceLock<Arc<crate::raft::log_store::Durability>>,
+    pub log_durable: std::sync::OnceLock<Arc<crate::raft::durability::Durability>>,
     /// This member's auth tokens: applied Authenticates add simple ones.
     pub tokens: Arc<crate::auth::Tokens>,
     /// etcd's counters and histograms of this member (`metrics.rs`).
@@ -287,7 +287,7 @@ pub(crate) struct StateMachine {
     pub shared: Arc<Shared>,
     /// The raft log's durability: entries the leader acknowledged before
     /// their fsync are applied only once synced (see `log_store.rs`).
-    pub durable: Arc<crate::raft::log_store::Durability>,
+    pub durable: Arc<crate::raft::durability::Durability>,
 }
 
 /// An apply written to redb but not yet visible (see the module doc).

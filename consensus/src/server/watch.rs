@@ -29,6 +29,7 @@ use prost::Message;
 use redb::ReadableDatabase;
 use tokio::sync::mpsc;
 
+use crate::auth::Credentials;
 use crate::error::Result;
 use crate::mvcc::backend::{self, KV};
 use crate::mvcc::hub::{HubMsg, Lagged};
@@ -184,7 +185,7 @@ impl StreamState {
             cancel_reason: reason.into(),
             ..Default::default()
         };
-        if let Err(reason) = crate::auth::watch_permitted(&self.store, &self.creds, &c) {
+        if let Err(reason) = watch_permitted(&self.store, &self.creds, &c) {
             return self.send(fail(&reason)).await;
         }
         if !range_end.is_empty() && range_end.as_ref() != [0] && c.key >= range_end {
@@ -549,4 +550,45 @@ fn filter(w: &Watcher, events: Vec<Event>) -> Vec<Event> {
             e
         })
         .collect()
+}
+
+impl Store {
+    /// Serves one watch stream: `requests` are the client's messages, the
+    /// returned channel yields responses until the client goes away.
+    pub fn watch<S>(&self, requests: S) -> mpsc::Receiver<Result<WatchResponse>>
+    where
+        S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
+    {
+        self.watch_as(Credentials::default(), requests)
+    }
+
+    /// [`Store::watch`] for a client with `creds`: each watch create is
+    /// checked (identity resolved again, read permission on its range),
+    /// as etcd does; a refused create is answered created + canceled.
+    pub fn watch_as<S>(
+        &self,
+        creds: Credentials,
+        requests: S,
+    ) -> mpsc::Receiver<Result<WatchResponse>>
+    where
+        S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(128);
+        tokio::spawn(run_stream(self.clone(), creds, requests, tx));
+        rx
+    }
+}
+
+/// etcd's watch-create check: the identity resolved again (a token may
+/// have expired since the stream opened), then read permission on the
+/// range. `Err` is the cancel reason etcd sends: the full gRPC status text.
+fn watch_permitted(
+    store: &Store,
+    creds: &Credentials,
+    c: &lookout_proto::pb::WatchCreateRequest,
+) -> Result<(), String> {
+    let checked = store.resolve(creds).and_then(|who| {
+        crate::auth::check_watch(&store.auth_state(), who.as_ref(), &c.key, &c.range_end)
+    });
+    checked.map_err(|e| crate::auth::watch_refusal(&e))
 }

@@ -28,14 +28,12 @@ use lookout_proto::pb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
     LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
-    WatchRequest, WatchResponse,
 };
 use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 use redb::{Database, ReadableDatabase};
-use tokio::sync::mpsc;
 
-use crate::auth::{AuthInfo, Credentials};
+use crate::auth::AuthInfo;
 use crate::config::{MAX_LEASE_TTL, StoreConfig};
 use crate::error::{Error, Result};
 use crate::mvcc::backend::{self, KV};
@@ -917,36 +915,6 @@ impl Store {
     }
 
     // === Watch ===
-
-    /// Serves one watch stream: `requests` are the client's messages, the
-    /// returned channel yields responses until the client goes away.
-    pub fn watch<S>(&self, requests: S) -> mpsc::Receiver<Result<WatchResponse>>
-    where
-        S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
-    {
-        self.watch_as(Credentials::default(), requests)
-    }
-
-    /// [`Store::watch`] for a client with `creds`: each watch create is
-    /// checked (identity resolved again, read permission on its range),
-    /// as etcd does; a refused create is answered created + canceled.
-    pub fn watch_as<S>(
-        &self,
-        creds: Credentials,
-        requests: S,
-    ) -> mpsc::Receiver<Result<WatchResponse>>
-    where
-        S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
-    {
-        let (tx, rx) = mpsc::channel(128);
-        tokio::spawn(crate::server::watch::run_stream(
-            self.clone(),
-            creds,
-            requests,
-            tx,
-        ));
-        rx
-    }
 
     /// Stops raft and refuses new proposals; makes every apply durable so
     /// the next start replays nothing. Every clone answers
