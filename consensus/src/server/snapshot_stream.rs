@@ -219,12 +219,12 @@ pub fn verify(file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a member data dir from a backup made by [`snapshot`]: the keys,
+/// Writes a member data dir from a backup made by `snapshot` (Maintenance.Snapshot): the keys,
 /// revisions, compaction point and leases; no raft log and no membership,
 /// so the member bootstraps a new cluster from its `--initial-cluster`.
 ///
 /// # Errors
-/// `data_dir` already holds a store, the file fails [`verify`] or is not
+/// `data_dir` already holds a store, the file fails `verify` or is not
 /// a Lookout backup, or writing fails.
 pub fn restore(file: &Path, data_dir: &Path) -> Result<Restored> {
     if ["lookout.redb", "raft-log.redb", "raft-wal"]

@@ -585,7 +585,7 @@ impl Store {
 
     /// [`Store::range`], answered as the protobuf encoding of the
     /// `RangeResponse`: current-revision reads copy each pair's stored
-    /// encoding instead of re-encoding it (see [`crate::mvcc::encode`]).
+    /// encoding instead of re-encoding it (see `mvcc/encode.rs`).
     ///
     /// # Errors
     /// As [`Store::range`].
