@@ -6,31 +6,48 @@
 //! without an initial cluster is a one-member raft cluster: one code path.
 //! Range options, key ranges and txn compares are `lookout-semantics`',
 //! shared with the cache: the store decides which pairs a range holds at
-//! which revision (`state.rs`), the shared code what the answer is.
+//! which revision (`mvcc/state.rs`), the shared code what the answer is.
 //!
 //! ```text
-//!  gRPC (server.rs) ─> Store (store.rs) ─validate─> Proposer (proposer.rs): batch
+//!  gRPC (server/grpc.rs) ─> Store (store/) ─validate─> Proposer (store/proposer.rs): batch
 //!        ^              │                             │ leader: raft.client_write
-//!        │              │ reads: read index, then     │ follower: forward (peer.rs)
+//!        │              │ reads: read index, then     │ follower: forward (raft/peer.rs)
 //!        │              │ the applied MvccState       v
-//!        │              │                  openraft: append to raft-wal/ (wal.rs, one
-//!        │              │                  fdatasync per group; log_store.rs),
-//!        │              │                  replicate (peer.rs), commit
+//!        │              │                  openraft: append to raft-wal/ (raft/wal/, one
+//!        │              │                  fdatasync per group; raft/log_store/),
+//!        │              │                  replicate (raft/peer.rs), commit
 //!        │              │                             v
-//!   watch streams <── watch.rs <── hub.rs <── sm.rs: Applier::apply each Request
+//!   watch streams <── server/watch.rs <── mvcc/hub.rs <── raft/sm/: Applier::apply each Request
 //!                                               (lookout.redb, no fsync: the log replays it)
-//!  leader only (background.rs): lease expiry, auto-compaction -> proposals
-//!  snapshots (sm.rs): redb read txn -> file -> chunks -> follower's redb
-//!  backups (snapshot_stream.rs): Maintenance.Snapshot = one redb read txn
+//!  leader only (store/background.rs): lease expiry, auto-compaction -> proposals
+//!  snapshots (raft/sm/): redb read txn -> file -> chunks -> follower's redb
+//!  backups (server/snapshot_stream.rs): Maintenance.Snapshot = one redb read txn
 //!        -> 32 KiB chunks + sha256; `restore` writes a new member's data dir
 //!  TLS (tls.rs): reloading rustls acceptor for client and peer listeners,
 //!        peer clients dial https:// peer URLs with the peer certificate
 //!  auth (auth/): users, roles, permissions and the enabled flag as
 //!        replicated state; tokens; checks at the places etcd makes them
-//!  metrics (metrics.rs): etcd's etcd_server_*, etcd_disk_*, etcd_mvcc_*,
+//!  metrics (metrics/): etcd's etcd_server_*, etcd_disk_*, etcd_mvcc_*,
 //!        etcd_network_peer_* and etcd_debugging_* families, updated by the
 //!        parts above with relaxed atomics, rendered by Store::render_metrics
 //! ```
+//!
+//! Where things live (each layer imports only the ones above it in this
+//! list; no two files import each other):
+//!
+//! - `error.rs`, `config.rs`, `tls.rs`: shared leaves.
+//! - `auth/`: replicated auth state, its apply, permission checks, tokens.
+//! - `metrics/`: the counters and their Prometheus rendering.
+//! - `mvcc/`: revisions, the key index, `MvccState`, the redb tables,
+//!   the replicated `Request` and how it applies, request checks, the
+//!   encoded fast path, the watch hub that applied events go through.
+//! - `raft/`: openraft's types and member identity, the WAL and log store,
+//!   durability, the state machine and its snapshots, the peer client.
+//! - `store/`: `Store`, the handle that drives raft and reads `mvcc`; its
+//!   proposer, membership and alarms, leader-only background tasks.
+//! - `server/`: gRPC services over `Store`, the peer service, watch
+//!   streams, the backup stream and `restore`.
+//! - `fuzz.rs`: entry points for the fuzz targets (hidden, not an API).
 //!
 //! It must never depend on the cache or the gateway, never acknowledge a
 //! write before a quorum made it durable and this member applied it, never
