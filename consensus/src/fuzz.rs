@@ -190,7 +190,7 @@ pub fn snapshot_install(data: &[u8]) {
     };
     let mut file = Vec::with_capacity(body.len() + 20);
     if sealed {
-        file.extend_from_slice(crate::raft::sm::SNAP_MAGIC);
+        file.extend_from_slice(crate::raft::sm::snapshot::SNAP_MAGIC);
         file.extend_from_slice(body);
         let crc = crc32fast::hash(&file);
         file.extend_from_slice(&crc.to_be_bytes());
@@ -207,7 +207,7 @@ pub fn snapshot_install(data: &[u8]) {
         last_membership: Default::default(),
         snapshot_id: "fuzz".into(),
     };
-    let _ = crate::raft::sm::install(sh, &meta, f);
+    let _ = crate::raft::sm::snapshot::install(sh, &meta, f);
 }
 
 // === backups (snapshot_stream.rs) ===
@@ -494,7 +494,8 @@ mod tests {
         raw.extend_from_slice(&snap);
         write_seed("snapshot_install", "raw-store", &raw);
         let mut sealed = vec![1u8];
-        sealed.extend_from_slice(&snap[crate::raft::sm::SNAP_MAGIC.len()..snap.len() - 4]);
+        sealed
+            .extend_from_slice(&snap[crate::raft::sm::snapshot::SNAP_MAGIC.len()..snap.len() - 4]);
         write_seed("snapshot_install", "sealed-store", &sealed);
         store.close();
     }

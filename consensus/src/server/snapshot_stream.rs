@@ -38,7 +38,7 @@ use tonic::Status;
 
 use crate::error::{Error, Result};
 use crate::mvcc::backend::{self, ALARMS, KV, LEASES, META_KEY, Meta};
-use crate::raft::sm::{TAG_AUTH, TAG_END, TAG_KV, TAG_LEASE, put_row};
+use crate::raft::sm::snapshot::{TAG_AUTH, TAG_END, TAG_KV, TAG_LEASE, put_row};
 use crate::store::Store;
 
 /// First bytes of a backup file; the digit is the format version.
