@@ -59,6 +59,7 @@ pub mod config;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
+pub(crate) mod lease;
 pub mod metrics;
 pub(crate) mod mvcc;
 pub(crate) mod raft;

@@ -22,7 +22,7 @@ use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::error::{Error, to_status};
 use crate::store::Store;
 
-type Rpc<T> = Result<Response<T>, Status>;
+pub(crate) type Rpc<T> = Result<Response<T>, Status>;
 
 /// What a request says about its sender: the token in its metadata
 /// (`token`, or `authorization` as etcd's JSON gateway passes it) and the
@@ -70,19 +70,19 @@ impl EtcdService {
     }
 
     /// The sender of `r` (etcd's `AuthInfoFromCtx`).
-    async fn who<T>(&self, r: &Request<T>) -> Result<Option<AuthInfo>, Status> {
+    pub(crate) async fn who<T>(&self, r: &Request<T>) -> Result<Option<AuthInfo>, Status> {
         self.store
             .auth_info(&credentials(r))
             .await
             .map_err(to_status)
     }
 }
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Every service over one store.
 #[derive(Debug, Clone)]
 pub struct EtcdService {
-    store: Store,
+    pub(crate) store: Store,
 }
 
 impl EtcdService {
@@ -323,76 +323,6 @@ impl pb::watch_server::Watch for EtcdService {
         Ok(Response::new(Box::pin(
             ReceiverStream::new(rx).map(|m| m.map_err(to_status)),
         )))
-    }
-}
-
-// === impl Lease ===
-
-#[tonic::async_trait]
-impl pb::lease_server::Lease for EtcdService {
-    type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
-
-    async fn lease_grant(&self, r: Request<pb::LeaseGrantRequest>) -> Rpc<pb::LeaseGrantResponse> {
-        self.who(&r).await?;
-        self.store
-            .lease_grant(r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(to_status)
-    }
-
-    async fn lease_revoke(
-        &self,
-        r: Request<pb::LeaseRevokeRequest>,
-    ) -> Rpc<pb::LeaseRevokeResponse> {
-        let who = self.who(&r).await?;
-        self.store
-            .lease_revoke_as(who.as_ref(), r.into_inner().id)
-            .await
-            .map(Response::new)
-            .map_err(to_status)
-    }
-
-    async fn lease_keep_alive(
-        &self,
-        r: Request<Streaming<pb::LeaseKeepAliveRequest>>,
-    ) -> Rpc<Self::LeaseKeepAliveStream> {
-        let mut requests = r.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(req)) = requests.next().await {
-                let resp = store.lease_keep_alive(req.id).await.map_err(to_status);
-                let failed = resp.is_err();
-                if tx.send(resp).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        r: Request<pb::LeaseTimeToLiveRequest>,
-    ) -> Rpc<pb::LeaseTimeToLiveResponse> {
-        let who = if r.get_ref().keys {
-            self.who(&r).await?
-        } else {
-            None
-        };
-        self.store
-            .lease_time_to_live_as(who.as_ref(), r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(to_status)
-    }
-
-    async fn lease_leases(
-        &self,
-        _r: Request<pb::LeaseLeasesRequest>,
-    ) -> Rpc<pb::LeaseLeasesResponse> {
-        Ok(Response::new(self.store.lease_leases().await))
     }
 }
 

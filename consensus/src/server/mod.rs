@@ -2,7 +2,7 @@
 //! half of the peer transport that calls into `Store`), watch streams and
 //! the Maintenance.Snapshot backup stream.
 
-mod grpc;
+pub(crate) mod grpc;
 pub(crate) mod peer;
 pub(crate) mod snapshot_stream;
 pub(crate) mod watch;
