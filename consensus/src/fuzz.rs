@@ -83,7 +83,7 @@ fn mode(data: &[u8]) -> Option<(bool, &[u8])> {
 /// rest into records (`len:u16` little endian + payload, each stamped
 /// with its index and chained crc), then flips the byte named by the last
 /// four input bytes, if they point inside the file. Then the log is opened,
-/// every record read back and decoded as `log_store.rs` decodes it.
+/// every record read back and decoded as `raft/log_store/` decodes it.
 pub fn wal_segment(data: &[u8]) {
     let Some((sealed, body)) = mode(data) else {
         return;

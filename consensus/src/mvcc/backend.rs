@@ -10,7 +10,7 @@
 //!   auth:     users, roles, enabled flag, auth revision (auth/state.rs)
 //! ```
 //!
-//! The raft log lives in its own file (see `log_store.rs`).
+//! The raft log lives in its own file (see `raft/log_store/`).
 //!
 //! The counters live in the kv table under the largest key on purpose:
 //! that key shares the rightmost leaf with the newest revisions, a page

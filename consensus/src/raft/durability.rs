@@ -1,11 +1,11 @@
 //! How far this member's raft log is on disk. The log store advances it;
 //! the state machine waits on it before an entry takes effect (the why is
-//! in `log_store.rs`). Its own file so that the two never import each other.
+//! in `raft/log_store/`). Its own file so that the two never import each other.
 
 use tokio::sync::watch;
 
 /// How far the local log is durable, and which entries were
-/// acknowledged to openraft before their fsync (see `log_store.rs`).
+/// acknowledged to openraft before their fsync (see `raft/log_store/`).
 #[derive(Debug)]
 pub(crate) struct Durability {
     tx: watch::Sender<Durable>,

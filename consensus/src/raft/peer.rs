@@ -470,7 +470,7 @@ impl PeerConn {
 
 impl RaftNetwork<TypeConfig> for PeerConn {
     /// The leader counts itself in the quorum before its own fsync (see
-    /// `log_store.rs`), so a commit index may run ahead of what it holds
+    /// `raft/log_store/`), so a commit index may run ahead of what it holds
     /// durably. A follower applies whatever it is told is committed, so
     /// it is told at most what this leader has synced: first a short
     /// wait for the sync in progress (it nearly always finishes first),

@@ -73,7 +73,7 @@ pub fn snapshot(store: &Store) -> mpsc::Receiver<Result<SnapshotResponse, Status
             let rtx = db.begin_read()?;
             let kv = rtx.open_table(KV)?;
             // redb may hold an apply whose log fsync is still running
-            // (see `sm.rs`): a backup carries synced writes only.
+            // (see `raft/sm/`): a backup carries synced writes only.
             shared.wait_synced(backend::read_meta(&kv)?.applied_index)?;
             let leases = rtx.open_table(LEASES)?;
             let auth = rtx.open_table(crate::auth::AUTH)?;

@@ -452,7 +452,7 @@ impl StreamState {
         // The index snapshot is taken after the read transaction began, so
         // it knows every revision the transaction can see that was
         // published; redb may also hold an apply still waiting for its log
-        // fsync (see `sm.rs`), which must not be delivered yet.
+        // fsync (see `raft/sm/`), which must not be delivered yet.
         let snap = self.store.snapshot();
         let (compact, cur) = (meta.compact_rev, meta.rev.min(snap.rev).max(1));
         if compact > 0 && w.next_rev < compact {

@@ -1,6 +1,7 @@
-//! One store member: a [`Store`] handle over openraft (`cluster.rs`), the
-//! raft log (`log_store.rs`), the replicated state machine (`sm.rs`), the
-//! proposer's batching (`proposer.rs`) and the peer transport (`peer.rs`).
+//! One store member: a [`Store`] handle over openraft (`raft/cluster.rs`),
+//! the raft log (`raft/log_store/`), the replicated state machine
+//! (`raft/sm/`), the proposer's batching (`proposer.rs`) and the peer
+//! transport (`raft/peer.rs`).
 //! A store started without `--initial-cluster` is a one-member cluster:
 //! the same code path as three or five members.
 //!

@@ -1,5 +1,5 @@
 //! The raft log: openraft's [`RaftLogStorage`] over the segmented WAL
-//! (`wal.rs`), with recent entries cached in memory and one writer thread
+//! (`raft/wal/`), with recent entries cached in memory and one writer thread
 //! that turns every group of queued appends into one write and one
 //! `fdatasync`.
 //!
@@ -29,10 +29,10 @@
 //!
 //! - this member applies (and so answers clients, serves reads and
 //!   publishes watch events for) only entries it has synced
-//!   (`Durability::wait` in `sm.rs`): on the leader that adds its own
+//!   (`Durability::wait` in `raft/sm/`): on the leader that adds its own
 //!   copy to the `quorum - 1` followers that synced before acknowledging;
 //! - followers are never told a commit index above what the leader has
-//!   synced (`peer.rs`), so an entry a follower applies is on the
+//!   synced (`raft/peer.rs`), so an entry a follower applies is on the
 //!   leader's disk as well as on the followers' that made the commit.
 //!
 //! A leader that crashes before its fsync loses only entries that never

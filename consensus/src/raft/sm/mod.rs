@@ -13,7 +13,7 @@
 //! ```
 //!
 //! The leader acknowledges its own appends to openraft before their fsync
-//! (`log_store.rs`), so an entry can be committed, and handed to `apply`,
+//! (`raft/log_store/`), so an entry can be committed, and handed to `apply`,
 //! while its fsync still runs. The apply's work (the MVCC writes and the
 //! redb commit without fsync) runs meanwhile; only the effects anyone can
 //! observe wait for the sync: the published state (reads, headers),
@@ -83,7 +83,7 @@ pub(crate) struct Shared {
     pub log_durable: std::sync::OnceLock<Arc<crate::raft::durability::Durability>>,
     /// This member's auth tokens: applied Authenticates add simple ones.
     pub tokens: Arc<crate::auth::Tokens>,
-    /// etcd's counters and histograms of this member (`metrics.rs`).
+    /// etcd's counters and histograms of this member (`metrics/`).
     pub metrics: crate::metrics::StoreMetrics,
 }
 
@@ -284,7 +284,7 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 pub(crate) struct StateMachine {
     pub shared: Arc<Shared>,
     /// The raft log's durability: entries the leader acknowledged before
-    /// their fsync are applied only once synced (see `log_store.rs`).
+    /// their fsync are applied only once synced (see `raft/log_store/`).
     pub durable: Arc<crate::raft::durability::Durability>,
 }
 

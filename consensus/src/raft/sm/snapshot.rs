@@ -18,7 +18,7 @@ use crate::raft::cluster::{SnapshotMeta, StoredMembership, TypeConfig};
 /// First bytes of a snapshot file; the trailing digit is the format version.
 pub(crate) const SNAP_MAGIC: &[u8; 14] = b"LOOKOUT-SNAP1\n";
 
-// Row tags, shared with backups (`snapshot_stream.rs`), which use the
+// Row tags, shared with backups (`server/snapshot_stream.rs`), which use the
 // same row encoding for the tables they carry.
 pub(crate) const TAG_END: u8 = 0;
 pub(crate) const TAG_KV: u8 = 1;

@@ -1,6 +1,6 @@
 //! The raft log's files: checksummed records appended to preallocated
 //! segment files, made durable with one `fdatasync` per group of appends
-//! (etcd's WAL design). `log_store.rs` puts openraft's log API on top.
+//! (etcd's WAL design). `raft/log_store/` puts openraft's log API on top.
 //!
 //! ```text
 //!  raft-wal/
