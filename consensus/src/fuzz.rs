@@ -32,7 +32,7 @@ use lookout_proto::peer::PeerRequest;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use prost::Message;
 
-use crate::raft::cluster::{Entry, NodeId, TypeConfig};
+use crate::raft::type_config::{Entry, NodeId, TypeConfig};
 
 /// A scratch directory on tmpfs when there is one: the decoders fsync,
 /// and a disk fsync per input would make the fuzzer crawl.
@@ -202,7 +202,7 @@ pub fn snapshot_install(data: &[u8]) {
     let path = dir.path().join("input.snap");
     std::fs::write(&path, &file).expect("write snapshot");
     let f = std::fs::File::open(&path).expect("open snapshot");
-    let meta = openraft::SnapshotMeta::<NodeId, crate::raft::cluster::MemberNode> {
+    let meta = openraft::SnapshotMeta::<NodeId, crate::raft::type_config::MemberNode> {
         last_log_id: None,
         last_membership: Default::default(),
         snapshot_id: "fuzz".into(),
@@ -281,7 +281,7 @@ mod tests {
 
     use super::*;
     use crate::mvcc::request::Request;
-    use crate::raft::cluster::{Batch, LogId};
+    use crate::raft::type_config::{Batch, LogId};
     use crate::store::Store;
     use lookout_proto::pb::{LeaseGrantRequest, PutRequest};
     use openraft::{CommittedLeaderId, EntryPayload};

@@ -7,7 +7,7 @@ use openraft::RaftMetrics;
 
 use super::{StoreMetrics, header, sample, single};
 use crate::mvcc::state::MvccState;
-use crate::raft::cluster::{MemberNode, NodeId};
+use crate::raft::type_config::{MemberNode, NodeId};
 use crate::store::Store;
 
 impl Store {

@@ -9,4 +9,5 @@ pub(crate) mod durability;
 pub(crate) mod log_store;
 pub(crate) mod peer;
 pub(crate) mod sm;
+pub(crate) mod type_config;
 pub(crate) mod wal;

@@ -38,8 +38,8 @@ use tonic::{Response, Status};
 
 use crate::error::{Error, Result};
 use crate::mvcc::request::{Reply, Request};
-use crate::raft::cluster::{MemberNode, NodeId, TypeConfig};
 use crate::raft::log_store::LogStore;
+use crate::raft::type_config::{MemberNode, NodeId, TypeConfig};
 
 /// Version of the payload encoding inside peer messages.
 pub const PEER_VERSION: u32 = 1;

@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Response, Status};
 
-use crate::raft::cluster::{NodeId, TypeConfig};
 use crate::raft::peer::{Forward, MAX_PEER_MESSAGE, PEER_VERSION};
+use crate::raft::type_config::{NodeId, TypeConfig};
 use crate::store::Store;
 
 /// The peer gRPC service of one member.

@@ -15,8 +15,9 @@ use openraft::ServerState;
 
 use crate::config::AutoCompaction;
 use crate::mvcc::request::Request;
-use crate::raft::cluster::{self, MemberNode};
+use crate::raft::cluster;
 use crate::raft::peer::Forward;
+use crate::raft::type_config::MemberNode;
 use crate::store::{Inner, Store, upgrade};
 
 impl Store {

@@ -20,8 +20,9 @@ use redb::{ReadableDatabase, ReadableTableMetadata};
 use crate::error::{Error, Result};
 use crate::mvcc::backend::{ALARMS, KV, LEASES};
 use crate::mvcc::request::{Request, Response};
-use crate::raft::cluster::{self, MemberNode, NodeId};
+use crate::raft::cluster;
 use crate::raft::peer::{Forward, ForwardOk};
+use crate::raft::type_config::{MemberNode, NodeId, StoredMembership};
 use crate::store::{Store, VERSION};
 
 fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> Error {
@@ -96,7 +97,7 @@ impl Store {
         }
     }
 
-    fn membership(&self) -> std::sync::Arc<cluster::StoredMembership> {
+    fn membership(&self) -> std::sync::Arc<StoredMembership> {
         self.raft().metrics().borrow().membership_config.clone()
     }
 

@@ -40,10 +40,11 @@ use crate::mvcc::hub::Hub;
 use crate::mvcc::request::{Reply, Request, Response};
 use crate::mvcc::state::MvccState;
 use crate::mvcc::validate;
-use crate::raft::cluster::{self, Batch, MemberNode, NodeId, Raft};
+use crate::raft::cluster;
 use crate::raft::log_store::LogStore;
 use crate::raft::peer::{Forward, ForwardError, ForwardOk, Network, PeerClients};
 use crate::raft::sm::{Shared, StateMachine};
+use crate::raft::type_config::{Batch, MemberNode, NodeId, Raft};
 use crate::store::proposer::Proposer;
 
 /// Version reported by Maintenance Status: etcd 3.4's API.

@@ -1,5 +1,5 @@
 //! Group commit in front of raft: concurrent writes are batched into one
-//! log entry ([`Batch`](crate::raft::cluster::Batch)), because openraft handles
+//! log entry ([`Batch`](crate::raft::type_config::Batch)), because openraft handles
 //! (appends, replicates, applies) every client write on its own.
 //!
 //! ```text

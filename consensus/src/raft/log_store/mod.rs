@@ -59,8 +59,8 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError,
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::raft::cluster::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::raft::durability::Durability;
+use crate::raft::type_config::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::raft::wal::Wal;
 use writer::{Cmd, Done, Recs, writer};
 

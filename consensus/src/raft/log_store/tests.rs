@@ -7,8 +7,8 @@ use openraft::storage::RaftLogStorageExt;
 use openraft::{CommittedLeaderId, EntryPayload};
 
 use super::*;
-use crate::raft::cluster::Batch;
 use crate::raft::sm::Shared;
+use crate::raft::type_config::Batch;
 
 fn entries(term: u64, leader: NodeId, range: std::ops::Range<u64>) -> Vec<Entry> {
     range

@@ -9,8 +9,8 @@ use openraft::storage::LogFlushed;
 use tokio::sync::oneshot;
 
 use super::{Inner, MAX_GROUP};
-use crate::raft::cluster::TypeConfig;
 use crate::raft::durability::Durability;
+use crate::raft::type_config::TypeConfig;
 use crate::raft::wal::Wal;
 
 pub(super) type Done = oneshot::Sender<std::io::Result<()>>;

@@ -49,7 +49,7 @@ use crate::mvcc::request::{Reply, Request, Response};
 use crate::mvcc::state::MvccState;
 use snapshot::{build, current_snapshot, install};
 
-use crate::raft::cluster::{
+use crate::raft::type_config::{
     BatchReply, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 

@@ -13,7 +13,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use super::{Shared, read_membership};
 use crate::error::Result;
 use crate::mvcc::backend::{self, ALARMS, KV, LEASES, MEMBERSHIP_KEY, RAFT_SM};
-use crate::raft::cluster::{SnapshotMeta, StoredMembership, TypeConfig};
+use crate::raft::type_config::{SnapshotMeta, StoredMembership, TypeConfig};
 
 /// First bytes of a snapshot file; the trailing digit is the format version.
 pub(crate) const SNAP_MAGIC: &[u8; 14] = b"LOOKOUT-SNAP1\n";
