@@ -189,6 +189,24 @@ impl Error {
     }
 }
 
+/// etcd's status for a store error: same code, same message.
+pub fn to_status(e: Error) -> tonic::Status {
+    let code = match e.code() {
+        Code::InvalidArgument => tonic::Code::InvalidArgument,
+        Code::OutOfRange => tonic::Code::OutOfRange,
+        Code::NotFound => tonic::Code::NotFound,
+        Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Code::ResourceExhausted => tonic::Code::ResourceExhausted,
+        Code::Unavailable => tonic::Code::Unavailable,
+        Code::Unimplemented => tonic::Code::Unimplemented,
+        Code::Internal => tonic::Code::Internal,
+        Code::PermissionDenied => tonic::Code::PermissionDenied,
+        Code::Unauthenticated => tonic::Code::Unauthenticated,
+        Code::Unknown => tonic::Code::Unknown,
+    };
+    tonic::Status::new(code, e.to_string())
+}
+
 impl From<lookout_semantics::SemanticsError> for Error {
     fn from(e: lookout_semantics::SemanticsError) -> Self {
         match e {

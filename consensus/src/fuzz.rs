@@ -24,13 +24,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 use lookout_proto::peer::PeerRequest;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use prost::Message;
 
-use crate::cluster::{Entry, NodeId, TypeConfig};
+use crate::raft::type_config::{Entry, NodeId, TypeConfig};
 
 /// A scratch directory on tmpfs when there is one: the decoders fsync,
 /// and a disk fsync per input would make the fuzzer crawl.
@@ -81,7 +83,7 @@ fn mode(data: &[u8]) -> Option<(bool, &[u8])> {
 /// rest into records (`len:u16` little endian + payload, each stamped
 /// with its index and chained crc), then flips the byte named by the last
 /// four input bytes, if they point inside the file. Then the log is opened,
-/// every record read back and decoded as `log_store.rs` decodes it.
+/// every record read back and decoded as `raft/log_store/` decodes it.
 pub fn wal_segment(data: &[u8]) {
     let Some((sealed, body)) = mode(data) else {
         return;
@@ -94,7 +96,7 @@ pub fn wal_segment(data: &[u8]) {
     } else {
         body.to_vec()
     };
-    std::fs::write(wal_dir.join(crate::wal::seg_name(1, 1)), &file).expect("write segment");
+    std::fs::write(wal_dir.join(crate::raft::wal::seg_name(1, 1)), &file).expect("write segment");
     // The meta file, when the input holds one, follows a 0xFF 0xFE marker.
     if let Some(at) = body.windows(2).position(|w| w == [0xff, 0xfe]) {
         let meta = &body[at + 2..];
@@ -102,12 +104,12 @@ pub fn wal_segment(data: &[u8]) {
         m.extend_from_slice(meta);
         std::fs::write(wal_dir.join("meta"), m).expect("write meta");
     }
-    let purged_of = |b: &[u8]| crate::log_store::purged_index(b);
-    let Ok((wal, rec)) = crate::wal::Wal::open(&wal_dir, purged_of) else {
+    let purged_of = |b: &[u8]| crate::raft::log_store::purged_index(b);
+    let Ok((wal, rec)) = crate::raft::wal::Wal::open(&wal_dir, purged_of) else {
         return;
     };
     if let Some(m) = &rec.meta {
-        let _ = crate::log_store::decode_meta(m);
+        let _ = crate::raft::log_store::decode_meta(m);
     }
     for (i, payload) in &rec.records {
         let _ = bincode::deserialize::<Entry>(payload);
@@ -134,7 +136,7 @@ fn sealed_segment(body: &[u8]) -> Vec<u8> {
         None => (body, None),
     };
     let seed = 7;
-    let mut out = crate::wal::header_bytes(1, seed).to_vec();
+    let mut out = crate::raft::wal::header_bytes(1, seed).to_vec();
     let mut crc = seed;
     let mut index = 1u64;
     let mut rest = records;
@@ -146,7 +148,7 @@ fn sealed_segment(body: &[u8]) -> Vec<u8> {
             continue;
         }
         let len = payload.len() as u32;
-        crc = crate::wal::record_crc(crc, len, index, payload);
+        crc = crate::raft::wal::record_crc(crc, len, index, payload);
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&crc.to_le_bytes());
         out.extend_from_slice(&index.to_le_bytes());
@@ -168,12 +170,12 @@ fn sealed_segment(body: &[u8]) -> Vec<u8> {
 
 /// One scratch state machine for every install: opening redb per input
 /// would be most of the time spent.
-fn scratch_sm() -> &'static Mutex<(Scratch, Arc<crate::sm::Shared>)> {
-    static SM: OnceLock<Mutex<(Scratch, Arc<crate::sm::Shared>)>> = OnceLock::new();
+fn scratch_sm() -> &'static Mutex<(Scratch, Arc<crate::raft::sm::Shared>)> {
+    static SM: OnceLock<Mutex<(Scratch, Arc<crate::raft::sm::Shared>)>> = OnceLock::new();
     SM.get_or_init(|| {
         let dir = scratch_dir("snap");
         let tokens = Arc::new(crate::auth::Tokens::new(Default::default()));
-        let sh = crate::sm::Shared::open_with(dir.path(), tokens).expect("scratch store");
+        let sh = crate::raft::sm::Shared::open_with(dir.path(), tokens).expect("scratch store");
         Mutex::new((dir, sh))
     })
 }
@@ -188,24 +190,24 @@ pub fn snapshot_install(data: &[u8]) {
     };
     let mut file = Vec::with_capacity(body.len() + 20);
     if sealed {
-        file.extend_from_slice(crate::sm::SNAP_MAGIC);
+        file.extend_from_slice(crate::raft::sm::snapshot::SNAP_MAGIC);
         file.extend_from_slice(body);
         let crc = crc32fast::hash(&file);
         file.extend_from_slice(&crc.to_be_bytes());
     } else {
         file.extend_from_slice(body);
     }
-    let guard = scratch_sm().lock().unwrap_or_else(|p| p.into_inner());
+    let guard = scratch_sm().lock();
     let (dir, sh) = &*guard;
     let path = dir.path().join("input.snap");
     std::fs::write(&path, &file).expect("write snapshot");
     let f = std::fs::File::open(&path).expect("open snapshot");
-    let meta = openraft::SnapshotMeta::<NodeId, crate::cluster::MemberNode> {
+    let meta = openraft::SnapshotMeta::<NodeId, crate::raft::type_config::MemberNode> {
         last_log_id: None,
         last_membership: Default::default(),
         snapshot_id: "fuzz".into(),
     };
-    let _ = crate::sm::install(sh, &meta, f);
+    let _ = crate::raft::sm::snapshot::install(sh, &meta, f);
 }
 
 // === backups (snapshot_stream.rs) ===
@@ -224,9 +226,9 @@ pub fn backup_restore(data: &[u8]) {
         if sealed {
             use sha2::Digest;
             let mut sha = sha2::Sha256::new();
-            sha.update(crate::snapshot_stream::BACKUP_MAGIC);
+            sha.update(crate::server::snapshot_stream::BACKUP_MAGIC);
             sha.update(body);
-            f.write_all(crate::snapshot_stream::BACKUP_MAGIC)
+            f.write_all(crate::server::snapshot_stream::BACKUP_MAGIC)
                 .expect("write");
             f.write_all(body).expect("write");
             f.write_all(&sha.finalize()).expect("write");
@@ -235,9 +237,9 @@ pub fn backup_restore(data: &[u8]) {
         }
     }
     let data_dir = dir.path().join("member");
-    if crate::snapshot_stream::restore(&path, &data_dir).is_ok() {
+    if crate::server::snapshot_stream::restore(&path, &data_dir).is_ok() {
         let tokens = Arc::new(crate::auth::Tokens::new(Default::default()));
-        let _ = crate::sm::Shared::open_with(&data_dir, tokens);
+        let _ = crate::raft::sm::Shared::open_with(&data_dir, tokens);
     }
 }
 
@@ -263,8 +265,10 @@ pub fn peer_message(data: &[u8]) {
         2 => drop(bincode::deserialize::<InstallSnapshotRequest<TypeConfig>>(
             payload,
         )),
-        3 => drop(bincode::deserialize::<crate::peer::Forward>(payload)),
-        _ => drop(bincode::deserialize::<crate::Result<crate::peer::ForwardOk>>(payload)),
+        3 => drop(bincode::deserialize::<crate::raft::peer::Forward>(payload)),
+        _ => drop(bincode::deserialize::<
+            crate::error::Result<crate::raft::peer::ForwardOk>,
+        >(payload)),
     }
 }
 
@@ -276,8 +280,8 @@ mod tests {
     //! encodings made by the real writers), run by hand with `--ignored`.
 
     use super::*;
-    use crate::cluster::{Batch, LogId};
-    use crate::request::Request;
+    use crate::mvcc::request::Request;
+    use crate::raft::type_config::{Batch, LogId};
     use crate::store::Store;
     use lookout_proto::pb::{LeaseGrantRequest, PutRequest};
     use openraft::{CommittedLeaderId, EntryPayload};
@@ -368,14 +372,14 @@ mod tests {
             .map(|e| bincode::serialize(e).unwrap())
             .collect();
         let dir = scratch_dir("seed-wal");
-        let (wal, _) = crate::wal::Wal::open(dir.path(), |_| None).unwrap();
+        let (wal, _) = crate::raft::wal::Wal::open(dir.path(), |_| None).unwrap();
         for (i, p) in payloads.iter().enumerate() {
             wal.append(i as u64 + 1, p).unwrap();
         }
         wal.write().unwrap();
         wal.sync().unwrap();
         drop(wal);
-        let seg = std::fs::read(dir.path().join(crate::wal::seg_name(1, 1))).unwrap();
+        let seg = std::fs::read(dir.path().join(crate::raft::wal::seg_name(1, 1))).unwrap();
         let used = 24 + payloads.iter().map(|p| 16 + p.len()).sum::<usize>();
         let mut raw = vec![0u8];
         raw.extend_from_slice(&seg[..used + 64]);
@@ -386,7 +390,7 @@ mod tests {
             sealed.extend_from_slice(p);
         }
         let mut meta = sealed.clone();
-        let m = crate::log_store::Meta::default();
+        let m = crate::raft::log_store::Meta::default();
         meta.extend_from_slice(&[0xff, 0xfe]);
         meta.extend_from_slice(&bincode::serialize(&m).unwrap());
         sealed.extend_from_slice(&u32::MAX.to_le_bytes());
@@ -404,8 +408,9 @@ mod tests {
             entries: entries.clone(),
             leader_commit: Some(LogId::new(CommittedLeaderId::new(1, 7), 3)),
         };
-        let fwd = crate::peer::Forward::Propose(vec![put("k", "v")]);
-        let ok: crate::Result<crate::peer::ForwardOk> = Ok(crate::peer::ForwardOk::Index(9));
+        let fwd = crate::raft::peer::Forward::Propose(vec![put("k", "v")]);
+        let ok: crate::error::Result<crate::raft::peer::ForwardOk> =
+            Ok(crate::raft::peer::ForwardOk::Index(9));
         for (sel, name, payload) in [
             (0u8, "append", bincode::serialize(&append).unwrap()),
             (1, "vote", bincode::serialize(&vote).unwrap()),
@@ -416,7 +421,7 @@ mod tests {
             b.extend_from_slice(&payload);
             write_seed("peer_message", name, &b);
             let env = PeerRequest {
-                version: crate::peer::PEER_VERSION,
+                version: crate::raft::peer::PEER_VERSION,
                 cluster_id: 42,
                 payload: payload.into(),
             };
@@ -458,7 +463,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut rx = crate::snapshot_stream::snapshot(&store);
+        let mut rx = crate::server::snapshot_stream::snapshot(&store);
         let mut backup = Vec::new();
         while let Some(m) = rx.recv().await {
             backup.extend_from_slice(&m.unwrap().blob);
@@ -489,7 +494,8 @@ mod tests {
         raw.extend_from_slice(&snap);
         write_seed("snapshot_install", "raw-store", &raw);
         let mut sealed = vec![1u8];
-        sealed.extend_from_slice(&snap[crate::sm::SNAP_MAGIC.len()..snap.len() - 4]);
+        sealed
+            .extend_from_slice(&snap[crate::raft::sm::snapshot::SNAP_MAGIC.len()..snap.len() - 4]);
         write_seed("snapshot_install", "sealed-store", &sealed);
         store.close();
     }

@@ -201,7 +201,7 @@ pub struct ReloadingTls {
     current: ArcSwap<rustls::ServerConfig>,
     /// Last seen modification times (cert, key, CA); a std Mutex, held
     /// only by the poller to compare and store, never across an await.
-    seen: std::sync::Mutex<Vec<Option<SystemTime>>>,
+    seen: parking_lot::Mutex<Vec<Option<SystemTime>>>,
     /// What the listener is called in log lines ("client", "peer").
     label: &'static str,
 }
@@ -219,7 +219,7 @@ impl ReloadingTls {
         let this = Arc::new(Self {
             files,
             current: ArcSwap::from_pointee(cfg),
-            seen: std::sync::Mutex::new(seen),
+            seen: parking_lot::Mutex::new(seen),
             label,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -242,7 +242,7 @@ impl ReloadingTls {
     pub fn reload_if_changed(&self) -> bool {
         let now = self.files.mtimes();
         {
-            let mut seen = self.seen.lock().expect("tls mtimes");
+            let mut seen = self.seen.lock();
             if *seen == now {
                 return false;
             }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use lookout_proto::authpb::{Permission, Role, User, UserAddOptions};
 use redb::Table;
 
-use super::AuthRequest;
 use super::perms::valid_permission_range;
 use super::state::{AuthTable, ROOT};
+use super::{AuthRequest, AuthState};
 use crate::error::{Error, Result};
-use crate::request::Response;
-use crate::state::MvccState;
+use crate::mvcc::request::Response;
+use crate::mvcc::state::MvccState;
 
 fn done() -> Result<Response> {
     Ok(Response::Auth {
@@ -37,12 +37,39 @@ pub(crate) fn apply_auth(
     let mut t = AuthTable { t: table };
     // Copy-on-write: readers keep the state they hold.
     let auth = Arc::make_mut(&mut st.auth);
-    let commit = |auth: &mut super::AuthState, t: &mut AuthTable<'_, '_>| -> Result<()> {
-        auth.revision += 1;
-        t.put_revision(auth.revision)?;
-        auth.rebuild_perms();
-        Ok(())
-    };
+    match req {
+        AuthRequest::Enable | AuthRequest::Disable | AuthRequest::Authenticate { .. } => {
+            switch(auth, &mut t, index, req)
+        }
+        AuthRequest::UserAdd { .. }
+        | AuthRequest::UserDelete { .. }
+        | AuthRequest::UserChangePassword { .. }
+        | AuthRequest::UserGrantRole { .. }
+        | AuthRequest::UserRevokeRole { .. } => users(auth, &mut t, req),
+        AuthRequest::RoleAdd { .. } | AuthRequest::RoleDelete { .. } => roles(auth, &mut t, req),
+        AuthRequest::RoleGrantPermission { .. } | AuthRequest::RoleRevokePermission { .. } => {
+            permissions(auth, &mut t, req)
+        }
+    }
+}
+
+/// How a change that moves the auth revision ends: the revision bumped
+/// and stored, each user's merged permissions rebuilt (a new role bumps
+/// the revision only: nobody holds it yet).
+fn commit(auth: &mut AuthState, t: &mut AuthTable<'_, '_>) -> Result<()> {
+    auth.revision += 1;
+    t.put_revision(auth.revision)?;
+    auth.rebuild_perms();
+    Ok(())
+}
+
+/// Enable, disable and authenticate.
+fn switch(
+    auth: &mut AuthState,
+    t: &mut AuthTable<'_, '_>,
+    index: u64,
+    req: &AuthRequest,
+) -> Result<Response> {
     match req {
         AuthRequest::Enable => {
             if auth.enabled {
@@ -64,7 +91,7 @@ pub(crate) fn apply_auth(
             }
             auth.enabled = false;
             t.put_enabled(false)?;
-            commit(auth, &mut t)?;
+            commit(auth, t)?;
             done()
         }
         AuthRequest::Authenticate { name, prefix } => {
@@ -81,6 +108,13 @@ pub(crate) fn apply_auth(
                 token: format!("{prefix}.{index}"),
             })
         }
+        _ => unreachable!("apply_auth routes only Enable, Disable, Authenticate here"),
+    }
+}
+
+/// User changes.
+fn users(auth: &mut AuthState, t: &mut AuthTable<'_, '_>, req: &AuthRequest) -> Result<Response> {
+    match req {
         AuthRequest::UserAdd {
             name,
             hash,
@@ -102,7 +136,7 @@ pub(crate) fn apply_auth(
             };
             t.put_user(name, &u)?;
             auth.users.insert(name.clone(), Arc::new(u));
-            commit(auth, &mut t)?;
+            commit(auth, t)?;
             done()
         }
         AuthRequest::UserDelete { name } => {
@@ -113,7 +147,7 @@ pub(crate) fn apply_auth(
                 return Err(Error::UserNotFound);
             }
             t.del_user(name)?;
-            commit(auth, &mut t)?;
+            commit(auth, t)?;
             done()
         }
         AuthRequest::UserChangePassword { name, hash } => {
@@ -124,7 +158,7 @@ pub(crate) fn apply_auth(
             u.password = hash.clone().into();
             t.put_user(name, &u)?;
             auth.users.insert(name.clone(), Arc::new(u));
-            commit(auth, &mut t)?;
+            commit(auth, t)?;
             done()
         }
         AuthRequest::UserGrantRole { user, role } => {
@@ -142,7 +176,7 @@ pub(crate) fn apply_auth(
             u.roles.sort();
             t.put_user(user, &u)?;
             auth.users.insert(user.clone(), Arc::new(u));
-            commit(auth, &mut t)?;
+            commit(auth, t)?;
             done()
         }
         AuthRequest::UserRevokeRole { name, role } => {
@@ -159,9 +193,18 @@ pub(crate) fn apply_auth(
             u.roles.retain(|r| r != role);
             t.put_user(name, &u)?;
             auth.users.insert(name.clone(), Arc::new(u));
-            commit(auth, &mut t)?;
+            commit(auth, t)?;
             done()
         }
+        _ => unreachable!(
+            "apply_auth routes only UserAdd, UserDelete, UserChangePassword, UserGrantRole, UserRevokeRole here"
+        ),
+    }
+}
+
+/// Roles added and deleted.
+fn roles(auth: &mut AuthState, t: &mut AuthTable<'_, '_>, req: &AuthRequest) -> Result<Response> {
+    match req {
         AuthRequest::RoleAdd { name } => {
             if name.is_empty() {
                 return Err(Error::RoleEmpty);
@@ -203,9 +246,20 @@ pub(crate) fn apply_auth(
                     auth.users.insert(name, Arc::new(u));
                 }
             }
-            commit(auth, &mut t)?;
+            commit(auth, t)?;
             done()
         }
+        _ => unreachable!("apply_auth routes only RoleAdd, RoleDelete here"),
+    }
+}
+
+/// Permissions granted to and revoked from a role.
+fn permissions(
+    auth: &mut AuthState,
+    t: &mut AuthTable<'_, '_>,
+    req: &AuthRequest,
+) -> Result<Response> {
+    match req {
         AuthRequest::RoleGrantPermission {
             name,
             perm_type,
@@ -242,7 +296,7 @@ pub(crate) fn apply_auth(
             }
             t.put_role(name, &r)?;
             auth.roles.insert(name.clone(), Arc::new(r));
-            commit(auth, &mut t)?;
+            commit(auth, t)?;
             done()
         }
         AuthRequest::RoleRevokePermission {
@@ -263,8 +317,9 @@ pub(crate) fn apply_auth(
             }
             t.put_role(role, &r)?;
             auth.roles.insert(role.clone(), Arc::new(r));
-            commit(auth, &mut t)?;
+            commit(auth, t)?;
             done()
         }
+        _ => unreachable!("apply_auth routes only RoleGrantPermission, RoleRevokePermission here"),
     }
 }

@@ -14,8 +14,8 @@ use lookout_proto::pb::{
 
 use super::{AuthInfo, AuthState};
 use crate::error::{Error, Result};
-use crate::request::Request;
-use crate::state::MvccState;
+use crate::mvcc::request::Request;
+use crate::mvcc::state::MvccState;
 
 /// The keys attached to a lease, for the checks that need them.
 pub trait LeaseKeys {

@@ -50,7 +50,7 @@ pub use perms::{KeyRange, RangeSet, UserPerms, valid_permission_range};
 pub use service::{Credentials, unmapped};
 pub(crate) use state::AUTH;
 pub use state::{AuthState, ROOT};
-pub(crate) use token::Tokens;
+pub(crate) use token::{TokenEvent, Tokens, token_event};
 
 /// A fresh token for [`AuthConfig::gateway_token`].
 pub fn new_gateway_token() -> String {
@@ -126,48 +126,4 @@ impl AuthRequest {
     pub fn needs_admin(&self) -> bool {
         !matches!(self, AuthRequest::Authenticate { .. })
     }
-}
-
-/// What an applied request does to this member's simple tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum TokenEvent {
-    Issued { token: String, user: String },
-    UserRevoked(String),
-    Cleared,
-}
-
-/// The token change `req` made, given how it applied.
-pub(crate) fn token_event(
-    req: &crate::request::Request,
-    resp: &crate::Result<crate::request::Response>,
-) -> Option<TokenEvent> {
-    use crate::request::{Request, Response};
-    let (Request::Auth(a), Ok(Response::Auth { token })) = (req.inner(), resp) else {
-        return None;
-    };
-    match a {
-        AuthRequest::Authenticate { name, .. } => Some(TokenEvent::Issued {
-            token: token.clone(),
-            user: name.clone(),
-        }),
-        AuthRequest::UserDelete { name } | AuthRequest::UserChangePassword { name, .. } => {
-            Some(TokenEvent::UserRevoked(name.clone()))
-        }
-        AuthRequest::Disable => Some(TokenEvent::Cleared),
-        _ => None,
-    }
-}
-
-/// etcd's watch-create check: the identity resolved again (a token may
-/// have expired since the stream opened), then read permission on the
-/// range. `Err` is the cancel reason etcd sends: the full gRPC status text.
-pub(crate) fn watch_permitted(
-    store: &crate::store::Store,
-    creds: &Credentials,
-    c: &lookout_proto::pb::WatchCreateRequest,
-) -> Result<(), String> {
-    let checked = store
-        .resolve(creds)
-        .and_then(|who| check_watch(&store.auth_state(), who.as_ref(), &c.key, &c.range_end));
-    checked.map_err(|e| watch_refusal(&e))
 }

@@ -18,7 +18,7 @@ use lookout_proto::pb::{
 
 use super::{AuthInfo, AuthRequest, AuthState, check_admin, password};
 use crate::error::{Error, Result};
-use crate::request::{Request, Response};
+use crate::mvcc::request::{Request, Response};
 use crate::store::Store;
 
 /// Longest a member waits to apply the log entry a simple token was

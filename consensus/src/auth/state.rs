@@ -1,7 +1,7 @@
 //! The replicated auth state: the enabled flag, the auth revision, users
 //! and roles (etcd's `authEnabled`, `authRevision`, `authUsers` and
 //! `authRoles` buckets), as one immutable value inside the published
-//! [`MvccState`](crate::state::MvccState), with every user's merged
+//! [`MvccState`](crate::mvcc::state::MvccState), with every user's merged
 //! permissions derived from it.
 //!
 //! ```text

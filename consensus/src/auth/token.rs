@@ -548,7 +548,7 @@ struct SimpleTable {
 pub(crate) struct Tokens {
     pub cfg: AuthConfig,
     // A std Mutex: map operations only, never held across an await.
-    simple: std::sync::Mutex<SimpleTable>,
+    simple: parking_lot::Mutex<SimpleTable>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -559,7 +559,7 @@ impl Tokens {
     pub fn new(cfg: AuthConfig) -> Self {
         Self {
             cfg,
-            simple: std::sync::Mutex::new(SimpleTable {
+            simple: parking_lot::Mutex::new(SimpleTable {
                 by_digest: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
@@ -625,7 +625,7 @@ impl Tokens {
     /// Records a token issued by an applied Authenticate (every member).
     pub fn register(&self, token: &str, user: &str) {
         let now = Instant::now();
-        let mut t = self.simple.lock().expect("token table");
+        let mut t = self.simple.lock();
         t.by_digest.insert(
             digest(token),
             SimpleEntry {
@@ -644,7 +644,7 @@ impl Tokens {
     pub fn simple_user(&self, token: &str) -> Option<String> {
         let now = Instant::now();
         let ttl = self.ttl();
-        let mut t = self.simple.lock().expect("token table");
+        let mut t = self.simple.lock();
         let key = digest(token);
         match t.by_digest.get_mut(&key) {
             Some(e) if e.expires > now => {
@@ -661,25 +661,52 @@ impl Tokens {
 
     /// Drops every simple token of `user` (deleted, or a new password).
     pub fn revoke_user(&self, user: &str) {
-        self.simple
-            .lock()
-            .expect("token table")
-            .by_digest
-            .retain(|_, e| e.user != user);
+        self.simple.lock().by_digest.retain(|_, e| e.user != user);
     }
 
     /// Drops every simple token (auth disabled).
     pub fn clear(&self) {
-        self.simple.lock().expect("token table").by_digest.clear();
+        self.simple.lock().by_digest.clear();
     }
 
     /// Applies what a published request did to the tokens.
-    pub fn on_event(&self, ev: super::TokenEvent) {
+    pub fn on_event(&self, ev: TokenEvent) {
         match ev {
-            super::TokenEvent::Issued { token, user } => self.register(&token, &user),
-            super::TokenEvent::UserRevoked(user) => self.revoke_user(&user),
-            super::TokenEvent::Cleared => self.clear(),
+            TokenEvent::Issued { token, user } => self.register(&token, &user),
+            TokenEvent::UserRevoked(user) => self.revoke_user(&user),
+            TokenEvent::Cleared => self.clear(),
         }
+    }
+}
+
+/// What an applied request does to this member's simple tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TokenEvent {
+    Issued { token: String, user: String },
+    UserRevoked(String),
+    Cleared,
+}
+
+/// The token change `req` made, given how it applied.
+pub(crate) fn token_event(
+    req: &crate::mvcc::request::Request,
+    resp: &crate::error::Result<crate::mvcc::request::Response>,
+) -> Option<TokenEvent> {
+    use crate::mvcc::request::{Request, Response};
+    let (Request::Auth(a), Ok(Response::Auth { token })) = (req.inner(), resp) else {
+        return None;
+    };
+    match a {
+        super::AuthRequest::Authenticate { name, .. } => Some(TokenEvent::Issued {
+            token: token.clone(),
+            user: name.clone(),
+        }),
+        super::AuthRequest::UserDelete { name }
+        | super::AuthRequest::UserChangePassword { name, .. } => {
+            Some(TokenEvent::UserRevoked(name.clone()))
+        }
+        super::AuthRequest::Disable => Some(TokenEvent::Cleared),
+        _ => None,
     }
 }
 

@@ -316,10 +316,10 @@ impl StoreMetrics {
     /// that ran (and its ranges).
     pub fn count_applied(
         &self,
-        req: &crate::request::Request,
-        resp: &crate::Result<crate::request::Response>,
+        req: &crate::mvcc::request::Request,
+        resp: &crate::error::Result<crate::mvcc::request::Response>,
     ) {
-        use crate::request::{Request, Response};
+        use crate::mvcc::request::{Request, Response};
         match (req, resp) {
             (Request::Put(p), Ok(_)) => self.count_put(p.key.len() + p.value.len()),
             (Request::DeleteRange(_), Ok(_)) => {

@@ -3,7 +3,11 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use openraft::RaftMetrics;
+
 use super::{StoreMetrics, header, sample, single};
+use crate::mvcc::state::MvccState;
+use crate::raft::type_config::{MemberNode, NodeId};
 use crate::store::Store;
 
 impl Store {
@@ -20,7 +24,6 @@ impl Store {
         let m = self.metrics();
         let st = self.snapshot();
         let raft = self.raft().metrics().borrow().clone();
-        let flag = |b: bool| f64::from(u8::from(b));
         let me = self.member_id();
         let learner = raft
             .membership_config
@@ -29,6 +32,24 @@ impl Store {
             .any(|l| l == me);
         let db_size = self.db_size() as f64;
 
+        self.render_server(out, m, &raft, learner);
+        self.render_identity(out, m, me);
+        self.render_disk(out, m);
+        render_mvcc(out, m, db_size);
+        // --- etcd_network_peer_* ---
+        self.peer_metrics().render(out, me);
+        render_debugging(out, m, &st, db_size);
+    }
+
+    /// etcd_server_*: leadership, raft indexes and proposals.
+    fn render_server(
+        &self,
+        out: &mut String,
+        m: &StoreMetrics,
+        raft: &RaftMetrics<NodeId, MemberNode>,
+        learner: bool,
+    ) {
+        let flag = |b: bool| f64::from(u8::from(b));
         // --- etcd_server_* ---
         single(
             out,
@@ -134,6 +155,10 @@ impl Store {
             "1 if the server is applying the incoming snapshot. 0 if none.",
             m.snapshot_apply_in_progress.load(Relaxed).max(0) as f64,
         );
+    }
+
+    /// etcd_server_*: health checks, quota, member ID and versions.
+    fn render_identity(&self, out: &mut String, m: &StoreMetrics, me: u64) {
         single(
             out,
             "etcd_server_health_success",
@@ -192,7 +217,10 @@ impl Store {
             &format!("cluster_version=\"{minor}\""),
             1.0,
         );
+    }
 
+    /// etcd_disk_*: the raft log's fsyncs and the backend's commits.
+    fn render_disk(&self, out: &mut String, m: &StoreMetrics) {
         // --- etcd_disk_* ---
         let wal = self.wal_stats();
         wal.fsync.family(
@@ -230,137 +258,140 @@ impl Store {
             "Whether or not defrag is active on the member. 1 means active, 0 means not.",
             m.defrag_inflight.load(Relaxed).max(0) as f64,
         );
+    }
+}
 
-        // --- etcd_mvcc_* ---
+/// etcd_mvcc_*: database size and request counts.
+fn render_mvcc(out: &mut String, m: &StoreMetrics, db_size: f64) {
+    // --- etcd_mvcc_* ---
+    single(
+        out,
+        "etcd_mvcc_db_total_size_in_bytes",
+        "gauge",
+        "Total size of the underlying database physically allocated in bytes.",
+        db_size,
+    );
+    let in_use = m.db_in_use_bytes.load(Relaxed) as f64;
+    single(
+        out,
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "gauge",
+        "Total size of the underlying database logically in use in bytes.",
+        // Before the first sample: the file, as a fresh etcd reports.
+        if in_use > 0.0 {
+            in_use.min(db_size)
+        } else {
+            db_size
+        },
+    );
+    for (name, help, v) in [
+        ("put", "puts", &m.puts),
+        ("delete", "deletes", &m.deletes),
+        ("range", "ranges", &m.ranges),
+        ("txn", "txns", &m.txns),
+    ] {
         single(
             out,
-            "etcd_mvcc_db_total_size_in_bytes",
-            "gauge",
-            "Total size of the underlying database physically allocated in bytes.",
-            db_size,
-        );
-        let in_use = m.db_in_use_bytes.load(Relaxed) as f64;
-        single(
-            out,
-            "etcd_mvcc_db_total_size_in_use_in_bytes",
-            "gauge",
-            "Total size of the underlying database logically in use in bytes.",
-            // Before the first sample: the file, as a fresh etcd reports.
-            if in_use > 0.0 {
-                in_use.min(db_size)
-            } else {
-                db_size
-            },
-        );
-        for (name, help, v) in [
-            ("put", "puts", &m.puts),
-            ("delete", "deletes", &m.deletes),
-            ("range", "ranges", &m.ranges),
-            ("txn", "txns", &m.txns),
-        ] {
-            single(
-                out,
-                &format!("etcd_mvcc_{name}_total"),
-                "counter",
-                &format!("Total number of {help} seen by this member."),
-                v.load(Relaxed) as f64,
-            );
-        }
-
-        // --- etcd_network_peer_* ---
-        self.peer_metrics().render(out, me);
-
-        // --- etcd_debugging_* ---
-        single(
-            out,
-            "etcd_debugging_mvcc_keys_total",
-            "gauge",
-            "Total number of keys.",
-            st.keys.len() as f64,
-        );
-        single(
-            out,
-            "etcd_debugging_mvcc_current_revision",
-            "gauge",
-            "The current revision of store.",
-            st.rev as f64,
-        );
-        single(
-            out,
-            "etcd_debugging_mvcc_compact_revision",
-            "gauge",
-            "The revision of the last compaction in store.",
-            st.compact_rev as f64,
-        );
-        single(
-            out,
-            "etcd_debugging_mvcc_db_total_size_in_bytes",
-            "gauge",
-            "Total size of the underlying database physically allocated in bytes.",
-            db_size,
-        );
-        for (name, help, v) in [
-            ("put", "puts", &m.puts),
-            ("delete", "deletes", &m.deletes),
-            ("range", "ranges", &m.ranges),
-            ("txn", "txns", &m.txns),
-        ] {
-            single(
-                out,
-                &format!("etcd_debugging_mvcc_{name}_total"),
-                "counter",
-                &format!("Total number of {help} seen by this member."),
-                v.load(Relaxed) as f64,
-            );
-        }
-        single(
-            out,
-            "etcd_debugging_mvcc_total_put_size_in_bytes",
-            "gauge",
-            "The total size of put kv pairs seen by this member.",
-            m.put_bytes.load(Relaxed) as f64,
-        );
-        single(
-            out,
-            "etcd_debugging_lease_granted_total",
+            &format!("etcd_mvcc_{name}_total"),
             "counter",
-            "The total number of granted leases.",
-            m.leases_granted.load(Relaxed) as f64,
-        );
-        single(
-            out,
-            "etcd_debugging_lease_revoked_total",
-            "counter",
-            "The total number of revoked leases.",
-            m.leases_revoked.load(Relaxed) as f64,
-        );
-        single(
-            out,
-            "etcd_debugging_lease_renewed_total",
-            "counter",
-            "The number of renewed leases seen by the leader.",
-            m.leases_renewed.load(Relaxed) as f64,
-        );
-        m.lease_ttl.family(
-            out,
-            "etcd_debugging_lease_ttl_total",
-            "Bucketed histogram of lease TTLs.",
-        );
-        single(
-            out,
-            "etcd_debugging_server_lease_expired_total",
-            "counter",
-            "The total number of expired leases.",
-            m.leases_expired.load(Relaxed) as f64,
-        );
-        // Not etcd's: Lookout has had it since before the metrics work,
-        // and dashboards built on it keep working.
-        single(
-            out,
-            "etcd_debugging_lease_total",
-            "gauge",
-            "The number of leases granted and not expired.",
-            st.leases.len() as f64,
+            &format!("Total number of {help} seen by this member."),
+            v.load(Relaxed) as f64,
         );
     }
+}
+
+/// etcd_debugging_*: MVCC and lease internals.
+fn render_debugging(out: &mut String, m: &StoreMetrics, st: &MvccState, db_size: f64) {
+    // --- etcd_debugging_* ---
+    single(
+        out,
+        "etcd_debugging_mvcc_keys_total",
+        "gauge",
+        "Total number of keys.",
+        st.keys.len() as f64,
+    );
+    single(
+        out,
+        "etcd_debugging_mvcc_current_revision",
+        "gauge",
+        "The current revision of store.",
+        st.rev as f64,
+    );
+    single(
+        out,
+        "etcd_debugging_mvcc_compact_revision",
+        "gauge",
+        "The revision of the last compaction in store.",
+        st.compact_rev as f64,
+    );
+    single(
+        out,
+        "etcd_debugging_mvcc_db_total_size_in_bytes",
+        "gauge",
+        "Total size of the underlying database physically allocated in bytes.",
+        db_size,
+    );
+    for (name, help, v) in [
+        ("put", "puts", &m.puts),
+        ("delete", "deletes", &m.deletes),
+        ("range", "ranges", &m.ranges),
+        ("txn", "txns", &m.txns),
+    ] {
+        single(
+            out,
+            &format!("etcd_debugging_mvcc_{name}_total"),
+            "counter",
+            &format!("Total number of {help} seen by this member."),
+            v.load(Relaxed) as f64,
+        );
+    }
+    single(
+        out,
+        "etcd_debugging_mvcc_total_put_size_in_bytes",
+        "gauge",
+        "The total size of put kv pairs seen by this member.",
+        m.put_bytes.load(Relaxed) as f64,
+    );
+    single(
+        out,
+        "etcd_debugging_lease_granted_total",
+        "counter",
+        "The total number of granted leases.",
+        m.leases_granted.load(Relaxed) as f64,
+    );
+    single(
+        out,
+        "etcd_debugging_lease_revoked_total",
+        "counter",
+        "The total number of revoked leases.",
+        m.leases_revoked.load(Relaxed) as f64,
+    );
+    single(
+        out,
+        "etcd_debugging_lease_renewed_total",
+        "counter",
+        "The number of renewed leases seen by the leader.",
+        m.leases_renewed.load(Relaxed) as f64,
+    );
+    m.lease_ttl.family(
+        out,
+        "etcd_debugging_lease_ttl_total",
+        "Bucketed histogram of lease TTLs.",
+    );
+    single(
+        out,
+        "etcd_debugging_server_lease_expired_total",
+        "counter",
+        "The total number of expired leases.",
+        m.leases_expired.load(Relaxed) as f64,
+    );
+    // Not etcd's: Lookout has had it since before the metrics work,
+    // and dashboards built on it keep working.
+    single(
+        out,
+        "etcd_debugging_lease_total",
+        "gauge",
+        "The number of leases granted and not expired.",
+        st.leases.len() as f64,
+    );
 }

@@ -6,37 +6,26 @@
 //! closed. Decisions that change data (a lease expired, a compaction is
 //! due) are taken by the leader alone and go through the log as requests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
-use crate::cluster::{self, MemberNode};
 use crate::config::AutoCompaction;
-use crate::error::Error;
-use crate::peer::Forward;
-use crate::request::Request;
-use crate::store::{Inner, Store};
-
-/// How often the leader looks for expired leases.
-const EXPIRY_TICK: Duration = Duration::from_millis(100);
-
-fn upgrade(w: &Weak<Inner>) -> Option<Store> {
-    let inner = w.upgrade()?;
-    if inner.closed.load(Ordering::Relaxed) {
-        return None;
-    }
-    Some(Store { inner })
-}
+use crate::mvcc::request::Request;
+use crate::raft::cluster;
+use crate::raft::peer::Forward;
+use crate::raft::type_config::MemberNode;
+use crate::store::{Inner, Store, upgrade};
 
 impl Store {
     pub(crate) fn start_background(&self) {
         let w = std::sync::Arc::downgrade(&self.inner);
         tokio::spawn(bootstrap(w.clone()));
         tokio::spawn(follow_metrics(w.clone()));
-        tokio::spawn(expiry_loop(w.clone()));
+        tokio::spawn(crate::lease::expiry::expiry_loop(w.clone()));
         tokio::spawn(publish_loop(w.clone()));
         if let Some(ac) = self.inner.cfg.auto_compaction {
             tokio::spawn(auto_compaction(w, ac));
@@ -120,55 +109,6 @@ async fn follow_metrics(w: Weak<Inner>) {
         drop(store);
         if m.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-/// The leader proposes a revoke for every lease past its deadline.
-///
-/// The deadline stays in the past while the revoke is in flight, so a
-/// keep-alive arriving meanwhile finds the lease expired and cannot renew
-/// it (the revoke would break the TTL it answered). And the revoke is
-/// written only as the leader, never forwarded: a member that was leader
-/// and got paused or cut off judges leases by its own stale deadlines, and
-/// the new leader, which renewed them, must not commit that verdict.
-async fn expiry_loop(w: Weak<Inner>) {
-    let mut tick = tokio::time::interval(EXPIRY_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Revokes proposed and not yet applied: not proposed again for a second.
-    let mut proposed: HashMap<i64, Instant> = HashMap::new();
-    loop {
-        tick.tick().await;
-        let Some(store) = upgrade(&w) else { return };
-        if !store.is_leader() {
-            proposed.clear();
-            continue;
-        }
-        let now = Instant::now();
-        let due: Vec<i64> = {
-            let exp = store.shared().expiry.lock().expect("expiry map");
-            // The apply removes a revoked lease from the map.
-            proposed.retain(|id, at| exp.contains_key(id) && now < *at + Duration::from_secs(1));
-            exp.iter()
-                .filter(|(id, d)| **d <= now && !proposed.contains_key(*id))
-                .map(|(id, _)| *id)
-                .collect()
-        };
-        for id in due {
-            proposed.insert(id, now);
-            // With auth on, the store revokes as root (etcd's WithRoot):
-            // the apply would refuse an anonymous revoke of a lease with
-            // keys. A refusal (the auth state moved) is retried later.
-            let req = store.as_root(Request::LeaseRevoke { id });
-            match store.write_local(vec![req]).await {
-                Ok(_) => {
-                    let m = store.metrics();
-                    m.leases_expired.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(lease = id, "lease expired")
-                }
-                Err(Error::Stopped) => return,
-                Err(e) => tracing::warn!(lease = id, error = %e, "lease expiry failed; retrying"),
-            }
         }
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use lookout_proto::mvccpb::KeyValue;
 use prost::Message;
 
-use crate::revision::Revision;
+use crate::mvcc::revision::Revision;
 
 /// A key's current pair, kept both decoded and as its protobuf encoding.
 /// The decoded fields are zero-copy slices of `encoded` (prost decodes

@@ -1,5 +1,5 @@
 //! Group commit in front of raft: concurrent writes are batched into one
-//! log entry ([`Batch`](crate::cluster::Batch)), because openraft handles
+//! log entry ([`Batch`](crate::raft::type_config::Batch)), because openraft handles
 //! (appends, replicates, applies) every client write on its own.
 //!
 //! ```text
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::request::{Reply, Request};
+use crate::mvcc::request::{Reply, Request};
 use crate::store::Store;
 
 /// Most requests in one log entry.

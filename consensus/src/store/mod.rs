@@ -1,6 +1,7 @@
-//! One store member: a [`Store`] handle over openraft (`cluster.rs`), the
-//! raft log (`log_store.rs`), the replicated state machine (`sm.rs`), the
-//! proposer's batching (`proposer.rs`) and the peer transport (`peer.rs`).
+//! One store member: a [`Store`] handle over openraft (`raft/cluster.rs`),
+//! the raft log (`raft/log_store/`), the replicated state machine
+//! (`raft/sm/`), the proposer's batching (`proposer.rs`) and the peer
+//! transport (`raft/peer.rs`).
 //! A store started without `--initial-cluster` is a one-member cluster:
 //! the same code path as three or five members.
 //!
@@ -15,35 +16,36 @@
 //!  leader only: lease expiry, auto-compaction  (background.rs)
 //! ```
 
+mod background;
+pub(crate) mod members;
+pub(crate) mod proposer;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lookout_proto::pb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
-    LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
-    WatchRequest, WatchResponse,
 };
 use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 use redb::{Database, ReadableDatabase};
-use tokio::sync::mpsc;
 
-use crate::auth::{AuthInfo, Credentials};
-use crate::backend::{self, KV};
-use crate::cluster::{self, Batch, MemberNode, NodeId, Raft};
-use crate::config::{MAX_LEASE_TTL, StoreConfig};
+use crate::auth::AuthInfo;
+use crate::config::StoreConfig;
 use crate::error::{Error, Result};
-use crate::hub::Hub;
-use crate::log_store::LogStore;
-use crate::peer::{Forward, ForwardError, ForwardOk, Network, PeerClients};
-use crate::proposer::Proposer;
-use crate::request::{Reply, Request, Response};
-use crate::sm::{Shared, StateMachine};
-use crate::state::MvccState;
-use crate::validate;
+use crate::mvcc::backend::{self, KV};
+use crate::mvcc::hub::Hub;
+use crate::mvcc::request::{Reply, Request, Response};
+use crate::mvcc::state::MvccState;
+use crate::mvcc::validate;
+use crate::raft::cluster;
+use crate::raft::log_store::LogStore;
+use crate::raft::peer::{Forward, ForwardError, ForwardOk, Network, PeerClients};
+use crate::raft::sm::{Shared, StateMachine};
+use crate::raft::type_config::{Batch, MemberNode, NodeId, Raft};
+use crate::store::proposer::Proposer;
 
 /// Version reported by Maintenance Status: etcd 3.4's API.
 pub const VERSION: &str = "3.4.0";
@@ -112,6 +114,16 @@ fn raft_config(cfg: &StoreConfig) -> Result<openraft::Config> {
     };
     c.validate()
         .map_err(|e| Error::Internal(format!("raft configuration: {e}")))
+}
+
+/// The store behind a background task's weak handle, unless it is gone
+/// or closed: the task's cue to stop.
+pub(crate) fn upgrade(w: &std::sync::Weak<Inner>) -> Option<Store> {
+    let inner = w.upgrade()?;
+    if inner.closed.load(Ordering::Relaxed) {
+        return None;
+    }
+    Some(Store { inner })
 }
 
 impl Store {
@@ -276,7 +288,7 @@ impl Store {
         })
     }
 
-    fn fill(&self, h: &mut Option<ResponseHeader>) {
+    pub(crate) fn fill(&self, h: &mut Option<ResponseHeader>) {
         let rev = h.as_ref().map_or(0, |h| h.revision);
         *h = self.header(rev);
     }
@@ -509,7 +521,7 @@ impl Store {
 
     /// The NOSPACE quota check etcd makes before proposing a write that
     /// grows the store: over quota raises the alarm and refuses.
-    async fn check_quota(&self, cost: usize) -> Result<()> {
+    pub(crate) async fn check_quota(&self, cost: usize) -> Result<()> {
         if self.snapshot().nospace() {
             return Err(Error::NoSpace);
         }
@@ -524,7 +536,7 @@ impl Store {
                 .propose(Request::Alarm {
                     activate: true,
                     member: self.inner.member_id,
-                    alarm: crate::state::ALARM_NOSPACE,
+                    alarm: crate::mvcc::state::ALARM_NOSPACE,
                 })
                 .await;
             return Err(Error::NoSpace);
@@ -608,7 +620,7 @@ impl Store {
 
     /// [`Store::range`], answered as the protobuf encoding of the
     /// `RangeResponse`: current-revision reads copy each pair's stored
-    /// encoding instead of re-encoding it (see [`crate::encode`]).
+    /// encoding instead of re-encoding it (see `mvcc/encode.rs`).
     ///
     /// # Errors
     /// As [`Store::range`].
@@ -632,9 +644,9 @@ impl Store {
         }
         let st = self.snapshot();
         Self::read_permitted(&st, who, &req)?;
-        if crate::encode::fast_path(&req, &st) {
+        if crate::mvcc::encode::fast_path(&req, &st) {
             let header = self.header(st.rev).unwrap_or_default();
-            return Ok(crate::encode::current_range(&req, &st, &header));
+            return Ok(crate::mvcc::encode::current_range(&req, &st, &header));
         }
         Ok(self.range_local(&st, &req)?.encode_to_vec().into())
     }
@@ -748,228 +760,6 @@ impl Store {
         }
     }
 
-    // === Lease ===
-
-    /// # Errors
-    /// TTL too large, ID already in use, no space, storage failure, no
-    /// leader or timeout.
-    pub async fn lease_grant(&self, req: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
-        if req.ttl > MAX_LEASE_TTL {
-            return Err(Error::LeaseTtlTooLarge);
-        }
-        self.check_quota(16).await?;
-        let ttl = req.ttl.max(self.inner.cfg.min_lease_ttl);
-        let id = if req.id != 0 {
-            req.id
-        } else {
-            let st = self.snapshot();
-            loop {
-                let id = rand::random::<i64>() & i64::MAX;
-                if id != 0 && !st.leases.contains_key(&id) {
-                    break id;
-                }
-            }
-        };
-        match self
-            .propose(Request::LeaseGrant { id, ttl })
-            .await?
-            .response?
-        {
-            Response::LeaseGrant(mut r) => {
-                self.fill(&mut r.header);
-                Ok(r)
-            }
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Revokes a lease, deleting its keys in one revision.
-    ///
-    /// # Errors
-    /// Lease not found, storage failure, no leader or timeout.
-    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
-        self.lease_revoke_as(None, id).await
-    }
-
-    /// [`Store::lease_revoke`] as `who`: write permission on every key
-    /// attached to the lease, checked at apply.
-    ///
-    /// # Errors
-    /// As [`Store::lease_revoke`], plus the permission check's.
-    pub async fn lease_revoke_as(
-        &self,
-        who: Option<&AuthInfo>,
-        id: i64,
-    ) -> Result<LeaseRevokeResponse> {
-        match self
-            .propose(self.wrap(who, Request::LeaseRevoke { id }))
-            .await?
-            .response?
-        {
-            Response::LeaseRevoke(mut r) => {
-                self.fill(&mut r.header);
-                Ok(r)
-            }
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// The leader's side of a keep-alive: renews to the full TTL; an
-    /// unknown lease answers TTL 0, as etcd does. So does a lease past its
-    /// deadline: its revoke is in flight (or about to be), and renewing it
-    /// now would promise a TTL the revoke is about to break (etcd's Renew
-    /// waits for that revoke and answers "not found").
-    pub(crate) fn keep_alive_local(&self, id: i64) -> i64 {
-        let st = self.snapshot();
-        let mut exp = self.inner.shared.expiry.lock().expect("expiry map");
-        let now = Instant::now();
-        if st.leases.contains_key(&id) && exp.get(&id).is_none_or(|d| *d > now) {
-            let m = &self.inner.shared.metrics;
-            m.leases_renewed.fetch_add(1, Ordering::Relaxed);
-        }
-        match (st.leases.get(&id), exp.get_mut(&id)) {
-            (Some(_), Some(deadline)) if *deadline <= now => 0,
-            (Some(l), Some(deadline)) => {
-                *deadline = crate::state::LeaseState::deadline(Instant::now(), l.ttl);
-                l.ttl
-            }
-            (Some(l), None) => {
-                exp.insert(
-                    id,
-                    crate::state::LeaseState::deadline(Instant::now(), l.ttl),
-                );
-                l.ttl
-            }
-            _ => 0,
-        }
-    }
-
-    /// The leader's remaining TTL of a lease (whole seconds, rounded down).
-    pub(crate) fn time_to_live_local(&self, id: i64) -> i64 {
-        self.inner
-            .shared
-            .expiry
-            .lock()
-            .expect("expiry map")
-            .get(&id)
-            .map_or(0, |d| {
-                d.saturating_duration_since(Instant::now()).as_secs() as i64
-            })
-    }
-
-    /// One keep-alive, answered by the leader (which owns lease expiry).
-    ///
-    /// # Errors
-    /// No leader or timeout.
-    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
-        let ttl = match self.to_leader(Forward::KeepAlive(id)).await? {
-            ForwardOk::Ttl(t) => t,
-            other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
-        };
-        Ok(LeaseKeepAliveResponse {
-            header: self.header(self.revision()),
-            id,
-            ttl,
-        })
-    }
-
-    /// Remaining TTL (from the leader) and optionally the keys; an unknown
-    /// lease answers TTL -1, as etcd 3.4.
-    ///
-    /// # Errors
-    /// No leader or timeout.
-    pub async fn lease_time_to_live(
-        &self,
-        req: LeaseTimeToLiveRequest,
-    ) -> Result<LeaseTimeToLiveResponse> {
-        self.lease_time_to_live_as(None, req).await
-    }
-
-    /// [`Store::lease_time_to_live`] as `who`: listing the keys needs read
-    /// permission on each (etcd 3.4's later fix; 3.4.23 listed them to
-    /// anyone).
-    ///
-    /// # Errors
-    /// As [`Store::lease_time_to_live`], plus the permission check's.
-    pub async fn lease_time_to_live_as(
-        &self,
-        who: Option<&AuthInfo>,
-        req: LeaseTimeToLiveRequest,
-    ) -> Result<LeaseTimeToLiveResponse> {
-        if req.keys {
-            let st = self.snapshot();
-            if st.auth.enabled {
-                let Some(w) = who else {
-                    return Err(Error::UserEmpty);
-                };
-                if let Some(l) = st.leases.get(&req.id) {
-                    for k in l.keys.iter() {
-                        crate::auth::check_range(&st.auth, Some(w), k, &[])?;
-                    }
-                }
-            }
-        }
-        let remaining = match self.to_leader(Forward::TimeToLive(req.id)).await? {
-            ForwardOk::Ttl(t) => t,
-            other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
-        };
-        let st = self.snapshot();
-        let Some(l) = st.leases.get(&req.id) else {
-            return Ok(LeaseTimeToLiveResponse {
-                header: self.header(st.rev),
-                id: req.id,
-                ttl: -1,
-                ..Default::default()
-            });
-        };
-        Ok(LeaseTimeToLiveResponse {
-            header: self.header(st.rev),
-            id: req.id,
-            ttl: remaining,
-            granted_ttl: l.ttl,
-            keys: if req.keys {
-                l.keys.iter().cloned().collect()
-            } else {
-                Vec::new()
-            },
-        })
-    }
-
-    pub async fn lease_leases(&self) -> LeaseLeasesResponse {
-        let st = self.snapshot();
-        LeaseLeasesResponse {
-            header: self.header(st.rev),
-            leases: st.leases.keys().map(|&id| LeaseStatus { id }).collect(),
-        }
-    }
-
-    // === Watch ===
-
-    /// Serves one watch stream: `requests` are the client's messages, the
-    /// returned channel yields responses until the client goes away.
-    pub fn watch<S>(&self, requests: S) -> mpsc::Receiver<Result<WatchResponse>>
-    where
-        S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
-    {
-        self.watch_as(Credentials::default(), requests)
-    }
-
-    /// [`Store::watch`] for a client with `creds`: each watch create is
-    /// checked (identity resolved again, read permission on its range),
-    /// as etcd does; a refused create is answered created + canceled.
-    pub fn watch_as<S>(
-        &self,
-        creds: Credentials,
-        requests: S,
-    ) -> mpsc::Receiver<Result<WatchResponse>>
-    where
-        S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
-    {
-        let (tx, rx) = mpsc::channel(128);
-        tokio::spawn(crate::watch::run_stream(self.clone(), creds, requests, tx));
-        rx
-    }
-
     /// Stops raft and refuses new proposals; makes every apply durable so
     /// the next start replays nothing. Every clone answers
     /// [`Error::Stopped`] afterwards. Blocking; safe from a multi-thread
@@ -1000,7 +790,7 @@ impl Store {
             Err(_) => stop_raft(),
         }
         self.inner.log.stop();
-        let _file = self.inner.shared.file_lock.lock().expect("file lock");
+        let _file = self.inner.shared.file_lock.lock();
         if let Ok(tx) = self.db().begin_write()
             && let Err(e) = tx.commit()
         {
@@ -1009,6 +799,6 @@ impl Store {
     }
 }
 
-fn unexpected(r: Response) -> Error {
+pub(crate) fn unexpected(r: Response) -> Error {
     Error::Storage(format!("unexpected response kind: {r:?}"))
 }

@@ -30,7 +30,7 @@ pub(crate) struct HubMsg {
 #[derive(Debug, Default)]
 pub(crate) struct Lagged {
     // A std Mutex: held for a push or a drain, never across an await.
-    pub slots: std::sync::Mutex<Vec<(u64, i64)>>,
+    pub slots: parking_lot::Mutex<Vec<(u64, i64)>>,
     pub notify: Notify,
 }
 
@@ -112,7 +112,7 @@ impl Hub {
         let mut g = self.inner.lock();
         let from = g.rev + 1;
         for (id, slot) in g.slots.drain() {
-            slot.lagged.slots.lock().expect("lag list").push((id, from));
+            slot.lagged.slots.lock().push((id, from));
             slot.lagged.notify.notify_one();
         }
         g.rev = g.rev.max(rev);
@@ -144,7 +144,7 @@ impl Hub {
                 match slot.tx.try_send(msg) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        slot.lagged.slots.lock().expect("lag list").push((id, *r));
+                        slot.lagged.slots.lock().push((id, *r));
                         slot.lagged.notify.notify_one();
                         dead.push(id);
                         break;
@@ -209,9 +209,9 @@ mod tests {
             .register("a".into(), vec![0].into(), 2, tx, lag.clone())
             .unwrap();
         hub.publish(&[(2, vec![ev("a", 2)]), (3, vec![ev("b", 3)])], 3);
-        assert_eq!(*lag.slots.lock().unwrap(), vec![(slot, 3)]);
+        assert_eq!(*lag.slots.lock(), vec![(slot, 3)]);
         // The slot is gone: later events are not offered.
         hub.publish(&[(4, vec![ev("c", 4)])], 4);
-        assert_eq!(lag.slots.lock().unwrap().len(), 1);
+        assert_eq!(lag.slots.lock().len(), 1);
     }
 }

@@ -29,10 +29,11 @@ use prost::Message;
 use redb::ReadableDatabase;
 use tokio::sync::mpsc;
 
-use crate::backend::{self, KV};
+use crate::auth::Credentials;
 use crate::error::Result;
-use crate::hub::{HubMsg, Lagged};
-use crate::revision::Revision;
+use crate::mvcc::backend::{self, KV};
+use crate::mvcc::hub::{HubMsg, Lagged};
+use crate::mvcc::revision::Revision;
 use crate::store::Store;
 use lookout_semantics::in_range;
 
@@ -184,7 +185,7 @@ impl StreamState {
             cancel_reason: reason.into(),
             ..Default::default()
         };
-        if let Err(reason) = crate::auth::watch_permitted(&self.store, &self.creds, &c) {
+        if let Err(reason) = watch_permitted(&self.store, &self.creds, &c) {
             return self.send(fail(&reason)).await;
         }
         if !range_end.is_empty() && range_end.as_ref() != [0] && c.key >= range_end {
@@ -289,8 +290,7 @@ impl StreamState {
     async fn on_lag(&mut self, hub_rx: &mut mpsc::Receiver<HubMsg>) -> Result<(), Gone> {
         // Everything queued before the slot was dropped comes first.
         self.drain_hub(hub_rx).await?;
-        let lagged: Vec<(u64, i64)> =
-            std::mem::take(&mut *self.lagged.slots.lock().expect("lag list"));
+        let lagged: Vec<(u64, i64)> = std::mem::take(&mut *self.lagged.slots.lock());
         for (slot, from) in lagged {
             if let Some(id) = self.slots.remove(&slot)
                 && let Some(w) = self.watchers.get_mut(&id)
@@ -452,7 +452,7 @@ impl StreamState {
         // The index snapshot is taken after the read transaction began, so
         // it knows every revision the transaction can see that was
         // published; redb may also hold an apply still waiting for its log
-        // fsync (see `sm.rs`), which must not be delivered yet.
+        // fsync (see `raft/sm/`), which must not be delivered yet.
         let snap = self.store.snapshot();
         let (compact, cur) = (meta.compact_rev, meta.rev.min(snap.rev).max(1));
         if compact > 0 && w.next_rev < compact {
@@ -509,7 +509,7 @@ impl StreamState {
 
 /// The revision just before `rev` in this key's history, if it was a put
 /// (the value a prev_kv shows).
-fn prev_revision(ki: &crate::keyindex::KeyIndex, rev: Revision) -> Option<Revision> {
+fn prev_revision(ki: &crate::mvcc::keyindex::KeyIndex, rev: Revision) -> Option<Revision> {
     let mut prev = None;
     for g in &ki.generations {
         for (i, r) in g.revs.iter().enumerate() {
@@ -550,4 +550,45 @@ fn filter(w: &Watcher, events: Vec<Event>) -> Vec<Event> {
             e
         })
         .collect()
+}
+
+impl Store {
+    /// Serves one watch stream: `requests` are the client's messages, the
+    /// returned channel yields responses until the client goes away.
+    pub fn watch<S>(&self, requests: S) -> mpsc::Receiver<Result<WatchResponse>>
+    where
+        S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
+    {
+        self.watch_as(Credentials::default(), requests)
+    }
+
+    /// [`Store::watch`] for a client with `creds`: each watch create is
+    /// checked (identity resolved again, read permission on its range),
+    /// as etcd does; a refused create is answered created + canceled.
+    pub fn watch_as<S>(
+        &self,
+        creds: Credentials,
+        requests: S,
+    ) -> mpsc::Receiver<Result<WatchResponse>>
+    where
+        S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(128);
+        tokio::spawn(run_stream(self.clone(), creds, requests, tx));
+        rx
+    }
+}
+
+/// etcd's watch-create check: the identity resolved again (a token may
+/// have expired since the stream opened), then read permission on the
+/// range. `Err` is the cancel reason etcd sends: the full gRPC status text.
+fn watch_permitted(
+    store: &Store,
+    creds: &Credentials,
+    c: &lookout_proto::pb::WatchCreateRequest,
+) -> Result<(), String> {
+    let checked = store.resolve(creds).and_then(|who| {
+        crate::auth::check_watch(&store.auth_state(), who.as_ref(), &c.key, &c.range_end)
+    });
+    checked.map_err(|e| crate::auth::watch_refusal(&e))
 }

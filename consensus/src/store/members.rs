@@ -17,11 +17,12 @@ use openraft::ChangeMembers;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use redb::{ReadableDatabase, ReadableTableMetadata};
 
-use crate::backend::{ALARMS, KV, LEASES};
-use crate::cluster::{self, MemberNode, NodeId};
 use crate::error::{Error, Result};
-use crate::peer::{Forward, ForwardOk};
-use crate::request::{Request, Response};
+use crate::mvcc::backend::{ALARMS, KV, LEASES};
+use crate::mvcc::request::{Request, Response};
+use crate::raft::cluster;
+use crate::raft::peer::{Forward, ForwardOk};
+use crate::raft::type_config::{MemberNode, NodeId, StoredMembership};
 use crate::store::{Store, VERSION};
 
 fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> Error {
@@ -96,7 +97,7 @@ impl Store {
         }
     }
 
-    fn membership(&self) -> std::sync::Arc<cluster::StoredMembership> {
+    fn membership(&self) -> std::sync::Arc<StoredMembership> {
         self.raft().metrics().borrow().membership_config.clone()
     }
 
@@ -379,7 +380,7 @@ impl Store {
         let tx = db.begin_read()?;
         let kv = tx.open_table(KV)?;
         let mut h = crc32fast::Hasher::new();
-        for row in kv.range(..=crate::revision::Revision::last_key(rev))? {
+        for row in kv.range(..=crate::mvcc::revision::Revision::last_key(rev))? {
             let (k, v) = row?;
             h.update(&k.value().to_be_bytes());
             h.update(v.value());
@@ -397,7 +398,7 @@ impl Store {
         })
     }
 
-    fn alarm_members(&self, st: &crate::state::MvccState) -> Vec<AlarmMember> {
+    fn alarm_members(&self, st: &crate::mvcc::state::MvccState) -> Vec<AlarmMember> {
         let mut out = Vec::new();
         for (m, bits) in st.alarms.iter() {
             for a in 1..=2 {
@@ -456,7 +457,7 @@ impl Store {
     /// Storage failure (the old file stays in use).
     pub async fn defragment(&self) -> Result<(u64, u64)> {
         let shared = self.shared().clone();
-        tokio::task::spawn_blocking(move || crate::sm::defragment(&shared))
+        tokio::task::spawn_blocking(move || crate::raft::sm::defragment(&shared))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
     }

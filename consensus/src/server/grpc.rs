@@ -1,7 +1,8 @@
 //! The store's etcd v3 gRPC services (KV, Watch, Lease, Cluster,
 //! Maintenance, Auth, and lookout's `Tokens` for gateways) over a [`Store`],
 //! and [`serve`] to run them on a listener.
-//! This is the one place store errors become `tonic::Status`.
+//! Store errors become `tonic::Status` through [`to_status`] (in
+//! `error.rs`, where the backup stream and the peer service use it too).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,28 +19,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthInfo, Credentials};
 use crate::config::GRPC_OVERHEAD_BYTES;
-use crate::error::{Code, Error};
+use crate::error::{Error, to_status};
 use crate::store::Store;
 
-/// etcd's status for a store error: same code, same message.
-pub fn to_status(e: Error) -> Status {
-    let code = match e.code() {
-        Code::InvalidArgument => tonic::Code::InvalidArgument,
-        Code::OutOfRange => tonic::Code::OutOfRange,
-        Code::NotFound => tonic::Code::NotFound,
-        Code::FailedPrecondition => tonic::Code::FailedPrecondition,
-        Code::ResourceExhausted => tonic::Code::ResourceExhausted,
-        Code::Unavailable => tonic::Code::Unavailable,
-        Code::Unimplemented => tonic::Code::Unimplemented,
-        Code::Internal => tonic::Code::Internal,
-        Code::PermissionDenied => tonic::Code::PermissionDenied,
-        Code::Unauthenticated => tonic::Code::Unauthenticated,
-        Code::Unknown => tonic::Code::Unknown,
-    };
-    Status::new(code, e.to_string())
-}
-
-type Rpc<T> = Result<Response<T>, Status>;
+pub(crate) type Rpc<T> = Result<Response<T>, Status>;
 
 /// What a request says about its sender: the token in its metadata
 /// (`token`, or `authorization` as etcd's JSON gateway passes it) and the
@@ -87,19 +70,19 @@ impl EtcdService {
     }
 
     /// The sender of `r` (etcd's `AuthInfoFromCtx`).
-    async fn who<T>(&self, r: &Request<T>) -> Result<Option<AuthInfo>, Status> {
+    pub(crate) async fn who<T>(&self, r: &Request<T>) -> Result<Option<AuthInfo>, Status> {
         self.store
             .auth_info(&credentials(r))
             .await
             .map_err(to_status)
     }
 }
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Every service over one store.
 #[derive(Debug, Clone)]
 pub struct EtcdService {
-    store: Store,
+    pub(crate) store: Store,
 }
 
 impl EtcdService {
@@ -343,76 +326,6 @@ impl pb::watch_server::Watch for EtcdService {
     }
 }
 
-// === impl Lease ===
-
-#[tonic::async_trait]
-impl pb::lease_server::Lease for EtcdService {
-    type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
-
-    async fn lease_grant(&self, r: Request<pb::LeaseGrantRequest>) -> Rpc<pb::LeaseGrantResponse> {
-        self.who(&r).await?;
-        self.store
-            .lease_grant(r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(to_status)
-    }
-
-    async fn lease_revoke(
-        &self,
-        r: Request<pb::LeaseRevokeRequest>,
-    ) -> Rpc<pb::LeaseRevokeResponse> {
-        let who = self.who(&r).await?;
-        self.store
-            .lease_revoke_as(who.as_ref(), r.into_inner().id)
-            .await
-            .map(Response::new)
-            .map_err(to_status)
-    }
-
-    async fn lease_keep_alive(
-        &self,
-        r: Request<Streaming<pb::LeaseKeepAliveRequest>>,
-    ) -> Rpc<Self::LeaseKeepAliveStream> {
-        let mut requests = r.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(req)) = requests.next().await {
-                let resp = store.lease_keep_alive(req.id).await.map_err(to_status);
-                let failed = resp.is_err();
-                if tx.send(resp).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        r: Request<pb::LeaseTimeToLiveRequest>,
-    ) -> Rpc<pb::LeaseTimeToLiveResponse> {
-        let who = if r.get_ref().keys {
-            self.who(&r).await?
-        } else {
-            None
-        };
-        self.store
-            .lease_time_to_live_as(who.as_ref(), r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(to_status)
-    }
-
-    async fn lease_leases(
-        &self,
-        _r: Request<pb::LeaseLeasesRequest>,
-    ) -> Rpc<pb::LeaseLeasesResponse> {
-        Ok(Response::new(self.store.lease_leases().await))
-    }
-}
-
 // === impl Cluster ===
 
 /// The Cluster API's header names the cluster, the member and the term, and
@@ -571,7 +484,7 @@ impl pb::maintenance_server::Maintenance for EtcdService {
 
     async fn snapshot(&self, r: Request<pb::SnapshotRequest>) -> Rpc<Self::SnapshotStream> {
         self.maintenance_admin(&r).await?;
-        let rx = crate::snapshot_stream::snapshot(&self.store);
+        let rx = crate::server::snapshot_stream::snapshot(&self.store);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -600,7 +513,7 @@ impl pb::maintenance_server::Maintenance for EtcdService {
 
 // === impl Auth ===
 
-fn ok<T>(r: crate::Result<T>) -> Rpc<T> {
+fn ok<T>(r: crate::error::Result<T>) -> Rpc<T> {
     r.map(Response::new).map_err(to_status)
 }
 

@@ -1,5 +1,5 @@
-//! Who is in the cluster: openraft's type configuration, the member record
-//! raft replicates, etcd-style deterministic IDs, and `--initial-cluster`.
+//! Who is in the cluster: etcd-style deterministic IDs and
+//! `--initial-cluster` (the member record itself is in `type_config.rs`).
 //!
 //! Member IDs depend only on a member's peer URLs and the cluster token
 //! (as etcd's, for members of the initial cluster), so `etcdctl member
@@ -7,67 +7,11 @@
 //! `member add` computes the ID the leader gave it from its own flags.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::error::{Error, Result};
-use crate::request::{Reply, Request};
-
-/// Raft node ID: the etcd member ID.
-pub type NodeId = u64;
-
-/// A member as raft's membership records it. `name` and `client_urls` are
-/// empty until the member has started and published them (etcd shows an
-/// added-but-unstarted member the same way).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberNode {
-    pub name: String,
-    pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
-}
-
-impl fmt::Display for MemberNode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.name, self.peer_urls.join(","))
-    }
-}
-
-/// One raft log entry's payload: the requests one proposer batch carried.
-/// openraft appends (and fsyncs) each client write separately, so
-/// batching concurrent requests into one entry is what gives group commit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Batch(pub Vec<Request>);
-
-impl fmt::Display for Batch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "batch of {}", self.0.len())
-    }
-}
-
-/// The answers to one [`Batch`], in order.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BatchReply(pub Vec<Reply>);
-
-openraft::declare_raft_types!(
-    /// openraft's types for the store.
-    pub TypeConfig:
-        D = Batch,
-        R = BatchReply,
-        NodeId = NodeId,
-        Node = MemberNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
-);
-
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, MemberNode>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, MemberNode>;
-pub type StorageError = openraft::StorageError<NodeId>;
+use crate::raft::type_config::{MemberNode, NodeId};
 
 /// Deterministic 64-bit ID from a label and strings.
 pub(crate) fn derive_id(label: &str, parts: &[&str]) -> u64 {
@@ -88,14 +32,6 @@ pub fn member_id(peer_urls: &[String], token: &str) -> NodeId {
     urls.sort_unstable();
     urls.push(token);
     derive_id("member", &urls)
-}
-
-/// The cluster ID: from the initial members' IDs (sorted) and the token.
-pub fn cluster_id(initial: &BTreeMap<NodeId, MemberNode>, token: &str) -> u64 {
-    let ids: Vec<String> = initial.keys().map(|id| format!("{id:x}")).collect();
-    let mut parts: Vec<&str> = ids.iter().map(String::as_str).collect();
-    parts.push(token);
-    derive_id("cluster", &parts)
 }
 
 /// Parses `--initial-cluster` (`name=url,name=url2,other=url3`): a member

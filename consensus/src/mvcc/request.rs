@@ -9,7 +9,7 @@ use lookout_proto::pb::{
 };
 use serde::{Deserialize, Serialize};
 
-/// One write, applied by [`crate::apply::Applier::apply`].
+/// One write, applied by [`crate::mvcc::apply::Applier::apply`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     Put(#[serde(with = "pb_bytes")] PutRequest),
@@ -119,7 +119,7 @@ pub enum Response {
 /// error) and the store revision after it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
-    pub response: crate::Result<Response>,
+    pub response: crate::error::Result<Response>,
     pub revision: i64,
 }
 

@@ -36,9 +36,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::backend::{self, ALARMS, KV, LEASES, META_KEY, Meta};
 use crate::error::{Error, Result};
-use crate::sm::{TAG_AUTH, TAG_END, TAG_KV, TAG_LEASE, put_row};
+use crate::mvcc::backend::{self, ALARMS, KV, LEASES, META_KEY, Meta};
+use crate::raft::sm::snapshot::{TAG_AUTH, TAG_END, TAG_KV, TAG_LEASE, put_row};
 use crate::store::Store;
 
 /// First bytes of a backup file; the digit is the format version.
@@ -73,7 +73,7 @@ pub fn snapshot(store: &Store) -> mpsc::Receiver<Result<SnapshotResponse, Status
             let rtx = db.begin_read()?;
             let kv = rtx.open_table(KV)?;
             // redb may hold an apply whose log fsync is still running
-            // (see `sm.rs`): a backup carries synced writes only.
+            // (see `raft/sm/`): a backup carries synced writes only.
             shared.wait_synced(backend::read_meta(&kv)?.applied_index)?;
             let leases = rtx.open_table(LEASES)?;
             let auth = rtx.open_table(crate::auth::AUTH)?;
@@ -140,7 +140,7 @@ pub fn snapshot(store: &Store) -> mpsc::Receiver<Result<SnapshotResponse, Status
         })();
         if let Err(e) = sent {
             tracing::warn!(error = %e, "snapshot stream stopped");
-            let _ = tx.blocking_send(Err(crate::server::to_status(e)));
+            let _ = tx.blocking_send(Err(crate::error::to_status(e)));
         }
     });
     rx
@@ -219,12 +219,12 @@ pub fn verify(file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a member data dir from a backup made by [`snapshot`]: the keys,
+/// Writes a member data dir from a backup made by `snapshot` (Maintenance.Snapshot): the keys,
 /// revisions, compaction point and leases; no raft log and no membership,
 /// so the member bootstraps a new cluster from its `--initial-cluster`.
 ///
 /// # Errors
-/// `data_dir` already holds a store, the file fails [`verify`] or is not
+/// `data_dir` already holds a store, the file fails `verify` or is not
 /// a Lookout backup, or writing fails.
 pub fn restore(file: &Path, data_dir: &Path) -> Result<Restored> {
     if ["lookout.redb", "raft-log.redb", "raft-wal"]

@@ -10,7 +10,7 @@
 //!   auth:     users, roles, enabled flag, auth revision (auth/state.rs)
 //! ```
 //!
-//! The raft log lives in its own file (see `log_store.rs`).
+//! The raft log lives in its own file (see `raft/log_store/`).
 //!
 //! The counters live in the kv table under the largest key on purpose:
 //! that key shares the rightmost leaf with the newest revisions, a page
@@ -26,9 +26,9 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::Result;
-use crate::keyindex::{KeyIndex, LiveKv};
-use crate::revision::Revision;
-use crate::state::{LeaseState, MvccState};
+use crate::mvcc::keyindex::{KeyIndex, LiveKv};
+use crate::mvcc::revision::Revision;
+use crate::mvcc::state::{LeaseState, MvccState};
 
 pub(crate) const KV: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("kv");
 pub(crate) const LEASES: TableDefinition<'_, i64, i64> = TableDefinition::new("leases");
@@ -101,7 +101,7 @@ pub(crate) fn read_meta<T: ReadableTable<u128, &'static [u8]>>(kv: &T) -> Result
 /// # Errors
 /// Any redb or I/O failure.
 pub fn open_db(dir: &Path) -> Result<Database> {
-    std::fs::create_dir_all(dir).map_err(|e| crate::Error::Storage(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|e| crate::error::Error::Storage(e.to_string()))?;
     let db = Database::create(dir.join("lookout.redb"))?;
     let tx = db.begin_write()?;
     {

@@ -2,7 +2,7 @@
 //!
 //! A `RangeResponse` is `header`, then each pair as field 2, then `more`
 //! and `count`; protobuf lets these be concatenated as bytes. Every live
-//! pair already holds its encoding ([`crate::keyindex::LiveKv`]), so a
+//! pair already holds its encoding ([`crate::mvcc::keyindex::LiveKv`]), so a
 //! current-revision range is a copy of those bytes, never a re-encode.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -10,7 +10,7 @@ use lookout_proto::pb::{RangeRequest, ResponseHeader};
 use prost::Message;
 use prost::encoding::{encode_varint, encoded_len_varint};
 
-use crate::state::MvccState;
+use crate::mvcc::state::MvccState;
 
 /// Whether [`current_range`] answers `req` exactly as the general path
 /// would: a read at the current revision with full values (`keys_only`

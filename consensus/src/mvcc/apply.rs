@@ -18,12 +18,12 @@ use lookout_proto::pb::{
 use prost::Message;
 use redb::{Table, WriteTransaction};
 
-use crate::backend::{self, ALARMS, KV, LEASES, META_KEY, Meta};
 use crate::error::{Error, Result};
-use crate::keyindex::LiveKv;
-use crate::request::{Request, Response};
-use crate::revision::Revision;
-use crate::state::{LeaseState, MvccState};
+use crate::mvcc::backend::{self, ALARMS, KV, LEASES, META_KEY, Meta};
+use crate::mvcc::keyindex::LiveKv;
+use crate::mvcc::request::{Request, Response};
+use crate::mvcc::revision::Revision;
+use crate::mvcc::state::{LeaseState, MvccState};
 
 /// The outcome of one applied request.
 #[derive(Debug)]

@@ -12,8 +12,8 @@ use lookout_proto::pb::RangeRequest;
 use lookout_semantics::{RangeEntry, Selection, key_bounds};
 
 use crate::error::{Error, Result};
-use crate::keyindex::{KeyIndex, LiveKv};
-use crate::revision::Revision;
+use crate::mvcc::keyindex::{KeyIndex, LiveKv};
+use crate::mvcc::revision::Revision;
 
 /// A lease as the state machine knows it (expiry lives in the lessor).
 #[derive(Clone, Debug)]
@@ -82,7 +82,7 @@ pub struct RangeResult {
 
 /// A current pair as Range evaluation sees it: the decoded pair to sort
 /// and filter by, and its stored encoding for responses written as bytes
-/// ([`crate::encode`]).
+/// ([`crate::mvcc::encode`]).
 impl RangeEntry for &LiveKv {
     fn kv(&self) -> &KeyValue {
         &self.kv
