@@ -30,6 +30,7 @@ pub(crate) mod body;
 mod error;
 mod login;
 pub(crate) mod ops;
+pub(crate) mod request;
 mod serve;
 pub(crate) mod text;
 pub(crate) mod v1;

@@ -34,7 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::body::JsonStream;
 use super::error::{EtcdError, HttpError};
-use super::v1::{Params, path_key, prefix_end};
+use super::request::{Params, grpc_request, path_key, prefix_end};
 use super::{EtcdApi, HttpMetrics, HttpState, WatchEvent, WatchReplies, WatchReply};
 
 /// Counts an open HTTP watch stream for as long as its body lives.
@@ -98,7 +98,7 @@ pub(crate) async fn v3_watch<A: EtcdApi>(
     }
     // Each create is checked as this request's sender (its Authorization
     // header travels as the token, as grpc-gateway forwards it).
-    let meta = crate::api::CallMeta::of(&super::v3::grpc_request(&headers, &ext, ()));
+    let meta = crate::api::CallMeta::of(&grpc_request(&headers, &ext, ()));
     let mut replies = s.api.watch(meta, ReceiverStream::new(rx).boxed()).await?;
     // As etcd's gateway, answer (status and headers) with the first
     // response: a client that sees the headers may rely on its watch being
