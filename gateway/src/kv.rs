@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Creds, Who};
 use crate::error::GatewayError;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 #[derive(Debug, Clone)]
 pub(crate) struct KvService {

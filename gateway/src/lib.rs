@@ -114,6 +114,7 @@ mod metrics;
 mod readindex;
 mod register;
 mod server;
+mod shared;
 pub mod telemetry;
 mod txn;
 mod watch;

@@ -26,7 +26,7 @@ use lookout_proto::pb::{
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Creds, Who};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// How long the store's Status is reused (Status is polled by health
 /// checkers; one upstream call per poll would be a storm with many).

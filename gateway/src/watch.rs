@@ -32,7 +32,7 @@ use tonic::{Status, Streaming};
 
 use crate::codec::WatchCodec;
 use crate::error::GatewayError;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// `etcdserverpb.Watch` as a tower service.
 #[derive(Debug, Clone)]
