@@ -64,7 +64,7 @@ impl ReadIndex {
             tokio::spawn(async move { me.run(upstream).await });
         }
         rx.await
-            .unwrap_or_else(|_| Err(Status::unavailable("lookout: read index probe dropped")))
+            .unwrap_or_else(|_| Err(crate::error::read_index_dropped()))
     }
 
     async fn run(&self, upstream: Arc<dyn Upstream>) {

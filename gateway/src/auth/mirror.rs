@@ -405,7 +405,5 @@ fn disabled(revision: u64) -> AuthState {
 }
 
 fn unreadable(why: &str) -> Status {
-    Status::unavailable(format!(
-        "lookout: this gateway cannot read the store's users and roles (its --user needs the root role): {why}"
-    ))
+    crate::error::auth_state_unreadable(why)
 }

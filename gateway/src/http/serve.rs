@@ -64,7 +64,7 @@ pub async fn fallback(req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     if grpc {
-        return tonic::Status::unimplemented("")
+        return crate::error::unimplemented_path()
             .into_http::<axum::body::Body>()
             .into_response();
     }

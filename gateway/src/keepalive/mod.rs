@@ -74,23 +74,16 @@ impl KeepAliveHub {
         if let Some((up, generation)) = send {
             m.keepalive_upstream_requests.fetch_add(1, Relaxed);
             if up.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                hub.fail(
-                    generation,
-                    Status::unavailable("lookout: upstream keep-alive stream closed"),
-                );
+                hub.fail(generation, crate::error::keepalive_stream_closed());
             }
         }
         match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(Status::unavailable(
-                "lookout: upstream keep-alive stream closed",
-            )),
+            Ok(Err(_)) => Err(crate::error::keepalive_stream_closed()),
             Err(_) => {
                 // Leave the entry: the answer may still come and serve
                 // others; this caller's closed sender is skipped then.
-                Err(Status::unavailable(
-                    "lookout: no keep-alive answer from the store in time",
-                ))
+                Err(crate::error::keepalive_unanswered())
             }
         }
     }
@@ -143,7 +136,7 @@ async fn pump(shared: Arc<Shared>, rx: mpsc::Receiver<LeaseKeepAliveRequest>, ge
         match msg {
             Ok(Some(resp)) => hub.answer(resp),
             Ok(None) => {
-                break Status::unavailable("lookout: the store closed the keep-alive stream");
+                break crate::error::keepalive_ended_by_store();
             }
             Err(st) => break st,
         }
