@@ -96,6 +96,7 @@ mod args;
 mod auth;
 mod cluster;
 mod codec;
+pub mod commands;
 pub mod concurrency;
 mod config;
 pub mod config_file;
