@@ -142,9 +142,9 @@ pub(super) enum Key {
 #[derive(Debug)]
 pub struct GrpcMetrics {
     known: Box<[MethodCounts]>,
-    /// Requests to paths outside [`GRPC_METHODS`]. A std Mutex: a map
+    /// Requests to paths outside [`GRPC_METHODS`]. A blocking mutex: a map
     /// update per such request, never held across an await.
-    other: std::sync::Mutex<HashMap<(String, String), Arc<MethodCounts>>>,
+    other: parking_lot::Mutex<HashMap<(String, String), Arc<MethodCounts>>>,
     /// Payload bytes of gRPC messages received and sent
     /// (`etcd_network_client_grpc_*_bytes_total`, counted as etcd's codec
     /// counts them: marshalled message bytes, without gRPC's 5-byte frame).
@@ -219,7 +219,6 @@ impl GrpcMetrics {
         let c = self
             .other
             .lock()
-            .expect("grpc metrics")
             .entry((svc.to_string(), method.to_string()))
             .or_default()
             .clone();
@@ -278,7 +277,6 @@ impl GrpcMetrics {
         let other: u64 = self
             .other
             .lock()
-            .expect("grpc metrics")
             .iter()
             .filter(|((_, m), _)| m == method)
             .map(|(_, c)| c.handled[ci].load(Relaxed))
@@ -291,7 +289,7 @@ impl GrpcMetrics {
     pub fn render(&self, out: &mut String) {
         let mut rows: Vec<(&str, &str, &str, Arc<MethodCounts>)> = Vec::new();
         let other: Vec<((String, String), Arc<MethodCounts>)> = {
-            let m = self.other.lock().expect("grpc metrics");
+            let m = self.other.lock();
             m.iter().map(|(k, c)| (k.clone(), c.clone())).collect()
         };
         for ((svc, method), c) in &other {
@@ -382,8 +380,6 @@ impl GrpcMetrics {
         );
     }
 }
-
-/// Counts every gRPC request of the router it wraps (HTTP requests pass
 
 #[cfg(test)]
 mod tests {

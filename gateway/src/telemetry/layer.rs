@@ -13,6 +13,7 @@ use http_body::{Body, Frame};
 
 use super::grpc::{GrpcMetrics, Key};
 
+/// Counts every gRPC request of the router it wraps (HTTP requests pass
 /// untouched).
 #[derive(Debug, Clone)]
 pub struct GrpcMetricsLayer(pub Arc<GrpcMetrics>);
