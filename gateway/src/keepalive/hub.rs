@@ -13,9 +13,9 @@ pub(super) type Waiter = oneshot::Sender<Result<LeaseKeepAliveResponse, Status>>
 /// The gateway's one upstream keep-alive stream and the requests in flight.
 #[derive(Debug, Default)]
 pub(crate) struct KeepAliveHub {
-    /// A std mutex: held to look up or register a lease's waiters and to
+    /// A blocking mutex: held to look up or register a lease's waiters and to
     /// take the sender, never across an await.
-    pub(super) state: std::sync::Mutex<HubState>,
+    pub(super) state: parking_lot::Mutex<HubState>,
 }
 
 #[derive(Debug, Default)]
@@ -34,7 +34,7 @@ impl KeepAliveHub {
     /// Fails every waiter and forgets stream `generation` (if current).
     pub(super) fn fail(&self, generation: u64, status: Status) {
         let waiters: Vec<Waiter> = {
-            let mut st = self.state.lock().expect("keep-alive hub lock");
+            let mut st = self.state.lock();
             if st.generation != generation {
                 return;
             }
@@ -48,7 +48,7 @@ impl KeepAliveHub {
 
     pub(super) fn answer(&self, resp: LeaseKeepAliveResponse) {
         let waiters = {
-            let mut st = self.state.lock().expect("keep-alive hub lock");
+            let mut st = self.state.lock();
             st.waiting.remove(&resp.id).unwrap_or_default()
         };
         for w in waiters {

@@ -53,7 +53,7 @@ impl KeepAliveHub {
         m.keepalive_requests.fetch_add(1, Relaxed);
         let (tx, rx) = oneshot::channel();
         let send = {
-            let mut st = hub.state.lock().expect("keep-alive hub lock");
+            let mut st = hub.state.lock();
             let first = match st.waiting.entry(id) {
                 Entry::Vacant(v) => {
                     v.insert(vec![tx]);
