@@ -20,8 +20,8 @@ use lookout_proto::pb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::admission::Gate;
 use crate::config::{GatewayConfig, member_id};
@@ -97,8 +97,8 @@ impl Gateway {
             member_id,
             advertise_url,
             metrics: GatewayMetrics::default(),
-            shutdown: watch::channel(false).0,
-            upstream_status: std::sync::Mutex::new(None),
+            shutdown: CancellationToken::new(),
+            upstream_status: parking_lot::Mutex::new(None),
             read_index: Arc::new(ReadIndex::default()),
             lists: Gate::new("lists", config.lists),
             catchups: Gate::new("catch-ups", config.catchups),
@@ -162,95 +162,17 @@ impl Gateway {
             tls,
             auth_refresher: _auth_refresher,
         } = self;
-        let max_recv = shared.config.max_decoding_bytes();
-        let mut routes = tonic::service::Routes::builder();
-        let kv = crate::kv::KvService::new(shared.clone());
-        routes.add_service(KvServer::new(kv).max_decoding_message_size(max_recv));
-        routes
-            .add_service(crate::watch::WatchServer::new(shared.clone(), max_recv))
-            .add_service(
-                LeaseServer::new(crate::lease::LeaseService::new(shared.clone()))
-                    .max_decoding_message_size(max_recv),
-            )
-            .add_service(
-                MaintenanceServer::new(crate::maintenance::MaintenanceService::new(shared.clone()))
-                    .max_decoding_message_size(max_recv),
-            )
-            .add_service(
-                ClusterServer::new(crate::cluster::ClusterService::new(shared.clone()))
-                    .max_decoding_message_size(max_recv),
-            )
-            .add_service(
-                AuthServer::new(crate::auth::AuthService::new(shared.clone()))
-                    .max_decoding_message_size(max_recv),
-            );
-        let api = crate::api::GatewayApi::new(shared.clone());
-        let routes = crate::concurrency::add_routes(routes.routes(), &api, max_recv);
-        // etcd serves /metrics and /health on its client port too; curl
-        // speaks HTTP/1.1 there, gRPC clients HTTP/2.
-        // The HTTP/JSON API (etcd's /v3 paths, the readable /v1) shares
-        // the port too, served from the cache like the gRPC services.
-        let http_api = crate::http::router(
-            api,
-            crate::http::HttpConfig {
-                max_request_bytes: shared.config.max_request_bytes,
-                access: shared.config.http_access.clone(),
-                ..Default::default()
-            },
-            shared.metrics.http.clone(),
-            shared.shutdown.subscribe(),
-        );
-        let router = crate::http::with_fallback(
-            routes
-                .into_axum_router()
-                .merge(crate::http::ops::router(shared.clone()))
-                .merge(http_api),
-        );
-        let router = router.layer(crate::telemetry::GrpcMetricsLayer(shared.grpc.clone()));
+        let router = client_router(&shared);
 
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let limits = shared.config.listener;
-        let server = tonic::transport::Server::builder()
-            .accept_http1(true)
-            .max_concurrent_streams(Some(shared.config.max_concurrent_streams))
-            .http2_max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
-            .add_routes(tonic::service::Routes::from(router));
-        // Every connection holds a --max-connections permit from accept
-        // (before TLS) until it closes, and must send its first request
-        // head in time (`listener.rs`).
-        let lm = shared.metrics.listener.clone();
-        let gate = crate::listener::ConnGate::new(limits.max_connections, lm.clone());
-        let admitted = crate::listener::admitted(listener, gate);
-        let mut grpc = match &tls {
-            Some(t) => {
-                let incoming = t
-                    .handshakes(admitted, limits.tls_handshake_timeout)
-                    .map(move |r| {
-                        r.map(|s| crate::listener::FirstRequest::new(s, &limits, lm.clone()))
-                    });
-                tokio::spawn(
-                    server.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-                )
-            }
-            None => {
-                let incoming = admitted.map(move |(s, _)| {
-                    Ok::<_, std::io::Error>(crate::listener::FirstRequest::new(
-                        s,
-                        &limits,
-                        lm.clone(),
-                    ))
-                });
-                tokio::spawn(
-                    server.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-                )
-            }
-        };
+        // Stops the servers once the streams have been told to end.
+        let stop = CancellationToken::new();
+        let mut grpc = serve_clients(
+            &shared,
+            listener,
+            tls.as_ref(),
+            router,
+            stop.clone().cancelled_owned(),
+        );
         // Aborted with `run` (a killed gateway stops renewing and drops out
         // of MemberList when its lease expires); revoked on a clean stop.
         let registration = shared
@@ -262,7 +184,7 @@ impl Gateway {
             let app = crate::http::ops::router(shared.clone());
             tokio::spawn(
                 axum::serve(l, app)
-                    .with_graceful_shutdown(stopped(stop_rx.clone()))
+                    .with_graceful_shutdown(stop.clone().cancelled_owned())
                     .into_future(),
             )
         });
@@ -280,7 +202,7 @@ impl Gateway {
         };
         if let Some(r) = early {
             // The server ended by itself: report why, stop the rest.
-            shared.shutdown.send_replace(true);
+            shared.shutdown.cancel();
             shared.cache.shutdown();
             if let Some(h) = http.take() {
                 h.abort();
@@ -292,13 +214,13 @@ impl Gateway {
             };
         }
         tracing::info!("gateway shutting down");
-        shared.shutdown.send_replace(true);
+        shared.shutdown.cancel();
         if let Some(r) = registration {
             drop(r);
             crate::register::deregister(&shared).await;
         }
         shared.cache.shutdown();
-        stop_tx.send_replace(true);
+        stop.cancel();
         let timeout = shared.config.shutdown_timeout;
         let drain = async {
             let g = (&mut grpc).await;
@@ -324,6 +246,98 @@ impl Gateway {
         }
         tracing::info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// The client port's routes: every gRPC service, Lock/Election, the
+/// HTTP/JSON API, and the ops endpoints, counted by the gRPC metrics layer.
+fn client_router(shared: &Arc<Shared>) -> axum::Router {
+    let max_recv = shared.config.max_decoding_bytes();
+    let mut routes = tonic::service::Routes::builder();
+    let kv = crate::kv::KvService::new(shared.clone());
+    routes.add_service(KvServer::new(kv).max_decoding_message_size(max_recv));
+    routes
+        .add_service(crate::watch::WatchServer::new(shared.clone(), max_recv))
+        .add_service(
+            LeaseServer::new(crate::lease::LeaseService::new(shared.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            MaintenanceServer::new(crate::maintenance::MaintenanceService::new(shared.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            ClusterServer::new(crate::cluster::ClusterService::new(shared.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            AuthServer::new(crate::auth::AuthService::new(shared.clone()))
+                .max_decoding_message_size(max_recv),
+        );
+    let api = crate::api::GatewayApi::new(shared.clone());
+    let routes = crate::concurrency::add_routes(routes.routes(), &api, max_recv);
+    // etcd serves /metrics and /health on its client port too; curl
+    // speaks HTTP/1.1 there, gRPC clients HTTP/2.
+    // The HTTP/JSON API (etcd's /v3 paths, the readable /v1) shares
+    // the port too, served from the cache like the gRPC services.
+    let http_api = crate::http::router(
+        api,
+        crate::http::HttpConfig {
+            max_request_bytes: shared.config.max_request_bytes,
+            access: shared.config.http_access.clone(),
+            ..Default::default()
+        },
+        shared.metrics.http.clone(),
+        shared.shutdown.clone(),
+    );
+    let router = crate::http::with_fallback(
+        routes
+            .into_axum_router()
+            .merge(crate::http::ops::router(shared.clone()))
+            .merge(http_api),
+    );
+    router.layer(crate::telemetry::GrpcMetricsLayer(shared.grpc.clone()))
+}
+
+/// Serves `router` on `listener` (TLS when `tls` is set) until `stop`
+/// resolves.
+fn serve_clients(
+    shared: &Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<&Arc<lookout_consensus::tls::ReloadingTls>>,
+    router: axum::Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    let limits = shared.config.listener;
+    let server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .max_concurrent_streams(Some(shared.config.max_concurrent_streams))
+        .http2_max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+        .add_routes(tonic::service::Routes::from(router));
+    // Every connection holds a --max-connections permit from accept
+    // (before TLS) until it closes, and must send its first request
+    // head in time (`listener.rs`).
+    let lm = shared.metrics.listener.clone();
+    let gate = crate::listener::ConnGate::new(limits.max_connections, lm.clone());
+    let admitted = crate::listener::admitted(listener, gate);
+    match tls {
+        Some(t) => {
+            let incoming = t
+                .handshakes(admitted, limits.tls_handshake_timeout)
+                .map(move |r| {
+                    r.map(|s| crate::listener::FirstRequest::new(s, &limits, lm.clone()))
+                });
+            tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop))
+        }
+        None => {
+            let incoming = admitted.map(move |(s, _)| {
+                Ok::<_, std::io::Error>(crate::listener::FirstRequest::new(s, &limits, lm.clone()))
+            });
+            tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop))
+        }
     }
 }
 

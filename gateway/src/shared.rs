@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use lookout_cache::{Cache, CacheError, EtcdUpstream, Snapshot, WriteScope};
 use lookout_proto::pb::{ResponseHeader, StatusResponse};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::admission::Gate;
@@ -30,11 +30,11 @@ pub(crate) struct Shared {
     pub(crate) member_id: u64,
     pub(crate) advertise_url: String,
     pub(crate) metrics: GatewayMetrics,
-    /// Flips to true on shutdown: long-lived streams end on it.
-    pub(crate) shutdown: watch::Sender<bool>,
+    /// Cancelled on shutdown: long-lived streams end on it.
+    pub(crate) shutdown: CancellationToken,
     /// The store's last Status, reused for a few seconds by our Status.
-    /// A std mutex: held only to copy the value, never across an await.
-    pub(crate) upstream_status: std::sync::Mutex<Option<(Instant, StatusResponse)>>,
+    /// A blocking mutex: held only to copy the value, never across an await.
+    pub(crate) upstream_status: parking_lot::Mutex<Option<(Instant, StatusResponse)>>,
     /// Coalesces the revision probes of concurrent linearizable reads.
     pub(crate) read_index: Arc<ReadIndex>,
     /// Storm control: lists and watch catch-ups running at once.
@@ -53,7 +53,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.shutdown.is_cancelled()
     }
 
     /// Waits (bounded by the read timeout) for the cache's first list.
@@ -136,9 +136,6 @@ impl Shared {
 
     /// A future that resolves once shutdown starts.
     pub(crate) fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.shutdown.subscribe();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
+        self.shutdown.clone().cancelled_owned()
     }
 }

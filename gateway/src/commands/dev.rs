@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use lookout_consensus::{Store, StoreConfig};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{CommandError, bind, listen_addr, shutdown_signal};
 use crate::config::GatewayConfig;
@@ -56,14 +56,14 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CommandError> {
     let gateway_token = lookout_consensus::auth::new_gateway_token();
     cfg.auth.gateway_token = Some(gateway_token.clone());
     let store = Store::open(cfg)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    // Store first, gateway second, each stopped on its own; an early
+    // return stops both, as dropping their stop senders did.
+    let stop = CancellationToken::new();
+    let _stop_on_return = stop.clone().drop_guard();
     let mut store_task = tokio::spawn(lookout_consensus::serve(
         store_listener,
         store.clone(),
-        stopped(stop_rx.clone()),
+        stop.clone().cancelled_owned(),
     ));
     tracing::info!(store = %store_addr, "dev store serving on an internal port");
 
@@ -85,11 +85,12 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CommandError> {
             hint: "give each index its own name",
         })
     })?;
-    let (gw_stop_tx, gw_stop_rx) = watch::channel(false);
+    let gw_stop = CancellationToken::new();
+    let _gw_stop_on_return = gw_stop.clone().drop_guard();
     let mut gateway = tokio::spawn(crate::run_gateway(
         gcfg,
         gateway_listener,
-        stopped(gw_stop_rx),
+        gw_stop.clone().cancelled_owned(),
     ));
 
     let early = tokio::select! {
@@ -105,7 +106,7 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CommandError> {
     tracing::info!("shutting down");
     // The gateway first: its clients' streams end while the store still
     // answers, then the store.
-    let _ = gw_stop_tx.send(true);
+    gw_stop.cancel();
     if !gateway.is_finished() {
         match tokio::time::timeout(Duration::from_secs(10), &mut gateway).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gateway stopped with an error"),
@@ -113,7 +114,7 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CommandError> {
             Err(_) => gateway.abort(),
         }
     }
-    let _ = stop_tx.send(true);
+    stop.cancel();
     if !store_task.is_finished()
         && tokio::time::timeout(Duration::from_secs(5), &mut store_task)
             .await

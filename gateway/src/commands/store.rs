@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use lookout_consensus::config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS};
 use lookout_consensus::{Store, StoreConfig};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{CommandError, bind_all, listen_addr, parse_duration, shutdown_signal};
 
@@ -278,27 +278,25 @@ async fn serve_member(
         .map(|f| ReloadingTls::new(f, "peer"))
         .transpose()?;
     let store = Store::start(cfg).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
+    // Any early return stops the servers too, as dropping a stop sender did.
+    let _stop_on_return = stop.clone().drop_guard();
     let mut servers = tokio::task::JoinSet::new();
     for l in peer_listeners {
         let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %local, "serving peer protocol");
-        let mut rx = stop_rx.clone();
+        let stopped = stop.clone().cancelled_owned();
         let store = store.clone();
         let tls = peer_tls.clone();
-        servers.spawn(async move {
-            lookout_consensus::serve_peer_tls(l, tls, store, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        servers
+            .spawn(async move { lookout_consensus::serve_peer_tls(l, tls, store, stopped).await });
     }
     let http_metrics = std::sync::Arc::new(crate::http::HttpMetrics::default());
     let grpc_metrics = std::sync::Arc::new(crate::telemetry::GrpcMetrics::new(level));
     for l in listeners {
         let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %local, member = %format!("{:x}", store.member_id()), "serving etcd v3 gRPC and HTTP/JSON");
-        let mut rx = stop_rx.clone();
+        let stopped = stop.clone().cancelled_owned();
         let store = store.clone();
         let http = crate::http::HttpConfig {
             max_request_bytes: store.config().max_request_bytes,
@@ -310,10 +308,7 @@ async fn serve_member(
         let tls = client_tls.clone();
         // gRPC and the HTTP/JSON API (curl) share the client port.
         servers.spawn(async move {
-            crate::http::serve_store_tls(l, tls, store, http, metrics, grpc, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
+            crate::http::serve_store_tls(l, tls, store, http, metrics, grpc, stopped).await
         });
     }
     tokio::select! {
@@ -323,7 +318,7 @@ async fn serve_member(
         }
         Some(r) = servers.join_next() => {
             // A server ended on its own: that is an error worth reporting.
-            let _ = stop_tx.send(true);
+            stop.cancel();
             let closing = store.clone();
             let _ = tokio::task::spawn_blocking(move || closing.close()).await;
             return match r {
@@ -332,7 +327,7 @@ async fn serve_member(
             };
         }
     }
-    let _ = stop_tx.send(true);
+    stop.cancel();
     // Bounded drain: long-lived watch streams would otherwise hold the
     // servers open forever.
     let drain = async { while servers.join_next().await.is_some() {} };

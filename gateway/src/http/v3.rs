@@ -269,10 +269,7 @@ async fn observe<A: EtcdApi>(
         .await?
         .into_inner();
     // Ends with the server, as the watch streams do.
-    let mut stop = s.stop.clone();
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
+    let stopped = s.stop.clone().cancelled_owned();
     Ok(stream_lines(leaders.take_until(Box::pin(stopped))))
 }
 
