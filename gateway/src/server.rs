@@ -164,8 +164,11 @@ impl Gateway {
         } = self;
         let router = client_router(&shared);
 
-        // Stops the servers once the streams have been told to end.
+        // Stops the servers once the streams have been told to end; also
+        // when `run` itself is dropped (an aborted task), as dropping the
+        // old stop sender did.
         let stop = CancellationToken::new();
+        let _stop_on_drop = stop.clone().drop_guard();
         let mut grpc = serve_clients(
             &shared,
             listener,
