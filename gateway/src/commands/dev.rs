@@ -38,6 +38,18 @@ pub struct DevArgs {
 /// # Errors
 /// As [`run_store`](super::run_store) and [`run_gateway`](super::run_gateway).
 pub async fn run_dev(a: DevArgs) -> Result<(), CommandError> {
+    run_dev_until(a, shutdown_signal()).await
+}
+
+/// Runs `lookout dev` until `shutdown` resolves (a test's own stop instead
+/// of a signal); an `Err` from it ends the run with that error.
+///
+/// # Errors
+/// As [`run_dev`].
+pub async fn run_dev_until(
+    a: DevArgs,
+    shutdown: impl Future<Output = Result<(), CommandError>> + Send,
+) -> Result<(), CommandError> {
     let addr = listen_addr(&a.listen_client_urls)?;
     let gateway_listener = bind(&addr).await?;
     let store_listener = bind("127.0.0.1:0").await?;
@@ -94,7 +106,7 @@ pub async fn run_dev(a: DevArgs) -> Result<(), CommandError> {
     ));
 
     let early = tokio::select! {
-        r = shutdown_signal() => {
+        r = shutdown => {
             r?;
             None
         }

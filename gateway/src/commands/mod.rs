@@ -19,9 +19,9 @@ use tokio::net::TcpListener;
 
 use crate::error::GatewayError;
 
-pub use dev::{DevArgs, run_dev};
+pub use dev::{DevArgs, run_dev, run_dev_until};
 pub use gateway::run_gateway;
-pub use store::{StoreArgs, parse_auto_compaction, run_store};
+pub use store::{StoreArgs, parse_auto_compaction, run_store, run_store_until};
 
 /// Why a subcommand stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -128,5 +128,51 @@ mod tests {
         assert_eq!(listen_addr("http://127.0.0.1:1/").unwrap(), "127.0.0.1:1");
         assert_eq!(listen_addr("https://x:1").unwrap(), "x:1");
         assert!(listen_addr("unix://x:1").is_err());
+    }
+
+    /// The store's and dev's serving code runs in-process, stopped by the
+    /// caller rather than a signal: what moving it out of the binary is for.
+    #[tokio::test]
+    async fn store_and_dev_run_until_told_to_stop() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            store: StoreArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("store");
+        let flags = Flags::parse_from([
+            "store".as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--listen-client-urls".as_ref(),
+            "http://127.0.0.1:0".as_ref(),
+        ]);
+        run_store_until(flags.store, async { Ok(()) })
+            .await
+            .unwrap();
+        assert!(data.exists());
+
+        let dev = DevArgs {
+            data_dir: dir.path().join("dev"),
+            listen_client_urls: "http://127.0.0.1:0".into(),
+            indexes: Vec::new(),
+            metrics: crate::telemetry::MetricsLevel::Basic,
+        };
+        run_dev_until(dev, async { Ok(()) }).await.unwrap();
+        // A failing stop signal is the run's error, as a failed signal
+        // handler was.
+        let failed = run_dev_until(
+            DevArgs {
+                data_dir: dir.path().join("dev"),
+                listen_client_urls: "http://127.0.0.1:0".into(),
+                indexes: Vec::new(),
+                metrics: crate::telemetry::MetricsLevel::Basic,
+            },
+            async { Err(CommandError::Signal(std::io::Error::other("no signals"))) },
+        )
+        .await;
+        assert!(matches!(failed, Err(CommandError::Signal(_))));
     }
 }

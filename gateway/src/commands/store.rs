@@ -133,6 +133,18 @@ pub struct StoreArgs {
 /// # Errors
 /// Bad flags, an unusable data dir, or a listener that cannot bind.
 pub async fn run_store(a: StoreArgs) -> Result<(), CommandError> {
+    run_store_until(a, shutdown_signal()).await
+}
+
+/// Runs `lookout store` until `shutdown` resolves (a test's own stop
+/// instead of a signal); an `Err` from it ends the run with that error.
+///
+/// # Errors
+/// As [`run_store`].
+pub async fn run_store_until(
+    a: StoreArgs,
+    shutdown: impl Future<Output = Result<(), CommandError>> + Send,
+) -> Result<(), CommandError> {
     let data_dir = a
         .data_dir
         .clone()
@@ -226,7 +238,16 @@ pub async fn run_store(a: StoreArgs) -> Result<(), CommandError> {
         reload_interval: a.tls.tls_reload_interval,
         ..f
     });
-    serve_member(cfg, client_tls, access, &addrs, &peer_addrs, a.metrics).await
+    serve_member(
+        cfg,
+        client_tls,
+        access,
+        &addrs,
+        &peer_addrs,
+        a.metrics,
+        shutdown,
+    )
+    .await
 }
 
 /// etcd's `--auto-compaction-mode` / `--auto-compaction-retention`: a
@@ -256,7 +277,7 @@ pub fn parse_auto_compaction(
 }
 
 /// Serves one store member: the etcd API on `addrs`, the peer protocol
-/// on `peer_addrs`, until SIGTERM/Ctrl-C.
+/// on `peer_addrs`, until `shutdown` resolves.
 async fn serve_member(
     cfg: StoreConfig,
     client_tls: Option<lookout_consensus::tls::TlsFiles>,
@@ -264,6 +285,7 @@ async fn serve_member(
     addrs: &[String],
     peer_addrs: &[String],
     level: crate::telemetry::MetricsLevel,
+    shutdown: impl Future<Output = Result<(), CommandError>> + Send,
 ) -> Result<(), CommandError> {
     use lookout_consensus::tls::ReloadingTls;
     let listeners = bind_all(addrs).await?;
@@ -312,7 +334,7 @@ async fn serve_member(
         });
     }
     tokio::select! {
-        r = shutdown_signal() => {
+        r = shutdown => {
             r?;
             tracing::info!("shutting down");
         }
