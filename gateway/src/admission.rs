@@ -103,16 +103,12 @@ impl Gate {
     fn refuse(&self, stats: &GateStats) -> Status {
         stats.rejected.fetch_add(1, Relaxed);
         let ms = self.cfg.retry_after.as_millis();
-        let mut st = Status::resource_exhausted(format!(
-            "lookout: too many concurrent {} ({} running, {} queued); retry after {ms}ms",
+        crate::error::too_many_concurrent(
             self.what,
             self.running(),
-            stats.queued.load(Relaxed).max(0)
-        ));
-        if let Ok(v) = ms.to_string().parse() {
-            st.metadata_mut().insert("grpc-retry-pushback-ms", v);
-        }
-        st
+            stats.queued.load(Relaxed).max(0),
+            ms,
+        )
     }
 }
 

@@ -17,10 +17,8 @@ use lookout_proto::pb::{
 use tonic::{Request, Response, Status};
 
 use crate::auth::Creds;
-use crate::server::Shared;
-
-/// The name MemberList shows for a gateway.
-pub(crate) const GATEWAY_MEMBER_NAME: &str = "lookout-gateway";
+use crate::register::GATEWAY_MEMBER_NAME;
+use crate::shared::Shared;
 
 /// The members a gateway presents: with --resolver-prefix every live
 /// registered gateway (as etcd grpc-proxy lists its peers); until one is

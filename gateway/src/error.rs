@@ -66,6 +66,119 @@ impl From<GatewayError> for tonic::Status {
     }
 }
 
+// Every other status the gateway builds itself, one constructor each, so
+// the codes and texts clients match on are all in this file. Messages are
+// etcd's (or clientv3's, or tonic's) where the gateway stands in for them;
+// changing one changes what clients see.
+
+/// etcd's `ErrFutureRev`: a Range at a revision the store has not reached.
+pub(crate) fn future_revision() -> tonic::Status {
+    tonic::Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
+}
+
+/// The gateway cannot copy the store's users and roles (`why`: the
+/// store's answer), so it cannot check anyone.
+pub(crate) fn auth_state_unreadable(why: &str) -> tonic::Status {
+    tonic::Status::unavailable(format!(
+        "lookout: this gateway cannot read the store's users and roles (its --user needs the root role): {why}"
+    ))
+}
+
+/// The shared revision probe of linearizable reads went away unanswered.
+pub(crate) fn read_index_dropped() -> tonic::Status {
+    tonic::Status::unavailable("lookout: read index probe dropped")
+}
+
+/// tonic's answer to a gRPC path no service serves (an empty message).
+pub(crate) fn unimplemented_path() -> tonic::Status {
+    tonic::Status::unimplemented("")
+}
+
+/// tonic's answer to a request compressed with `encoding`, which no etcd
+/// client sends and no service here accepts.
+pub(crate) fn compressed_request(encoding: &str) -> tonic::Status {
+    tonic::Status::unimplemented(format!(
+        "Content is compressed with `{encoding}` which isn't supported"
+    ))
+}
+
+/// The store serves no index filters; refused rather than answered
+/// unfiltered.
+pub(crate) fn store_refuses_extensions() -> tonic::Status {
+    tonic::Status::invalid_argument(
+        "lookout: index filters and initial_state are served by a lookout gateway (lookout gateway --index), not by the store",
+    )
+}
+
+/// Storm control: `what` has no permit for this request; the hint goes in
+/// the message and in `grpc-retry-pushback-ms`.
+pub(crate) fn too_many_concurrent(
+    what: &str,
+    running: usize,
+    queued: i64,
+    retry_after_ms: u128,
+) -> tonic::Status {
+    let mut st = tonic::Status::resource_exhausted(format!(
+        "lookout: too many concurrent {what} ({running} running, {queued} queued); retry after {retry_after_ms}ms"
+    ));
+    if let Ok(v) = retry_after_ms.to_string().parse() {
+        st.metadata_mut().insert("grpc-retry-pushback-ms", v);
+    }
+    st
+}
+
+/// The one upstream keep-alive stream closed under a waiting request.
+pub(crate) fn keepalive_stream_closed() -> tonic::Status {
+    tonic::Status::unavailable("lookout: upstream keep-alive stream closed")
+}
+
+/// A keep-alive waited past its bound for the store's answer.
+pub(crate) fn keepalive_unanswered() -> tonic::Status {
+    tonic::Status::unavailable("lookout: no keep-alive answer from the store in time")
+}
+
+/// The store ended the upstream keep-alive stream itself.
+pub(crate) fn keepalive_ended_by_store() -> tonic::Status {
+    tonic::Status::unavailable("lookout: the store closed the keep-alive stream")
+}
+
+/// An etcd server error as etcd's Lock and Election services pass it on:
+/// through clientv3, so with code Unknown and the message unchanged.
+pub(crate) fn as_client_error(message: &str) -> tonic::Status {
+    tonic::Status::unknown(message.to_string())
+}
+
+/// clientv3's `ErrCompacted`, as Lock/Election report a wait whose watch
+/// was compacted away.
+pub(crate) fn wait_compacted() -> tonic::Status {
+    tonic::Status::unknown("etcdserver: mvcc: required revision has been compacted")
+}
+
+/// A Lock/Election wait whose watcher ended without a reason.
+pub(crate) fn lost_watcher() -> tonic::Status {
+    tonic::Status::unknown("lost watcher waiting for delete")
+}
+
+/// A Lock/Election wait whose watch was refused with `reason`.
+pub(crate) fn wait_canceled(reason: &str) -> tonic::Status {
+    tonic::Status::unknown(reason.to_string())
+}
+
+/// etcd's `ErrMissingLeaderKey` (a plain error: gRPC code Unknown).
+pub(crate) fn missing_leader() -> tonic::Status {
+    tonic::Status::unknown(r#""leader" field must be provided"#)
+}
+
+/// `concurrency.ErrElectionNotLeader`.
+pub(crate) fn not_leader() -> tonic::Status {
+    tonic::Status::unknown("election: not leader")
+}
+
+/// `concurrency.ErrElectionNoLeader`.
+pub(crate) fn no_leader() -> tonic::Status {
+    tonic::Status::unknown("election: no leader")
+}
+
 /// tonic's answer to a request message over the decode limit, rewritten
 /// as grpc-go (so etcd) answers it: `ResourceExhausted`, "grpc: received
 /// message larger than max (N vs. M)" instead of `OutOfRange`, "Error,

@@ -19,7 +19,7 @@ use lookout_proto::pb::{
 };
 use tonic::{Response, Status};
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Forwarded calls as one sender.
 #[derive(Debug)]

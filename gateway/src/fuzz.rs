@@ -252,8 +252,8 @@ pub fn v1_url(data: &[u8]) {
         None => (text.as_ref(), None),
     };
     for api in ["/v1/kv", "/v1/watch"] {
-        let key = crate::http::v1::path_key(path, api);
-        let end = crate::http::v1::prefix_end(&key);
+        let key = crate::http::request::path_key(path, api);
+        let end = crate::http::request::prefix_end(&key);
         if !key.is_empty() && end != [0] {
             assert!(
                 end.as_slice() > key.as_slice(),
@@ -275,7 +275,7 @@ pub fn v1_url(data: &[u8]) {
         "initial",
         "progress",
     ];
-    if let Ok(p) = crate::http::v1::Params::parse(query, NAMES) {
+    if let Ok(p) = crate::http::request::Params::parse(query, NAMES) {
         for n in NAMES {
             let _ = p.flag(n);
             let _ = p.int(n);

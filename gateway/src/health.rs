@@ -37,7 +37,7 @@ use futures::future::BoxFuture;
 use lookout_consensus::Store;
 use lookout_proto::pb::RangeRequest;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Longest any check may take before it fails with a timeout (a probe
 /// usually times out at a second or a few; this keeps a hung upstream

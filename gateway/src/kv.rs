@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Creds, Who};
 use crate::error::GatewayError;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 #[derive(Debug, Clone)]
 pub(crate) struct KvService {
@@ -109,9 +109,7 @@ impl KvService {
         if req.revision > snap.revision() {
             let current = s.read_index.current_revision(s.cache.upstream()).await?;
             if req.revision > current {
-                return Err(Status::out_of_range(
-                    "etcdserver: mvcc: required revision is a future revision",
-                ));
+                return Err(crate::error::future_revision());
             }
             snap = s
                 .cache

@@ -35,7 +35,7 @@ use lookout_consensus::auth::{check_lease_revoke, check_range};
 use crate::auth::Creds;
 use crate::error::GatewayError;
 use crate::keepalive::KeepAliveHub;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 #[derive(Debug, Clone)]
 pub(crate) struct LeaseService {

@@ -1,6 +1,7 @@
 //! `lookout-gateway`: the etcd v3 gRPC API served from the watch cache,
 //! write forwarding, the HTTP/JSON API for curl users ([`http`]), the
-//! HTTP metrics/health port, and the `lookout` binary.
+//! HTTP metrics/health port, and the `lookout` binary's subcommands
+//! ([`commands`]).
 //!
 //! ```text
 //!  clients (etcdctl, clientv3, etcd-client, curl)
@@ -55,6 +56,37 @@
 //! per watcher, and never turn an upstream status into a different one:
 //! forwarded requests come back exactly as the store answered.
 //!
+//! # Where things live
+//!
+//! ```text
+//!  server.rs      Gateway: start-up, service registration, shutdown order
+//!  shared.rs      Shared: what every service holds (names no service)
+//!  kv.rs txn.rs lease.rs watch.rs maintenance.rs cluster.rs
+//!                 the etcd services, each over Shared
+//!  forward.rs     calls forwarded to the store, as the caller
+//!  readindex.rs   the coalesced revision probe of linearizable reads
+//!  admission.rs   storm-control gates
+//!  keepalive/     the one upstream keep-alive stream (hub.rs: its state)
+//!  register.rs    --resolver-prefix registration
+//!  health.rs      /livez and /readyz
+//!  listener.rs    connection limits; codec.rs watch responses encoded once
+//!  auth/          who a caller is and what it may do
+//!  api/ http/ concurrency/
+//!                 the backend trait, the HTTP/JSON API, Lock/Election
+//!  telemetry/     gRPC and process metrics, the store's ops port, logs
+//!  metrics.rs     the gateway's own counters and their /metrics text
+//!  error.rs       GatewayError and every tonic::Status built here
+//!  args.rs config.rs config_file.rs
+//!                 flags, the library configuration, --config and env
+//!  commands/      what `lookout store|gateway|dev` run (main.rs and
+//!                 cli.rs only parse flags and call these)
+//!  fuzz.rs        entry points for the fuzz/ workspace
+//! ```
+//!
+//! Services name `shared.rs`, never `server.rs`; helpers several HTTP
+//! handlers share sit in leaf modules (`http/request.rs`), so no two files
+//! import each other (`scripts/import-cycles.py gateway` checks).
+//!
 //! # Many gateways
 //!
 //! Any client may resume on any gateway from its last seen revision plus
@@ -96,6 +128,7 @@ mod args;
 mod auth;
 mod cluster;
 mod codec;
+pub mod commands;
 pub mod concurrency;
 mod config;
 pub mod config_file;
@@ -114,6 +147,7 @@ mod metrics;
 mod readindex;
 mod register;
 mod server;
+mod shared;
 pub mod telemetry;
 mod txn;
 mod watch;

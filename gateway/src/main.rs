@@ -1,5 +1,5 @@
 //! `lookout`: thin entry point. Flags are parsed in `cli`, and every
-//! subcommand runs library code (`lookout_consensus` for `store`/`dev`).
+//! subcommand runs library code (`lookout_gateway::commands`).
 
 mod cli;
 

@@ -26,7 +26,7 @@ use lookout_proto::pb::{
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Creds, Who};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// How long the store's Status is reused (Status is polled by health
 /// checkers; one upstream call per poll would be a storm with many).
@@ -61,12 +61,7 @@ impl MaintenanceService {
     /// The store's Status, at most `STATUS_TTL` old; `Err` with the last
     /// known one when the store cannot be asked now.
     async fn upstream_status(&self) -> Result<StatusResponse, (String, Option<StatusResponse>)> {
-        let cached = self
-            .shared
-            .upstream_status
-            .lock()
-            .expect("status lock")
-            .clone();
+        let cached = self.shared.upstream_status.lock().clone();
         // A leaderless answer is not reused: a store that just elected
         // one (seconds after start) must not look leaderless for a TTL.
         if let Some((at, st)) = &cached
@@ -84,8 +79,7 @@ impl MaintenanceService {
             });
         match tokio::time::timeout(Duration::from_secs(2), ask).await {
             Ok(Ok(st)) => {
-                *self.shared.upstream_status.lock().expect("status lock") =
-                    Some((Instant::now(), st.clone()));
+                *self.shared.upstream_status.lock() = Some((Instant::now(), st.clone()));
                 Ok(st)
             }
             Ok(Err(e)) => Err((format!("lookout: store status: {}", e.message()), last)),

@@ -65,113 +65,130 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
     }
 }
 
-/// Renders every metric as Prometheus text (version 0.0.4).
+/// Renders every metric as Prometheus text (version 0.0.4). The sections
+/// are written in this order, which is the order scrapes have always seen.
 pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: bool) -> String {
     let mut o = String::with_capacity(4096);
+    render_cache_state(&mut o, c, g, ready);
+    render_cache_upstream(&mut o, c);
+    render_requests(&mut o, g, probes);
+    render_limits(&mut o, g);
+    o
+}
+
+/// The cache and its watchers: readiness, revisions, the history ring.
+fn render_cache_state(o: &mut String, c: &CacheMetrics, g: &GatewayMetrics, ready: bool) {
     let i = |a: &AtomicI64| a.load(Relaxed) as f64;
     let u = |a: &AtomicU64| a.load(Relaxed) as f64;
     let gauge = "gauge";
     let counter = "counter";
     family(
-        &mut o,
+        o,
         "lookout_ready",
         gauge,
         "1 once the cache has listed the store.",
         &[("", f64::from(u8::from(ready)))],
     );
     family(
-        &mut o,
+        o,
         "lookout_watchers",
         gauge,
         "Watchers registered.",
         &[("", i(&c.watchers))],
     );
     family(
-        &mut o,
+        o,
         "lookout_watch_groups",
         gauge,
         "Distinct watch groups (range, filters, prev_kv).",
         &[("", i(&c.groups))],
     );
     family(
-        &mut o,
+        o,
         "lookout_watch_streams",
         gauge,
         "Open cache watch streams.",
         &[("", i(&c.streams))],
     );
     family(
-        &mut o,
+        o,
         "lookout_watch_rpcs",
         gauge,
         "Open Watch RPCs.",
         &[("", i(&g.watch_rpcs))],
     );
     family(
-        &mut o,
+        o,
         "lookout_events_in_total",
         counter,
         "Events received from the upstream watch.",
         &[("", u(&c.events_in))],
     );
     family(
-        &mut o,
+        o,
         "lookout_events_out_total",
         counter,
         "Events delivered to watchers (one per watcher per event).",
         &[("", u(&c.events_out))],
     );
     family(
-        &mut o,
+        o,
         "lookout_watch_responses_total",
         counter,
         "WatchResponse frames handed out.",
         &[("", u(&c.deliveries))],
     );
     family(
-        &mut o,
+        o,
         "lookout_cache_revision",
         gauge,
         "Revision the cache has applied.",
         &[("", i(&c.cache_revision))],
     );
     family(
-        &mut o,
+        o,
         "lookout_upstream_revision",
         gauge,
         "Newest revision the upstream reported.",
         &[("", i(&c.upstream_revision))],
     );
     family(
-        &mut o,
+        o,
         "lookout_cache_revision_lag",
         gauge,
         "Revisions the cache trails the upstream by.",
         &[("", c.lag() as f64)],
     );
     family(
-        &mut o,
+        o,
         "lookout_ring_events",
         gauge,
         "Events held in the history ring.",
         &[("", i(&c.ring_events))],
     );
     family(
-        &mut o,
+        o,
         "lookout_ring_bytes",
         gauge,
         "Bytes held in the history ring.",
         &[("", i(&c.ring_bytes))],
     );
     family(
-        &mut o,
+        o,
         "lookout_ring_start_revision",
         gauge,
         "Oldest revision the ring serves.",
         &[("", i(&c.ring_start))],
     );
+}
+
+/// How the cache keeps up with the store: lists, probes, relists, upstream watches, and what watchers were switched, cancelled or spliced.
+fn render_cache_upstream(o: &mut String, c: &CacheMetrics) {
+    let u = |a: &AtomicU64| a.load(Relaxed) as f64;
+    let gauge = "gauge";
+    let counter = "counter";
     family(
-        &mut o,
+        o,
         "lookout_list_duration_seconds",
         "summary",
         "Full lists of the cached ranges (initial and relists).",
@@ -181,14 +198,14 @@ pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: b
         ],
     );
     family(
-        &mut o,
+        o,
         "lookout_list_last_duration_seconds",
         gauge,
         "Duration of the last list.",
         &[("", u(&c.list_latency_us_last) / 1e6)],
     );
     family(
-        &mut o,
+        o,
         "lookout_compaction_probes_total",
         counter,
         "Store compaction probes for watch creates from the ring, and those that failed.",
@@ -201,56 +218,64 @@ pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: b
         ],
     );
     family(
-        &mut o,
+        o,
         "lookout_relists_total",
         counter,
         "Relists after history was lost upstream.",
         &[("", u(&c.relists))],
     );
     family(
-        &mut o,
+        o,
         "lookout_upstream_watches_total",
         counter,
         "Upstream watch (re)connections.",
         &[("", u(&c.upstream_watches))],
     );
     family(
-        &mut o,
+        o,
         "lookout_upstream_errors_total",
         counter,
         "Upstream watch streams that broke.",
         &[("", u(&c.upstream_errors))],
     );
     family(
-        &mut o,
+        o,
         "lookout_slow_switches_total",
         counter,
         "Streams that fell behind their byte budget and read the ring.",
         &[("", u(&c.slow_switches))],
     );
     family(
-        &mut o,
+        o,
         "lookout_compact_cancels_total",
         counter,
         "Watchers cancelled with compact_revision.",
         &[("", u(&c.compact_cancels))],
     );
     family(
-        &mut o,
+        o,
         "lookout_splices_total",
         counter,
         "Watchers served by an upstream watch spliced in.",
         &[("", u(&c.splices))],
     );
     family(
-        &mut o,
+        o,
         "lookout_progress_regressions_total",
         counter,
         "Events that arrived below an announced progress revision.",
         &[("", u(&c.progress_regressions))],
     );
+}
+
+/// Where requests were answered, and the waits and keep-alives behind them.
+fn render_requests(o: &mut String, g: &GatewayMetrics, probes: u64) {
+    let i = |a: &AtomicI64| a.load(Relaxed) as f64;
+    let u = |a: &AtomicU64| a.load(Relaxed) as f64;
+    let gauge = "gauge";
+    let counter = "counter";
     family(
-        &mut o,
+        o,
         "lookout_gateway_ranges_total",
         counter,
         "Range requests by where they were answered.",
@@ -260,63 +285,63 @@ pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: b
         ],
     );
     family(
-        &mut o,
+        o,
         "lookout_gateway_cached_txns_total",
         counter,
         "Read-only txns answered from the cache.",
         &[("", u(&g.txns_cached))],
     );
     family(
-        &mut o,
+        o,
         "lookout_gateway_forwarded_total",
         counter,
         "Requests forwarded to the store.",
         &[("", u(&g.forwarded))],
     );
     family(
-        &mut o,
+        o,
         "lookout_gateway_read_timeouts_total",
         counter,
         "Linearizable reads that timed out waiting for the cache.",
         &[("", u(&g.read_timeouts))],
     );
     family(
-        &mut o,
+        o,
         "lookout_gateway_write_wait_timeouts_total",
         counter,
         "Write responses sent before the cache had applied the write.",
         &[("", u(&g.write_wait_timeouts))],
     );
     family(
-        &mut o,
+        o,
         "lookout_gateway_read_index_probes_total",
         counter,
         "Store revision probes for linearizable reads (shared by concurrent reads).",
         &[("", probes as f64)],
     );
     family(
-        &mut o,
+        o,
         "lookout_gateway_keepalive_streams",
         gauge,
         "Open client LeaseKeepAlive streams.",
         &[("", i(&g.keepalive_streams))],
     );
     family(
-        &mut o,
+        o,
         "lookout_gateway_keepalive_upstream_streams",
         gauge,
         "Open upstream LeaseKeepAlive streams (every client stream shares one).",
         &[("", i(&g.keepalive_upstream_streams))],
     );
     family(
-        &mut o,
+        o,
         "lookout_gateway_keepalive_upstream_streams_opened_total",
         counter,
         "Upstream LeaseKeepAlive streams opened.",
         &[("", u(&g.keepalive_upstream_opened))],
     );
     family(
-        &mut o,
+        o,
         "lookout_gateway_keepalive_requests_total",
         counter,
         "Keep-alive requests, from clients and sent upstream (concurrent ones for a lease share one).",
@@ -327,7 +352,7 @@ pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: b
         ],
     );
     family(
-        &mut o,
+        o,
         "lookout_gateway_resume_waits_total",
         counter,
         "Watch creates that waited for this gateway to reach the client's resume revision.",
@@ -339,9 +364,17 @@ pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: b
             ("{result=\"timeout\"}", u(&g.resume_wait_timeouts)),
         ],
     );
+}
+
+/// Storm control, the HTTP API, and the connection and watcher limits.
+fn render_limits(o: &mut String, g: &GatewayMetrics) {
+    let i = |a: &AtomicI64| a.load(Relaxed) as f64;
+    let u = |a: &AtomicU64| a.load(Relaxed) as f64;
+    let gauge = "gauge";
+    let counter = "counter";
     for (what, st) in [("lists", &g.lists), ("catchups", &g.catchups)] {
         family(
-            &mut o,
+            o,
             &format!("lookout_gateway_{what}_total"),
             counter,
             &format!(
@@ -354,7 +387,7 @@ pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: b
             ],
         );
         family(
-            &mut o,
+            o,
             &format!("lookout_gateway_{what}_waiting"),
             gauge,
             &format!("{what} waiting for a permit now."),
@@ -362,55 +395,54 @@ pub(crate) fn render(c: &CacheMetrics, g: &GatewayMetrics, probes: u64, ready: b
         );
     }
     family(
-        &mut o,
+        o,
         "lookout_http_watch_streams",
         gauge,
         "Open HTTP watch streams (/v1/watch, /v3/watch).",
         &[("", i(&g.http.watch_streams))],
     );
     family(
-        &mut o,
+        o,
         "lookout_http_watch_events_total",
         counter,
         "Events written to HTTP watch streams.",
         &[("", u(&g.http.watch_events))],
     );
     family(
-        &mut o,
+        o,
         "lookout_http_requests_total",
         counter,
         "HTTP/JSON API requests answered.",
         &[("", u(&g.http.requests))],
     );
     family(
-        &mut o,
+        o,
         "lookout_connections_open",
         gauge,
         "Client connections open (TLS handshakes included), bounded by --max-connections.",
         &[("", i(&g.listener.open))],
     );
     family(
-        &mut o,
+        o,
         "lookout_connections_refused_total",
         counter,
         "Client connections closed at accept because --max-connections were open.",
         &[("", u(&g.listener.refused))],
     );
     family(
-        &mut o,
+        o,
         "lookout_connections_slow_total",
         counter,
         "Client connections closed because their first request head was late (--request-header-timeout) or too large (--max-header-bytes).",
         &[("", u(&g.listener.slow_requests))],
     );
     family(
-        &mut o,
+        o,
         "lookout_watchers_refused_total",
         counter,
         "Watch creates refused because their stream held --max-watchers-per-stream watchers.",
         &[("", u(&g.watchers_refused))],
     );
-    o
 }
 
 #[cfg(test)]

@@ -25,9 +25,9 @@ type Waiter = oneshot::Sender<Result<i64, Status>>;
 /// The probe coalescer.
 #[derive(Debug, Default)]
 pub(crate) struct ReadIndex {
-    /// A std mutex: held only to push a waiter or take the batch, never
+    /// A blocking mutex: held only to push a waiter or take the batch, never
     /// across an await.
-    state: std::sync::Mutex<State>,
+    state: parking_lot::Mutex<State>,
     /// Probes sent upstream (for /metrics).
     pub(crate) probes: AtomicU64,
 }
@@ -52,7 +52,7 @@ impl ReadIndex {
     ) -> Result<i64, Status> {
         let (tx, rx) = oneshot::channel();
         let start = {
-            let mut st = self.state.lock().expect("read index lock");
+            let mut st = self.state.lock();
             st.next.push(tx);
             !std::mem::replace(&mut st.running, true)
         };
@@ -64,13 +64,13 @@ impl ReadIndex {
             tokio::spawn(async move { me.run(upstream).await });
         }
         rx.await
-            .unwrap_or_else(|_| Err(Status::unavailable("lookout: read index probe dropped")))
+            .unwrap_or_else(|_| Err(crate::error::read_index_dropped()))
     }
 
     async fn run(&self, upstream: Arc<dyn Upstream>) {
         loop {
             let batch = {
-                let mut st = self.state.lock().expect("read index lock");
+                let mut st = self.state.lock();
                 if st.next.is_empty() {
                     st.running = false;
                     return;

@@ -24,10 +24,13 @@ use bytes::Bytes;
 use lookout_cache::{KeyRange, prefix_end};
 use lookout_proto::pb::{LeaseGrantRequest, LeaseRevokeRequest, Member, PutRequest, RangeRequest};
 
-use crate::cluster::GATEWAY_MEMBER_NAME;
 use crate::config::member_id;
 use crate::keepalive::KeepAliveHub;
-use crate::server::Shared;
+use crate::shared::Shared;
+
+/// The name MemberList shows for a gateway (here, beside the registration
+/// that carries it, so `cluster.rs` names this file and not the reverse).
+pub(crate) const GATEWAY_MEMBER_NAME: &str = "lookout-gateway";
 
 /// The key a gateway registers under.
 pub(crate) fn key(prefix: &str, url: &str) -> String {

@@ -12,18 +12,16 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lookout_cache::{Cache, CacheError, EtcdUpstream, Snapshot, WriteScope};
+use lookout_cache::{Cache, EtcdUpstream};
 use lookout_proto::pb::{
-    ResponseHeader, StatusResponse, auth_server::AuthServer, cluster_server::ClusterServer,
-    kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_stream::StreamExt;
-use tonic::Status;
+use tokio_util::sync::CancellationToken;
 
 use crate::admission::Gate;
 use crate::config::{GatewayConfig, member_id};
@@ -31,130 +29,7 @@ use crate::error::GatewayError;
 use crate::keepalive::KeepAliveHub;
 use crate::metrics::GatewayMetrics;
 use crate::readindex::ReadIndex;
-
-/// State every service shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) cache: Cache,
-    /// The typed upstream (the cache holds it as `dyn Upstream`): its
-    /// channel carries the forwarded Maintenance and Cluster calls.
-    pub(crate) upstream: Arc<EtcdUpstream>,
-    pub(crate) config: GatewayConfig,
-    pub(crate) member_id: u64,
-    pub(crate) advertise_url: String,
-    pub(crate) metrics: GatewayMetrics,
-    /// Flips to true on shutdown: long-lived streams end on it.
-    pub(crate) shutdown: watch::Sender<bool>,
-    /// The store's last Status, reused for a few seconds by our Status.
-    /// A std mutex: held only to copy the value, never across an await.
-    pub(crate) upstream_status: std::sync::Mutex<Option<(Instant, StatusResponse)>>,
-    /// Coalesces the revision probes of concurrent linearizable reads.
-    pub(crate) read_index: Arc<ReadIndex>,
-    /// Storm control: lists and watch catch-ups running at once.
-    pub(crate) lists: Gate,
-    pub(crate) catchups: Gate,
-    /// Every client keep-alive stream shares one upstream stream.
-    pub(crate) keepalive: KeepAliveHub,
-    /// The `--resolver-prefix` registration lease (0: none yet).
-    pub(crate) resolver_lease: std::sync::atomic::AtomicI64,
-    /// gRPC started/handled counters (`grpc_server_*_total`).
-    pub(crate) grpc: Arc<crate::telemetry::GrpcMetrics>,
-    /// Who clients are and what they may do (the store's users and roles,
-    /// `--auth-config`).
-    pub(crate) auth: Arc<crate::auth::GatewayAuth>,
-}
-
-impl Shared {
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-
-    /// Waits (bounded by the read timeout) for the cache's first list.
-    pub(crate) async fn ready(&self) -> Result<(), Status> {
-        if self.is_shutting_down() {
-            return Err(GatewayError::ShuttingDown.into());
-        }
-        if self.cache.is_ready() {
-            return Ok(());
-        }
-        self.cache
-            .wait_ready(self.config.read_timeout)
-            .await
-            .map(|_| ())
-            .map_err(Status::from)
-    }
-
-    /// The snapshot a read is served from: the current one for a
-    /// serializable read; for a linearizable one, one at or after the
-    /// store's current revision (one cheap upstream probe shared with the
-    /// reads arriving meanwhile, then a bounded wait, never a fallback read
-    /// upstream).
-    pub(crate) async fn read_snapshot(&self, serializable: bool) -> Result<Arc<Snapshot>, Status> {
-        self.ready().await?;
-        if serializable {
-            return Ok(self.cache.snapshot());
-        }
-        let rev = self
-            .read_index
-            .current_revision(self.cache.upstream())
-            .await?;
-        self.cache
-            .metrics()
-            .upstream_revision
-            .fetch_max(rev, Relaxed);
-        match self
-            .cache
-            .wait_for_revision(rev, self.config.read_timeout)
-            .await
-        {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                if matches!(e, CacheError::Timeout { .. }) {
-                    self.metrics.read_timeouts.fetch_add(1, Relaxed);
-                    tracing::warn!(error = %e, "linearizable read timed out");
-                }
-                Err(e.into())
-            }
-        }
-    }
-
-    /// Holds a write's response until the cache has applied its revision,
-    /// so the client's next read through this gateway sees the write.
-    /// Bounded: the write happened either way, so past the bound the
-    /// response goes out and a counter records it.
-    pub(crate) async fn after_write(&self, header: Option<&ResponseHeader>, scope: WriteScope) {
-        let Some(rev) = header.map(|h| h.revision) else {
-            return;
-        };
-        if self.cache.revision() >= rev {
-            return;
-        }
-        if let Err(e) = self
-            .cache
-            .wait_for_write(rev, scope, self.config.write_wait_timeout)
-            .await
-        {
-            self.metrics.write_wait_timeouts.fetch_add(1, Relaxed);
-            tracing::warn!(revision = rev, error = %e, "write answered before the cache applied it");
-        }
-    }
-
-    /// Forwarded responses carry the store's member id; clients talking to
-    /// this gateway see the gateway's, as in every cached response.
-    pub(crate) fn restamp(&self, header: &mut Option<ResponseHeader>) {
-        if let Some(h) = header {
-            h.member_id = self.member_id;
-        }
-    }
-
-    /// A future that resolves once shutdown starts.
-    pub(crate) fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.shutdown.subscribe();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    }
-}
+use crate::shared::Shared;
 
 /// A started gateway: the cache is listing, nothing is served until
 /// [`Gateway::run`].
@@ -222,14 +97,14 @@ impl Gateway {
             member_id,
             advertise_url,
             metrics: GatewayMetrics::default(),
-            shutdown: watch::channel(false).0,
-            upstream_status: std::sync::Mutex::new(None),
+            shutdown: CancellationToken::new(),
+            upstream_status: parking_lot::Mutex::new(None),
             read_index: Arc::new(ReadIndex::default()),
             lists: Gate::new("lists", config.lists),
             catchups: Gate::new("catch-ups", config.catchups),
             keepalive: KeepAliveHub::default(),
             resolver_lease: std::sync::atomic::AtomicI64::new(0),
-            grpc: Arc::new(crate::telemetry::GrpcMetrics::new(config.metrics)),
+            grpc: Arc::new(crate::telemetry::grpc::GrpcMetrics::new(config.metrics)),
             auth,
             config,
         });
@@ -287,95 +162,20 @@ impl Gateway {
             tls,
             auth_refresher: _auth_refresher,
         } = self;
-        let max_recv = shared.config.max_decoding_bytes();
-        let mut routes = tonic::service::Routes::builder();
-        let kv = crate::kv::KvService::new(shared.clone());
-        routes.add_service(KvServer::new(kv).max_decoding_message_size(max_recv));
-        routes
-            .add_service(crate::watch::WatchServer::new(shared.clone(), max_recv))
-            .add_service(
-                LeaseServer::new(crate::lease::LeaseService::new(shared.clone()))
-                    .max_decoding_message_size(max_recv),
-            )
-            .add_service(
-                MaintenanceServer::new(crate::maintenance::MaintenanceService::new(shared.clone()))
-                    .max_decoding_message_size(max_recv),
-            )
-            .add_service(
-                ClusterServer::new(crate::cluster::ClusterService::new(shared.clone()))
-                    .max_decoding_message_size(max_recv),
-            )
-            .add_service(
-                AuthServer::new(crate::auth::AuthService::new(shared.clone()))
-                    .max_decoding_message_size(max_recv),
-            );
-        let api = crate::api::GatewayApi::new(shared.clone());
-        let routes = crate::concurrency::add_routes(routes.routes(), &api, max_recv);
-        // etcd serves /metrics and /health on its client port too; curl
-        // speaks HTTP/1.1 there, gRPC clients HTTP/2.
-        // The HTTP/JSON API (etcd's /v3 paths, the readable /v1) shares
-        // the port too, served from the cache like the gRPC services.
-        let http_api = crate::http::router(
-            api,
-            crate::http::HttpConfig {
-                max_request_bytes: shared.config.max_request_bytes,
-                access: shared.config.http_access.clone(),
-                ..Default::default()
-            },
-            shared.metrics.http.clone(),
-            shared.shutdown.subscribe(),
-        );
-        let router = crate::http::with_fallback(
-            routes
-                .into_axum_router()
-                .merge(crate::http::ops::router(shared.clone()))
-                .merge(http_api),
-        );
-        let router = router.layer(crate::telemetry::GrpcMetricsLayer(shared.grpc.clone()));
+        let router = client_router(&shared);
 
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let limits = shared.config.listener;
-        let server = tonic::transport::Server::builder()
-            .accept_http1(true)
-            .max_concurrent_streams(Some(shared.config.max_concurrent_streams))
-            .http2_max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
-            .add_routes(tonic::service::Routes::from(router));
-        // Every connection holds a --max-connections permit from accept
-        // (before TLS) until it closes, and must send its first request
-        // head in time (`listener.rs`).
-        let lm = shared.metrics.listener.clone();
-        let gate = crate::listener::ConnGate::new(limits.max_connections, lm.clone());
-        let admitted = crate::listener::admitted(listener, gate);
-        let mut grpc = match &tls {
-            Some(t) => {
-                let incoming = t
-                    .handshakes(admitted, limits.tls_handshake_timeout)
-                    .map(move |r| {
-                        r.map(|s| crate::listener::FirstRequest::new(s, &limits, lm.clone()))
-                    });
-                tokio::spawn(
-                    server.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-                )
-            }
-            None => {
-                let incoming = admitted.map(move |(s, _)| {
-                    Ok::<_, std::io::Error>(crate::listener::FirstRequest::new(
-                        s,
-                        &limits,
-                        lm.clone(),
-                    ))
-                });
-                tokio::spawn(
-                    server.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-                )
-            }
-        };
+        // Stops the servers once the streams have been told to end; also
+        // when `run` itself is dropped (an aborted task), as dropping the
+        // old stop sender did.
+        let stop = CancellationToken::new();
+        let _stop_on_drop = stop.clone().drop_guard();
+        let mut grpc = serve_clients(
+            &shared,
+            listener,
+            tls.as_ref(),
+            router,
+            stop.clone().cancelled_owned(),
+        );
         // Aborted with `run` (a killed gateway stops renewing and drops out
         // of MemberList when its lease expires); revoked on a clean stop.
         let registration = shared
@@ -387,7 +187,7 @@ impl Gateway {
             let app = crate::http::ops::router(shared.clone());
             tokio::spawn(
                 axum::serve(l, app)
-                    .with_graceful_shutdown(stopped(stop_rx.clone()))
+                    .with_graceful_shutdown(stop.clone().cancelled_owned())
                     .into_future(),
             )
         });
@@ -405,7 +205,7 @@ impl Gateway {
         };
         if let Some(r) = early {
             // The server ended by itself: report why, stop the rest.
-            shared.shutdown.send_replace(true);
+            shared.shutdown.cancel();
             shared.cache.shutdown();
             if let Some(h) = http.take() {
                 h.abort();
@@ -417,13 +217,13 @@ impl Gateway {
             };
         }
         tracing::info!("gateway shutting down");
-        shared.shutdown.send_replace(true);
+        shared.shutdown.cancel();
         if let Some(r) = registration {
             drop(r);
             crate::register::deregister(&shared).await;
         }
         shared.cache.shutdown();
-        stop_tx.send_replace(true);
+        stop.cancel();
         let timeout = shared.config.shutdown_timeout;
         let drain = async {
             let g = (&mut grpc).await;
@@ -449,6 +249,98 @@ impl Gateway {
         }
         tracing::info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// The client port's routes: every gRPC service, Lock/Election, the
+/// HTTP/JSON API, and the ops endpoints, counted by the gRPC metrics layer.
+fn client_router(shared: &Arc<Shared>) -> axum::Router {
+    let max_recv = shared.config.max_decoding_bytes();
+    let mut routes = tonic::service::Routes::builder();
+    let kv = crate::kv::KvService::new(shared.clone());
+    routes.add_service(KvServer::new(kv).max_decoding_message_size(max_recv));
+    routes
+        .add_service(crate::watch::WatchServer::new(shared.clone(), max_recv))
+        .add_service(
+            LeaseServer::new(crate::lease::LeaseService::new(shared.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            MaintenanceServer::new(crate::maintenance::MaintenanceService::new(shared.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            ClusterServer::new(crate::cluster::ClusterService::new(shared.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            AuthServer::new(crate::auth::AuthService::new(shared.clone()))
+                .max_decoding_message_size(max_recv),
+        );
+    let api = crate::api::GatewayApi::new(shared.clone());
+    let routes = crate::concurrency::add_routes(routes.routes(), &api, max_recv);
+    // etcd serves /metrics and /health on its client port too; curl
+    // speaks HTTP/1.1 there, gRPC clients HTTP/2.
+    // The HTTP/JSON API (etcd's /v3 paths, the readable /v1) shares
+    // the port too, served from the cache like the gRPC services.
+    let http_api = crate::http::router(
+        api,
+        crate::http::HttpConfig {
+            max_request_bytes: shared.config.max_request_bytes,
+            access: shared.config.http_access.clone(),
+            ..Default::default()
+        },
+        shared.metrics.http.clone(),
+        shared.shutdown.clone(),
+    );
+    let router = crate::http::with_fallback(
+        routes
+            .into_axum_router()
+            .merge(crate::http::ops::router(shared.clone()))
+            .merge(http_api),
+    );
+    router.layer(crate::telemetry::GrpcMetricsLayer(shared.grpc.clone()))
+}
+
+/// Serves `router` on `listener` (TLS when `tls` is set) until `stop`
+/// resolves.
+fn serve_clients(
+    shared: &Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<&Arc<lookout_consensus::tls::ReloadingTls>>,
+    router: axum::Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    let limits = shared.config.listener;
+    let server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .max_concurrent_streams(Some(shared.config.max_concurrent_streams))
+        .http2_max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+        .add_routes(tonic::service::Routes::from(router));
+    // Every connection holds a --max-connections permit from accept
+    // (before TLS) until it closes, and must send its first request
+    // head in time (`listener.rs`).
+    let lm = shared.metrics.listener.clone();
+    let gate = crate::listener::ConnGate::new(limits.max_connections, lm.clone());
+    let admitted = crate::listener::admitted(listener, gate);
+    match tls {
+        Some(t) => {
+            let incoming = t
+                .handshakes(admitted, limits.tls_handshake_timeout)
+                .map(move |r| {
+                    r.map(|s| crate::listener::FirstRequest::new(s, &limits, lm.clone()))
+                });
+            tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop))
+        }
+        None => {
+            let incoming = admitted.map(move |(s, _)| {
+                Ok::<_, std::io::Error>(crate::listener::FirstRequest::new(s, &limits, lm.clone()))
+            });
+            tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop))
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use lookout_cache::{KeyRange, Snapshot, evaluate_range, validate_range};
 use lookout_proto::pb::{Compare, ResponseOp, TxnRequest, TxnResponse, request_op, response_op};
 use tonic::Status;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// etcd's default `--max-txn-ops`. Larger txns go to the store, which
 /// answers with its own limit.

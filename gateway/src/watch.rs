@@ -32,7 +32,7 @@ use tonic::{Status, Streaming};
 
 use crate::codec::WatchCodec;
 use crate::error::GatewayError;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// `etcdserverpb.Watch` as a tower service.
 #[derive(Debug, Clone)]
@@ -69,7 +69,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if req.uri().path() != "/etcdserverpb.Watch/Watch" {
-            return Box::pin(async move { Ok(Status::unimplemented("").into_http()) });
+            return Box::pin(async move { Ok(crate::error::unimplemented_path().into_http()) });
         }
         let shared = self.shared.clone();
         let max = self.max_decoding;
@@ -79,9 +79,8 @@ where
             if let Some(enc) = req.headers().get("grpc-encoding")
                 && enc.as_bytes() != b"identity"
             {
-                return Ok(Status::unimplemented(format!(
-                    "Content is compressed with `{}` which isn't supported",
-                    String::from_utf8_lossy(enc.as_bytes())
+                return Ok(crate::error::compressed_request(&String::from_utf8_lossy(
+                    enc.as_bytes(),
                 ))
                 .into_http());
             }

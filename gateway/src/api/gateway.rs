@@ -24,7 +24,7 @@ use crate::error::GatewayError;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
 use crate::maintenance::MaintenanceService;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// The gateway's services, as the HTTP layer and Lock/Election call them
 /// (the same values its gRPC server routes to).

@@ -146,9 +146,7 @@ pub(crate) fn refuse_extensions(index: &str, value: &[u8], initial_state: bool) 
     if index.is_empty() && value.is_empty() && !initial_state {
         return Ok(());
     }
-    Err(Status::invalid_argument(
-        "lookout: index filters and initial_state are served by a lookout gateway (lookout gateway --index), not by the store",
-    ))
+    Err(crate::error::store_refuses_extensions())
 }
 
 /// One `WatchResponse`: every field but `events` in `head`, the events as

@@ -59,9 +59,9 @@ pub(crate) struct Mirror {
     state: ArcSwap<AuthState>,
     /// Whether a copy was ever made.
     loaded: watch::Sender<bool>,
-    /// Why the last refresh failed (`None`: it worked). A std mutex: held
+    /// Why the last refresh failed (`None`: it worked). A blocking mutex: held
     /// to copy the value only.
-    failure: std::sync::Mutex<Option<String>>,
+    failure: parking_lot::Mutex<Option<String>>,
     /// Refreshes asked for so far, and the count the last finished
     /// refresh had seen when it started: a caller that asked waits until
     /// a refresh that started after its change has finished.
@@ -97,7 +97,7 @@ impl Mirror {
             interval,
             state: ArcSwap::from_pointee(AuthState::default()),
             loaded: watch::channel(false).0,
-            failure: std::sync::Mutex::new(None),
+            failure: parking_lot::Mutex::new(None),
             wanted: AtomicU64::new(0),
             done: watch::channel(0).0,
             kick: Notify::new(),
@@ -125,7 +125,7 @@ impl Mirror {
         if self.is_loaded() {
             return Ok(());
         }
-        let failed = self.failure.lock().expect("failure lock").is_some();
+        let failed = self.failure.lock().is_some();
         if failed {
             // The last try failed, maybe only because the store was not
             // reachable yet: try again now (requests that arrive meanwhile
@@ -134,7 +134,7 @@ impl Mirror {
             if self.is_loaded() {
                 return Ok(());
             }
-            let why = self.failure.lock().expect("failure lock").clone();
+            let why = self.failure.lock().clone();
             return Err(unreadable(why.as_deref().unwrap_or("timed out")));
         }
         let mut rx = self.loaded.subscribe();
@@ -144,7 +144,6 @@ impl Mirror {
                 let why = self
                     .failure
                     .lock()
-                    .expect("failure lock")
                     .clone()
                     .unwrap_or_else(|| "timed out".into());
                 Err(unreadable(&why))
@@ -208,7 +207,7 @@ impl Mirror {
             Ok(None) => self.loaded_ok(),
             Err(why) => {
                 self.failures.fetch_add(1, Relaxed);
-                let mut f = self.failure.lock().expect("failure lock");
+                let mut f = self.failure.lock();
                 if f.as_deref() != Some(why.as_str()) {
                     tracing::warn!(error = %why, "cannot read the store's users and roles");
                 }
@@ -219,7 +218,7 @@ impl Mirror {
     }
 
     fn loaded_ok(&self) {
-        *self.failure.lock().expect("failure lock") = None;
+        *self.failure.lock() = None;
         self.loaded
             .send_if_modified(|l| !std::mem::replace(l, true));
     }
@@ -405,7 +404,5 @@ fn disabled(revision: u64) -> AuthState {
 }
 
 fn unreadable(why: &str) -> Status {
-    Status::unavailable(format!(
-        "lookout: this gateway cannot read the store's users and roles (its --user needs the root role): {why}"
-    ))
+    crate::error::auth_state_unreadable(why)
 }

@@ -27,7 +27,7 @@ use lookout_proto::pb::{self, auth_client::AuthClient, auth_server::Auth};
 use tonic::{Request, Response, Status};
 
 use super::{Creds, Who};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Longest a change's answer waits for the gateway's copy to hold it.
 const CHANGE_WAIT: Duration = Duration::from_secs(3);

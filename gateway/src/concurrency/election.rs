@@ -23,21 +23,7 @@ use super::{
     range_kvs,
 };
 use crate::api::{CallMeta, EtcdApi, WatchEvent};
-
-/// etcd's `ErrMissingLeaderKey` (a plain error: gRPC code Unknown).
-fn missing_leader() -> Status {
-    Status::unknown(r#""leader" field must be provided"#)
-}
-
-/// `concurrency.ErrElectionNotLeader`.
-fn not_leader() -> Status {
-    Status::unknown("election: not leader")
-}
-
-/// `concurrency.ErrElectionNoLeader`.
-fn no_leader() -> Status {
-    Status::unknown("election: no leader")
-}
+use crate::error::{missing_leader, no_leader, not_leader};
 
 /// The Election service over one backend.
 #[derive(Debug, Clone)]

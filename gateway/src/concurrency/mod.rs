@@ -149,7 +149,7 @@ impl<A: EtcdApi> Client<A> {
                 return Err(canceled(&reply.head));
             }
         }
-        Err(Status::unknown("lost watcher waiting for delete"))
+        Err(crate::error::lost_watcher())
     }
 
     /// Waits until every key under `prefix` created at or before
@@ -221,7 +221,7 @@ impl<A: EtcdApi> Client<A> {
 fn as_client<T>(r: ApiResult<T>) -> ApiResult<T> {
     r.map_err(|s| {
         if s.message().starts_with("etcdserver: ") {
-            Status::unknown(s.message().to_string())
+            crate::error::as_client_error(s.message())
         } else {
             s
         }
@@ -232,11 +232,11 @@ fn as_client<T>(r: ApiResult<T>) -> ApiResult<T> {
 /// (clientv3's `ErrCompacted`) or refused.
 fn canceled(head: &pb::WatchResponse) -> Status {
     if head.compact_revision > 0 {
-        Status::unknown("etcdserver: mvcc: required revision has been compacted")
+        crate::error::wait_compacted()
     } else if head.cancel_reason.is_empty() {
-        Status::unknown("lost watcher waiting for delete")
+        crate::error::lost_watcher()
     } else {
-        Status::unknown(head.cancel_reason.clone())
+        crate::error::wait_canceled(&head.cancel_reason)
     }
 }
 

@@ -30,6 +30,7 @@ pub(crate) mod body;
 mod error;
 mod login;
 pub(crate) mod ops;
+pub(crate) mod request;
 mod serve;
 pub(crate) mod text;
 pub(crate) mod v1;
@@ -44,7 +45,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::response::Response;
-use tokio::sync::watch as signal;
+use tokio_util::sync::CancellationToken;
 
 pub use crate::api::{
     ApiResult, EtcdApi, KeepAlives, StoreApi, WatchEvent, WatchReplies, WatchReply,
@@ -114,8 +115,8 @@ pub(crate) struct HttpState<A> {
     pub(crate) election: crate::concurrency::ElectionService<A>,
     pub(crate) cfg: HttpConfig,
     pub(crate) metrics: Arc<HttpMetrics>,
-    /// Flips to true when the server stops: open streams end on it.
-    pub(crate) stop: signal::Receiver<bool>,
+    /// Cancelled when the server stops: open streams end on it.
+    pub(crate) stop: CancellationToken,
     /// `/v1` Basic logins.
     pub(crate) logins: login::Logins,
 }
@@ -123,12 +124,12 @@ pub(crate) struct HttpState<A> {
 /// The HTTP API routes (`/v3/...`, `/v1/...`, the listing at `/`) over
 /// `api`, without a fallback: merge them with the gRPC routes and then set
 /// [`fallback`] (as [`with_fallback`] does). Streams end when `stop`
-/// becomes true.
+/// is cancelled.
 pub fn router<A: EtcdApi>(
     api: A,
     cfg: HttpConfig,
     metrics: Arc<HttpMetrics>,
-    stop: signal::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Router {
     let access = Arc::new(cfg.access.clone());
     let state = Arc::new(HttpState {

@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let checks = crate::health::gateway_checks(&shared);

@@ -24,8 +24,8 @@ use futures::StreamExt;
 use lookout_consensus::Store;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::watch as signal;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 
 use super::error::readable_json;
 use super::{HttpConfig, HttpMetrics, api_paths, router};
@@ -64,7 +64,7 @@ pub async fn fallback(req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     if grpc {
-        return tonic::Status::unimplemented("")
+        return crate::error::unimplemented_path()
             .into_http::<axum::body::Body>()
             .into_response();
     }
@@ -157,7 +157,7 @@ pub async fn serve_store_tls(
     grpc_metrics: Arc<crate::telemetry::GrpcMetrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let (stop_tx, stop_rx) = signal::channel(false);
+    let stop = CancellationToken::new();
     let api = crate::api::StoreApi::new(store.clone());
     let grpc = crate::concurrency::add_routes(
         lookout_consensus::routes(&store),
@@ -166,11 +166,11 @@ pub async fn serve_store_tls(
     );
     let ops =
         crate::telemetry::store_ops_router(store.clone(), grpc_metrics.clone(), metrics.clone());
-    let http = router(api, cfg, metrics, stop_rx).merge(ops);
+    let http = router(api, cfg, metrics, stop.clone()).merge(ops);
     let shutdown = async move {
         shutdown.await;
         // HTTP watch streams end first, so the graceful drain can finish.
-        stop_tx.send_replace(true);
+        stop.cancel();
     };
     let app = with_fallback(grpc.into_axum_router().merge(http))
         .layer(crate::telemetry::GrpcMetricsLayer(grpc_metrics));

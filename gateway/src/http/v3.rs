@@ -36,6 +36,7 @@ use tonic::Status;
 
 use super::body::{JsonStream, parse_json, read_limited};
 use super::error::{EtcdError, HttpError, json_response};
+use super::request::grpc_request;
 use super::{EtcdApi, HttpState};
 
 type S<A> = State<Arc<HttpState<A>>>;
@@ -101,41 +102,6 @@ pub(crate) const PATHS: &[&str] = &[
 /// A successful answer: the message as etcd's gateway writes it.
 pub(crate) fn ok_json(m: &impl Serialize) -> Response {
     json_response(StatusCode::OK, m)
-}
-
-/// A gRPC request for `msg` carrying what grpc-gateway forwards from the
-/// HTTP request: the `Authorization` header (etcd reads a token from the
-/// `authorization` metadata as from `token`) and `Grpc-Metadata-*`
-/// headers.
-///
-/// The request's extensions travel too: they hold its TLS connection, whose
-/// client certificate names the user under `--client-cert-auth` (etcd's
-/// own gateway dials with the server's certificate and so ignores the
-/// client's; here the client's own certificate counts, on `/v3` as on
-/// gRPC).
-pub(crate) fn grpc_request<T>(
-    headers: &HeaderMap,
-    ext: &axum::http::Extensions,
-    msg: T,
-) -> tonic::Request<T> {
-    let mut r = tonic::Request::from_parts(tonic::metadata::MetadataMap::new(), ext.clone(), msg);
-    let md = r.metadata_mut();
-    for (name, value) in headers {
-        let key = if name == axum::http::header::AUTHORIZATION {
-            "authorization"
-        } else if let Some(k) = name.as_str().strip_prefix("grpc-metadata-") {
-            k
-        } else {
-            continue;
-        };
-        if let (Ok(k), Ok(v)) = (
-            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-            tonic::metadata::MetadataValue::try_from(value.as_bytes()),
-        ) {
-            md.append(k, v);
-        }
-    }
-    r
 }
 
 /// POST only; OPTIONS answers the CORS preflight; any other method gets
@@ -303,10 +269,7 @@ async fn observe<A: EtcdApi>(
         .await?
         .into_inner();
     // Ends with the server, as the watch streams do.
-    let mut stop = s.stop.clone();
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
+    let stopped = s.stop.clone().cancelled_owned();
     Ok(stream_lines(leaders.take_until(Box::pin(stopped))))
 }
 

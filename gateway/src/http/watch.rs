@@ -29,12 +29,13 @@ use lookout_proto::pb::{
     WatchCreateRequest, WatchProgressRequest, WatchRequest, watch_request::RequestUnion,
 };
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch as signal};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 
 use super::body::JsonStream;
 use super::error::{EtcdError, HttpError};
-use super::v1::{Params, path_key, prefix_end};
+use super::request::{Params, grpc_request, path_key, prefix_end};
 use super::{EtcdApi, HttpMetrics, HttpState, WatchEvent, WatchReplies, WatchReply};
 
 /// Counts an open HTTP watch stream for as long as its body lives.
@@ -51,13 +52,6 @@ impl StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.watch_streams.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Resolves once the server stops (never, if the stop sender is gone).
-async fn stopped(rx: &mut signal::Receiver<bool>) {
-    if rx.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 
@@ -83,7 +77,7 @@ pub(crate) async fn v3_watch<A: EtcdApi>(
     ext: Extensions,
     body: Body,
 ) -> Result<Response, EtcdError> {
-    if *s.stop.borrow() {
+    if s.stop.is_cancelled() {
         return Err(HttpError::ShuttingDown.into());
     }
     let mut requests = JsonStream::new(body, s.cfg.json_limit());
@@ -98,16 +92,15 @@ pub(crate) async fn v3_watch<A: EtcdApi>(
     }
     // Each create is checked as this request's sender (its Authorization
     // header travels as the token, as grpc-gateway forwards it).
-    let meta = crate::api::CallMeta::of(&super::v3::grpc_request(&headers, &ext, ()));
+    let meta = crate::api::CallMeta::of(&grpc_request(&headers, &ext, ()));
     let mut replies = s.api.watch(meta, ReceiverStream::new(rx).boxed()).await?;
     // As etcd's gateway, answer (status and headers) with the first
     // response: a client that sees the headers may rely on its watch being
     // registered (Python etcd3gw writes right after them).
     if asked {
-        let mut stop = s.stop.clone();
         let first = tokio::select! {
             biased;
-            _ = stopped(&mut stop) => return Err(HttpError::ShuttingDown.into()),
+            _ = s.stop.cancelled() => return Err(HttpError::ShuttingDown.into()),
             r = replies.next() => r,
         };
         if let Some(r) = first {
@@ -162,7 +155,7 @@ async fn pump(
 
 struct V3Watch<E> {
     replies: WatchReplies<E>,
-    stop: signal::Receiver<bool>,
+    stop: CancellationToken,
     /// A bad request object the pump found; written when the replies end.
     bad_request: Option<oneshot::Receiver<HttpError>>,
     /// Dropped with the body: tells the pump to stop.
@@ -179,7 +172,7 @@ impl<E: WatchEvent> V3Watch<E> {
         }
         tokio::select! {
             biased;
-            _ = stopped(&mut self.stop) => None,
+            _ = self.stop.cancelled() => None,
             r = self.replies.next() => match r {
                 Some(Ok(reply)) => {
                     self.metrics.watch_events.fetch_add(reply.events.len() as u64, Relaxed);
@@ -240,7 +233,7 @@ pub(crate) async fn v1_watch<A: EtcdApi>(
     headers: HeaderMap,
     ext: Extensions,
 ) -> Result<Response, HttpError> {
-    if *s.stop.borrow() {
+    if s.stop.is_cancelled() {
         return Err(HttpError::ShuttingDown);
     }
     let key = path_key(uri.path(), "/v1/watch");
@@ -386,7 +379,7 @@ struct V1Watch<E> {
     quiet: bool,
     /// Newest SSE id written (ids never go back).
     last_id: i64,
-    stop: signal::Receiver<bool>,
+    stop: CancellationToken,
     _guard: StreamGuard,
     metrics: Arc<HttpMetrics>,
     done: bool,
@@ -425,7 +418,7 @@ impl<E: WatchEvent> V1Watch<E> {
             }
             tokio::select! {
                 biased;
-                _ = stopped(&mut self.stop) => return None,
+                _ = self.stop.cancelled() => return None,
                 r = self.replies.next() => match r {
                     Some(Ok(reply)) => {
                         if let Some(b) = self.encode(&reply) {

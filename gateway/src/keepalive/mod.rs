@@ -17,7 +17,8 @@
 //! the waiting requests with the store's status (their client streams end,
 //! clientv3 reopens them) and the next request opens a new stream.
 
-use std::collections::HashMap;
+pub(crate) mod hub;
+
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -27,33 +28,14 @@ use lookout_proto::pb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use crate::server::Shared;
+use hub::HubState;
+pub(crate) use hub::KeepAliveHub;
 
-type Waiter = oneshot::Sender<Result<LeaseKeepAliveResponse, Status>>;
+use crate::shared::Shared;
 
 /// How long a keep-alive waits for the store's answer before its client
 /// stream ends with Unavailable (the client reopens it).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The gateway's one upstream keep-alive stream and the requests in flight.
-#[derive(Debug, Default)]
-pub(crate) struct KeepAliveHub {
-    /// A std mutex: held to look up or register a lease's waiters and to
-    /// take the sender, never across an await.
-    state: std::sync::Mutex<HubState>,
-}
-
-#[derive(Debug, Default)]
-struct HubState {
-    /// Requests to the open upstream stream; `None` until first use and
-    /// after the stream broke.
-    tx: Option<mpsc::Sender<LeaseKeepAliveRequest>>,
-    /// Which stream `tx` feeds, so a dead stream's pump cannot clear a
-    /// newer one.
-    generation: u64,
-    /// Lease id -> clients waiting for the answer to the request in flight.
-    waiting: HashMap<i64, Vec<Waiter>>,
-}
 
 impl KeepAliveHub {
     /// Keeps lease `id` alive once for this caller; the answer may be
@@ -71,7 +53,7 @@ impl KeepAliveHub {
         m.keepalive_requests.fetch_add(1, Relaxed);
         let (tx, rx) = oneshot::channel();
         let send = {
-            let mut st = hub.state.lock().expect("keep-alive hub lock");
+            let mut st = hub.state.lock();
             let first = match st.waiting.entry(id) {
                 Entry::Vacant(v) => {
                     v.insert(vec![tx]);
@@ -92,23 +74,16 @@ impl KeepAliveHub {
         if let Some((up, generation)) = send {
             m.keepalive_upstream_requests.fetch_add(1, Relaxed);
             if up.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                hub.fail(
-                    generation,
-                    Status::unavailable("lookout: upstream keep-alive stream closed"),
-                );
+                hub.fail(generation, crate::error::keepalive_stream_closed());
             }
         }
         match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(Status::unavailable(
-                "lookout: upstream keep-alive stream closed",
-            )),
+            Ok(Err(_)) => Err(crate::error::keepalive_stream_closed()),
             Err(_) => {
                 // Leave the entry: the answer may still come and serve
                 // others; this caller's closed sender is skipped then.
-                Err(Status::unavailable(
-                    "lookout: no keep-alive answer from the store in time",
-                ))
+                Err(crate::error::keepalive_unanswered())
             }
         }
     }
@@ -128,31 +103,6 @@ impl KeepAliveHub {
         let generation = st.generation;
         tokio::spawn(pump(shared.clone(), rx, generation));
         (tx, generation)
-    }
-
-    /// Fails every waiter and forgets stream `generation` (if current).
-    fn fail(&self, generation: u64, status: Status) {
-        let waiters: Vec<Waiter> = {
-            let mut st = self.state.lock().expect("keep-alive hub lock");
-            if st.generation != generation {
-                return;
-            }
-            st.tx = None;
-            st.waiting.drain().flat_map(|(_, w)| w).collect()
-        };
-        for w in waiters {
-            let _ = w.send(Err(status.clone()));
-        }
-    }
-
-    fn answer(&self, resp: LeaseKeepAliveResponse) {
-        let waiters = {
-            let mut st = self.state.lock().expect("keep-alive hub lock");
-            st.waiting.remove(&resp.id).unwrap_or_default()
-        };
-        for w in waiters {
-            let _ = w.send(Ok(resp));
-        }
     }
 }
 
@@ -186,7 +136,7 @@ async fn pump(shared: Arc<Shared>, rx: mpsc::Receiver<LeaseKeepAliveRequest>, ge
         match msg {
             Ok(Some(resp)) => hub.answer(resp),
             Ok(None) => {
-                break Status::unavailable("lookout: the store closed the keep-alive stream");
+                break crate::error::keepalive_ended_by_store();
             }
             Err(st) => break st,
         }
