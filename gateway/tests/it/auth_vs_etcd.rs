@@ -162,7 +162,7 @@ fn common_flags() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_script_with_simple_tokens_matches_etcd() {
     let mut flags = common_flags();
-    flags.push("--auth-token-ttl=2".into());
+    flags.push("--auth-token-ttl=5".into());
     let t = script_matches_etcd(flags, ALL).await;
     // The script did what it says (guards against both sides failing alike).
     assert!(t.contains("Authentication Enabled"), "{t}");
@@ -206,7 +206,7 @@ async fn auth_script_with_jwt_tokens_matches_etcd() {
     let (private, public) = rsa_keys(keys.path());
     let mut flags = common_flags();
     flags.push(format!(
-        "--auth-token=jwt,pub-key={public},priv-key={private},sign-method=RS256,ttl=2s"
+        "--auth-token=jwt,pub-key={public},priv-key={private},sign-method=RS256,ttl=5s"
     ));
     let t = script_matches_etcd(flags, ALL).await;
     assert!(t.contains("Authentication Enabled"), "{t}");
