@@ -346,31 +346,6 @@ impl Store {
         Ok(())
     }
 
-    /// Resolves when this member learns of a leader other than the one
-    /// it knew when called (another member, or a new term). The proposer
-    /// uses it to stop holding a submitter slot for a batch sent to a
-    /// leader that has since been replaced: a paused or cut-off leader
-    /// never answers, and its slot would otherwise keep every later
-    /// write from reaching the new one.
-    pub(crate) fn leader_moved(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut m = self.inner.raft.metrics();
-        let was = {
-            let cur = m.borrow_and_update();
-            (cur.current_term, cur.current_leader)
-        };
-        async move {
-            loop {
-                if m.changed().await.is_err() {
-                    return std::future::pending().await;
-                }
-                let cur = m.borrow_and_update();
-                if cur.current_leader.is_some() && (cur.current_term, cur.current_leader) != was {
-                    return;
-                }
-            }
-        }
-    }
-
     /// Waits (until `deadline`) for a known leader.
     async fn wait_leader(&self, deadline: Instant) -> Result<(NodeId, MemberNode)> {
         let mut m = self.inner.raft.metrics();

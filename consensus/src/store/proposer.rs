@@ -160,7 +160,7 @@ impl Proposer {
                 q.pending.drain(..n).collect()
             };
             let reqs: Vec<Request> = batch.iter().map(|p| p.req.clone()).collect();
-            let moved = store.leader_moved();
+            let moved = leader_moved(store);
             let s = store.clone();
             let mut answered = tokio::spawn(async move { answer(batch, s.submit(reqs).await) });
             tokio::select! {
@@ -206,6 +206,31 @@ fn answer(batch: Vec<Proposal>, res: Result<Vec<Result<Reply>>>) {
         Err(e) => {
             for p in batch {
                 let _ = p.done.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Resolves when this member learns of a leader other than the one
+/// it knew when called (another member, or a new term). The proposer
+/// uses it to stop holding a submitter slot for a batch sent to a
+/// leader that has since been replaced: a paused or cut-off leader
+/// never answers, and its slot would otherwise keep every later
+/// write from reaching the new one.
+fn leader_moved(store: &Store) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut m = store.inner.raft.metrics();
+    let was = {
+        let cur = m.borrow_and_update();
+        (cur.current_term, cur.current_leader)
+    };
+    async move {
+        loop {
+            if m.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let cur = m.borrow_and_update();
+            if cur.current_leader.is_some() && (cur.current_term, cur.current_leader) != was {
+                return;
             }
         }
     }
