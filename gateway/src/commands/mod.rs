@@ -162,10 +162,13 @@ mod tests {
         };
         run_dev_until(dev, async { Ok(()) }).await.unwrap();
         // A failing stop signal is the run's error, as a failed signal
-        // handler was.
+        // handler was. A data dir of its own: the run above has returned,
+        // but its store's background tasks may still hold the database
+        // for a moment on a loaded machine (a process exit ends them; an
+        // in-process rerun on the same dir would race them).
         let failed = run_dev_until(
             DevArgs {
-                data_dir: dir.path().join("dev"),
+                data_dir: dir.path().join("dev-2"),
                 listen_client_urls: "http://127.0.0.1:0".into(),
                 indexes: Vec::new(),
                 metrics: crate::telemetry::MetricsLevel::Basic,
@@ -173,6 +176,6 @@ mod tests {
             async { Err(CommandError::Signal(std::io::Error::other("no signals"))) },
         )
         .await;
-        assert!(matches!(failed, Err(CommandError::Signal(_))));
+        assert!(matches!(failed, Err(CommandError::Signal(_))), "{failed:?}");
     }
 }
