@@ -24,6 +24,13 @@
 //! revision after every op that finished before it was called, or never.
 //! Every written value is unique, so a revision containing a put names its
 //! writer; delete-only revisions are matched by their effect.
+//!
+//! [`check`] runs its phases in this order, one file each: `index` (ops by
+//! claimed or read revision, real-time bounds, writers by value), `sweep`
+//! (with `answers` and `simulate`: each revision against its claimants or
+//! its candidate explanations), `unknown` (the matching), `order` (real
+//! time, read-your-writes), `clock`. The order matters only for which
+//! messages `sink` keeps when there are many.
 
 mod answers;
 mod clock;
