@@ -136,13 +136,76 @@ pub fn check_watcher(
         .flat_map(|(_, evs)| evs.iter())
         .filter(|e| w.filter.wants(e))
         .collect();
-    let mut rep = WatchReport {
-        segments: w.segments.len(),
-        ..Default::default()
+    let mut c = Check {
+        w,
+        rep: WatchReport {
+            segments: w.segments.len(),
+            ..Default::default()
+        },
     };
-    let push = |rep: &mut WatchReport, seg: usize, m: String| {
+    let mut prev_last: Option<i64> = None;
+    for (si, seg) in w.segments.iter().enumerate() {
+        if si > 0 {
+            c.check_resume(si, prev_last);
+        }
+        let from = expected.partition_point(|e| e.rev() < seg.start_rev);
+        let mut st = Stream {
+            si,
+            seg,
+            exp: &expected[from..],
+            k: 0,
+            last_rev: None,
+            broken: false,
+        };
+        for (ri, resp) in seg.responses.iter().enumerate() {
+            if resp.events.is_empty() {
+                c.check_progress(&st, resp);
+            } else {
+                c.check_events(&mut st, ri, resp);
+            }
+        }
+        if st.broken {
+            prev_last = seg.last_event_rev().or(prev_last);
+            continue;
+        }
+        c.check_boundary(&st);
+        c.check_end(&st, compactions, through);
+        prev_last = if matches!(seg.end, SegmentEnd::Compacted { .. }) {
+            // The client relists and resumes from the list's revision: the
+            // next stream's start is the new base, whatever came before.
+            None
+        } else {
+            st.last_rev.or(prev_last)
+        };
+    }
+    c.rep
+}
+
+/// One watcher's check under way.
+struct Check<'a> {
+    w: &'a WatcherHistory,
+    rep: WatchReport,
+}
+
+/// How far one stream got through the store's events for the filter.
+struct Stream<'a> {
+    si: usize,
+    seg: &'a Segment,
+    /// The store's events for the filter from the stream's start revision.
+    exp: &'a [&'a Ev],
+    /// How many of `exp` were delivered.
+    k: usize,
+    last_rev: Option<i64>,
+    /// A wrong event was reported: the rest of the stream would only
+    /// repeat the same finding.
+    broken: bool,
+}
+
+impl Check<'_> {
+    fn push(&mut self, seg: usize, m: String) {
+        let w = self.w;
         let s = &w.segments[seg];
-        rep.violations.push(Violation::new(
+        self.rep.violations.push(Violation::new(
             W,
             format!(
                 "watcher {} on {:?} ({}), stream {seg} on {} from revision {}: {m}",
@@ -153,172 +216,177 @@ pub fn check_watcher(
                 s.start_rev
             ),
         ));
-    };
-    let mut prev_last: Option<i64> = None;
-    for (si, seg) in w.segments.iter().enumerate() {
-        // Continuity is the client's part: it resumes from its last event + 1.
-        if si > 0 {
-            let before = &w.segments[si - 1];
-            let want = match &before.end {
-                SegmentEnd::Compacted { .. } => None,
-                _ => Some(prev_last.map_or(before.start_rev, |l| l + 1)),
-            };
-            if let Some(want) = want
-                && seg.start_rev != want
-            {
-                push(
-                    &mut rep,
-                    si,
-                    format!("resumed at {}, not at {want} (client bug)", seg.start_rev),
-                );
-            }
+    }
+
+    /// Continuity is the client's part: it resumes from its last event + 1
+    /// (or anywhere after a compaction cancel, from its relist).
+    fn check_resume(&mut self, si: usize, prev_last: Option<i64>) {
+        let before = &self.w.segments[si - 1];
+        let seg = &self.w.segments[si];
+        let want = match &before.end {
+            SegmentEnd::Compacted { .. } => None,
+            _ => Some(prev_last.map_or(before.start_rev, |l| l + 1)),
+        };
+        if let Some(want) = want
+            && seg.start_rev != want
+        {
+            self.push(
+                si,
+                format!("resumed at {}, not at {want} (client bug)", seg.start_rev),
+            );
         }
-        let from = expected.partition_point(|e| e.rev() < seg.start_rev);
-        let exp = &expected[from..];
-        let mut k = 0usize;
-        let mut last_rev: Option<i64> = None;
-        let mut broken = false;
-        for (ri, resp) in seg.responses.iter().enumerate() {
-            if resp.events.is_empty() {
-                rep.progress += 1;
-                let p = resp.header_rev;
-                let due = exp.partition_point(|e| e.rev() <= p);
-                if k < due && !broken {
-                    push(
-                        &mut rep,
-                        si,
-                        format!(
-                            "progress notification at revision {p} with {k} of the {due} events up to it delivered (next due {:?})",
-                            exp[k]
-                        ),
-                    );
-                }
-                if let Some(l) = last_rev
-                    && p < l
-                {
-                    push(
-                        &mut rep,
-                        si,
-                        format!("progress notification at revision {p} after an event at {l}"),
-                    );
-                }
+    }
+
+    /// A progress notification at p promises every event up to p was sent.
+    fn check_progress(&mut self, st: &Stream<'_>, resp: &WatchResponse) {
+        self.rep.progress += 1;
+        let (si, k, exp) = (st.si, st.k, st.exp);
+        let p = resp.header_rev;
+        let due = exp.partition_point(|e| e.rev() <= p);
+        if k < due && !st.broken {
+            self.push(
+                si,
+                format!(
+                    "progress notification at revision {p} with {k} of the {due} events up to it delivered (next due {:?})",
+                    exp[k]
+                ),
+            );
+        }
+        if let Some(l) = st.last_rev
+            && p < l
+        {
+            self.push(
+                si,
+                format!("progress notification at revision {p} after an event at {l}"),
+            );
+        }
+    }
+
+    /// The events of response `ri`: a revision's events arrive together,
+    /// and each is the next the store has for the filter.
+    fn check_events(&mut self, st: &mut Stream<'_>, ri: usize, resp: &WatchResponse) {
+        let si = st.si;
+        if let (Some(l), Some(first)) = (st.last_rev, resp.events.first())
+            && first.rev() == l
+            && !st.seg.responses[..ri]
+                .iter()
+                .rev()
+                .find(|r| !r.events.is_empty())
+                .is_some_and(|r| r.fragment)
+        {
+            self.push(si, format!("revision {l} split across two responses"));
+        }
+        let prev_kv = self.w.filter.prev_kv;
+        let exp = st.exp;
+        for ev in &resp.events {
+            self.rep.events += 1;
+            if st.broken {
                 continue;
             }
-            // A revision's events arrive together.
-            if let (Some(l), Some(first)) = (last_rev, resp.events.first())
-                && first.rev() == l
-                && !seg.responses[..ri]
-                    .iter()
-                    .rev()
-                    .find(|r| !r.events.is_empty())
-                    .is_some_and(|r| r.fragment)
-            {
-                push(
-                    &mut rep,
-                    si,
-                    format!("revision {l} split across two responses"),
-                );
+            let ok = exp
+                .get(st.k)
+                .is_some_and(|want| ev.same(want, prev_kv) && (prev_kv || ev.prev.is_none()));
+            if !ok {
+                let m = match exp.get(st.k) {
+                    None => format!("{ev:?} after all {} events the store has", exp.len()),
+                    Some(want) if ev.rev() > want.rev() => {
+                        format!("gap: got {ev:?} where {want:?} was due")
+                    }
+                    Some(want) if ev.rev() < want.rev() || Some(ev.rev()) < st.last_rev => {
+                        format!("duplicate or out of order: got {ev:?} where {want:?} was due")
+                    }
+                    Some(want) => format!("got {ev:?}, the store has {want:?}"),
+                };
+                self.push(si, m);
+                st.broken = true;
+                continue;
             }
-            for ev in &resp.events {
-                rep.events += 1;
-                if broken {
-                    continue;
-                }
-                let ok = exp.get(k).is_some_and(|want| {
-                    ev.same(want, w.filter.prev_kv) && (w.filter.prev_kv || ev.prev.is_none())
-                });
-                if !ok {
-                    let m = match exp.get(k) {
-                        None => format!("{ev:?} after all {} events the store has", exp.len()),
-                        Some(want) if ev.rev() > want.rev() => {
-                            format!("gap: got {ev:?} where {want:?} was due")
-                        }
-                        Some(want) if ev.rev() < want.rev() || Some(ev.rev()) < last_rev => {
-                            format!("duplicate or out of order: got {ev:?} where {want:?} was due")
-                        }
-                        Some(want) => format!("got {ev:?}, the store has {want:?}"),
-                    };
-                    push(&mut rep, si, m);
-                    broken = true;
-                    continue;
-                }
-                k += 1;
-                last_rev = Some(ev.rev());
-            }
+            st.k += 1;
+            st.last_rev = Some(ev.rev());
         }
-        if broken {
-            prev_last = seg.last_event_rev().or(prev_last);
-            continue;
-        }
-        // The stream ended at a revision boundary (the client resumes
-        // after its last event, so a partly delivered revision is lost).
-        if let Some(l) = last_rev {
-            let due = exp.partition_point(|e| e.rev() <= l);
+    }
+
+    /// The stream ended at a revision boundary (the client resumes after
+    /// its last event, so a partly delivered revision is lost).
+    fn check_boundary(&mut self, st: &Stream<'_>) {
+        if let Some(l) = st.last_rev {
+            let k = st.k;
+            let due = st.exp.partition_point(|e| e.rev() <= l);
             if k < due {
-                push(
-                    &mut rep,
-                    si,
+                self.push(
+                    st.si,
                     format!("revision {l} only partly delivered ({k} of {due} events)"),
                 );
             }
         }
-        let next = last_rev.map_or(seg.start_rev, |l| l + 1);
-        match &seg.end {
+    }
+
+    /// How the stream ended: a compaction cancel must be true, and the
+    /// last stream, if still open, must have caught up by `through`.
+    fn check_end(&mut self, st: &Stream<'_>, compactions: &[CompactionCall], through: Option<i64>) {
+        match &st.seg.end {
             SegmentEnd::Compacted {
                 at,
                 compact_revision: c,
-            } => {
-                rep.compacted += 1;
-                let requested = compactions
-                    .iter()
-                    .filter(|x| x.call <= *at)
-                    .map(|x| x.rev)
-                    .max()
-                    .unwrap_or(0);
-                if next >= *c {
-                    push(
-                        &mut rep,
-                        si,
-                        format!(
-                            "cancelled as compacted at {c}, but it needed revision {next}, which was not compacted"
-                        ),
-                    );
-                } else if *c > requested {
-                    push(
-                        &mut rep,
-                        si,
-                        format!(
-                            "cancelled as compacted at {c}, but compactions requested by then reach only {requested}"
-                        ),
-                    );
-                }
-            }
-            SegmentEnd::Open if si + 1 == w.segments.len() => {
+            } => self.check_compaction_cancel(st, *at, *c, compactions),
+            SegmentEnd::Open if st.si + 1 == self.w.segments.len() => {
                 if let Some(t) = through {
-                    let due = exp.partition_point(|e| e.rev() <= t);
-                    if k < due {
-                        push(
-                            &mut rep,
-                            si,
-                            format!(
-                                "still open at the end with {k} of the {due} events up to revision {t} (next due {:?})",
-                                exp[k]
-                            ),
-                        );
-                    }
+                    self.check_caught_up(st, t);
                 }
             }
             _ => {}
         }
-        prev_last = if matches!(seg.end, SegmentEnd::Compacted { .. }) {
-            // The client relists and resumes from the list's revision: the
-            // next stream's start is the new base, whatever came before.
-            None
-        } else {
-            last_rev.or(prev_last)
-        };
     }
-    rep
+
+    /// A cancel "compacted at c" is true only if the stream needed a
+    /// revision below c and someone had asked for a compaction reaching c.
+    fn check_compaction_cancel(
+        &mut self,
+        st: &Stream<'_>,
+        at: Nanos,
+        c: i64,
+        compactions: &[CompactionCall],
+    ) {
+        self.rep.compacted += 1;
+        let next = st.last_rev.map_or(st.seg.start_rev, |l| l + 1);
+        let requested = compactions
+            .iter()
+            .filter(|x| x.call <= at)
+            .map(|x| x.rev)
+            .max()
+            .unwrap_or(0);
+        if next >= c {
+            self.push(
+                st.si,
+                format!(
+                    "cancelled as compacted at {c}, but it needed revision {next}, which was not compacted"
+                ),
+            );
+        } else if c > requested {
+            self.push(
+                st.si,
+                format!(
+                    "cancelled as compacted at {c}, but compactions requested by then reach only {requested}"
+                ),
+            );
+        }
+    }
+
+    /// The last stream, still open at the end, delivered everything up to
+    /// revision `t`.
+    fn check_caught_up(&mut self, st: &Stream<'_>, t: i64) {
+        let (k, exp) = (st.k, st.exp);
+        let due = exp.partition_point(|e| e.rev() <= t);
+        if k < due {
+            self.push(
+                st.si,
+                format!(
+                    "still open at the end with {k} of the {due} events up to revision {t} (next due {:?})",
+                    exp[k]
+                ),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
