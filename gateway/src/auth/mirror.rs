@@ -306,8 +306,10 @@ impl Mirror {
             .await
             .map_err(|s| s.message().to_string())?
             .roles;
-        let roles: Vec<Option<Role>> = futures::stream::iter(roles)
-            .map(|name| async move {
+        let roles = get_each(
+            roles,
+            "etcdserver: role name not found",
+            |name| async move {
                 let r = up
                     .call_as(gw, |ch| {
                         let role = name.clone();
@@ -317,22 +319,14 @@ impl Mirror {
                                 .await
                         }
                     })
-                    .await;
-                match r {
-                    Ok(r) => Ok(Some(Role {
-                        name: Bytes::from(name.into_bytes()),
-                        key_permission: r.perm,
-                    })),
-                    // Deleted since the list: the next refresh agrees.
-                    Err(s) if s.message() == "etcdserver: role name not found" => Ok(None),
-                    Err(s) => Err(s.message().to_string()),
-                }
-            })
-            .buffered(FETCH_CONCURRENCY)
-            .collect::<Vec<Result<_, String>>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
+                    .await?;
+                Ok(Role {
+                    name: Bytes::from(name.into_bytes()),
+                    key_permission: r.perm,
+                })
+            },
+        )
+        .await?;
         let users = up
             .call_as(gw, |ch| async move {
                 AuthClient::new(ch).user_list(AuthUserListRequest {}).await
@@ -340,8 +334,10 @@ impl Mirror {
             .await
             .map_err(|s| s.message().to_string())?
             .users;
-        let users: Vec<Option<User>> = futures::stream::iter(users)
-            .map(|name| async move {
+        let users = get_each(
+            users,
+            "etcdserver: user name not found",
+            |name| async move {
                 let r = up
                     .call_as(gw, |ch| {
                         let name = name.clone();
@@ -351,35 +347,55 @@ impl Mirror {
                                 .await
                         }
                     })
-                    .await;
-                match r {
-                    Ok(r) => Ok(Some(User {
-                        name: Bytes::from(name.into_bytes()),
-                        password: Bytes::new(),
-                        roles: r.roles,
-                        options: None,
-                    })),
-                    Err(s) if s.message() == "etcdserver: user name not found" => Ok(None),
-                    Err(s) => Err(s.message().to_string()),
-                }
-            })
-            .buffered(FETCH_CONCURRENCY)
-            .collect::<Vec<Result<_, String>>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
+                    .await?;
+                Ok(User {
+                    name: Bytes::from(name.into_bytes()),
+                    password: Bytes::new(),
+                    roles: r.roles,
+                    options: None,
+                })
+            },
+        )
+        .await?;
         let mut st = AuthState::default();
-        for r in roles.into_iter().flatten() {
+        for r in roles {
             let name = String::from_utf8_lossy(&r.name).into_owned();
             st.roles.insert(name, Arc::new(r));
         }
-        for u in users.into_iter().flatten() {
+        for u in users {
             let name = String::from_utf8_lossy(&u.name).into_owned();
             st.users.insert(name, Arc::new(u));
         }
         st.rebuild_perms();
         Ok(st)
     }
+}
+
+/// Gets every listed name with `get`, `FETCH_CONCURRENCY` at a time, in
+/// list order. A name deleted since the list (`not_found`, etcd's text
+/// for it) is left out: the next refresh agrees with the store.
+async fn get_each<T, F, Fut>(names: Vec<String>, not_found: &str, get: F) -> Result<Vec<T>, String>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let got: Vec<Option<T>> = futures::stream::iter(names)
+        .map(|name| {
+            let fetched = get(name);
+            async move {
+                match fetched.await {
+                    Ok(t) => Ok(Some(t)),
+                    Err(s) if s.message() == not_found => Ok(None),
+                    Err(s) => Err(s.message().to_string()),
+                }
+            }
+        })
+        .buffered(FETCH_CONCURRENCY)
+        .collect::<Vec<Result<_, String>>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    Ok(got.into_iter().flatten().collect())
 }
 
 /// The revision claim of a JWT (read, not verified: it came from the
