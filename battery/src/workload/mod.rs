@@ -48,6 +48,30 @@ pub async fn pause_or_stop(stop: &mut Stop, d: Duration) -> bool {
     }
 }
 
+/// What a reader or writer does after each operation: after a failure it
+/// moves to another server and backs off (`failures` counts them in a
+/// row); after a success it thinks for a time drawn from `think_us`
+/// microseconds (drawn only then, so a seed replays the same draws).
+/// True when stopped meanwhile.
+pub async fn after_op(
+    failed: bool,
+    failures: &mut u32,
+    pool: &mut crate::client::Pool,
+    stop: &mut Stop,
+    rng: &mut impl rand::Rng,
+    think_us: std::ops::Range<u64>,
+) -> bool {
+    if failed {
+        *failures += 1;
+        pool.rotate();
+        pause_or_stop(stop, backoff(*failures)).await
+    } else {
+        *failures = 0;
+        let think = Duration::from_micros(rng.random_range(think_us));
+        pause_or_stop(stop, think).await
+    }
+}
+
 /// Delay before the next attempt after `failures` failures in a row: the
 /// first retry is immediate (a client moving to another server should not
 /// wait), then 20, 40, ... up to 320 ms.

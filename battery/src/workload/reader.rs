@@ -1,14 +1,12 @@
 //! A reader: linearizable reads of a key or a prefix, serializable reads,
 //! and reads at a past revision it has seen.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use lookout_testkit::kv_linearizability::{Op, Outcome, Request};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{KEYS, OP_TIMEOUT, Stop, backoff, key, pause_or_stop};
+use super::{KEYS, OP_TIMEOUT, Stop, after_op, key};
 use crate::client::{Clock, Pool, b, exec};
 
 /// Reads until stopped; every read it issued.
@@ -71,18 +69,17 @@ pub async fn run(id: usize, mut pool: Pool, seed: u64, clock: Clock, mut stop: S
             req,
             out,
         });
-        if failed {
-            failures += 1;
-            pool.rotate();
-            if pause_or_stop(&mut stop, backoff(failures)).await {
-                break;
-            }
-        } else {
-            failures = 0;
-            let think = Duration::from_micros(rng.random_range(500..5_000));
-            if pause_or_stop(&mut stop, think).await {
-                break;
-            }
+        if after_op(
+            failed,
+            &mut failures,
+            &mut pool,
+            &mut stop,
+            &mut rng,
+            500..5_000,
+        )
+        .await
+        {
+            break;
         }
     }
     ops

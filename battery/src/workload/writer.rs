@@ -2,7 +2,6 @@
 //! unique (`w<id>.<seq>`) so a revision names its writer.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use bytes::Bytes;
 use lookout_testkit::kv_linearizability::{
@@ -11,7 +10,7 @@ use lookout_testkit::kv_linearizability::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{KEYS, OP_TIMEOUT, Stop, backoff, key, pause_or_stop};
+use super::{KEYS, OP_TIMEOUT, Stop, after_op, key};
 use crate::client::{Clock, Pool, b, exec};
 
 /// Writes until stopped; every op it issued, answered or not.
@@ -43,18 +42,17 @@ pub async fn run(id: usize, mut pool: Pool, seed: u64, clock: Clock, mut stop: S
             req,
             out,
         });
-        if failed {
-            failures += 1;
-            pool.rotate();
-            if pause_or_stop(&mut stop, backoff(failures)).await {
-                break;
-            }
-        } else {
-            failures = 0;
-            let think = Duration::from_micros(rng.random_range(0..3_000));
-            if pause_or_stop(&mut stop, think).await {
-                break;
-            }
+        if after_op(
+            failed,
+            &mut failures,
+            &mut pool,
+            &mut stop,
+            &mut rng,
+            0..3_000,
+        )
+        .await
+        {
+            break;
         }
     }
     ops
