@@ -13,6 +13,8 @@ import sys
 
 
 def load(path):
+    if not path.exists():
+        return None
     rows = []
     for line in path.read_text().splitlines():
         if line.strip():
@@ -89,8 +91,8 @@ def main():
     print("| cell | metric | before | after | after ÷ before |")
     print("|---|---|---|---|---|")
     for cell in cells:
-        b = load(out / "before" / cell / "results.jsonl") if (out / "before" / cell / "results.jsonl").exists() else None
-        a = load(out / "after" / cell / "results.jsonl") if (out / "after" / cell / "results.jsonl").exists() else None
+        b = load(out / "before" / cell / "results.jsonl")
+        a = load(out / "after" / cell / "results.jsonl")
         if b is None or a is None:
             print(f"| {cell} | (missing run) | {'ok' if b else '–'} | {'ok' if a else '–'} | – |")
             continue
